@@ -1,0 +1,123 @@
+"""Checkpoints: safetensors tensors + JSON, never pickle.
+
+    RUN/run.json                         what was trained: suite, model and train configs
+    RUN/checkpoints/step-000500/         model.safetensors, optimizer.safetensors, state.json
+    RUN/checkpoints/latest.json          which step folder is current (written last)
+
+A step folder is built under a temporary name and renamed; `latest.json` is replaced
+atomically after it, so a kill at any moment leaves the previous checkpoint current.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError, require
+from .fsutil import atomic_dir, write_json
+from .models import GPT, GPTConfig
+
+KEEP = 2  # step folders kept on disk
+
+
+def _read_json(path: Path, what: str) -> dict:
+    require(path.is_file(), f"{what} {path} is missing.")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{what} {path} is not valid JSON (corrupt).") from None
+    require(isinstance(data, dict), f"{what} {path} is not a JSON object (corrupt).")
+    return data
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    require(path.is_file(), f"checkpoint file {path} is missing.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint file {path} cannot be read ({exc}); it is corrupt.") from None
+
+
+def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         state: dict) -> None:
+    ckpts = run_dir / "checkpoints"
+    name = f"step-{step:07d}"
+    target = ckpts / name
+    if target.exists():  # a previous run was killed after writing it but before latest.json
+        shutil.rmtree(target)
+    with atomic_dir(target) as tmp:
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+                   if k != "head.weight"}  # tied to tok_emb.weight
+        save_file(weights, str(tmp / "model.safetensors"))
+        opt = optimizer.state_dict()
+        tensors, groups = {}, opt["param_groups"]
+        for pid, st in opt["state"].items():
+            for key, value in st.items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"{pid}.{key}"] = t.detach().to("cpu").contiguous()
+        tensors["torch_rng_state"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "state.json", dict(state, step=step, param_groups=groups))
+    write_json(ckpts / "latest.json", {"step": step, "dir": name})
+    for old in sorted(ckpts.glob("step-*"))[:-KEEP]:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_dir(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return None
+    latest = _read_json(pointer, "checkpoint pointer")
+    name = latest.get("dir")
+    require(isinstance(name, str) and name.startswith("step-") and "/" not in name,
+            f"checkpoint pointer {pointer} is corrupt.")
+    return run_dir / "checkpoints" / name
+
+
+def read_run(run_dir: Path) -> dict:
+    require(run_dir.is_dir(), f"run folder {run_dir} does not exist.")
+    return _read_json(run_dir / "run.json", "run description")
+
+
+def load_model(run_dir: Path, device: str = "cpu") -> tuple[GPT, dict, int]:
+    """The latest checkpoint's model (eval mode), the run description and its step."""
+    run = read_run(run_dir)
+    ckpt = latest_dir(run_dir)
+    require(ckpt is not None, f"run {run_dir} has no checkpoint yet.")
+    try:
+        cfg = GPTConfig(**run["model"])
+    except (KeyError, TypeError):
+        raise UserError(f"{run_dir}/run.json has no valid model config (corrupt).") from None
+    model = GPT(cfg)
+    weights = _load_tensors(ckpt / "model.safetensors")
+    weights["head.weight"] = weights.get("tok_emb.weight")
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"checkpoint {ckpt} does not fit the model in run.json: "
+                        f"{str(exc).splitlines()[0]}") from None
+    state = _read_json(ckpt / "state.json", "checkpoint state")
+    return model.to(device).eval(), run, int(state.get("step", 0))
+
+
+def load_training_state(ckpt: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore weights, optimizer moments and the torch RNG from a step folder."""
+    weights = _load_tensors(ckpt / "model.safetensors")
+    weights["head.weight"] = weights["tok_emb.weight"]
+    model.load_state_dict(weights)
+    tensors = _load_tensors(ckpt / "optimizer.safetensors")
+    state = _read_json(ckpt / "state.json", "checkpoint state")
+    rng = tensors.pop("torch_rng_state")
+    per_param: dict[int, dict] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        per_param.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    torch.set_rng_state(rng)
+    return state

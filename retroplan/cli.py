@@ -1,0 +1,209 @@
+"""`retroplan` command line. Every user mistake ends in one sentence and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one sentence, no usage dump
+        self.exit(EXIT_USER_ERROR, f"retroplan: error: {message}.\n")
+
+
+def _add_dataclass_flags(parser, cls, prefix: str = "", skip=()) -> None:
+    """A --flag per dataclass field (defaults None: only what the user gives is passed on)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
+                                                         "bool": bool}.get(str(f.type), str)
+        if kind is bool:
+            parser.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=f"(default {f.default})")
+        else:
+            parser.add_argument(flag, dest=prefix + f.name, type=kind, default=None,
+                                metavar=f.name.upper(), help=f"(default {f.default})")
+
+
+def _given(args, cls, prefix: str = "", skip=()) -> dict:
+    return {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and getattr(args, prefix + f.name, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .envs import TASKS
+    from .eval import EvalConfig
+    from .traces import GRAMMARS
+    from .train import TrainConfig
+
+    p = _Parser(prog="retroplan", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="generate a suite (one task config, one trace variant)")
+    gsub = g.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=_Parser)
+    for name, task in TASKS.items():
+        t = gsub.add_parser(name, help=(task.__doc__ or "").strip().splitlines()[0])
+        t.add_argument("--variant", required=True, help=", ".join(GRAMMARS[name].VARIANTS))
+        t.add_argument("--out", required=True, help="new folder for the suite")
+        t.add_argument("--seed", type=int, default=0)
+        for split in task.SPLITS:
+            t.add_argument(f"--{split.replace('_', '-')}", dest=f"size_{split}", type=int,
+                           default=None, metavar="N", help=f"instances in the {split} split")
+        t.add_argument("--shard", default=None, metavar="I/N", help="generate piece I of N only")
+        _add_dataclass_flags(t, task.Config, prefix="task_")
+        _add_dataclass_flags(t, GRAMMARS[name].Options, prefix="opt_")
+
+    i = sub.add_parser("inspect", help="print a suite's summary and some rows as text")
+    i.add_argument("suite")
+    i.add_argument("--split", default=None, help="only this split")
+    i.add_argument("--rows", type=int, default=3, help="rows to show per split")
+
+    e = sub.add_parser("export", help="write a suite's rows as JSONL or Parquet")
+    e.add_argument("suite")
+    e.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    e.add_argument("--out", required=True, help="file to write (must not exist)")
+    e.add_argument("--split", default=None, help="only this split (default: all)")
+    e.add_argument("--limit", type=int, default=0, help="at most N rows per split")
+
+    tr = sub.add_parser("train", help="train a model on a suite")
+    tr.add_argument("suite")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_dataclass_flags(tr, TrainConfig)
+
+    ev = sub.add_parser("eval", help="evaluate a run: generate, parse, replay, count")
+    ev.add_argument("run")
+    ev.add_argument("--suite", default=None, help="suite to evaluate on (default: the training suite)")
+    ev.add_argument("--out", default=None, help="folder for metrics.json and records.jsonl")
+    _add_dataclass_flags(ev, EvalConfig)
+
+    r = sub.add_parser("run", help="run a TOML experiment end to end (resumable)")
+    r.add_argument("experiment", help="an experiments/*.toml file")
+    r.add_argument("--out", required=True, help="folder for suites, runs, results and report")
+
+    sub.add_parser("list", help="list tasks, variants and model presets")
+    return p
+
+
+def _generate(args) -> None:
+    from .envs import get_task
+    from .traces import GRAMMARS
+    from .traces.suite import SuiteSpec, generate_suite, parse_shard
+
+    task = get_task(args.task)
+    sizes = {s: getattr(args, f"size_{s}") for s in task.SPLITS}
+    defaults = {"train": 1000, "val": 100, "test": 100}
+    sizes = {s: (v if v is not None else defaults.get(s, 0)) for s, v in sizes.items()}
+    spec = SuiteSpec(task=args.task, variant=args.variant,
+                     config=_given(args, task.Config, "task_"),
+                     options=_given(args, GRAMMARS[args.task].Options, "opt_"),
+                     seed=args.seed, sizes=sizes)
+    out = generate_suite(spec, args.out, shard=parse_shard(args.shard))
+    meta = json.loads((out / "meta.json").read_text())
+    counts = ", ".join(f"{s} {v['examples']} rows" for s, v in meta["splits"].items())
+    print(f"wrote {out}: {args.task}/{args.variant}, {counts}")
+
+
+def _inspect(args) -> None:
+    from .traces.suite import open_suite
+
+    suite = open_suite(args.suite)
+    meta = suite.meta
+    print(f"suite {suite.path}")
+    print(f"  task {meta['task']}  variant {meta['variant']}  seed {meta['seed']}  "
+          f"vocabulary {len(meta['vocab'])} tokens  retroplan {meta['retroplan_version']}")
+    print(f"  config  {json.dumps(meta['config'], sort_keys=True)}")
+    print(f"  options {json.dumps(meta['options'], sort_keys=True)}")
+    splits = [args.split] if args.split else suite.splits
+    for name in splits:
+        data = suite.split(name)
+        st = meta["splits"][name]
+        lengths = data.lengths
+        mean = float(lengths.mean()) if len(lengths) else 0.0
+        print(f"  {name}: {st['instances']} instances, {st['examples']} rows, {st['tokens']} tokens, "
+              f"length mean {mean:.1f} max {st['max_len']}")
+    for name in splits:
+        data = suite.split(name)
+        for r in range(min(args.rows, len(data))):
+            row = suite.describe_row(name, r)
+            print(f"\n[{name} row {r}]")
+            print(f"  prompt     {row['prompt']}")
+            print(f"  completion {row['completion']}")
+
+
+def _export(args) -> None:
+    from .traces.export import export_suite
+
+    n = export_suite(args.suite, args.out, args.format, split=args.split, limit=args.limit)
+    print(f"wrote {n} rows to {args.out}")
+
+
+def _train(args) -> None:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(_given(args, TrainConfig))
+    summary = train(args.suite, args.out, cfg, resume=args.resume)
+    print(f"trained {args.out}: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+          f"{summary['train_seconds']:.1f}s on {summary['device']}")
+
+
+def _eval(args) -> None:
+    from .eval import EvalConfig, evaluate
+
+    cfg = EvalConfig(**_given(args, EvalConfig))
+    m = evaluate(args.run, args.suite, cfg, args.out)
+    def fmt(key):
+        v = m[key]["value"]
+        return "n/a" if v is None else f"{v:.3f}"
+    print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}): accuracy {fmt('accuracy')}, "
+          f"first step {fmt('first_step_accuracy')}, teacher-forced tokens {fmt('tf_token_accuracy')}, "
+          f"parse failures {fmt('parse_failures')}")
+
+
+def _run(args) -> None:
+    from .experiment import run_experiment
+
+    report = run_experiment(args.experiment, args.out)
+    print(f"report: {report}")
+
+
+def _list(args) -> None:
+    from .envs import TASKS
+    from .models import PRESETS
+    from .traces import GRAMMARS
+
+    for name, task in TASKS.items():
+        fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(task.Config))
+        print(f"{name} ({task.ENV_ID}): {fields}")
+        print(f"  variants: {', '.join(GRAMMARS[name].VARIANTS)}")
+    print("model presets: " + ", ".join(f"{k} ({v['n_layer']}x{v['n_embd']})" for k, v in PRESETS.items()))
+
+
+COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
+            "eval": _eval, "run": _run, "list": _list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"retroplan: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("retroplan: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

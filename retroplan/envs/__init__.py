@@ -1,0 +1,33 @@
+"""Planning tasks. Each module holds a task's config, Numba sampler, oracle, verifier and
+Gymnasium env; `TASKS` maps the task names used everywhere (CLI, TOML, suites) to them."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from ..errors import UserError, require
+from . import graph, pathstar
+
+TASKS = {pathstar.NAME: pathstar, graph.NAME: graph}
+
+
+def get_task(name: str):
+    require(name in TASKS, f"unknown task {name!r}; allowed: {', '.join(sorted(TASKS))}.")
+    return TASKS[name]
+
+
+def make_config(task_name: str, values: dict):
+    """Build and validate a task config from a dict (TOML table, CLI flags, meta.json)."""
+    task = get_task(task_name)
+    fields = task.Config.__dataclass_fields__
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"unknown {task_name} setting {unknown[0]!r}; allowed: {', '.join(fields)}.")
+    cfg = task.Config(**values)
+    cfg.validate()
+    return cfg
+
+
+for _task in TASKS.values():
+    if _task.ENV_ID not in gym.registry:
+        gym.register(id=_task.ENV_ID, entry_point=f"{_task.__name__}:Env")

@@ -1,0 +1,254 @@
+"""What the two directed-graph tasks (`pathstar`, `graph`) share.
+
+An instance is a directed graph given as a shuffled edge list, a start and a goal; a plan is
+a node list from start to goal whose consecutive pairs are edges. A batch of instances is a
+dict of arrays with a leading instance axis:
+
+    edges     (N, E, 2) int32   the edge list in prompt order
+    start     (N,)      int32
+    goal      (N,)      int32
+    plan      (N, P)    int32   the reference plan (a shortest path), padded with -1
+    plan_len  (N,)      int32   nodes in the reference plan (moves + 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from numba import njit, prange
+
+from .. import rng
+
+INSTANCE_FIELDS = ("edges", "start", "goal", "plan", "plan_len")
+
+
+def instance_at(batch: dict, i: int) -> dict:
+    """Instance `i` of a batch as plain Python values (what exports and the env use)."""
+    n = int(batch["plan_len"][i])
+    return {
+        "edges": batch["edges"][i].tolist(),
+        "start": int(batch["start"][i]),
+        "goal": int(batch["goal"][i]),
+        "plan": batch["plan"][i, :n].tolist(),
+    }
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+@njit(cache=True)
+def distances_to_goal(edges, goal, num_nodes):
+    """d*(s) for every node s: moves on the shortest path s -> goal, -1 if unreachable.
+
+    Breadth-first search from the goal along reversed edges.
+    """
+    dist = np.full(num_nodes, -1, dtype=np.int32)
+    rev_ptr, rev_adj = csr(edges[:, 1], edges[:, 0], num_nodes)
+    queue = np.empty(num_nodes, dtype=np.int32)
+    dist[goal] = 0
+    queue[0] = goal
+    head, tail = 0, 1
+    while head < tail:
+        u = queue[head]
+        head += 1
+        for j in range(rev_ptr[u], rev_ptr[u + 1]):
+            v = rev_adj[j]
+            if dist[v] < 0:
+                dist[v] = dist[u] + 1
+                queue[tail] = v
+                tail += 1
+    return dist
+
+
+@njit(cache=True)
+def csr(src, dst, num_nodes):
+    """Adjacency in compressed sparse rows; each row keeps the edge-list order."""
+    ptr = np.zeros(num_nodes + 1, dtype=np.int32)
+    for e in range(src.shape[0]):
+        ptr[src[e] + 1] += 1
+    for u in range(num_nodes):
+        ptr[u + 1] += ptr[u]
+    fill = ptr[:-1].copy()
+    adj = np.empty(src.shape[0], dtype=np.int32)
+    for e in range(src.shape[0]):
+        adj[fill[src[e]]] = dst[e]
+        fill[src[e]] += 1
+    return ptr, adj
+
+
+@njit(cache=True)
+def shortest_plan(edges, start, goal, num_nodes, out):
+    """Write the shortest start -> goal path into `out`; return its node count (0: none).
+
+    Ties are broken towards the smallest node label, so the plan is a function of the graph.
+    """
+    dist = distances_to_goal(edges, goal, num_nodes)
+    if dist[start] < 0:
+        return 0
+    ptr, adj = csr(edges[:, 0], edges[:, 1], num_nodes)
+    u = start
+    out[0] = u
+    n = 1
+    while u != goal:
+        best = -1
+        for j in range(ptr[u], ptr[u + 1]):
+            v = adj[j]
+            if dist[v] == dist[u] - 1 and (best < 0 or v < best):
+                best = v
+        u = best
+        out[n] = u
+        n += 1
+    return n
+
+
+@njit(cache=True, parallel=True)
+def instance_hashes(edges, start, goal):
+    """A 64-bit fingerprint of each instance that ignores edge order (used to keep test
+    instances out of training)."""
+    n = edges.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    for i in prange(n):
+        codes = np.empty(edges.shape[1], dtype=np.uint64)
+        for e in range(edges.shape[1]):
+            codes[e] = (np.uint64(edges[i, e, 0]) << np.uint64(32)) | np.uint64(edges[i, e, 1])
+        codes.sort()
+        h = rng.mix64(np.uint64(start[i]) * np.uint64(0x100000001B3) + np.uint64(goal[i]))
+        for e in range(codes.shape[0]):
+            h = rng.mix64(h ^ codes[e])
+        out[i] = h
+    return out
+
+
+def fingerprints(batch: dict) -> np.ndarray:
+    return instance_hashes(batch["edges"], batch["start"], batch["goal"])
+
+
+# --------------------------------------------------------------------------- verifier
+
+
+def replay_plan(instance: dict, plan: list[int]) -> tuple[bool, str]:
+    """Replay `plan` move by move in the instance's graph.
+
+    Returns (True, "reaches the goal") or (False, the first reason it fails). Plain Python on
+    purpose: this is the judge of every number we report.
+    """
+    if not plan:
+        return False, "empty plan"
+    edge_set = {(int(u), int(v)) for u, v in instance["edges"]}
+    if plan[0] != instance["start"]:
+        return False, f"starts at {plan[0]}, not at the start {instance['start']}"
+    for u, v in zip(plan, plan[1:]):
+        if (u, v) not in edge_set:
+            return False, f"{u}->{v} is not an edge"
+    if plan[-1] != instance["goal"]:
+        return False, f"ends at {plan[-1]}, not at the goal {instance['goal']}"
+    return True, "reaches the goal"
+
+
+def assess(cfg, instances: dict, i: int, plan: list[int]) -> dict:
+    """Every verdict eval reports on one plan: `correct` and `reason` (from replay_plan),
+    `first_step` (the first move lies on a shortest path to the goal) and `optimal`."""
+    inst = instance_at(instances, i)
+    ok, reason = replay_plan(inst, plan)
+    dist = distances_to_goal(instances["edges"][i], instances["goal"][i], cfg.num_nodes)
+    d0 = int(dist[inst["start"]])
+    first = False
+    if len(plan) >= 2 and plan[0] == inst["start"] and 0 <= plan[1] < cfg.num_nodes:
+        is_edge = any(u == plan[0] and v == plan[1] for u, v in inst["edges"])
+        first = bool(is_edge and dist[plan[1]] == d0 - 1)
+    return {"correct": ok, "reason": reason, "first_step": first,
+            "optimal": bool(ok and len(plan) - 1 == d0)}
+
+
+def successors(instance: dict, node: int) -> list[int]:
+    """Nodes reachable from `node` in one move, in edge-list order."""
+    return [int(v) for u, v in instance["edges"] if u == node]
+
+
+# --------------------------------------------------------------------------- Gymnasium
+
+
+@dataclass
+class _EnvInstance:
+    edges: np.ndarray
+    start: int
+    goal: int
+
+
+class DigraphEnv(gym.Env):
+    """Walk from the start to the goal of one graph instance.
+
+    Observation: the instance (`edges`, `start`, `goal`) and the `current` node.
+    Action: the next node. Reward 1 on reaching the goal (the episode ends); a move along a
+    non-edge ends the episode with reward 0 and `info["illegal"] = True`; the episode is
+    truncated after `num_nodes` moves.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    task = None  # the task module; set by subclasses
+
+    def __init__(self, render_mode: str | None = None, **config):
+        self.config = self.task.Config(**config)
+        self.config.validate()
+        n = self.config.num_nodes
+        num_edges = self.task.num_edges(self.config)
+        self.observation_space = spaces.Dict(
+            {
+                "edges": spaces.Box(0, n - 1, shape=(num_edges, 2), dtype=np.int64),
+                "start": spaces.Discrete(n),
+                "goal": spaces.Discrete(n),
+                "current": spaces.Discrete(n),
+            }
+        )
+        self.action_space = spaces.Discrete(n)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}.")
+        self.render_mode = render_mode
+        self._inst = None
+        self._current = 0
+        self._moves = 0
+        self._edge_set: set[tuple[int, int]] = set()
+
+    def _obs(self):
+        return {
+            "edges": self._inst.edges.astype(np.int64),
+            "start": np.int64(self._inst.start),
+            "goal": np.int64(self._inst.goal),
+            "current": np.int64(self._current),
+        }
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if options and "instance" in options:
+            given = options["instance"]
+            inst = _EnvInstance(np.asarray(given["edges"], dtype=np.int64), int(given["start"]),
+                                int(given["goal"]))
+        else:
+            instance_seed = int(self.np_random.integers(0, 2**62))
+            batch = self.task.sample_instances(self.config, instance_seed, "env", np.arange(1))
+            inst = _EnvInstance(batch["edges"][0].astype(np.int64), int(batch["start"][0]),
+                                int(batch["goal"][0]))
+        self._inst = inst
+        self._edge_set = {(int(u), int(v)) for u, v in inst.edges}
+        self._current = inst.start
+        self._moves = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        action = int(action)
+        self._moves += 1
+        if (self._current, action) not in self._edge_set:
+            return self._obs(), 0.0, True, False, {"illegal": True}
+        self._current = action
+        reached = action == self._inst.goal
+        truncated = not reached and self._moves >= self.config.num_nodes
+        return self._obs(), 1.0 if reached else 0.0, reached, truncated, {"illegal": False}
+
+    def render(self):
+        if self.render_mode == "ansi":
+            edges = " ".join(f"{u}>{v}" for u, v in self._inst.edges)
+            return f"{edges} | start {self._inst.start} goal {self._inst.goal} at {self._current}"
+        return None

@@ -1,0 +1,127 @@
+"""The path-star graph of Bachmann & Nagarajan (2024), "The pitfalls of next-token prediction".
+
+A centre node, `degree` arms of `path_len - 1` further nodes each (so a centre-to-leaf path
+has `path_len` nodes, counting the centre), node labels drawn without replacement from
+`num_nodes`, and the directed edges (centre -> arm, along each arm) shuffled. The start is
+the centre, the goal the leaf of one arm, and the plan is the centre -> goal path.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from .. import rng
+from ..errors import require
+from . import digraph
+from .splits import split_stream
+
+NAME = "pathstar"
+ENV_ID = "retroplan/PathStar-v0"
+MAX_NODES = 4096
+
+
+@dataclass(frozen=True)
+class Config:
+    degree: int = 2
+    path_len: int = 5
+    num_nodes: int = 50
+
+    def validate(self) -> None:
+        for name in ("degree", "path_len", "num_nodes"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool),
+                    f"pathstar {name} must be an integer, got {value!r}.")
+        require(self.degree >= 2, f"pathstar degree must be at least 2, got {self.degree}.")
+        require(self.path_len >= 2,
+                f"pathstar path_len must be at least 2 (it counts the centre), got {self.path_len}.")
+        require(2 <= self.num_nodes <= MAX_NODES,
+                f"pathstar num_nodes must be between 2 and {MAX_NODES}, got {self.num_nodes}.")
+        need = self.degree * (self.path_len - 1) + 1
+        require(need <= self.num_nodes,
+                f"a path-star graph with degree {self.degree} and path_len {self.path_len} has "
+                f"{need} nodes, more than num_nodes={self.num_nodes}; raise num_nodes to at least {need}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def num_edges(cfg: Config) -> int:
+    return cfg.degree * (cfg.path_len - 1)
+
+
+def chance(cfg: Config) -> float:
+    """Accuracy of guessing the arm: what a forward model that only follows edges reaches."""
+    return 1.0 / cfg.degree
+
+
+def difficulty(cfg: Config, batch: dict) -> dict[str, np.ndarray]:
+    """Per-instance difficulty, recorded in every exported row and eval record."""
+    n = batch["start"].shape[0]
+    return {"degree": np.full(n, cfg.degree), "path_len": np.full(n, cfg.path_len)}
+
+
+@njit(cache=True, parallel=True)
+def _sample(seed, stream, indices, salts, degree, path_len, num_nodes, edges, start, goal, plan):
+    arm_len = path_len - 1
+    n_edges = degree * arm_len
+    for k in prange(indices.shape[0]):
+        state = rng.new_state(seed, stream, indices[k], salts[k])
+        labels = np.arange(num_nodes, dtype=np.int32)
+        for i in range(n_edges + 1):  # partial Fisher-Yates: labels without replacement
+            j = i + rng.randbelow(state, num_nodes - i)
+            t = labels[i]
+            labels[i] = labels[j]
+            labels[j] = t
+        order = np.arange(n_edges, dtype=np.int32)
+        rng.shuffle(state, order)
+        centre = labels[0]
+        e = 0
+        for a in range(degree):
+            prev = centre
+            for j in range(arm_len):
+                node = labels[1 + a * arm_len + j]
+                edges[k, order[e], 0] = prev
+                edges[k, order[e], 1] = node
+                e += 1
+                prev = node
+        g = rng.randbelow(state, degree)
+        start[k] = centre
+        plan[k, 0] = centre
+        for j in range(arm_len):
+            plan[k, 1 + j] = labels[1 + g * arm_len + j]
+        goal[k] = plan[k, arm_len]
+
+
+def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
+                     salts: np.ndarray | None = None) -> dict:
+    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    n = indices.shape[0]
+    salts = np.zeros(n, dtype=np.int64) if salts is None else np.ascontiguousarray(salts, np.int64)
+    batch = {
+        "edges": np.empty((n, num_edges(cfg), 2), dtype=np.int32),
+        "start": np.empty(n, dtype=np.int32),
+        "goal": np.empty(n, dtype=np.int32),
+        "plan": np.empty((n, cfg.path_len), dtype=np.int32),
+        "plan_len": np.full(n, cfg.path_len, dtype=np.int32),
+    }
+    _sample(np.uint64(seed), split_stream(split), indices, salts, cfg.degree, cfg.path_len,
+            cfg.num_nodes, batch["edges"], batch["start"], batch["goal"], batch["plan"])
+    return batch
+
+
+class Env(digraph.DigraphEnv):
+    """`retroplan/PathStar-v0`: walk from the centre to the goal leaf."""
+
+    task = sys.modules[__name__]
+
+
+fingerprints = digraph.fingerprints
+instance_at = digraph.instance_at
+replay_plan = digraph.replay_plan
+assess = digraph.assess
+SPLITS = ("train", "val", "test")

@@ -1,0 +1,266 @@
+"""Run a TOML experiment end to end: for every condition x variant x seed, generate the
+suite, train, evaluate; then `results.csv`, figures and `report.md`.
+
+Re-running the same command skips every finished piece (a suite whose meta.json checks out,
+a run with final.json, an evaluation whose metrics.json matches the run's last step) and
+resumes an interrupted training from its last checkpoint.
+
+    name = "quick"
+    task = "pathstar"
+    variants = ["optimal", "reverse"]
+    seeds = [0]
+    [sizes]      train / val / test instances
+    [[conditions]]  task configs (one table each; `label` names it)
+    [options]    trace-writer options
+    [train]      retroplan.train.TrainConfig fields
+    [eval]       retroplan.eval.EvalConfig fields
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import time
+import tomllib
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import __version__, plots
+from .envs import get_task, make_config
+from .errors import UserError, require
+from .eval import EvalConfig, evaluate
+from .fsutil import write_bytes, write_text
+from .stats import mean_ci, wilson
+from .traces import check_variant
+from .traces.suite import SuiteSpec, generate_suite, open_suite
+from .train import TrainConfig, train
+
+_TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
+             "train", "eval"}
+METRICS = ("accuracy", "first_step_accuracy", "optimal_rate", "faithful_accuracy",
+           "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy",
+           "tf_sequence_accuracy", "mean_generated_tokens")
+
+
+def load_experiment(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    require(path.is_file(), f"experiment file {path} does not exist.")
+    try:
+        exp = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"experiment file {path} is not valid TOML: {exc}.") from None
+    unknown = sorted(set(exp) - _TOP_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}.")
+    for key in ("name", "task", "variants"):
+        require(key in exp, f"{path} needs a {key!r} entry.")
+    task = get_task(exp["task"])
+    variants = exp["variants"]
+    require(isinstance(variants, list) and variants and all(isinstance(v, str) for v in variants),
+            f"{path}: variants must be a non-empty list of names.")
+    for v in variants:
+        check_variant(exp["task"], v)
+    seeds = exp.setdefault("seeds", [0])
+    require(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds),
+            f"{path}: seeds must be a non-empty list of non-negative integers.")
+    require(len(set(seeds)) == len(seeds), f"{path}: seeds repeat a value.")
+    conditions = exp.setdefault("conditions", [{}])
+    require(isinstance(conditions, list) and conditions and all(isinstance(c, dict) for c in conditions),
+            f"{path}: conditions must be a list of tables ([[conditions]]).")
+    labels = []
+    for c in conditions:
+        values = {k: v for k, v in c.items() if k != "label"}
+        make_config(exp["task"], values)  # validates now, before any work
+        labels.append(c.get("label") or _label(values))
+    require(len(set(labels)) == len(labels), f"{path}: two conditions have the same label.")
+    exp["_labels"] = labels
+    sizes = exp.setdefault("sizes", {})
+    for split in sizes:
+        require(split in task.SPLITS, f"{path}: unknown split {split!r} in [sizes]; allowed: "
+                f"{', '.join(task.SPLITS)}.")
+    exp["_train"] = TrainConfig.from_dict(exp.get("train", {}))
+    ev = exp.get("eval", {})
+    bad = sorted(set(ev) - set(EvalConfig.__dataclass_fields__))
+    if bad:
+        raise UserError(f"{path}: unknown eval setting {bad[0]!r}; allowed: "
+                        f"{', '.join(EvalConfig.__dataclass_fields__)}.")
+    exp["_eval"] = EvalConfig(**ev)
+    exp["_eval"].validate()
+    # the trace options are validated by SuiteSpec.resolve below, before any work
+    for c in conditions:
+        for v in variants:
+            _spec(exp, c, v, seeds[0]).resolve()
+    return exp
+
+
+def _label(values: dict) -> str:
+    return "-".join(f"{k}{v}" for k, v in sorted(values.items())) or "default"
+
+
+def _spec(exp: dict, condition: dict, variant: str, seed: int) -> SuiteSpec:
+    config = {k: v for k, v in condition.items() if k != "label"}
+    sizes = {"train": 1000, "val": 100, "test": 100}
+    sizes.update(exp.get("sizes", {}))
+    return SuiteSpec(task=exp["task"], variant=variant, config=config,
+                     options=dict(exp.get("options", {})), seed=seed, sizes=sizes)
+
+
+def _suite_ready(path: Path, spec: SuiteSpec) -> bool:
+    """True when `path` holds exactly `spec`'s suite (checksums included)."""
+    if not (path / "meta.json").exists():
+        return False
+    suite = open_suite(path)
+    task, cfg, _, options = spec.resolve()
+    same = (suite.meta["variant"] == spec.variant and suite.meta["seed"] == spec.seed
+            and suite.meta["config"] == cfg.to_dict() and suite.meta["options"] == options.to_dict()
+            and suite.meta["sizes"] == {k: v for k, v in spec.sizes.items() if k in task.SPLITS})
+    if not same:
+        raise UserError(f"{path} holds a different suite than this experiment asks for; "
+                        "use another --out.")
+    return True
+
+
+def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> Path:
+    exp = load_experiment(path)
+    out = Path(out)
+    source = Path(path).read_bytes()
+    if (out / "experiment.toml").exists():
+        require((out / "experiment.toml").read_bytes() == source,
+                f"{out} holds results of a different experiment file; use another --out.")
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder {out} exists and is not empty; use another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes(out / "experiment.toml", source)
+    t_start = time.perf_counter()
+    rows = []
+    jobs = [(label, cond, variant, seed) for label, cond in zip(exp["_labels"], exp["conditions"])
+            for variant in exp["variants"] for seed in exp["seeds"]]
+    for n, (label, cond, variant, seed) in enumerate(jobs, 1):
+        name = f"{label}-{variant}-s{seed}"
+        spec = _spec(exp, cond, variant, seed)
+        suite_dir, run_dir = out / "suites" / name, out / "runs" / name
+        if progress:
+            print(f"[{n}/{len(jobs)}] {name}", flush=True)
+        if not _suite_ready(suite_dir, spec):
+            generate_suite(spec, suite_dir, progress=progress)
+        tcfg = TrainConfig(**dict(asdict(exp["_train"]), seed=seed))
+        summary = train(suite_dir, run_dir, tcfg, resume=True, progress=progress)
+        metrics_path = run_dir / f"eval-{exp['_eval'].split}" / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+        if metrics is None or metrics.get("step") != summary["steps"]:
+            metrics = evaluate(run_dir, suite_dir, exp["_eval"], progress=progress)
+        row = {"condition": label, "variant": variant, "seed": seed, "n": metrics["n"]}
+        row.update({k: v for k, v in spec.config.items()})
+        row.update({m: metrics[m]["value"] if isinstance(metrics[m], dict) else metrics[m]
+                    for m in METRICS})
+        row["correct"] = round((metrics["accuracy"]["value"] or 0) * metrics["n"])
+        row["chance"] = metrics.get("chance")
+        row.update({"steps": summary["steps"], "final_loss": summary["final_loss"],
+                    "train_seconds": summary["train_seconds"], "parameters": summary["parameters"],
+                    "device": summary["device"]})
+        rows.append(row)
+        if progress:
+            acc = metrics["accuracy"]["value"]
+            print(f"      accuracy {acc:.3f} (n={metrics['n']}), first step "
+                  f"{metrics['first_step_accuracy']['value']:.3f}, teacher-forced tokens "
+                  f"{metrics['tf_token_accuracy']['value']:.3f}", flush=True)
+    _write_csv(out / "results.csv", rows)
+    figures = plots.accuracy_by_variant(rows, out / "accuracy",
+                                        title=f"{exp['name']}: forward planning accuracy")
+    figures += plots.accuracy_by_variant(rows, out / "first_step", metric="first_step_accuracy",
+                                         title=f"{exp['name']}: first move on a shortest path")
+    curves = {f"{r['condition']}-{r['variant']}-s{r['seed']}": _curve(out / "runs" /
+              f"{r['condition']}-{r['variant']}-s{r['seed']}") for r in rows}
+    figures += plots.learning_curves(curves, out / "loss")
+    report = out / "report.md"
+    write_text(report, _report(exp, Path(path), out, rows, time.perf_counter() - t_start))
+    return report
+
+
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    points = []
+    log = run_dir / "train_log.jsonl"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            points.append((rec["step"], rec["loss"]))
+    return points
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    write_text(path, buf.getvalue())
+
+
+def _fmt_rate(values: list[float], correct: int, n: int) -> str:
+    m, lo, hi = mean_ci(values)
+    if m != m:  # nan
+        return "n/a"
+    if len(values) > 1:
+        return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+    wlo, whi = wilson(correct, n)
+    return f"{m:.3f} [{wlo:.3f}, {whi:.3f}]"
+
+
+def _report(exp: dict, source: Path, out: Path, rows: list[dict], seconds: float) -> str:
+    lines = [f"# {exp['name']}", ""]
+    if exp.get("description"):
+        lines += [exp["description"].strip(), ""]
+    lines += ["Every accuracy below counts plans that were parsed by the task's grammar and replayed "
+              "move by move in the task's environment.", "",
+              "## Reproduce", "", "```", f"retroplan run {source} --out {out}", "```", "",
+              "## Results", ""]
+    seeds = exp["seeds"]
+    ci_note = ("mean over seeds [95% t-interval]" if len(seeds) > 1 else
+               "one seed; [95% Wilson interval over the test instances]")
+    lines += [f"Accuracy: {ci_note}. n = test instances per seed.", "",
+              "| condition | variant | n | accuracy | first step | teacher-forced tokens | "
+              "teacher-forced sequences | parse failures | chance |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for label in exp["_labels"]:
+        for variant in exp["variants"]:
+            rs = [r for r in rows if r["condition"] == label and r["variant"] == variant]
+            if not rs:
+                continue
+            n = rs[0]["n"]
+
+            def mean_of(key, rs=rs):
+                vals = [r[key] for r in rs if r.get(key) is not None]
+                return f"{sum(vals) / len(vals):.3f}" if vals else "n/a"
+
+            acc = _fmt_rate([r["accuracy"] for r in rs], sum(r["correct"] for r in rs),
+                            sum(r["n"] for r in rs))
+            chance = rs[0].get("chance")
+            lines.append(f"| {label} | {variant} | {n} | {acc} | {mean_of('first_step_accuracy')} | "
+                         f"{mean_of('tf_token_accuracy')} | {mean_of('tf_sequence_accuracy')} | "
+                         f"{mean_of('parse_failures')} | {'' if chance is None else f'{chance:.3f}'} |")
+    lines += ["", "![accuracy](accuracy.png)", "", "![first step](first_step.png)", "",
+              "![training loss](loss.png)", "",
+              "Teacher-forced accuracy feeds the reference prefix and asks for the next token; a "
+              "model that scores high there but low when it generates its own plan has learned "
+              "to follow edges once it is on the right arm, but not to choose the arm (the "
+              "Clever Hans cheat of Bachmann & Nagarajan, 2024).", "",
+              "## Runs", "", "| run | steps | final loss | train seconds | parameters | device |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['condition']}-{r['variant']}-s{r['seed']} | {r['steps']} | "
+                     f"{r['final_loss']:.4f} | {r['train_seconds']} | {r['parameters']} | {r['device']} |")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    lines += ["", "## Machine", "",
+              f"retroplan {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+              f"{platform.machine()} with {os.cpu_count()} CPUs, GPU: {gpu}; whole run "
+              f"{seconds:.0f} s (pieces already done were skipped).", "",
+              "## Experiment file", "", "```toml", source.read_text().strip(), "```", ""]
+    return "\n".join(lines)

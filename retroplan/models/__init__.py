@@ -1,0 +1,3 @@
+from .gpt import GPT, PRESETS, GPTConfig, generate
+
+__all__ = ["GPT", "GPTConfig", "PRESETS", "generate"]

@@ -1,0 +1,325 @@
+"""A suite on disk: one task config, one trace variant, one seed, its splits.
+
+    meta.json                  config, variant, options, seed, vocabulary, counts, version,
+                               and the sha256 of every other file
+    {split}.tokens.npy         all token rows of the split, concatenated
+    {split}.lengths.npy        tokens per row
+    {split}.prompt_len.npy     prompt tokens per row (the loss is on the rest)
+    {split}.instance.npy       row -> instance position in the split
+    {split}.kind.npy           row kind (revthink: fwd / bq / br; 0 elsewhere)
+    {split}.index.npy          instance position -> its (seed, split, index) index
+    {split}.inst.{field}.npy   the instances themselves (what eval replays plans in)
+    preview.txt                a few rows of each split, readable
+
+Same spec -> byte-identical files (no timestamps, counter-based randomness). Instances of
+`test` never occur in `val` or `train`, and those of `val` never in `train`: a colliding
+instance is redrawn with the next salt, the same way on every machine and shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import __version__
+from ..envs import get_task, make_config
+from ..errors import UserError, require
+from ..fsutil import NpyAppender, atomic_dir, sha256_file, write_json, write_npy, write_text
+from . import check_variant, get_grammar
+
+FORMAT = "retroplan-suite/1"
+CHUNK = 8192  # instances per generation chunk (bounds memory for search event logs)
+_MAX_REDRAWS = 64
+
+
+@dataclass
+class SuiteSpec:
+    """Everything that determines a suite's bytes."""
+
+    task: str
+    variant: str
+    config: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+    sizes: dict = field(default_factory=lambda: {"train": 1000, "val": 100, "test": 100})
+
+    def resolve(self):
+        """Validate everything; return (task module, config, grammar, options)."""
+        task = get_task(self.task)
+        check_variant(self.task, self.variant)
+        cfg = make_config(self.task, self.config)
+        grammar = get_grammar(self.task)
+        opt_fields = grammar.Options.__dataclass_fields__
+        unknown = sorted(set(self.options) - set(opt_fields))
+        if unknown:
+            raise UserError(f"unknown trace option {unknown[0]!r}; allowed: {', '.join(opt_fields)}.")
+        options = grammar.Options(**self.options)
+        options.validate()
+        require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+                f"seed must be an integer in [0, 2**63), got {self.seed!r}.")
+        require(isinstance(self.sizes, dict) and self.sizes, "sizes must name at least one split.")
+        for split, count in self.sizes.items():
+            require(split in task.SPLITS,
+                    f"unknown split {split!r} for task {self.task}; allowed: {', '.join(task.SPLITS)}.")
+            require(isinstance(count, int) and not isinstance(count, bool) and count >= 0,
+                    f"the {split} size must be a non-negative integer, got {count!r}.")
+        return task, cfg, grammar, options
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`i/N` -> (i, N): piece i (0-based) of N."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like i/N (for example 0/4), got {text!r}.") from None
+    require(n >= 1 and 0 <= i < n, f"--shard {text} needs 0 <= i < N.")
+    return i, n
+
+
+def _split_order(task, sizes: dict) -> list[str]:
+    """Held-out splits first (each kept apart from the ones before), train last."""
+    return [s for s in task.SPLITS if s in sizes and s != "train"] + (
+        ["train"] if "train" in sizes else [])
+
+
+def _sample_apart(task, cfg, seed, split, indices, exclude: np.ndarray):
+    """Sample instances, redrawing (next salt) any whose fingerprint is in `exclude`."""
+    salts = np.zeros(indices.shape[0], dtype=np.int64)
+    batch = task.sample_instances(cfg, seed, split, indices, salts)
+    fp = task.fingerprints(batch)
+    bad = np.flatnonzero(np.isin(fp, exclude))
+    redrawn = 0
+    for _ in range(_MAX_REDRAWS):
+        if bad.size == 0:
+            return batch, fp, redrawn
+        redrawn += bad.size
+        salts[bad] += 1
+        again = task.sample_instances(cfg, seed, split, indices[bad], salts[bad])
+        for key in batch:
+            batch[key][bad] = again[key]
+        fp[bad] = task.fingerprints(again)
+        bad = bad[np.isin(fp[bad], exclude)]
+    raise UserError(
+        f"the {split} split keeps drawing instances that are already in another split; this "
+        f"{task.NAME} config has too few distinct instances for the requested sizes.")
+
+
+def _held_out_fingerprints(task, cfg, seed, order, sizes, upto) -> np.ndarray:
+    """Fingerprints of every split before `upto` in `order` (whole splits, whatever shard)."""
+    fps = np.zeros(0, dtype=np.uint64)
+    for split in order:
+        if split == upto:
+            break
+        for lo in range(0, sizes[split], CHUNK):
+            idx = np.arange(lo, min(lo + CHUNK, sizes[split]), dtype=np.int64)
+            _, fp, _ = _sample_apart(task, cfg, seed, split, idx, fps)
+            fps = np.concatenate([fps, fp])
+    return np.unique(fps)
+
+
+def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, int] | None = None,
+                   progress: bool = True) -> Path:
+    """Generate the suite `spec` (or piece `shard` of it) into the new folder `out`."""
+    task, cfg, grammar, options = spec.resolve()
+    vocab = grammar.make_vocab(cfg)
+    out = Path(out)
+    order = _split_order(task, spec.sizes)
+    total = sum(spec.sizes[s] for s in order)
+    bar = tqdm(total=total, desc=f"generate {spec.task}/{spec.variant}", unit="inst",
+               disable=None if progress else True, leave=False)
+    splits_meta = {}
+    with atomic_dir(out) as tmp:
+        for split in order:
+            count = spec.sizes[split]
+            lo, hi = (0, count) if shard is None else (count * shard[0] // shard[1],
+                                                       count * (shard[0] + 1) // shard[1])
+            exclude = _held_out_fingerprints(task, cfg, spec.seed, order, spec.sizes, split)
+            files = {name: NpyAppender(tmp / f"{split}.{name}.npy", dtype) for name, dtype in (
+                ("tokens", vocab.dtype), ("lengths", np.int32), ("prompt_len", np.int32),
+                ("instance", np.int64), ("kind", np.int8), ("index", np.int64))}
+            inst_parts: dict[str, list[np.ndarray]] = {}
+            stats = {"instances": hi - lo, "examples": 0, "tokens": 0, "max_len": 0, "redrawn": 0}
+            try:
+                for start in range(lo, hi, CHUNK):
+                    idx = np.arange(start, min(start + CHUNK, hi), dtype=np.int64)
+                    batch, _, redrawn = _sample_apart(task, cfg, spec.seed, split, idx, exclude)
+                    ex = grammar.write_examples(task, cfg, options, spec.variant, spec.seed, split,
+                                                idx, batch)
+                    files["tokens"].append(ex["tokens"])
+                    files["lengths"].append(ex["lengths"])
+                    files["prompt_len"].append(ex["prompt_len"])
+                    files["instance"].append(ex["instance"] + (start - lo))
+                    files["kind"].append(ex["kind"])
+                    files["index"].append(idx)
+                    for key, value in batch.items():
+                        inst_parts.setdefault(key, []).append(value)
+                    stats["examples"] += int(ex["lengths"].shape[0])
+                    stats["tokens"] += int(ex["lengths"].sum())
+                    stats["max_len"] = max(stats["max_len"], int(ex["lengths"].max(initial=0)))
+                    stats["redrawn"] += redrawn
+                    bar.update(idx.shape[0])
+                for f in files.values():
+                    f.finish()
+            except BaseException:
+                for f in files.values():
+                    f.abort()
+                raise
+            for key, parts in inst_parts.items():
+                write_npy(tmp / f"{split}.inst.{key}.npy", np.concatenate(parts))
+            if not inst_parts:  # an empty split still gets (empty) instance files
+                empty = task.sample_instances(cfg, spec.seed, split, np.zeros(0, dtype=np.int64))
+                for key, value in empty.items():
+                    write_npy(tmp / f"{split}.inst.{key}.npy", value)
+            splits_meta[split] = stats
+        bar.close()
+        meta = {
+            "format": FORMAT,
+            "retroplan_version": __version__,
+            "task": spec.task,
+            "variant": spec.variant,
+            "config": cfg.to_dict(),
+            "options": options.to_dict(),
+            "seed": spec.seed,
+            "sizes": {s: spec.sizes[s] for s in order},
+            "shard": list(shard) if shard else None,
+            "splits": splits_meta,
+            "vocab": vocab.to_json(),
+            "token_dtype": np.dtype(vocab.dtype).name,
+        }
+        suite = Suite(tmp, meta=meta, verify=False)
+        write_text(tmp / "preview.txt", suite.preview(rows_per_split=3))
+        meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / "meta.json", meta)
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class SplitData:
+    """One split of a suite: token rows (memory-mapped) and the instances they came from."""
+
+    def __init__(self, root: Path, split: str):
+        def load(name):
+            return np.load(root / f"{split}.{name}.npy", mmap_mode="r", allow_pickle=False)
+
+        self.name = split
+        self.tokens = load("tokens")
+        self.lengths = np.asarray(load("lengths"))
+        self.prompt_len = np.asarray(load("prompt_len"))
+        self.instance = np.asarray(load("instance"))
+        self.kind = np.asarray(load("kind"))
+        self.index = np.asarray(load("index"))
+        self.offsets = np.zeros(self.lengths.shape[0] + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.instances = {}
+        for path in sorted(root.glob(f"{split}.inst.*.npy")):
+            key = path.name[len(split) + 6: -4]
+            self.instances[key] = np.load(path, allow_pickle=False)
+
+    def __len__(self) -> int:
+        return self.lengths.shape[0]
+
+    def row(self, r: int) -> np.ndarray:
+        return np.asarray(self.tokens[self.offsets[r]: self.offsets[r + 1]], dtype=np.int64)
+
+    def prompt(self, r: int) -> np.ndarray:
+        return self.row(r)[: self.prompt_len[r]]
+
+    def completion(self, r: int) -> np.ndarray:
+        return self.row(r)[self.prompt_len[r]:]
+
+
+class Suite:
+    """A suite folder. Opening it checks every file against meta.json's checksums."""
+
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None, verify: bool = True):
+        self.path = Path(path)
+        if meta is None:
+            meta = read_meta(self.path)
+        self.meta = meta
+        if verify:
+            self.verify()
+        self.task = get_task(meta["task"])
+        self.config = make_config(meta["task"], meta["config"])
+        self.grammar = get_grammar(meta["task"])
+        self.options = self.grammar.Options(**meta["options"])
+        self.variant = meta["variant"]
+        self.vocab = self.grammar.make_vocab(self.config)
+        require(self.vocab.to_json() == meta["vocab"],
+                f"{self.path}/meta.json has a vocabulary that this retroplan version does not write.")
+        self._splits: dict[str, SplitData] = {}
+
+    def verify(self) -> None:
+        files = self.meta.get("files")
+        require(isinstance(files, dict) and files, f"{self.path}/meta.json lists no files.")
+        for name, digest in sorted(files.items()):
+            require("/" not in name and not name.startswith("."),
+                    f"{self.path}/meta.json names a file outside the suite: {name!r}.")
+            p = self.path / name
+            require(p.is_file(), f"suite file {p} is missing.")
+            require(sha256_file(p) == digest,
+                    f"suite file {p} does not match its checksum in meta.json (corrupt or changed).")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    def split(self, name: str) -> SplitData:
+        require(name in self.meta["splits"],
+                f"suite {self.path} has no split {name!r}; it has: {', '.join(self.splits)}.")
+        if name not in self._splits:
+            self._splits[name] = SplitData(self.path, name)
+        return self._splits[name]
+
+    def max_len(self) -> int:
+        return max(s["max_len"] for s in self.meta["splits"].values())
+
+    def describe_row(self, split: str, r: int) -> dict:
+        """One row as readable fields: the instance, its difficulty, prompt and completion."""
+        data = self.split(split)
+        i = int(data.instance[r])
+        inst = self.task.instance_at(data.instances, i)
+        diff = self.task.difficulty(self.config, {k: v[i: i + 1] for k, v in data.instances.items()})
+        row = {"split": split, "row": r, "index": int(data.index[i]), "kind": int(data.kind[r])}
+        row.update(inst)
+        row.update({k: int(v[0]) for k, v in diff.items()})
+        row["prompt"] = self.vocab.decode(data.prompt(r))
+        row["completion"] = self.vocab.decode(data.completion(r))
+        return row
+
+    def preview(self, rows_per_split: int = 3) -> str:
+        lines = [f"# {self.meta['task']} / {self.meta['variant']}  seed {self.meta['seed']}  "
+                 f"config {json.dumps(self.meta['config'], sort_keys=True)}"]
+        for split in self.splits:
+            data = self.split(split)
+            for r in range(min(rows_per_split, len(data))):
+                lines.append(f"[{split} {r}] {self.vocab.decode(data.prompt(r))}")
+                lines.append(f"    -> {self.vocab.decode(data.completion(r))}")
+        return "\n".join(lines) + "\n"
+
+
+def read_meta(path: Path) -> dict:
+    meta_path = path / "meta.json"
+    require(path.is_dir(), f"suite {path} does not exist (or is not a folder).")
+    require(meta_path.is_file(), f"{path} is not a suite: it has no meta.json.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{meta_path} is not valid JSON (the suite is corrupt).") from None
+    require(isinstance(meta, dict) and meta.get("format") == FORMAT,
+            f"{meta_path} is not a retroplan suite of format {FORMAT}.")
+    for key in ("task", "variant", "config", "options", "seed", "splits", "vocab"):
+        require(key in meta, f"{meta_path} lacks the field {key!r} (the suite is corrupt).")
+    return meta
+
+
+def open_suite(path: str | os.PathLike) -> Suite:
+    return Suite(Path(path))

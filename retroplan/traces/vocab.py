@@ -1,0 +1,51 @@
+"""A task's vocabulary: token strings <-> ids. One vocabulary per task config covers every
+trace variant, so checkpoints of different variants share an embedding table layout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError, require
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+
+
+class Vocab:
+    def __init__(self, tokens: list[str]):
+        require(len(set(tokens)) == len(tokens), "a vocabulary must not repeat a token.")
+        self.tokens = list(tokens)
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+        self.pad_id = self.ids[PAD]
+        self.bos_id = self.ids[BOS]
+        self.eos_id = self.ids[EOS]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocab) and self.tokens == other.tokens
+
+    def __getitem__(self, token: str) -> int:
+        return self.ids[token]
+
+    @property
+    def dtype(self):
+        return np.uint16 if len(self.tokens) <= 65535 else np.int32
+
+    def decode(self, ids) -> str:
+        """Readable text; ids outside the vocabulary show as `<?id>` (never raises)."""
+        out = []
+        for i in ids:
+            i = int(i)
+            out.append(self.tokens[i] if 0 <= i < len(self.tokens) else f"<?{i}>")
+        return " ".join(out)
+
+    def encode(self, text: str) -> list[int]:
+        words = text.split()
+        unknown = [w for w in words if w not in self.ids]
+        if unknown:
+            raise UserError(f"token {unknown[0]!r} is not in the vocabulary.")
+        return [self.ids[w] for w in words]
+
+    def to_json(self) -> list[str]:
+        return list(self.tokens)
