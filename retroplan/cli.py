@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--seed", type=int, default=0)
         for split in task.SPLITS:
             t.add_argument(f"--{split.replace('_', '-')}", dest=f"size_{split}", type=int,
-                           default=None, metavar="N", help=f"instances in the {split} split")
+                           default=None, metavar="N",
+                           help=f"instances in the {split} split (default {task.DEFAULT_SIZES[split]})")
         t.add_argument("--shard", default=None, metavar="I/N", help="generate piece I of N only")
         _add_dataclass_flags(t, task.Config, prefix="task_")
         _add_dataclass_flags(t, GRAMMARS[name].Options, prefix="opt_")
@@ -100,8 +101,7 @@ def _generate(args) -> None:
 
     task = get_task(args.task)
     sizes = {s: getattr(args, f"size_{s}") for s in task.SPLITS}
-    defaults = {"train": 1000, "val": 100, "test": 100}
-    sizes = {s: (v if v is not None else defaults.get(s, 0)) for s, v in sizes.items()}
+    sizes = {s: (v if v is not None else task.DEFAULT_SIZES[s]) for s, v in sizes.items()}
     spec = SuiteSpec(task=args.task, variant=args.variant,
                      config=_given(args, task.Config, "task_"),
                      options=_given(args, GRAMMARS[args.task].Options, "opt_"),

@@ -104,7 +104,7 @@ def _label(values: dict) -> str:
 
 def _spec(exp: dict, condition: dict, variant: str, seed: int) -> SuiteSpec:
     config = {k: v for k, v in condition.items() if k != "label"}
-    sizes = {"train": 1000, "val": 100, "test": 100}
+    sizes = dict(get_task(exp["task"]).DEFAULT_SIZES)
     sizes.update(exp.get("sizes", {}))
     return SuiteSpec(task=exp["task"], variant=variant, config=config,
                      options=dict(exp.get("options", {})), seed=seed, sizes=sizes)

@@ -125,3 +125,4 @@ instance_at = digraph.instance_at
 replay_plan = digraph.replay_plan
 assess = digraph.assess
 SPLITS = ("train", "val", "test")
+DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 100}
