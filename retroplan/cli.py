@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("experiment", help="an experiments/*.toml file")
     r.add_argument("--out", required=True, help="folder for suites, runs, results and report")
 
+    m = sub.add_parser("merge-shards", help="put the pieces of a --shard generation together")
+    m.add_argument("pieces", nargs="+", metavar="PIECE", help="suite folders made with --shard i/N")
+    m.add_argument("--out", required=True, help="new folder for the whole suite")
+
     sub.add_parser("list", help="list tasks, variants and model presets")
     return p
 
@@ -175,6 +179,13 @@ def _run(args) -> None:
     print(f"report: {report}")
 
 
+def _merge_shards(args) -> None:
+    from .traces.suite import merge_shards
+
+    out = merge_shards(args.pieces, args.out)
+    print(f"wrote {out}: {len(args.pieces)} pieces merged")
+
+
 def _list(args) -> None:
     from .envs import TASKS
     from .models import PRESETS
@@ -188,7 +199,7 @@ def _list(args) -> None:
 
 
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
-            "eval": _eval, "run": _run, "list": _list}
+            "eval": _eval, "run": _run, "merge-shards": _merge_shards, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:

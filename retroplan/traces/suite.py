@@ -11,7 +11,9 @@
     {split}.inst.{field}.npy   the instances themselves (what eval replays plans in)
     preview.txt                a few rows of each split, readable
 
-Same spec -> byte-identical files (no timestamps, counter-based randomness). Instances of
+Same spec -> byte-identical files (no timestamps, counter-based randomness), whatever the
+thread count; `merge_shards` puts the pieces of `--shard i/N` runs together into exactly the
+unsharded suite. Instances of
 `test` never occur in `val` or `train`, and those of `val` never in `train`: a colliding
 instance is redrawn with the next salt, the same way on every machine and shard.
 """
@@ -193,11 +195,81 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
             "vocab": vocab.to_json(),
             "token_dtype": np.dtype(vocab.dtype).name,
         }
-        suite = Suite(tmp, meta=meta, verify=False)
-        write_text(tmp / "preview.txt", suite.preview(rows_per_split=3))
-        meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / "meta.json", meta)
+        _seal(tmp, meta)
     return out
+
+
+def _seal(folder: Path, meta: dict) -> None:
+    """Finish a suite folder: preview.txt, then meta.json with every file's checksum."""
+    suite = Suite(folder, meta=meta, verify=False)
+    write_text(folder / "preview.txt", suite.preview(rows_per_split=3))
+    meta["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    write_json(folder / "meta.json", meta)
+
+
+_SPLIT_STATS = ("instances", "examples", "tokens", "max_len", "redrawn")
+_ROW_FILES = ("tokens", "lengths", "prompt_len", "instance", "kind", "index")
+_COPY_BLOCK = 1 << 22  # elements copied at a time when merging (bounds memory)
+
+
+def merge_shards(pieces: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Put the pieces of a sharded suite (`generate --shard i/N` for every i) together in
+    the new folder `out`. The result is byte-identical to the suite generated unsharded."""
+    require(len(pieces) > 0, "merge-shards needs the suite's pieces (folders made with --shard).")
+    suites = [open_suite(p) for p in pieces]  # checks every piece against its checksums
+    first = suites[0]
+    by_index: dict[int, Suite] = {}
+    for suite in suites:
+        shard = suite.meta.get("shard")
+        require(shard is not None, f"suite {suite.path} is not a piece (it was generated without --shard).")
+        i, count = shard
+        require(count == first.meta["shard"][1],
+                f"suite {suite.path} is piece {i} of {count}, but {first.path} is a piece of "
+                f"{first.meta['shard'][1]}.")
+        for key in sorted(set(suite.meta) | set(first.meta)):
+            require(key in ("shard", "splits", "files") or suite.meta.get(key) == first.meta.get(key),
+                    f"suite {suite.path} is a piece of another suite than {first.path} (its {key} differs).")
+        require(i not in by_index, f"suites {by_index.get(i, suite).path} and {suite.path} are both "
+                f"piece {i} of {count}.")
+        by_index[i] = suite
+    count = first.meta["shard"][1]
+    missing = [i for i in range(count) if i not in by_index]
+    require(not missing, f"piece {missing[0] if missing else 0} of {count} is missing; "
+            "merge-shards needs every piece.")
+    ordered = [by_index[i] for i in range(count)]
+    meta = {k: v for k, v in first.meta.items() if k not in ("files", "splits")}
+    meta["shard"] = None
+    meta["splits"] = {}
+    with atomic_dir(out) as tmp:
+        for split in _split_order(first.task, first.meta["splits"]):  # generate_suite's order
+            parts = [suite.split(split) for suite in ordered]
+            stats = {"instances": 0, "examples": 0, "tokens": 0, "max_len": 0, "redrawn": 0}
+            files = {name: NpyAppender(tmp / f"{split}.{name}.npy", getattr(parts[0], name).dtype)
+                     for name in _ROW_FILES}
+            try:
+                for suite, part in zip(ordered, parts):
+                    for name in _ROW_FILES:
+                        array = getattr(part, name)
+                        if name == "instance":  # row -> instance, re-based onto the whole split
+                            array = array + stats["instances"]
+                        for lo in range(0, array.shape[0], _COPY_BLOCK):
+                            files[name].append(array[lo: lo + _COPY_BLOCK])
+                    piece_stats = suite.meta["splits"][split]
+                    for key in ("instances", "examples", "tokens", "redrawn"):
+                        stats[key] += piece_stats[key]
+                    stats["max_len"] = max(stats["max_len"], piece_stats["max_len"])
+                for f in files.values():
+                    f.finish()
+            except BaseException:
+                for f in files.values():
+                    f.abort()
+                raise
+            for key in parts[0].instances:
+                write_npy(tmp / f"{split}.inst.{key}.npy",
+                          np.concatenate([part.instances[key] for part in parts]))
+            meta["splits"][split] = stats
+        _seal(tmp, meta)
+    return Path(out)
 
 
 # --------------------------------------------------------------------------- reading
@@ -248,6 +320,9 @@ class Suite:
         if verify:
             self.verify()
         self.task = get_task(meta["task"])
+        unknown = [s for s in meta["splits"] if s not in self.task.SPLITS]
+        require(not unknown, f"{self.path}/meta.json names a split {unknown[0] if unknown else ''!r} that "
+                f"{meta['task']} does not have (the suite is corrupt).")
         self.config = make_config(meta["task"], meta["config"])
         self.grammar = get_grammar(meta["task"])
         self.options = self.grammar.Options(**meta["options"])
@@ -316,8 +391,17 @@ def read_meta(path: Path) -> dict:
         raise UserError(f"{meta_path} is not valid JSON (the suite is corrupt).") from None
     require(isinstance(meta, dict) and meta.get("format") == FORMAT,
             f"{meta_path} is not a retroplan suite of format {FORMAT}.")
-    for key in ("task", "variant", "config", "options", "seed", "splits", "vocab"):
-        require(key in meta, f"{meta_path} lacks the field {key!r} (the suite is corrupt).")
+    for key, kind in (("task", str), ("variant", str), ("config", dict), ("options", dict),
+                      ("seed", int), ("splits", dict), ("vocab", list)):
+        require(isinstance(meta.get(key), kind),
+                f"{meta_path} lacks a valid {key!r} field (the suite is corrupt).")
+    for split, stats in meta["splits"].items():
+        require(isinstance(stats, dict) and all(isinstance(stats.get(k), int) for k in _SPLIT_STATS),
+                f"{meta_path} has no valid counts for split {split!r} (the suite is corrupt).")
+    shard = meta.get("shard")
+    require(shard is None or (isinstance(shard, list) and len(shard) == 2
+                              and all(isinstance(x, int) for x in shard) and 0 <= shard[0] < shard[1]),
+            f"{meta_path} has an invalid 'shard' field (the suite is corrupt).")
     return meta
 
 
