@@ -1,12 +1,14 @@
 """Evaluation: generate, parse with the task's grammar, replay every plan in the task's
-environment, and count.
+environment, judge every step of every stream, and count.
 
-Reported (with the count each number is over): planning accuracy, first-step accuracy (the
-plan's first move lies on a shortest path to the goal), optimality, faithful accuracy for
-stream variants (the plan is the path the model's own stream found), parse failures,
-teacher-forced token / first-token / whole-sequence accuracy (a model that is right under
-teacher forcing but wrong when it generates shows the Clever Hans signature), and the same
-broken down by difficulty. Per-example records go to `records.jsonl`.
+Reported (each with the count it is over): planning accuracy, first-step accuracy (the plan's
+first move lies on a shortest path), optimality and SWC, faithful accuracy for stream
+variants (the plan is the path the model's own stream reached), parse failures,
+teacher-forced token / first-token / whole-sequence accuracy (right under teacher forcing
+but wrong when generating is the Clever Hans signature), the behaviour metrics of
+`metrics.py` for the model's streams and for the teacher's streams of the same instances,
+and, with sampling, pass@k and best-of-n. Broken down by difficulty. Per-example records go
+to `records.jsonl`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,10 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .batching import IGNORE, collate
+from .decoding import TIPPenalty, pass_at_k
 from .errors import require
 from .fsutil import atomic_path, write_json
+from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
 from .traces.suite import Suite, open_suite
 from .train import resolve_device
@@ -36,24 +40,54 @@ class EvalConfig:
     limit: int = 0            # evaluate the first N instances (0: all)
     batch_size: int = 256
     device: str = "auto"
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0            # sample among the k most likely tokens (0: all)
+    samples: int = 1          # completions per instance (pass@k, best-of-n); needs temperature > 0
+    seed: int = 0             # the sampling generator's seed
+    tip_alpha: float = 0.0    # thought-switch penalty on the logits (0: off)
+    tip_beta: int = 0         # ... while the current thought has made fewer than beta moves
+    tip_oracle: bool = False  # ... and only where the current state can still reach the goal
 
     def validate(self) -> None:
-        require(isinstance(self.limit, int) and self.limit >= 0,
-                f"eval limit must be a non-negative integer, got {self.limit!r}.")
+        def nonneg_int(name):
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                    f"eval {name} must be a non-negative integer, got {v!r}.")
+
+        for name in ("limit", "top_k", "seed", "tip_beta"):
+            nonneg_int(name)
         require(isinstance(self.batch_size, int) and self.batch_size >= 1,
                 f"eval batch_size must be a positive integer, got {self.batch_size!r}.")
+        require(isinstance(self.samples, int) and self.samples >= 1,
+                f"eval samples must be a positive integer, got {self.samples!r}.")
+        require(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
+                f"eval temperature must be a non-negative number, got {self.temperature!r}.")
+        require(self.samples == 1 or self.temperature > 0,
+                f"eval samples={self.samples} needs temperature > 0 (greedy decoding repeats itself).")
+        require(isinstance(self.tip_alpha, (int, float)) and self.tip_alpha >= 0,
+                f"eval tip_alpha must be a non-negative number, got {self.tip_alpha!r}.")
+
+    @property
+    def uses_tip(self) -> bool:
+        return self.tip_alpha > 0 and self.tip_beta > 0
 
 
 def judge(suite: Suite, instances: dict, i: int, completion_ids) -> dict:
-    """Parse one completion and replay its plan; every verdict we report comes from here."""
-    parsed = suite.grammar.parse(suite.variant, completion_ids, suite.vocab)
+    """Parse one completion and replay its plan; every verdict we report comes from here.
+
+    Stream variants also get `behaviour`: every step of the stream judged by the oracle."""
+    ids = [int(t) for t in completion_ids]
+    parsed = suite.grammar.parse(suite.variant, ids, suite.vocab)
     out = {"plan": parsed.plan, "parse_error": parsed.error, "correct": False,
-           "reason": parsed.error or "", "first_step": False, "optimal": False, "faithful": None}
+           "reason": parsed.error or "", "first_step": False, "optimal": False, "faithful": None,
+           "optimal_moves": None, "behaviour": None}
     if parsed.plan is None:
         return out
     out.update(suite.task.assess(suite.config, instances, i, parsed.plan))
     if parsed.events:  # stream variants: is the plan the path the stream itself reached?
         out["faithful"] = bool(out["correct"] and suite.grammar.stream_plan(parsed) == parsed.plan)
+        walk = suite.task.Walk(suite.config, instances, i, backward=parsed.backward)
+        out["behaviour"] = analyse_stream(parsed.events, parsed.event_ends, walk, len(ids))
     return out
 
 
@@ -78,9 +112,40 @@ def teacher_forced(model, suite: Suite, split, rows: np.ndarray, batch_size: int
     return out
 
 
-def _rate(values) -> dict:
-    values = [bool(v) for v in values if v is not None]
-    return {"value": (sum(values) / len(values)) if values else None, "n": len(values)}
+def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, progress: bool):
+    """{(row, sample): (token ids up to <eos>, summed log-prob)} for every row and sample.
+
+    Batches hold rows of one prompt length, so prompts need no padding."""
+    eos = suite.vocab.eos_id
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    by_prompt_len = defaultdict(list)
+    for r in rows:
+        by_prompt_len[int(split.prompt_len[r])].append(int(r))
+    backward = suite.variant == "backward-stream"
+    bar = tqdm(total=len(rows) * cfg.samples, desc=f"eval {suite.variant}", unit="ex",
+               disable=None if progress else True, leave=False)
+    out = {}
+    for plen in sorted(by_prompt_len):
+        jobs = [(r, s) for r in by_prompt_len[plen] for s in range(cfg.samples)]
+        for lo in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[lo: lo + cfg.batch_size]
+            prompts = torch.from_numpy(np.stack([split.prompt(r) for r, _ in chunk])).to(device)
+            hook = None
+            if cfg.uses_tip:
+                walks = [suite.task.Walk(suite.config, split.instances, int(split.instance[r]), backward)
+                         for r, _ in chunk]
+                hook = TIPPenalty([suite.grammar.StreamTracker(w) for w in walks],
+                                  suite.grammar.StreamTracker.switch_tokens, cfg.tip_alpha,
+                                  cfg.tip_beta, cfg.tip_oracle)
+            new, logprob = generate(model, prompts, model.cfg.block_size - plen, eos,
+                                    logits_hook=hook, temperature=cfg.temperature, top_k=cfg.top_k,
+                                    generator=gen, return_logprobs=True)
+            for (r, s), ids, lp in zip(chunk, new.cpu().tolist(), logprob.cpu().tolist()):
+                out[(r, s)] = (ids[: ids.index(eos) + 1] if eos in ids else ids, lp)
+            bar.update(len(chunk))
+    bar.close()
+    return out
 
 
 def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = None,
@@ -97,6 +162,9 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     require(suite.vocab.to_json() == run["vocab"],
             f"the checkpoint in {run_dir} was trained with a different vocabulary than suite "
             f"{suite.path} uses ({len(run['vocab'])} vs {len(suite.vocab)} tokens).")
+    require(not cfg.uses_tip or hasattr(suite.grammar, "StreamTracker") and suite.variant in (
+        "stream", "backward-stream", "corrupted"),
+        f"the thought-switch penalty needs a stream variant; {suite.variant} has no thoughts to switch.")
     split = suite.split(cfg.split)
     rows = np.flatnonzero(split.kind == 0)  # revthink: forward questions only
     if cfg.limit:
@@ -105,43 +173,48 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     out = Path(out) if out else run_dir / f"eval-{cfg.split}"
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device)
-    records = []
-    by_prompt_len = defaultdict(list)
-    for r in rows:
-        by_prompt_len[int(split.prompt_len[r])].append(int(r))
-    bar = tqdm(total=len(rows), desc=f"eval {suite.variant}", unit="ex",
-               disable=None if progress else True, leave=False)
-    generated: dict[int, list[int]] = {}
-    for plen, group in sorted(by_prompt_len.items()):
-        for lo in range(0, len(group), cfg.batch_size):
-            chunk = group[lo: lo + cfg.batch_size]
-            prompts = torch.from_numpy(np.stack([split.prompt(r) for r in chunk])).to(device)
-            new = generate(model, prompts, model.cfg.block_size - plen, suite.vocab.eos_id).cpu().numpy()
-            for r, ids in zip(chunk, new):
-                ids = ids.tolist()
-                generated[r] = ids[: ids.index(suite.vocab.eos_id) + 1] if suite.vocab.eos_id in ids else ids
-            bar.update(len(chunk))
-    bar.close()
+    generated = _generate_all(model, suite, split, rows, cfg, device, progress)
 
     difficulty = suite.task.difficulty(suite.config, split.instances)
+    records, stats, teacher_stats, teacher_tokens, teachers = [], [], [], [], []
     for k, r in enumerate(rows):
         i = int(split.instance[r])
-        verdict = judge(suite, split.instances, i, generated[int(r)])
-        rec = {"row": int(r), "index": int(split.index[i]),
-               "prompt": suite.vocab.decode(split.prompt(r)),
-               "reference": suite.vocab.decode(split.completion(r)),
-               "generated": suite.vocab.decode(generated[int(r)]),
-               "generated_tokens": len(generated[int(r)]),
-               "tf_token_acc": float(tf[k, 0] / max(1, tf[k, 1])),
-               "tf_first_token": bool(tf[k, 2]), "tf_exact": bool(tf[k, 3])}
-        rec.update({key: int(v[i]) for key, v in difficulty.items()})
-        rec.update(verdict)
-        records.append(rec)
+        reference = split.completion(r)
+        teacher = judge(suite, split.instances, i, reference)  # the suite's own trace
+        teachers.append(teacher)
+        for s in range(cfg.samples):
+            ids, logprob = generated[(int(r), s)]
+            verdict = judge(suite, split.instances, i, ids)
+            rec = {"row": int(r), "sample": s, "index": int(split.index[i]),
+                   "prompt": suite.vocab.decode(split.prompt(r)),
+                   "reference": suite.vocab.decode(reference),
+                   "generated": suite.vocab.decode(ids),
+                   "generated_tokens": len(ids), "logprob": logprob,
+                   "tf_token_acc": float(tf[k, 0] / max(1, tf[k, 1])),
+                   "tf_first_token": bool(tf[k, 2]), "tf_exact": bool(tf[k, 3])}
+            rec.update({key: int(v[i]) for key, v in difficulty.items()})
+            behaviour = verdict.pop("behaviour")
+            rec.update(verdict)
+            if behaviour is not None:
+                rec["behaviour"] = behaviour.to_dict()
+                stats.append(behaviour)
+                teacher_stats.append(teacher["behaviour"])
+                teacher_tokens.append(len(reference))
+            records.append(rec)
 
     metrics = summarize(records, list(difficulty))
+    if stats:
+        metrics["behaviour"] = summarize_behaviour(
+            stats, [r["correct"] for r in records if "behaviour" in r], teacher_stats, teacher_tokens)
+    streams = [t for t in teachers if t["behaviour"] is not None]
+    if streams:  # the teacher's streams, judged by the same code: the model's yardstick
+        metrics["teacher_behaviour"] = summarize_behaviour([t["behaviour"] for t in streams],
+                                                           [t["correct"] for t in streams])
+    if cfg.samples > 1:
+        metrics["sampling"] = _sampling_block(records, cfg.samples)
     metrics.update({"split": cfg.split, "step": step, "suite": str(suite.path),
                     "run": str(run_dir), "task": suite.meta["task"], "variant": suite.variant,
-                    "task_config": suite.meta["config"]})
+                    "task_config": suite.meta["config"], "decoding": asdict(cfg)})
     metrics["chance"] = suite.task.chance(suite.config)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "records.jsonl") as tmp:
@@ -150,19 +223,41 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     return metrics
 
 
+def _sampling_block(records: list[dict], n: int) -> dict:
+    """pass@k for k = 1, 2, 4, ... <= n, and best-of-n by the model's own log-probability."""
+    by_row = defaultdict(list)
+    for r in records:
+        by_row[r["row"]].append(r)
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
+    out = {f"pass@{k}": {"value": sum(pass_at_k(n, sum(x["correct"] for x in rs), k)
+                                      for rs in by_row.values()) / len(by_row), "n": len(by_row)}
+           for k in ks}
+    best = [max(rs, key=lambda x: x["logprob"] / max(1, x["generated_tokens"]))["correct"]
+            for rs in by_row.values()]
+    out[f"best_of_{n}"] = {"value": sum(best) / len(best), "n": len(best)}
+    return out
+
+
 def summarize(records: list[dict], difficulty_keys: list[str]) -> dict:
     """Rates with their counts, overall and per difficulty value."""
+    def rate(values):
+        values = [bool(v) for v in values if v is not None]
+        return {"value": (sum(values) / len(values)) if values else None, "n": len(values)}
+
     def block(recs):
-        tok_right = sum(r["tf_token_acc"] for r in recs)
+        swc = [r["correct"] * r["optimal_moves"] / max(len(r["plan"]) - 1, r["optimal_moves"])
+               if r["correct"] and r["optimal_moves"] else 0.0 for r in recs]
         return {
-            "accuracy": _rate(r["correct"] for r in recs),
-            "first_step_accuracy": _rate(r["first_step"] for r in recs),
-            "optimal_rate": _rate(r["optimal"] for r in recs),
-            "faithful_accuracy": _rate(r["faithful"] for r in recs),
-            "parse_failures": _rate(r["parse_error"] is not None for r in recs),
-            "tf_token_accuracy": {"value": tok_right / len(recs) if recs else None, "n": len(recs)},
-            "tf_first_token_accuracy": _rate(r["tf_first_token"] for r in recs),
-            "tf_sequence_accuracy": _rate(r["tf_exact"] for r in recs),
+            "accuracy": rate(r["correct"] for r in recs),
+            "first_step_accuracy": rate(r["first_step"] for r in recs),
+            "optimal_rate": rate(r["optimal"] for r in recs),
+            "swc": {"value": sum(swc) / len(swc) if swc else None, "n": len(swc)},
+            "faithful_accuracy": rate(r["faithful"] for r in recs),
+            "parse_failures": rate(r["parse_error"] is not None for r in recs),
+            "tf_token_accuracy": {"value": sum(r["tf_token_acc"] for r in recs) / len(recs) if recs else None,
+                                  "n": len(recs)},
+            "tf_first_token_accuracy": rate(r["tf_first_token"] for r in recs),
+            "tf_sequence_accuracy": rate(r["tf_exact"] for r in recs),
             "mean_generated_tokens": (sum(r["generated_tokens"] for r in recs) / len(recs)) if recs else None,
         }
 

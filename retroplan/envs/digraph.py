@@ -150,7 +150,8 @@ def replay_plan(instance: dict, plan: list[int]) -> tuple[bool, str]:
 
 def assess(cfg, instances: dict, i: int, plan: list[int]) -> dict:
     """Every verdict eval reports on one plan: `correct` and `reason` (from replay_plan),
-    `first_step` (the first move lies on a shortest path to the goal) and `optimal`."""
+    `first_step` (the first move lies on a shortest path to the goal), `optimal`, and
+    `optimal_moves` = d*(start) (for SWC)."""
     inst = instance_at(instances, i)
     ok, reason = replay_plan(inst, plan)
     dist = distances_to_goal(instances["edges"][i], instances["goal"][i], cfg.num_nodes)
@@ -160,7 +161,53 @@ def assess(cfg, instances: dict, i: int, plan: list[int]) -> dict:
         is_edge = any(u == plan[0] and v == plan[1] for u, v in inst["edges"])
         first = bool(is_edge and dist[plan[1]] == d0 - 1)
     return {"correct": ok, "reason": reason, "first_step": first,
-            "optimal": bool(ok and len(plan) - 1 == d0)}
+            "optimal": bool(ok and len(plan) - 1 == d0), "optimal_moves": d0}
+
+
+class Walk:
+    """What the behaviour metrics need to judge a search stream on one instance.
+
+    A forward stream starts at the start and moves along edges towards the goal; a backward
+    stream starts at the goal and moves along reversed edges towards the start. `live(s)` is
+    R(s) (the stream's target is reachable from s) and `distance(s)` is d*(s), both in the
+    stream's own direction.
+    """
+
+    def __init__(self, cfg, instances: dict, i: int, backward: bool = False):
+        edges = np.asarray(instances["edges"][i])
+        start, goal = int(instances["start"][i]), int(instances["goal"][i])
+        if backward:
+            edges = np.ascontiguousarray(edges[:, ::-1])
+            start, goal = goal, start
+        self.num_nodes = cfg.num_nodes
+        self.root, self.target = start, goal
+        self._succ: dict[int, list[int]] = {}
+        for u, v in edges.tolist():
+            self._succ.setdefault(u, []).append(v)
+        self._dist = distances_to_goal(edges.astype(np.int32), goal, cfg.num_nodes)
+
+    def go(self, current, payload):
+        """(the state the stream claims to be in, why the move is invalid or None)."""
+        if not 0 <= payload < self.num_nodes:
+            return None, "not_a_state"
+        if payload not in self._succ.get(current, ()):
+            return payload, "not_available"
+        return payload, None
+
+    def back_target(self, payload):
+        return payload if 0 <= payload < self.num_nodes else None
+
+    def successors(self, state) -> list[int]:
+        return self._succ.get(state, [])
+
+    def live(self, state) -> bool:
+        return state is not None and 0 <= state < self.num_nodes and bool(self._dist[state] >= 0)
+
+    def distance(self, state) -> int:
+        return int(self._dist[state])
+
+    def is_goal(self, state) -> bool:
+        return state == self.target
 
 
 def successors(instance: dict, node: int) -> list[int]:

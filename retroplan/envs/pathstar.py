@@ -124,5 +124,6 @@ fingerprints = digraph.fingerprints
 instance_at = digraph.instance_at
 replay_plan = digraph.replay_plan
 assess = digraph.assess
+Walk = digraph.Walk
 SPLITS = ("train", "val", "test")
 DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 100}

@@ -278,6 +278,7 @@ class Parsed:
     backward: bool = False
     reverse_plan: list[int] | None = None
     error: str | None = None
+    event_ends: list[int] = field(default_factory=list)  # completion tokens up to each event's end
 
 
 def _nodes(ids: list[int], vocab_size: int, what: str) -> list[int]:
@@ -311,11 +312,13 @@ def _strip_lookahead(ids: list[int]) -> list[int]:
     return out
 
 
-def _events(ids: list[int], vocab_size: int, backward: bool) -> list[tuple[str, int]]:
+def _events(ids: list[int], vocab_size: int, backward: bool):
+    """(events, event_ends) of a stream's tokens."""
     step, finish = (FROM, START_T) if backward else (GO_T, GOAL_T)
     if len(ids) < 2 or ids[0] != AT:
         raise _ParseError("a stream must begin with `at <node>`")
     events: list[tuple[str, int]] = []
+    ends: list[int] = []
     pos = 0
     while pos < len(ids):
         t = ids[pos]
@@ -335,7 +338,8 @@ def _events(ids: list[int], vocab_size: int, backward: bool) -> list[tuple[str, 
             pos += 1
         else:
             raise _ParseError(f"stream token {pos} is not a stream word")
-    return events
+        ends.append(pos)
+    return events, ends
 
 
 def stream_plan(parsed: Parsed) -> list[int] | None:
@@ -382,6 +386,59 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
         if variant == "revfwd":
             return Parsed(plan, reverse_plan=_nodes(head, size, "reversed plan"))
         backward = variant == "backward-stream"
-        return Parsed(plan, events=_events(head, size, backward), backward=backward)
+        events, ends = _events(head, size, backward)
+        return Parsed(plan, events=events, backward=backward, event_ends=ends)
     except _ParseError as exc:
         return Parsed(None, error=str(exc))
+
+
+class StreamTracker:
+    """Follows a graph stream token by token while a model writes it, for decoding
+    penalties: where the stream is, how many moves the current thought has made, and
+    whether a legal move to a state not yet entered is left."""
+
+    switch_tokens = (DEAD_T, BACK_T)  # a thought switch begins with `dead`, then `back t`
+
+    def __init__(self, walk):
+        self.walk = walk
+        self.current = None
+        self.entered: set[int] = set()
+        self.thought_moves = 0
+        self._pending = None  # the word waiting for its node
+        self._done = False    # past the stream (`;` or <eos>)
+
+    def feed(self, token: int) -> None:
+        if self._done:
+            return
+        if self._pending is not None:
+            node = token - NODE0
+            if self._pending == "at":
+                self.current, self.entered, self.thought_moves = node, {node}, 0
+            elif self._pending == "go":
+                self.current = node
+                self.entered.add(node)
+                self.thought_moves += 1
+            else:
+                self.current, self.thought_moves = node, 0
+            self._pending = None
+        elif token in (SEMI, EOS):
+            self._done = True
+        elif token == AT:
+            self._pending = "at"
+        elif token in (GO_T, FROM):
+            self._pending = "go"
+        elif token == BACK_T:
+            self._pending = "back"
+
+    def unexpanded_move_left(self) -> bool:
+        return self.current is not None and any(u not in self.entered
+                                                for u in self.walk.successors(self.current))
+
+    def should_penalise(self, beta: int, oracle: bool) -> bool:
+        """TIP's condition: inside the stream, at a word boundary, fewer than `beta` moves into
+        the current thought, a legal unexpanded move left, and (oracle-gated) R(current) = 1."""
+        if self._done or self._pending is not None or self.current is None:
+            return False
+        if self.thought_moves >= beta or not self.unexpanded_move_left():
+            return False
+        return not oracle or self.walk.live(self.current)

@@ -1,0 +1,195 @@
+"""Behaviour metrics on hand-built graph traces whose every value is known."""
+
+import numpy as np
+import pytest
+import torch
+
+from retroplan.decoding import TIPPenalty, pass_at_k
+from retroplan.envs import digraph, pathstar
+from retroplan.metrics import analyse_stream, has_self_loop, summarize_behaviour
+from retroplan.models import GPT, PRESETS, GPTConfig, generate
+from retroplan.traces import graphs
+
+CFG = pathstar.Config(degree=2, path_len=3, num_nodes=8)
+VOCAB = graphs.make_vocab(CFG)
+
+
+def instances(edges, start, goal):
+    plan = np.full((1, 8), -1, dtype=np.int32)
+    n = digraph.shortest_plan(np.array(edges, dtype=np.int32), start, goal, 8, plan[0])
+    return {"edges": np.array([edges], dtype=np.int32), "start": np.array([start], dtype=np.int32),
+            "goal": np.array([goal], dtype=np.int32), "plan": plan, "plan_len": np.array([n], np.int32)}
+
+
+# a path-star: 0 -> 1 -> 2 (a dead arm) and 0 -> 3 -> 4 (the goal arm)
+STAR = instances([[0, 1], [1, 2], [0, 3], [3, 4]], 0, 4)
+# two routes to the goal: 0 -> 1 -> 4 and 0 -> 3 -> 4
+DIAMOND = instances([[0, 1], [1, 4], [0, 3], [3, 4]], 0, 4)
+
+
+def run(text, inst=STAR, variant="stream"):
+    ids = VOCAB.encode(text)
+    parsed = graphs.parse(variant, ids, VOCAB)
+    assert parsed.error is None, parsed.error
+    walk = digraph.Walk(CFG, inst, 0, backward=parsed.backward)
+    return parsed, analyse_stream(parsed.events, parsed.event_ends, walk, len(ids))
+
+
+def test_a_necessary_backtrack():
+    _, st = run("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    assert (st.steps, st.moves, st.backtracks, st.invalid, st.redundant) == (5, 4, 1, 0, 0)
+    assert (st.necessary, st.premature) == (1, 0)
+    assert st.backtrack_depths["necessary"] == [2]
+    assert st.expanded == 5 and st.root_distance == 2 and st.thoughts == 2
+    assert st.first_live_thought_end == 13  # "... go 3 go 4" ends after token 13
+    assert not st.self_loop and st.false_goal == 0
+
+
+def test_a_premature_backtrack_and_the_underthinking_score():
+    parsed, st = run("at 0 go 3 dead back 0 go 1 go 2 dead ; 0 1 2 <eos>")
+    assert (st.premature, st.necessary) == (1, 0)       # 3 still had the live child 4
+    assert st.backtrack_depths["premature"] == [1]
+    assert st.first_live_thought_end == 4                # the thought "go 3" was live
+    assert st.tokens == 17
+    block = summarize_behaviour([st], [False])
+    assert block["premature_backtracks"] == {"value": 1.0, "n": 1}
+    assert block["failed_with_premature"] == {"value": 1.0, "n": 1}
+    assert block["xi_ut"]["value"] == pytest.approx(1 - 4 / 17)
+
+
+def test_an_invalid_move_and_an_invalid_backtrack():
+    _, st = run("at 0 go 2 dead back 3 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    assert st.invalid_kinds == {"not_available": 1, "bad_backtrack": 1}  # 0->2; 3 never entered
+    assert (st.steps, st.invalid, st.invalid_backtracks, st.necessary) == (5, 2, 1, 1)
+    block = summarize_behaviour([st], [True])
+    assert block["trace_validity"] == {"value": pytest.approx(3 / 5), "n": 5}
+    # the stream is followed where it claims to be: after the illegal 0->2, 2->4 is judged from 2
+    _, st2 = run("at 0 go 2 go 4 goal ; 0 3 4 <eos>")
+    assert st2.invalid == 2
+
+
+def test_a_revisit_is_redundant_and_counts_as_wandering():
+    _, st = run("at 0 go 1 go 2 dead back 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    assert st.redundant == 2 and st.invalid == 0 and st.steps == 8
+    block = summarize_behaviour([st], [True])
+    assert block["wandering"] == {"value": pytest.approx(2 / 8), "n": 8}
+    assert block["redundant_moves"]["value"] == pytest.approx(2 / 6)
+
+
+def test_a_self_loop():
+    _, st = run("at 0 go 1 back 0 go 1 back 0 go 1 back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    assert st.self_loop
+    assert has_self_loop(["a", "b", "c"] * 3) and not has_self_loop(["a", "b", "c"] * 2)
+    assert not has_self_loop(list("abcdefghi") * 2)
+    assert has_self_loop(list("abcdefgh") * 3) and not has_self_loop(list("abcdefghi") * 3)
+
+
+def test_a_false_goal_claim():
+    _, st = run("at 0 go 1 goal ; 0 1 <eos>")
+    assert st.false_goal == 1
+
+
+def test_a_plan_that_differs_from_the_streams_path_is_not_faithful():
+    from retroplan.eval import judge
+
+    class Suite:  # judge needs only these attributes
+        task, grammar, vocab, variant, config = pathstar, graphs, VOCAB, "stream", CFG
+
+    faithful = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 go 1 go 4 goal ; 0 1 4 <eos>"))
+    other = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 go 1 go 4 goal ; 0 3 4 <eos>"))
+    assert faithful["correct"] and faithful["faithful"]
+    assert other["correct"] and not other["faithful"]
+
+
+def test_backward_streams_are_judged_along_reversed_edges():
+    _, st = run("at 4 from 3 from 0 start ; 0 3 4 <eos>", variant="backward-stream")
+    assert st.invalid == 0 and st.root_distance == 2 and st.false_goal == 0
+    _, bad = run("at 4 from 1 from 0 start ; 0 1 2 <eos>", variant="backward-stream")
+    assert bad.invalid_kinds == {"not_available": 1}
+
+
+def test_efficiency_and_teacher_comparison():
+    _, model = run("at 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    _, teacher = run("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    block = summarize_behaviour([model], [True], [teacher], [20])
+    assert block["efficiency_dstar_over_expanded"]["value"] == pytest.approx(2 / 3)
+    assert block["states_teacher_over_model"]["value"] == pytest.approx(5 / 3)
+    assert block["ilr"]["value"] == pytest.approx(model.tokens / 20)
+
+
+# --------------------------------------------------------------------------- TIP
+
+
+def tracker_for(inst=STAR):
+    return graphs.StreamTracker(digraph.Walk(CFG, inst, 0))
+
+
+def test_tip_penalises_switches_only_early_in_a_thought_with_a_legal_move_left():
+    tip = TIPPenalty([tracker_for()], graphs.StreamTracker.switch_tokens, alpha=5.0, beta=2)
+    logits = torch.zeros(1, len(VOCAB))
+    history = []
+
+    def step(token=None):
+        if token is not None:
+            history.append(VOCAB[token])
+        out = tip(logits.clone(), torch.tensor([history], dtype=torch.long).reshape(1, -1))
+        return float(out[0, graphs.DEAD_T]), float(out[0, graphs.BACK_T])
+
+    assert step() == (0.0, 0.0)             # before the stream
+    step("at")
+    assert step("0") == (-5.0, -5.0)        # at the root, no move yet, children left
+    step("go")
+    assert step("1") == (-5.0, -5.0)        # one move in (< beta), 1 -> 2 still untried
+    step("go")
+    assert step("2") == (0.0, 0.0)          # two moves: the thought is long enough
+    step("dead")
+    step("back")
+    assert step("0") == (-5.0, -5.0)        # a new thought, 0 -> 3 untried
+    oracle = TIPPenalty([tracker_for()], graphs.StreamTracker.switch_tokens, 5.0, 2, oracle=True)
+    hist = [VOCAB[w] for w in "at 0 go 1".split()]
+    out = oracle(logits.clone(), torch.tensor([hist[:-1]]))
+    out = oracle(logits.clone(), torch.tensor([hist]))
+    assert float(out[0, graphs.DEAD_T]) == 0.0  # node 1 cannot reach the goal: no penalty
+
+
+def test_tip_with_large_alpha_never_switches_while_penalised_and_alpha_zero_is_greedy():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=len(VOCAB), block_size=48, **PRESETS["tiny"]))
+    prompt = torch.tensor([VOCAB.encode("<bos> 0 1 | 1 2 | 0 3 | 3 4 / 0 4 =")] * 4)
+    script = ["at", "0", "go"]  # make the model start a stream, then love switching thoughts
+
+    def eager_switcher(logits, generated):
+        t = generated.shape[1]
+        logits = logits.clone()
+        if t < len(script):
+            logits[:, VOCAB[script[t]]] += 1e4
+        elif t == len(script):
+            logits[:, VOCAB["1"]] += 1e4
+        else:
+            logits[:, graphs.DEAD_T] += 50
+        return logits
+
+    trackers = [tracker_for() for _ in range(4)]
+    tip = TIPPenalty(trackers, graphs.StreamTracker.switch_tokens, alpha=1e6, beta=3)
+    out = generate(model, prompt, 20, VOCAB.eos_id, logits_hook=lambda lg, g: tip(eager_switcher(lg, g), g))
+    checker = [tracker_for() for _ in range(4)]
+    penalised_somewhere = False
+    for row, tr in zip(out.tolist(), checker):
+        for token in row:
+            if tr.should_penalise(3, False):
+                penalised_somewhere = True
+                assert token not in graphs.StreamTracker.switch_tokens
+            tr.feed(token)
+    assert penalised_somewhere
+    plain = generate(model, prompt, 20, VOCAB.eos_id, logits_hook=eager_switcher)
+    zero = TIPPenalty([tracker_for() for _ in range(4)], graphs.StreamTracker.switch_tokens, 0.0, 3)
+    same = generate(model, prompt, 20, VOCAB.eos_id, logits_hook=lambda lg, g: zero(eager_switcher(lg, g), g))
+    assert torch.equal(plain, same)
+    assert not torch.equal(plain, out)
+
+
+def test_pass_at_k():
+    assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 10, 5) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(5, 2, 4) == 1.0
