@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("pieces", nargs="+", metavar="PIECE", help="suite folders made with --shard i/N")
     m.add_argument("--out", required=True, help="new folder for the whole suite")
 
+    st = sub.add_parser("show-trace", help="draw one stream as a search tree (teacher vs model)")
+    st.add_argument("source", help="a suite (the teacher's stream) or an eval folder / run (both)")
+    st.add_argument("--index", type=int, required=True, help="row of the split")
+    st.add_argument("--split", default="test")
+    st.add_argument("--out", default=None, help="PNG path (an SVG is written beside it)")
+
+    tip = sub.add_parser("sweep-tip", help="evaluate a stream run under the thought-switch penalty grid")
+    tip.add_argument("run")
+    tip.add_argument("--alphas", default="0,1,2,3,5,10", help="comma-separated penalties")
+    tip.add_argument("--betas", default="1,2,4,8", help="comma-separated thought lengths (moves)")
+    tip.add_argument("--oracle", action="store_true", help="also the oracle-gated upper bound")
+    tip.add_argument("--split", default="test")
+    tip.add_argument("--limit", type=int, default=0, help="evaluate the first N instances (0: all)")
+    tip.add_argument("--out", default=None, help="folder for the sweep (default RUN/tip-sweep)")
+
     sub.add_parser("list", help="list tasks, variants and model presets")
     return p
 
@@ -170,6 +185,18 @@ def _eval(args) -> None:
     print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}): accuracy {fmt('accuracy')}, "
           f"first step {fmt('first_step_accuracy')}, teacher-forced tokens {fmt('tf_token_accuracy')}, "
           f"parse failures {fmt('parse_failures')}")
+    for who, key in (("model", "behaviour"), ("teacher", "teacher_behaviour")):
+        b = m.get(key)
+        if b:
+            def val(name, sub="value", b=b):
+                v = b[name][sub]
+                return "n/a" if v is None else f"{v:.3f}"
+            print(f"  {who} streams: validity {val('trace_validity')}, wandering {val('wandering')}, "
+                  f"premature backtracks {val('premature_backtracks')}, xi_UT {val('xi_ut')}, "
+                  f"backtracks/trace {val('backtracks_per_trace', 'mean')}, "
+                  f"states {val('states_expanded', 'mean')}")
+    for name, v in m.get("sampling", {}).items():
+        print(f"  {name}: {v['value']:.3f} (n={v['n']})")
 
 
 def _run(args) -> None:
@@ -198,8 +225,33 @@ def _list(args) -> None:
     print("model presets: " + ", ".join(f"{k} ({v['n_layer']}x{v['n_embd']})" for k, v in PRESETS.items()))
 
 
+def _show_trace(args) -> None:
+    from .analysis import show_trace
+
+    written = show_trace(args.source, args.index, args.split, args.out)
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers, got {text!r}.") from None
+
+
+def _sweep_tip(args) -> None:
+    from .analysis import sweep_tip
+    from .eval import EvalConfig
+
+    table = sweep_tip(args.run, _numbers(args.alphas, float, "--alphas"),
+                      _numbers(args.betas, int, "--betas"), oracle=args.oracle,
+                      base=EvalConfig(split=args.split, limit=args.limit), out=args.out)
+    print(table.read_text(), end="")
+
+
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
-            "eval": _eval, "run": _run, "merge-shards": _merge_shards, "list": _list}
+            "eval": _eval, "run": _run, "merge-shards": _merge_shards, "show-trace": _show_trace,
+            "sweep-tip": _sweep_tip, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,6 +195,9 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             rec.update({key: int(v[i]) for key, v in difficulty.items()})
             behaviour = verdict.pop("behaviour")
             rec.update(verdict)
+            if teacher["behaviour"] is not None:
+                rec["teacher_tokens"] = len(reference)
+                rec["teacher_expanded"] = teacher["behaviour"].expanded
             if behaviour is not None:
                 rec["behaviour"] = behaviour.to_dict()
                 stats.append(behaviour)

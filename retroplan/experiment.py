@@ -35,6 +35,7 @@ from .envs import get_task, make_config
 from .errors import UserError, require
 from .eval import EvalConfig, evaluate
 from .fsutil import write_bytes, write_text
+from .metrics import across_seeds, flatten_behaviour
 from .stats import mean_ci, wilson
 from .traces import check_variant
 from .traces.suite import SuiteSpec, generate_suite, open_suite
@@ -137,7 +138,7 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     write_bytes(out / "experiment.toml", source)
     t_start = time.perf_counter()
-    rows = []
+    rows, difficulty_points, stream_records = [], [], {}
     jobs = [(label, cond, variant, seed) for label, cond in zip(exp["_labels"], exp["conditions"])
             for variant in exp["variants"] for seed in exp["seeds"]]
     for n, (label, cond, variant, seed) in enumerate(jobs, 1):
@@ -158,8 +159,20 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
         row.update({k: v for k, v in spec.config.items()})
         row.update({m: metrics[m]["value"] if isinstance(metrics[m], dict) else metrics[m]
                     for m in METRICS})
+        row["swc"] = metrics.get("swc", {}).get("value")
         row["correct"] = round((metrics["accuracy"]["value"] or 0) * metrics["n"])
         row["chance"] = metrics.get("chance")
+        row.update(flatten_behaviour(metrics.get("behaviour")))
+        row.update(flatten_behaviour(metrics.get("teacher_behaviour"), "teacher_"))
+        for key, by_value in metrics.get("by_difficulty", {}).items():
+            for x, block in by_value.items():
+                acc = block["accuracy"]
+                difficulty_points.append({"variant": variant, "key": key, "x": float(x), "n": acc["n"],
+                                          "correct": round((acc["value"] or 0) * acc["n"])})
+        if "teacher_behaviour" in metrics:
+            records_path = run_dir / f"eval-{exp['_eval'].split}" / "records.jsonl"
+            stream_records.setdefault(variant, []).extend(
+                json.loads(line) for line in records_path.read_text().splitlines())
         row.update({"steps": summary["steps"], "final_loss": summary["final_loss"],
                     "train_seconds": summary["train_seconds"], "parameters": summary["parameters"],
                     "device": summary["device"]})
@@ -177,8 +190,12 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     curves = {f"{r['condition']}-{r['variant']}-s{r['seed']}": _curve(out / "runs" /
               f"{r['condition']}-{r['variant']}-s{r['seed']}") for r in rows}
     figures += plots.learning_curves(curves, out / "loss")
+    figures += plots.accuracy_vs_difficulty(difficulty_points, out / "difficulty")
+    figures += plots.behaviour_bars(rows, out / "behaviour")
+    figures += plots.trajectory_vs_stream(stream_records, out / "trajectories")
     report = out / "report.md"
-    write_text(report, _report(exp, Path(path), out, rows, time.perf_counter() - t_start))
+    pngs = [f.name for f in figures if f.suffix == ".png"]
+    write_text(report, _report(exp, Path(path), out, rows, pngs, time.perf_counter() - t_start))
     return report
 
 
@@ -214,7 +231,56 @@ def _fmt_rate(values: list[float], correct: int, n: int) -> str:
     return f"{m:.3f} [{wlo:.3f}, {whi:.3f}]"
 
 
-def _report(exp: dict, source: Path, out: Path, rows: list[dict], seconds: float) -> str:
+FIGURE_CAPTIONS = {
+    "accuracy.png": "Forward planning accuracy by variant (bars: mean over seeds; dots: seeds).",
+    "first_step.png": "First move on a shortest path: does the model choose the right branch?",
+    "difficulty.png": "Accuracy against difficulty.",
+    "behaviour.png": "Search behaviour of the model's streams next to its teacher's.",
+    "trajectories.png": "States explored and tokens used per test instance, model vs teacher.",
+    "loss.png": "Training loss on completion tokens.",
+}
+BEHAVIOUR_TABLE = (("trace_validity", "validity"), ("wandering", "wandering"),
+                   ("self_loop_rate", "self-loops"), ("premature_backtracks", "premature BT"),
+                   ("failed_with_premature", "failed w/ premature"), ("xi_ut", "ξ_UT"),
+                   ("backtracks_per_trace", "BT / trace"), ("states_expanded", "states"),
+                   ("stream_tokens", "tokens"), ("efficiency", "d*/states (solved)"),
+                   ("states_teacher_over_model", "teacher states / model"), ("ilr", "ILR"))
+
+
+def _behaviour_lines(exp: dict, rows: list[dict]) -> list[str]:
+    """The behaviour table: every stream variant's model and teacher, mean [95% CI] over seeds."""
+    def has_streams(r):
+        return r.get("trace_validity") is not None or r.get("teacher_trace_validity") is not None
+
+    if not any(has_streams(r) for r in rows):
+        return []
+    lines = ["## Search behaviour", "",
+             "Every step of every stream judged by the task's oracle (definitions: "
+             "`retroplan/metrics.py`, METRICS.md). The teacher row judges the suite's own streams "
+             "for the same test instances. Mean over seeds [95% t-interval when there are several].", "",
+             "| condition | variant | who | " + " | ".join(h for _, h in BEHAVIOUR_TABLE) + " |",
+             "|---|---|---|" + "---|" * len(BEHAVIOUR_TABLE)]
+    for label in exp["_labels"]:
+        for variant in exp["variants"]:
+            rs = [r for r in rows if r["condition"] == label and r["variant"] == variant]
+            if not any(has_streams(r) for r in rs):
+                continue
+            for who, prefix in (("model", ""), ("teacher", "teacher_")):
+                cells = []
+                for key, _ in BEHAVIOUR_TABLE:
+                    m, lo, hi = across_seeds([r.get(prefix + key) for r in rs])
+                    if m != m:
+                        cells.append("")
+                    elif len(rs) > 1 and lo != hi:
+                        cells.append(f"{m:.3g} [{lo:.3g}, {hi:.3g}]")
+                    else:
+                        cells.append(f"{m:.3g}")
+                lines.append(f"| {label} | {variant} | {who} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[str],
+            seconds: float) -> str:
     lines = [f"# {exp['name']}", ""]
     if exp.get("description"):
         lines += [exp["description"].strip(), ""]
@@ -246,9 +312,10 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], seconds: float
             lines.append(f"| {label} | {variant} | {n} | {acc} | {mean_of('first_step_accuracy')} | "
                          f"{mean_of('tf_token_accuracy')} | {mean_of('tf_sequence_accuracy')} | "
                          f"{mean_of('parse_failures')} | {'' if chance is None else f'{chance:.3f}'} |")
-    lines += ["", "![accuracy](accuracy.png)", "", "![first step](first_step.png)", "",
-              "![training loss](loss.png)", "",
-              "Teacher-forced accuracy feeds the reference prefix and asks for the next token; a "
+    lines += [""] + _behaviour_lines(exp, rows) + ["## Figures", ""]
+    for name in figures:
+        lines += [f"![{name[:-4]}]({name})", "", FIGURE_CAPTIONS.get(name, ""), ""]
+    lines += ["Teacher-forced accuracy feeds the reference prefix and asks for the next token; a "
               "model that scores high there but low when it generates its own plan has learned "
               "to follow edges once it is on the right arm, but not to choose the arm (the "
               "Clever Hans cheat of Bachmann & Nagarajan, 2024).", "",

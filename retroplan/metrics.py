@@ -50,13 +50,15 @@ class TraceStats:
     first_live_thought_end: int | None = None   # tokens up to the end of the first live thought
     tokens: int = 0
     root_distance: int | None = None            # d*(root)
-    tree: list = field(default_factory=list)    # (parent, state, kind) edges, for pictures
+    tree: list = field(default_factory=list)    # (from, to, kind) in stream order, for pictures
     path: list = field(default_factory=list)    # the root-to-current path at the end
+    dead_ends: list = field(default_factory=list)         # states where the stream said `dead`
+    abandoned_live: list = field(default_factory=list)    # (state, its live untried successor)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("tree")
-        d.pop("path")
+        for key in ("tree", "path", "dead_ends", "abandoned_live"):
+            d.pop(key)
         return d
 
 
@@ -122,8 +124,10 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int) -> 
             if target is not None and target in path[:-1]:
                 idx = path.index(target)
                 abandoned = path[idx + 1:]
-                premature = any(u not in entered and walk.live(u)
-                                for v in abandoned for u in walk.successors(v))
+                live_left = [(v, u) for v in abandoned for u in walk.successors(v)
+                             if u not in entered and walk.live(u)]
+                premature = bool(live_left)
+                st.abandoned_live += live_left
                 label = "premature" if premature else "necessary"
                 st.premature += premature
                 st.necessary += not premature
@@ -140,6 +144,8 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int) -> 
                     st.tree.append((current, target, "invalid_back"))
                     path = _path_to(parent, target)
                     current = target
+        elif name == "dead":
+            st.dead_ends.append(current)
         elif name == "goal" and not walk.is_goal(current):
             st.false_goal += 1
     st.expanded = len(entered)

@@ -89,3 +89,214 @@ def learning_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> l
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return save(fig, path)
+
+
+def accuracy_vs_difficulty(points: list[dict], path: Path) -> list[Path]:
+    """Accuracy against each difficulty measure that varies: one line per variant.
+
+    `points`: dicts with variant, key (difficulty name), x (its value), correct, n."""
+    keys = []
+    for p in points:
+        if p["key"] not in keys:
+            keys.append(p["key"])
+    keys = [k for k in keys if len({p["x"] for p in points if p["key"] == k}) > 1]
+    if not keys:
+        return []
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False, sharey=True)
+    for ax, key in zip(axes[0], keys):
+        variants = []
+        for p in points:
+            if p["key"] == key and p["variant"] not in variants:
+                variants.append(p["variant"])
+        for j, variant in enumerate(variants):
+            agg: dict = defaultdict(lambda: [0, 0])
+            for p in points:
+                if p["key"] == key and p["variant"] == variant:
+                    agg[p["x"]][0] += p["correct"]
+                    agg[p["x"]][1] += p["n"]
+            xs = sorted(agg)
+            ax.plot(xs, [agg[x][0] / agg[x][1] for x in xs], marker="o", lw=1.2, label=variant,
+                    color=plt.cm.tab10.colors[j % 10])
+        ax.set_xlabel(key.replace("_", " "))
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    fig.suptitle("Accuracy against difficulty (pooled over seeds)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+BEHAVIOUR_PANELS = (("wandering", "wandering\n(invalid + redundant) / steps"),
+                    ("premature_backtracks", "premature backtracks\n/ backtracks"),
+                    ("xi_ut", "underthinking ξ_UT\n(failed traces)"),
+                    ("backtracks_per_trace", "backtracks per trace"),
+                    ("trace_validity", "trace validity"))
+
+
+def behaviour_bars(rows: list[dict], path: Path) -> list[Path]:
+    """Wandering, underthinking and backtracking by variant: the model (solid) next to its
+    teacher's streams (hatched), mean over seeds and conditions."""
+    variants = []
+    for r in rows:
+        has_streams = r.get("trace_validity") is not None or r.get("teacher_trace_validity") is not None
+        if has_streams and r["variant"] not in variants:
+            variants.append(r["variant"])
+    if not variants:
+        return []
+    fig, axes = plt.subplots(1, len(BEHAVIOUR_PANELS), figsize=(2.6 * len(BEHAVIOUR_PANELS), 3.2),
+                             squeeze=False)
+    for ax, (metric, label) in zip(axes[0], BEHAVIOUR_PANELS):
+        for x, variant in enumerate(variants):
+            for dx, prefix, hatch in ((-0.2, "", None), (0.2, "teacher_", "//")):
+                vals = [r[prefix + metric] for r in rows
+                        if r["variant"] == variant and r.get(prefix + metric) not in (None, "")]
+                if not vals:
+                    continue
+                m, lo, hi = mean_ci([float(v) for v in vals])
+                ax.bar(x + dx, m, width=0.38, color=plt.cm.tab10.colors[x % 10],
+                       alpha=0.85 if not hatch else 0.35, hatch=hatch, edgecolor="black", lw=0.5)
+                if len(vals) > 1:
+                    ax.errorbar(x + dx, m, yerr=[[m - lo], [hi - m]], color="black", capsize=3, lw=0.8)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Search behaviour: model (solid) vs teacher stream (hatched)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def trajectory_vs_stream(records_by_variant: dict[str, list[dict]], path: Path) -> list[Path]:
+    """States explored and tokens used by each trace, solved vs unsolved, model vs teacher."""
+    variants = [v for v, recs in records_by_variant.items()
+                if any("behaviour" in r or "teacher_tokens" in r for r in recs)]
+    if not variants:
+        return []
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.0 * len(variants), 3.4), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        recs = records_by_variant[variant]
+        for who, key_tok, key_states, marker in (("teacher", "teacher_tokens", "teacher_expanded", "x"),
+                                                 ("model", None, None, "o")):
+            for solved, colour in ((True, "tab:green"), (False, "tab:red")):
+                sel = [r for r in recs if bool(r["correct"]) == solved]
+                if who == "model":
+                    xs = [r["behaviour"]["tokens"] for r in sel if "behaviour" in r]
+                    ys = [r["behaviour"]["expanded"] for r in sel if "behaviour" in r]
+                else:
+                    xs = [r[key_tok] for r in sel if r.get(key_tok) is not None]
+                    ys = [r[key_states] for r in sel if r.get(key_states) is not None]
+                if xs:
+                    ax.scatter(xs, ys, s=12 if who == "model" else 16, marker=marker, alpha=0.5,
+                               color=colour, label=f"{who}, {'solved' if solved else 'unsolved'}")
+        ax.set_xlabel("tokens in the stream")
+        ax.set_ylabel("distinct states entered")
+        ax.set_title(variant, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, frameon=False)
+    fig.suptitle("Trajectories against streams (per test instance; colour = model's outcome)",
+                 fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def draw_search_tree(ax, stats, label=str, title: str = "") -> None:
+    """One stream as a tree: states where first entered, moves, backtracks (dashed arcs),
+    dead ends (x), the final path (green), invalid moves (red), premature abandonments
+    (orange: the live successor left untried, and the backtrack that left it)."""
+    children: dict = defaultdict(list)
+    parent: dict = {}
+    root = stats.tree[0][0] if stats.tree else (stats.path[0] if stats.path else None)
+    for a, b, kind in stats.tree:
+        if kind in ("move", "invalid") and b not in parent and b != root:
+            parent[b] = a
+            children[a].append(b)
+    for v, u in stats.abandoned_live:  # draw the untried live successors as ghost leaves
+        if u not in parent and u != root:
+            parent[u] = v
+            children[v].append(u)
+    pos: dict = {}
+    next_x = [0]
+
+    def place(node, depth):
+        kids = children.get(node, [])
+        for k in kids:
+            place(k, depth + 1)
+        if kids:
+            pos[node] = (sum(pos[k][0] for k in kids) / len(kids), -depth)
+        else:
+            pos[node] = (next_x[0], -depth)
+            next_x[0] += 1
+
+    if root is None:
+        ax.set_axis_off()
+        ax.set_title(title + "\n(no stream)", fontsize=9)
+        return
+    place(root, 0)
+    final = set(zip(stats.path, stats.path[1:]))
+    invalid = {(a, b) for a, b, k in stats.tree if k == "invalid"}
+    ghosts = {u for _, u in stats.abandoned_live}
+    for child, par in parent.items():
+        (x0, y0), (x1, y1) = pos[par], pos[child]
+        if (par, child) in invalid:
+            style = dict(color="tab:red", lw=1.6)
+        elif (par, child) in final:
+            style = dict(color="tab:green", lw=2.6)
+        elif child in ghosts and child not in {b for _, b, _ in stats.tree}:
+            style = dict(color="tab:orange", lw=1.0, ls=":")
+        else:
+            style = dict(color="0.55", lw=1.0)
+        ax.plot([x0, x1], [y0, y1], zorder=1, **style)
+    for a, b, kind in stats.tree:
+        if kind == "invalid" and parent.get(b) != a and a in pos and b in pos:
+            if a == b:  # an illegal move onto itself: a red ring
+                ax.scatter(*pos[a], s=700, facecolors="none", edgecolors="tab:red", lw=1.2, zorder=2)
+            else:       # an illegal move back to a state already drawn
+                ax.annotate("", xy=pos[b], xytext=pos[a], zorder=2,
+                            arrowprops=dict(arrowstyle="->", color="tab:red", lw=1.2,
+                                            connectionstyle="arc3,rad=0.35"))
+        if kind in ("necessary", "premature", "invalid_back") and a in pos and b in pos:
+            colour = {"necessary": "tab:blue", "premature": "tab:orange", "invalid_back": "tab:red"}[kind]
+            ax.annotate("", xy=pos[b], xytext=pos[a], zorder=2,
+                        arrowprops=dict(arrowstyle="->", color=colour, lw=1.0, ls="--",
+                                        connectionstyle="arc3,rad=-0.35"))
+    dead = set(stats.dead_ends)
+    for node, (x, y) in pos.items():
+        entered = node == root or node in {b for _, b, _ in stats.tree}
+        face = "white" if entered else "#fff3e0"
+        edge = "tab:orange" if node in ghosts and not entered else "black"
+        ax.scatter([x], [y], s=320, color=face, edgecolors=edge, zorder=3, lw=1.2)
+        ax.text(x, y, label(node), ha="center", va="center", fontsize=7, zorder=4)
+        if node in dead:
+            ax.scatter([x], [y - 0.32], marker="x", color="tab:red", s=30, zorder=4)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    ax.margins(0.12)
+
+
+def show_trace(panels: list[tuple[str, object]], path: Path, suptitle: str = "", label=str) -> list[Path]:
+    """Search trees side by side (e.g. the teacher's stream and the model's)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    for ax, (title, stats) in zip(axes[0], panels):
+        if isinstance(stats, str):  # no stream to draw: show the text
+            import textwrap
+
+            ax.text(0.02, 0.98, textwrap.fill(stats, 60), va="top", ha="left", fontsize=7,
+                    family="monospace", transform=ax.transAxes)
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+        else:
+            draw_search_tree(ax, stats, label=label, title=title)
+    from matplotlib.lines import Line2D
+
+    legend = [Line2D([], [], color="tab:green", lw=2.6, label="final path"),
+              Line2D([], [], color="0.55", label="move"),
+              Line2D([], [], color="tab:red", label="invalid move / backtrack"),
+              Line2D([], [], color="tab:blue", ls="--", label="necessary backtrack"),
+              Line2D([], [], color="tab:orange", ls="--", label="premature backtrack"),
+              Line2D([], [], color="tab:orange", ls=":", label="live successor left untried"),
+              Line2D([], [], marker="x", color="tab:red", ls="", label="dead end")]
+    fig.legend(handles=legend, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return save(fig, path)

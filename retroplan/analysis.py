@@ -1,0 +1,117 @@
+"""Looking at behaviour: one trace drawn as a search tree, and the thought-switch penalty
+swept over its (alpha, beta) grid."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from . import plots
+from .errors import UserError, require
+from .eval import EvalConfig, evaluate, judge
+from .fsutil import write_text
+from .metrics import flatten_behaviour
+from .traces.suite import open_suite
+
+
+def _records(eval_dir: Path) -> list[dict]:
+    path = eval_dir / "records.jsonl"
+    require(path.is_file(), f"{eval_dir} has no records.jsonl; run `retroplan eval` first.")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON lines (corrupt).") from None
+
+
+def show_trace(source: str | os.PathLike, index: int, split: str = "test",
+               out: str | os.PathLike | None = None) -> list[Path]:
+    """Draw row `index` of `split`: the teacher's stream from a suite, or, given an eval
+    folder (or a run with an eval of that split), the teacher's and the model's side by side."""
+    source = Path(source)
+    require(source.exists(), f"{source} does not exist.")
+    model_ids = None
+    if (source / "meta.json").exists():
+        suite = open_suite(source)
+    else:
+        eval_dir = source if (source / "records.jsonl").exists() else source / f"eval-{split}"
+        records = _records(eval_dir)
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+        split = metrics.get("split", split)
+        suite = open_suite(metrics["suite"])
+        match = [r for r in records if r["row"] == index and r.get("sample", 0) == 0]
+        require(bool(match), f"row {index} was not evaluated in {eval_dir} (it has rows "
+                f"{records[0]['row']}..{records[-1]['row']}).")
+        model_ids = suite.vocab.encode(match[0]["generated"])
+    data = suite.split(split)
+    require(isinstance(index, int) and 0 <= index < len(data),
+            f"--index must be between 0 and {len(data) - 1} for split {split}, got {index}.")
+    i = int(data.instance[index])
+    label = getattr(suite.task, "state_label", str)
+    panels = []
+    teacher = judge(suite, data.instances, i, data.completion(index))
+    require(teacher["behaviour"] is not None,
+            f"variant {suite.variant} writes no search stream, so there is no search tree to draw.")
+    panels.append((f"teacher ({suite.variant}): {'solved' if teacher['correct'] else 'unsolved'}, "
+                   f"{teacher['behaviour'].expanded} states", teacher["behaviour"]))
+    if model_ids is not None:
+        model = judge(suite, data.instances, i, model_ids)
+        if model["behaviour"] is None:  # show what it wrote instead of a tree
+            text = suite.vocab.decode(model_ids)
+            text = text if len(text) < 300 else text[:300] + " ..."
+            panels.append((f"model: unparseable ({model['parse_error'] or 'no stream'})", text))
+        else:
+            verdict = "solved" if model["correct"] else f"unsolved: {model['reason']}"
+            panels.append((f"model: {verdict}, {model['behaviour'].expanded} states", model["behaviour"]))
+    out = Path(out) if out else (source / f"trace-{split}-{index}.png")
+    inst = suite.task.instance_at(data.instances, i)
+    title = f"{suite.meta['task']} {split} row {index}: start {inst.get('start')} goal {inst.get('goal')}"
+    return plots.show_trace(panels, out.with_suffix(""), suptitle=title, label=label)
+
+
+def sweep_tip(run_dir: str | os.PathLike, alphas: list[float], betas: list[int], oracle: bool = False,
+              base: EvalConfig | None = None, out: str | os.PathLike | None = None,
+              progress: bool = True) -> Path:
+    """Evaluate a stream-trained run under TIP for every (alpha, beta) (and the oracle-gated
+    bound when asked); writes results.csv and table.md into `out` and returns the table."""
+    run_dir = Path(run_dir)
+    base = base or EvalConfig()
+    require(alphas and betas, "give at least one alpha and one beta.")
+    require(all(a >= 0 for a in alphas) and all(isinstance(b, int) and b >= 1 for b in betas),
+            "alphas must be >= 0 and betas positive integers.")
+    out = Path(out) if out else run_dir / "tip-sweep"
+    grid = [(0.0, 0, False)] + [(float(a), int(b), g) for g in ([False, True] if oracle else [False])
+                                for a in alphas if a > 0 for b in betas]
+    rows = []
+    for alpha, beta, gated in grid:
+        name = "greedy" if alpha == 0 else f"a{alpha:g}-b{beta}" + ("-oracle" if gated else "")
+        cfg = replace(base, tip_alpha=alpha, tip_beta=beta, tip_oracle=gated)
+        m = evaluate(run_dir, cfg=cfg, out=out / name, progress=progress)
+        row = {"setting": name, "alpha": alpha, "beta": beta, "oracle_gated": gated, "n": m["n"],
+               "accuracy": m["accuracy"]["value"], "faithful_accuracy": m["faithful_accuracy"]["value"],
+               "parse_failures": m["parse_failures"]["value"]}
+        row.update(flatten_behaviour(m.get("behaviour")))
+        rows.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    write_text(out / "results.csv", buf.getvalue())
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"# Thought-switch penalty sweep: {run_dir}", "",
+             f"n = {rows[0]['n']} test instances each; greedy decoding otherwise.", "",
+             "| setting | accuracy | trace validity | wandering | premature backtracks | ξ_UT | "
+             "backtracks / trace | tokens |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {fmt(r['accuracy'])} | {fmt(r['trace_validity'])} | "
+                     f"{fmt(r['wandering'])} | {fmt(r['premature_backtracks'])} | {fmt(r['xi_ut'])} | "
+                     f"{fmt(r['backtracks_per_trace'])} | {fmt(r['stream_tokens'])} |")
+    table = out / "table.md"
+    write_text(table, "\n".join(lines) + "\n")
+    return table

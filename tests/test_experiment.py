@@ -1,0 +1,149 @@
+"""`retroplan run` end to end on a tiny study, its resumability, and the pictures of
+behaviour (`show-trace`, `sweep-tip`)."""
+
+import csv
+import json
+
+import pytest
+
+from retroplan.analysis import show_trace, sweep_tip
+from retroplan.cli import main
+from retroplan.errors import UserError
+from retroplan.eval import EvalConfig
+from retroplan.experiment import run_experiment
+
+TOML = """
+name = "tiny"
+task = "pathstar"
+variants = ["optimal", "stream", "backward-stream"]
+seeds = [0, 1]
+
+[sizes]
+train = 200
+val = 20
+test = 30
+
+[[conditions]]
+label = "d2"
+degree = 2
+path_len = 3
+num_nodes = 10
+
+[[conditions]]
+label = "d3"
+degree = 3
+path_len = 3
+num_nodes = 10
+
+[train]
+preset = "tiny"
+steps = 12
+batch_size = 16
+checkpoint_every = 6
+log_every = 3
+threads = 1
+
+[eval]
+batch_size = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    toml = root / "tiny.toml"
+    toml.write_text(TOML)
+    report = run_experiment(toml, root / "out", progress=False)
+    return toml, root / "out", report
+
+
+def test_run_writes_results_figures_and_a_readable_report(study):
+    toml, out, report = study
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2 * 3 * 2
+    assert {r["variant"] for r in rows} == {"optimal", "stream", "backward-stream"}
+    assert all(r["n"] == "30" for r in rows)
+    streams = [r for r in rows if r["variant"] != "optimal"]
+    assert all(r["teacher_trace_validity"] == "1.0" for r in streams)  # the teacher never errs
+    assert all(r["trace_validity"] == "" for r in rows if r["variant"] == "optimal")
+    for name in ("accuracy", "first_step", "loss", "difficulty", "behaviour", "trajectories"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+        assert (out / f"{name}.svg").exists()
+    text = report.read_text()
+    assert f"retroplan run {toml} --out {out}" in text
+    assert "## Search behaviour" in text and "| d3 | stream | teacher |" in text
+    assert "mean over seeds [95% t-interval]" in text
+    assert "![behaviour](behaviour.png)" in text and 'name = "tiny"' in text
+
+
+def test_a_rerun_skips_everything_already_done(study):
+    toml, out, _ = study
+    final = out / "runs" / "d2-stream-s0" / "final.json"
+    metrics = out / "runs" / "d2-stream-s0" / "eval-test" / "metrics.json"
+    stamps = (final.stat().st_mtime_ns, metrics.stat().st_mtime_ns)
+    run_experiment(toml, out, progress=False)
+    assert (final.stat().st_mtime_ns, metrics.stat().st_mtime_ns) == stamps
+
+
+def test_a_different_experiment_file_cannot_reuse_the_folder(study, tmp_path):
+    _, out, _ = study
+    other = tmp_path / "other.toml"
+    other.write_text(TOML.replace("steps = 12", "steps = 13"))
+    with pytest.raises(UserError, match="different experiment file"):
+        run_experiment(other, out, progress=False)
+
+
+def test_show_trace_draws_teacher_and_model_side_by_side(study, tmp_path, capsys):
+    import shutil
+
+    _, out, _ = study
+    run = out / "runs" / "d3-stream-s0"
+    # the 12-step model writes no parseable stream: its panel shows the text it wrote
+    written = show_trace(run / "eval-test", 0, out=tmp_path / "text.png")
+    assert [p.suffix for p in written] == [".png", ".svg"] and written[0].stat().st_size > 10000
+    # an eval whose model streams parse: copy it and let the "model" write a detour stream
+    ev = tmp_path / "eval"
+    shutil.copytree(run / "eval-test", ev)
+    records = [json.loads(line) for line in (ev / "records.jsonl").read_text().splitlines()]
+    ref = records[0]["reference"].split()
+    centre = ref[1]
+    records[0]["generated"] = f"at {centre} dead back {centre} " + " ".join(ref[2:])
+    (ev / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = show_trace(ev, 0, out=tmp_path / "tree.png")
+    assert written[0].stat().st_size > 10000
+    assert main(["show-trace", str(out / "suites" / "d3-backward-stream-s0"), "--index", "2",
+                 "--out", str(tmp_path / "suite-tree.png")]) == 0
+    assert (tmp_path / "suite-tree.png").exists()
+    assert main(["show-trace", str(out / "suites" / "d3-optimal-s0"), "--index", "0"]) == 2
+    assert "no search stream" in capsys.readouterr().err
+
+
+def test_sweep_tip_tabulates_every_setting(study, tmp_path):
+    _, out, _ = study
+    table = sweep_tip(out / "runs" / "d3-stream-s0", [0, 2, 1e6], [1, 4], oracle=True,
+                      base=EvalConfig(limit=10), out=tmp_path / "sweep", progress=False)
+    rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").open()))
+    assert [r["setting"] for r in rows] == ["greedy", "a2-b1", "a2-b4", "a1e+06-b1", "a1e+06-b4",
+                                            "a2-b1-oracle", "a2-b4-oracle", "a1e+06-b1-oracle",
+                                            "a1e+06-b4-oracle"]
+    assert "| greedy |" in table.read_text()
+    m = json.loads((tmp_path / "sweep" / "a2-b4" / "metrics.json").read_text())
+    assert m["decoding"]["tip_alpha"] == 2.0 and m["decoding"]["tip_beta"] == 4
+
+
+def test_tip_on_a_variant_without_streams_is_refused(study):
+    _, out, _ = study
+    with pytest.raises(UserError, match="needs a stream variant"):
+        sweep_tip(out / "runs" / "d2-optimal-s0", [1], [2], base=EvalConfig(limit=5), progress=False)
+
+
+def test_sampling_reports_pass_at_k_and_best_of_n(study, tmp_path):
+    from retroplan.eval import evaluate
+
+    _, out, _ = study
+    sampling = EvalConfig(limit=8, temperature=1.0, samples=4, seed=3)
+    m = evaluate(out / "runs" / "d2-optimal-s0", cfg=sampling, out=tmp_path / "sampled", progress=False)
+    assert m["n"] == 32 and set(m["sampling"]) == {"pass@1", "pass@2", "pass@4", "best_of_4"}
+    assert m["sampling"]["pass@1"]["value"] <= m["sampling"]["pass@4"]["value"]
+    again = evaluate(out / "runs" / "d2-optimal-s0", cfg=sampling, out=tmp_path / "sampled2", progress=False)
+    assert again["sampling"] == m["sampling"]  # seeded sampling is reproducible
