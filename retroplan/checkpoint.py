@@ -95,29 +95,41 @@ def load_model(run_dir: Path, device: str = "cpu") -> tuple[GPT, dict, int]:
     except (KeyError, TypeError):
         raise UserError(f"{run_dir}/run.json has no valid model config (corrupt).") from None
     model = GPT(cfg)
-    weights = _load_tensors(ckpt / "model.safetensors")
-    weights["head.weight"] = weights.get("tok_emb.weight")
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, TypeError) as exc:
-        raise UserError(f"checkpoint {ckpt} does not fit the model in run.json: "
-                        f"{str(exc).splitlines()[0]}") from None
+    _load_weights(model, ckpt)
     state = _read_json(ckpt / "state.json", "checkpoint state")
     return model.to(device).eval(), run, int(state.get("step", 0))
 
 
 def load_training_state(ckpt: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
     """Restore weights, optimizer moments and the torch RNG from a step folder."""
-    weights = _load_tensors(ckpt / "model.safetensors")
-    weights["head.weight"] = weights["tok_emb.weight"]
-    model.load_state_dict(weights)
+    _load_weights(model, ckpt)
     tensors = _load_tensors(ckpt / "optimizer.safetensors")
     state = _read_json(ckpt / "state.json", "checkpoint state")
-    rng = tensors.pop("torch_rng_state")
-    per_param: dict[int, dict] = {}
-    for key, value in tensors.items():
-        pid, name = key.split(".", 1)
-        per_param.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    torch.set_rng_state(rng)
+    try:
+        rng = tensors.pop("torch_rng_state")
+        per_param: dict[int, dict] = {}
+        for key, value in tensors.items():
+            pid, name = key.split(".", 1)
+            per_param.setdefault(int(pid), {})[name] = value
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+        torch.set_rng_state(rng)
+        int(state["step"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise UserError(f"checkpoint {ckpt} cannot be resumed from: its optimizer state does not fit "
+                        f"this model ({type(exc).__name__}: {exc}).") from None
     return state
+
+
+def _load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """Load a step folder's weights into `model`, naming the first tensor that does not fit."""
+    weights = _load_tensors(ckpt / "model.safetensors")
+    expected = {k: v for k, v in model.state_dict().items() if k != "head.weight"}
+    for key in sorted(set(expected) | set(weights)):
+        require(key in weights, f"checkpoint {ckpt} does not fit the model in run.json: it has no {key}.")
+        require(key in expected,
+                f"checkpoint {ckpt} does not fit the model in run.json: it has an unknown tensor {key}.")
+        require(weights[key].shape == expected[key].shape,
+                f"checkpoint {ckpt} does not fit the model in run.json: {key} has shape "
+                f"{tuple(weights[key].shape)} there, {tuple(expected[key].shape)} here.")
+    weights["head.weight"] = weights["tok_emb.weight"]  # tied
+    model.load_state_dict(weights)

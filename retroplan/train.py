@@ -239,6 +239,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     model = GPT(model_cfg).to(device)
     optimizer = _make_optimizer(model, cfg, device)
     step = 0
+    state: dict = {}  # a resumed run carries on its counters from the checkpoint
     if ckpt is not None:
         state = checkpoint.load_training_state(ckpt, model, optimizer)
         step = int(state["step"])
@@ -262,9 +263,9 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     log = open(out / "train_log.jsonl", "a") if main else None
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {suite.meta['variant']}", unit="step",
                disable=None if (progress and main) else True, leave=False)
-    t0 = time.perf_counter()
-    tokens_seen = 0
-    loss_value = float("nan")
+    t0 = time.perf_counter() - float(state.get("train_seconds", 0.0))
+    tokens_seen = int(state.get("tokens", 0))
+    loss_value = float(state.get("loss", float("nan")))
     model.train()
     try:
         while step < cfg.steps:
@@ -295,7 +296,9 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                     log.flush()
                 bar.set_postfix(loss=f"{loss_value:.3f}")
             if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                checkpoint.save(out, step, model, optimizer, {"train": asdict(cfg)})
+                checkpoint.save(out, step, model, optimizer,
+                                {"train": asdict(cfg), "tokens": tokens_seen, "loss": loss_value,
+                                 "train_seconds": time.perf_counter() - t0})
     finally:
         bar.close()
         if log:
