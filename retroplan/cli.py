@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -170,6 +171,8 @@ def _train(args) -> None:
 
     cfg = TrainConfig.from_dict(_given(args, TrainConfig))
     summary = train(args.suite, args.out, cfg, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     print(f"trained {args.out}: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
           f"{summary['train_seconds']:.1f}s on {summary['device']}")
 
@@ -261,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except UserError as exc:
         print(f"retroplan: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # the file system said no: disk full, read-only, no permission
+        where = f" on {exc.filename}" if exc.filename else ""
+        print(f"retroplan: error: a file operation failed{where}: {exc.strerror or exc}.", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("retroplan: interrupted", file=sys.stderr)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 from .batching import BatchOrder, collate
-from .errors import UserError, require
+from .errors import UserError, require, require_field_types
 from .fsutil import write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
 from .traces.suite import Suite, open_suite
@@ -56,6 +56,7 @@ class TrainConfig:
     threads: int = 0                # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
+        require_field_types(self, "train")
         require(self.preset in PRESETS,
                 f"unknown model preset {self.preset!r}; allowed: {', '.join(PRESETS)}.")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -224,16 +225,22 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     model_cfg = cfg.model_config(len(suite.vocab), context)
     description = _run_description(suite, cfg, model_cfg, dropped, cut)
 
-    ckpt = checkpoint.latest_dir(out) if out.exists() else None
-    if out.exists() and (out / "run.json").exists():
-        if not resume:
-            raise UserError(f"run folder {out} already exists; pass --resume to continue it or "
-                            "choose another --out.")
-        changed = _same_run(checkpoint.read_run(out), description)
-        if changed:
-            raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
-    elif out.exists() and any(out.iterdir()) and not resume:
-        raise UserError(f"output folder {out} exists and is not empty; choose another --out.")
+    if main:  # only rank 0 checks and creates the run folder; the others wait for it
+        if out.exists() and (out / "run.json").exists():
+            if not resume:
+                raise UserError(f"run folder {out} already exists; pass --resume to continue it or "
+                                "choose another --out.")
+            changed = _same_run(checkpoint.read_run(out), description)
+            if changed:
+                raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
+        elif out.exists() and any(out.iterdir()) and not resume:
+            raise UserError(f"output folder {out} exists and is not empty; choose another --out.")
+        if not (out / "run.json").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "run.json", description)
+    if world > 1:
+        torch.distributed.barrier()
+    ckpt = checkpoint.latest_dir(out)
 
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
@@ -243,9 +250,6 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     if ckpt is not None:
         state = checkpoint.load_training_state(ckpt, model, optimizer)
         step = int(state["step"])
-    elif main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", description)
     if main:
         _trim_log(out / "train_log.jsonl", step)
     if (out / "final.json").exists() and step >= cfg.steps:
@@ -311,6 +315,9 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                "dropped_long_rows": dropped, "cut_long_rows": cut}
     if main:
         write_json(out / "final.json", summary)
+    if world > 1:
+        torch.distributed.barrier()  # nobody leaves before rank 0 has written the results
+        torch.distributed.destroy_process_group()
     return summary
 
 
