@@ -43,6 +43,13 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint file {path} cannot be read ({exc}); it is corrupt.") from None
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as exc:  # an I/O failure (disk full) reported by the Rust writer
+        raise OSError(str(exc).removeprefix("Error while serializing: ")) from None
+
+
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          state: dict) -> None:
     ckpts = run_dir / "checkpoints"
@@ -53,7 +60,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
     with atomic_dir(target) as tmp:
         weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
                    if k != "head.weight"}  # tied to tok_emb.weight
-        save_file(weights, str(tmp / "model.safetensors"))
+        _save_tensors(weights, tmp / "model.safetensors")
         opt = optimizer.state_dict()
         tensors, groups = {}, opt["param_groups"]
         for pid, st in opt["state"].items():
@@ -61,7 +68,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
                 t = value if torch.is_tensor(value) else torch.tensor(value)
                 tensors[f"{pid}.{key}"] = t.detach().to("cpu").contiguous()
         tensors["torch_rng_state"] = torch.get_rng_state()
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        _save_tensors(tensors, tmp / "optimizer.safetensors")
         write_json(tmp / "state.json", dict(state, step=step, param_groups=groups))
     write_json(ckpts / "latest.json", {"step": step, "dir": name})
     for old in sorted(ckpts.glob("step-*"))[:-KEEP]:

@@ -13,3 +13,25 @@ def require(condition: bool, message: str) -> None:
     """Raise `UserError(message)` unless `condition` holds."""
     if not condition:
         raise UserError(message)
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def require_field_types(config, what: str) -> None:
+    """Every field of the dataclass instance `config` holds a value of its default's type
+    (an integer is a fine float; true/false is not an integer). Values from TOML or JSON
+    files can be anything; this turns a wrong type into a sentence before any work starts."""
+    import dataclasses
+
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), type(f.default)
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind in (int, str):
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+        else:
+            continue
+        require(ok, f"{what} {f.name} must be {_KIND_NAMES[kind]}, got {value!r}.")

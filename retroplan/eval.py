@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
-from .errors import require
+from .errors import require, require_field_types
 from .fsutil import atomic_path, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
@@ -49,6 +49,10 @@ class EvalConfig:
     tip_oracle: bool = False  # ... and only where the current state can still reach the goal
 
     def validate(self) -> None:
+        require_field_types(self, "eval")
+        require(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+                f"eval device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+
         def nonneg_int(name):
             v = getattr(self, name)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 0,

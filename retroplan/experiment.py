@@ -23,6 +23,7 @@ import io
 import json
 import os
 import platform
+import re
 import time
 import tomllib
 from dataclasses import asdict
@@ -43,6 +44,7 @@ from .train import TrainConfig, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
              "train", "eval"}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 METRICS = ("accuracy", "first_step_accuracy", "optimal_rate", "faithful_accuracy",
            "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy",
            "tf_sequence_accuracy", "mean_generated_tokens")
@@ -60,6 +62,8 @@ def load_experiment(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}.")
     for key in ("name", "task", "variants"):
         require(key in exp, f"{path} needs a {key!r} entry.")
+    for key in ("sizes", "options", "train", "eval"):
+        require(isinstance(exp.get(key, {}), dict), f"{path}: {key} must be a table ([{key}]).")
     task = get_task(exp["task"])
     variants = exp["variants"]
     require(isinstance(variants, list) and variants and all(isinstance(v, str) for v in variants),
@@ -77,7 +81,11 @@ def load_experiment(path: str | os.PathLike) -> dict:
     for c in conditions:
         values = {k: v for k, v in c.items() if k != "label"}
         make_config(exp["task"], values)  # validates now, before any work
-        labels.append(c.get("label") or _label(values))
+        label = c.get("label") or _label(values)
+        require(isinstance(label, str) and _PLAIN_NAME.fullmatch(label) is not None,
+                f"{path}: condition label {label!r} must be a plain name (letters, digits, - _ . =), "
+                "because it names folders inside --out.")
+        labels.append(label)
     require(len(set(labels)) == len(labels), f"{path}: two conditions have the same label.")
     exp["_labels"] = labels
     sizes = exp.setdefault("sizes", {})
@@ -92,6 +100,8 @@ def load_experiment(path: str | os.PathLike) -> dict:
                         f"{', '.join(EvalConfig.__dataclass_fields__)}.")
     exp["_eval"] = EvalConfig(**ev)
     exp["_eval"].validate()
+    require(exp["_eval"].split in task.SPLITS, f"{path}: unknown eval split {exp['_eval'].split!r}; "
+            f"allowed: {', '.join(task.SPLITS)}.")
     # the trace options are validated by SuiteSpec.resolve below, before any work
     for c in conditions:
         for v in variants:
