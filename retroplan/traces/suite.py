@@ -275,12 +275,22 @@ def merge_shards(pieces: list[str | os.PathLike], out: str | os.PathLike) -> Pat
 # --------------------------------------------------------------------------- reading
 
 
+def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A suite's .npy file; never unpickles (an object array is refused as corrupt)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        reason = str(exc).split(". ")[0].rstrip(".")
+        raise UserError(f"suite file {path} is not a readable array ({reason}); "
+                        "the suite is corrupt.") from None
+
+
 class SplitData:
     """One split of a suite: token rows (memory-mapped) and the instances they came from."""
 
     def __init__(self, root: Path, split: str):
         def load(name):
-            return np.load(root / f"{split}.{name}.npy", mmap_mode="r", allow_pickle=False)
+            return _load_array(root / f"{split}.{name}.npy", mmap=True)
 
         self.name = split
         self.tokens = load("tokens")
@@ -291,10 +301,14 @@ class SplitData:
         self.index = np.asarray(load("index"))
         self.offsets = np.zeros(self.lengths.shape[0] + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
+        rows = self.lengths.shape[0]
+        require(self.prompt_len.shape[0] == self.instance.shape[0] == self.kind.shape[0] == rows
+                and self.offsets[-1] == self.tokens.shape[0],
+                f"the {split} files of suite {root} disagree on the number of rows (the suite is corrupt).")
         self.instances = {}
         for path in sorted(root.glob(f"{split}.inst.*.npy")):
             key = path.name[len(split) + 6: -4]
-            self.instances[key] = np.load(path, allow_pickle=False)
+            self.instances[key] = _load_array(path)
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
