@@ -6,9 +6,9 @@ from __future__ import annotations
 import gymnasium as gym
 
 from ..errors import UserError, require
-from . import graph, pathstar
+from . import countdown, graph, pathstar
 
-TASKS = {pathstar.NAME: pathstar, graph.NAME: graph}
+TASKS = {pathstar.NAME: pathstar, graph.NAME: graph, countdown.NAME: countdown}
 
 
 def get_task(name: str):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from ..envs import get_task
 from ..errors import require
-from . import graphs
+from . import countdown, graphs
 
-GRAMMARS = {"pathstar": graphs, "graph": graphs}
+GRAMMARS = {"pathstar": graphs, "graph": graphs, "countdown": countdown}
 
 
 def get_grammar(task_name: str):

@@ -1,0 +1,693 @@
+"""Countdown, as in Stream of Search (Gandhi et al. 2024): reach the target from n input
+numbers with a+b, a*b, larger-smaller and exact division, every input used exactly once.
+
+Instance = the input numbers and a target. The sampler follows the SoS process: the target is
+drawn uniformly from the split's targets, then the inputs are drawn uniformly from
+[min_input, max_input] and redrawn until an exhaustive search finds a solution (about 13% of
+draws are solvable with the defaults). 10% of the target range (a fixed seeded choice, see
+`held_out_targets`) never occurs in train/val/test: the `val_target` and `test_target` splits
+draw only those targets, as SoS's held-out-target validation set does.
+
+Moves are written as SoS writes them: `a+b` and `a*b` with the operands in list order, `-`
+and `/` larger first, and the result goes to the end of the number list. A batch is a dict:
+
+    numbers  (N, n)        int64   the inputs, in prompt order
+    target   (N,)          int64
+    plan     (N, n-1, 4)   int64   the reference solution: (first, op, second, result) per step,
+                                   the first one an exhaustive search finds (SoS's order)
+    draws    (N,)          int64   input draws it took to find a solvable one (solvable share)
+
+Every value stays exact: inputs are at most 999 and there are at most 6, so no intermediate
+value reaches 1000**6 < 2**63.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from numba import njit, prange
+
+from .. import rng
+from ..errors import UserError, require
+from .splits import split_stream
+
+NAME = "countdown"
+ENV_ID = "retroplan/Countdown-v0"
+SPLITS = ("train", "val", "test", "val_target", "test_target")
+DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 100, "val_target": 100, "test_target": 100}
+HELD_OUT_SPLITS = ("val_target", "test_target")
+
+OP_SYMBOLS = "+*-/"   # operation codes 0..3, in the order every search tries them (SoS's order)
+ADD, MUL, SUB, DIV = 0, 1, 2, 3
+MIN_INPUTS, MAX_INPUTS = 3, 6
+MAX_INPUT_VALUE = 999          # keeps every intermediate value below 1000**6 < 2**63
+MAX_TARGET_VALUE = 999_999
+VALUE_LIMIT = 10**18           # no value of any instance reaches this (see the module docstring)
+MAX_DRAWS = 100_000            # input draws per instance before a target counts as unreachable
+MAX_PAIRS = MAX_INPUTS * (MAX_INPUTS - 1) // 2
+_HELD_OUT_STREAM = 0x7A        # random stream of the held-out target choice (not an instance stream)
+
+
+@dataclass(frozen=True)
+class Config:
+    n_inputs: int = 4
+    min_input: int = 1
+    max_input: int = 99
+    min_target: int = 10
+    max_target: int = 100
+    operations: str = "+-*/"
+    held_out_seed: int = 0      # which 10% of the targets are held out (a fixed seeded choice)
+
+    def validate(self) -> None:
+        for name in ("n_inputs", "min_input", "max_input", "min_target", "max_target", "held_out_seed"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool),
+                    f"countdown {name} must be an integer, got {value!r}.")
+        require(MIN_INPUTS <= self.n_inputs <= MAX_INPUTS,
+                f"countdown n_inputs must be between {MIN_INPUTS} and {MAX_INPUTS}, got {self.n_inputs}.")
+        require(1 <= self.min_input <= self.max_input <= MAX_INPUT_VALUE,
+                f"countdown needs 1 <= min_input <= max_input <= {MAX_INPUT_VALUE}, got min_input="
+                f"{self.min_input} and max_input={self.max_input}.")
+        require(self.min_target <= self.max_target,
+                f"countdown target range is empty: min_target={self.min_target} is above "
+                f"max_target={self.max_target}.")
+        require(1 <= self.min_target and self.max_target <= MAX_TARGET_VALUE,
+                f"countdown targets must lie in 1..{MAX_TARGET_VALUE}, got "
+                f"{self.min_target}..{self.max_target}.")
+        require(isinstance(self.operations, str) and self.operations
+                and all(c in OP_SYMBOLS for c in self.operations),
+                f"countdown operations may only contain the characters + - * /, got {self.operations!r}.")
+        require(len(set(self.operations)) == len(self.operations),
+                f"countdown operations must not repeat an operation, got {self.operations!r}.")
+        require(self.held_out_seed >= 0, f"countdown held_out_seed must be >= 0, got {self.held_out_seed}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ops_mask(cfg: Config) -> int:
+    """Bit `op` is set when operation code `op` is allowed."""
+    return sum(1 << OP_SYMBOLS.index(c) for c in cfg.operations)
+
+
+def chance(cfg: Config) -> None:
+    """No meaningful chance level: a random plan almost never reaches the target."""
+    return None
+
+
+# --------------------------------------------------------------------------- targets and splits
+
+
+def held_out_targets(cfg: Config) -> np.ndarray:
+    """The targets only `val_target` / `test_target` use: floor(10%) of the target range, as in
+    SoS, chosen by a shuffle seeded with `held_out_seed` (a function of the config alone)."""
+    order = np.arange(cfg.min_target, cfg.max_target + 1, dtype=np.int64)
+    rng.shuffle(rng.new_state(np.uint64(cfg.held_out_seed), _HELD_OUT_STREAM, 0, 0), order)
+    return np.sort(order[: order.shape[0] // 10])
+
+
+def split_targets(cfg: Config, split: str) -> np.ndarray:
+    """The targets a split draws from (uniformly)."""
+    every = np.arange(cfg.min_target, cfg.max_target + 1, dtype=np.int64)
+    held = held_out_targets(cfg)
+    if split in HELD_OUT_SPLITS:
+        return held
+    return every[~np.isin(every, held)]
+
+
+def describe(cfg: Config) -> list[str]:
+    """Lines `retroplan inspect` prints about the config: which targets are held out."""
+    held = held_out_targets(cfg).tolist()
+    return [f"held-out targets (only in {', '.join(HELD_OUT_SPLITS)}): {held}"]
+
+
+def split_summary(cfg: Config, instances: dict) -> str:
+    """One line about a split's instances for `retroplan inspect`."""
+    draws = int(instances["draws"].sum())
+    n = int(instances["draws"].shape[0])
+    if not n:
+        return "no instances"
+    return (f"solvable share of input draws {n / draws:.4f} ({n} solvable of {draws} draws), "
+            f"{np.unique(instances['target']).shape[0]} distinct targets")
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _pair_tables():
+    first = np.zeros((MAX_INPUTS + 1, MAX_PAIRS), dtype=np.int64)
+    second = np.zeros((MAX_INPUTS + 1, MAX_PAIRS), dtype=np.int64)
+    for m in range(2, MAX_INPUTS + 1):
+        p = 0
+        for i in range(m):
+            for j in range(i + 1, m):
+                first[m, p], second[m, p] = i, j
+                p += 1
+    return first, second
+
+
+# PAIR_I[m, p], PAIR_J[m, p]: the p-th pair (i < j, lexicographic) of a list of m numbers
+PAIR_I, PAIR_J = _pair_tables()
+
+
+@njit(cache=True, inline="always")
+def combine(a, b, op):
+    """Apply operation `op` to a and b as SoS does. Returns (legal, result, first, second),
+    where `first op second = result` is how the move is written: a+b and a*b in the given
+    order, a-b and a/b with the larger number first; division only when exact."""
+    if op == ADD:
+        return True, a + b, a, b
+    if op == MUL:
+        return True, a * b, a, b
+    hi = a if a >= b else b
+    lo = b if a >= b else a
+    if op == SUB:
+        return True, hi - lo, hi, lo
+    if lo != 0 and hi % lo == 0:
+        return True, hi // lo, hi, lo
+    return False, 0, hi, lo
+
+
+@njit(cache=True, inline="always")
+def child_state(src, m, i, j, r, dst):
+    """dst[:m-1] = src[:m] without positions i and j, then r (the result goes last, as in SoS)."""
+    k = 0
+    for t in range(m):
+        if t != i and t != j:
+            dst[k] = src[t]
+            k += 1
+    dst[k] = r
+
+
+@njit(cache=True)
+def solutions(nums, target, mask, first_only, steps_out, vals, kid, path):
+    """Exhaustive search over every move sequence, in SoS's order (pairs i < j of the current
+    list, then + * - /). Returns how many sequences end on the target alone; with
+    `first_only` it stops at the first and writes its steps (first, op, second, result) into
+    `steps_out`. `vals` (n, n), `kid` (n,) and `path` (n, 4) are scratch space."""
+    n = nums.shape[0]
+    if n == 1:
+        return 1 if nums[0] == target else 0
+    vals[0, :n] = nums
+    kid[0] = 0
+    count = 0
+    d = 0
+    while d >= 0:
+        m = n - d
+        if m == 2:  # the last move: check the (at most four) results directly
+            a, b = vals[d, 0], vals[d, 1]
+            for op in range(4):
+                if (mask >> op) & 1:
+                    ok, r, x, y = combine(a, b, op)
+                    if ok and r == target:
+                        count += 1
+                        if first_only:
+                            for s in range(d):
+                                steps_out[s, :] = path[s, :]
+                            steps_out[d, 0] = x
+                            steps_out[d, 1] = op
+                            steps_out[d, 2] = y
+                            steps_out[d, 3] = r
+                            return count
+            d -= 1
+            continue
+        moved = False
+        while kid[d] < 4 * (m * (m - 1) // 2):
+            p = kid[d] >> 2
+            op = kid[d] & 3
+            kid[d] += 1
+            if not (mask >> op) & 1:
+                continue
+            i, j = PAIR_I[m, p], PAIR_J[m, p]
+            ok, r, x, y = combine(vals[d, i], vals[d, j], op)
+            if not ok:
+                continue
+            child_state(vals[d], m, i, j, r, vals[d + 1])
+            path[d, 0] = x
+            path[d, 1] = op
+            path[d, 2] = y
+            path[d, 3] = r
+            d += 1
+            kid[d] = 0
+            moved = True
+            break
+        if not moved:
+            d -= 1
+    return count
+
+
+@njit(cache=True, parallel=True)
+def _sample(seed, stream, indices, salts, targets, n, lo, hi, mask, max_draws, numbers, target,
+            plan, draws, abort):
+    for k in prange(indices.shape[0]):
+        state = rng.new_state(seed, stream, indices[k], salts[k])
+        vals = np.empty((n, n), dtype=np.int64)
+        kid = np.empty(n, dtype=np.int64)
+        path = np.empty((n, 4), dtype=np.int64)
+        t = targets[rng.randbelow(state, targets.shape[0])]
+        target[k] = t
+        count = 0
+        while True:
+            count += 1
+            for s in range(n):
+                numbers[k, s] = lo + rng.randbelow(state, hi - lo + 1)
+            if solutions(numbers[k], t, mask, True, plan[k], vals, kid, path) > 0:
+                break
+            # Give up on an unreachable target; `abort` (set by any instance that gives up)
+            # lets the rest of the batch stop early. It never changes a successful result.
+            if count >= max_draws or abort[0]:
+                abort[0] = 1
+                count = -1
+                break
+        draws[k] = count
+
+
+@njit(cache=True, parallel=True)
+def _count_all(numbers, target, mask, out):
+    n = numbers.shape[1]
+    for k in prange(numbers.shape[0]):
+        vals = np.empty((n, n), dtype=np.int64)
+        kid = np.empty(n, dtype=np.int64)
+        path = np.empty((n, 4), dtype=np.int64)
+        steps = np.empty((n, 4), dtype=np.int64)
+        out[k] = solutions(numbers[k], target[k], mask, False, steps, vals, kid, path)
+
+
+@njit(cache=True)
+def _solve_one(nums, target, mask, steps):
+    n = nums.shape[0]
+    vals = np.empty((max(n, 1), max(n, 1)), dtype=np.int64)
+    kid = np.empty(max(n, 1), dtype=np.int64)
+    path = np.empty((max(n, 1), 4), dtype=np.int64)
+    return solutions(nums, target, mask, True, steps, vals, kid, path)
+
+
+@njit(cache=True, parallel=True)
+def _fingerprints(numbers, target):
+    out = np.empty(numbers.shape[0], dtype=np.uint64)
+    for k in prange(numbers.shape[0]):
+        nums = np.sort(numbers[k])
+        h = rng.mix64(np.uint64(target[k]) * np.uint64(0x100000001B3) + np.uint64(nums.shape[0]))
+        for s in range(nums.shape[0]):
+            h = rng.mix64(h ^ np.uint64(nums[s]))
+        out[k] = h
+    return out
+
+
+# --------------------------------------------------------------------------- task interface
+
+
+def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
+                     salts: np.ndarray | None = None) -> dict:
+    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    n = indices.shape[0]
+    salts = np.zeros(n, dtype=np.int64) if salts is None else np.ascontiguousarray(salts, np.int64)
+    k = cfg.n_inputs
+    batch = {
+        "numbers": np.zeros((n, k), dtype=np.int64),
+        "target": np.zeros(n, dtype=np.int64),
+        "plan": np.zeros((n, k - 1, 4), dtype=np.int64),
+        "draws": np.zeros(n, dtype=np.int64),
+    }
+    if n == 0:
+        return batch
+    targets = split_targets(cfg, split)
+    if targets.shape[0] == 0:
+        raise UserError(
+            f"the countdown target range {cfg.min_target}..{cfg.max_target} has "
+            f"{cfg.max_target - cfg.min_target + 1} targets; holding out 10% leaves none for "
+            f"{split}; use at least 10 targets or give {split} size 0.")
+    abort = np.zeros(1, dtype=np.int64)
+    _sample(np.uint64(seed), split_stream(split), indices, salts, targets, k, cfg.min_input,
+            cfg.max_input, ops_mask(cfg), MAX_DRAWS, batch["numbers"], batch["target"],
+            batch["plan"], batch["draws"], abort)
+    if abort[0]:
+        bad = int(batch["target"][np.flatnonzero(batch["draws"] < 0)[0]])
+        raise UserError(
+            f"no {k} inputs from {cfg.min_input}..{cfg.max_input} reached the countdown target "
+            f"{bad} with operations {cfg.operations!r} in {MAX_DRAWS} draws; widen the input range "
+            "or narrow the target range.")
+    return batch
+
+
+def fingerprints(batch: dict) -> np.ndarray:
+    """Equal for instances with the same target and the same multiset of inputs."""
+    return _fingerprints(batch["numbers"], batch["target"])
+
+
+def format_step(first: int, op: int, second: int, result: int) -> str:
+    return f"{first}{OP_SYMBOLS[op]}{second}={result}"
+
+
+def plan_strings(steps: np.ndarray) -> list[str]:
+    return [format_step(int(a), int(op), int(b), int(c)) for a, op, b, c in steps]
+
+
+def instance_at(batch: dict, i: int) -> dict:
+    """Instance `i` as plain Python values: the inputs, the target and the reference solution
+    (the forward plan as `a op b=c` strings)."""
+    return {"numbers": batch["numbers"][i].tolist(), "target": int(batch["target"][i]),
+            "solution": plan_strings(batch["plan"][i])}
+
+
+def count_solutions(cfg: Config, batch: dict) -> np.ndarray:
+    """The oracle's number of solutions of each instance: move sequences (pairs of list
+    positions and an operation per step, as the searches enumerate them) that end on the
+    target. Repeated inputs and commuted independent steps count separately."""
+    out = np.zeros(batch["target"].shape[0], dtype=np.int64)
+    _count_all(batch["numbers"], batch["target"], ops_mask(cfg), out)
+    return out
+
+
+def difficulty(cfg: Config, batch: dict) -> dict[str, np.ndarray]:
+    """Per-instance difficulty: the number of inputs and floor(log2(number of solutions))."""
+    count = count_solutions(cfg, batch)
+    return {"inputs": np.full(count.shape[0], cfg.n_inputs),
+            "solutions_log2": np.floor(np.log2(np.maximum(count, 1))).astype(np.int64)}
+
+
+def solve(numbers, target: int, operations: str = "+-*/") -> list[str] | None:
+    """The oracle: the first solution an exhaustive search finds (SoS's order), or None. Works on
+    any list of numbers, so it also says whether an intermediate state can still reach the
+    target."""
+    nums = np.asarray(list(numbers), dtype=np.int64)
+    if nums.shape[0] == 0:
+        return None
+    steps = np.zeros((max(nums.shape[0] - 1, 1), 4), dtype=np.int64)
+    mask = sum(1 << OP_SYMBOLS.index(c) for c in operations)
+    if _solve_one(nums, np.int64(target), mask, steps) == 0:
+        return None
+    return plan_strings(steps[: nums.shape[0] - 1])
+
+
+def reachable(numbers, target: int, operations: str = "+-*/") -> bool:
+    """R(s): can the numbers still be combined (each used once) into the target?"""
+    return solve(numbers, target, operations) is not None
+
+
+# --------------------------------------------------------------------------- verifier
+
+_STEP = re.compile(r"\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*")
+
+
+def apply_step(numbers: list[int], step, operations: str = "+-*/") -> tuple[list[int] | None, str]:
+    """Apply one step (`"a op b=c"`) to the multiset `numbers`. Returns (numbers after the step,
+    "") or (None, why it is illegal). Exact integer arithmetic; plain Python on purpose."""
+    match = _STEP.fullmatch(step) if isinstance(step, str) else None
+    if match is None:
+        return None, f"{step!r} is not of the form a op b=c"
+    a, sym, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+    if sym not in operations:
+        return None, f"{step} uses {sym}, which this task does not allow"
+    pool = list(numbers)
+    for operand in (a, b):
+        if operand not in pool:
+            return None, f"{step} uses {operand}, which is not available (numbers left: {sorted(numbers)})"
+        pool.remove(operand)
+    if sym == "+":
+        value = a + b
+    elif sym == "*":
+        value = a * b
+    elif sym == "-":
+        if a < b:
+            return None, f"{step} subtracts the larger number from the smaller"
+        value = a - b
+    else:
+        if a < b:
+            return None, f"{step} divides the smaller number by the larger"
+        if b == 0:
+            return None, f"{step} divides by zero"
+        if a % b:
+            return None, f"{step} divides inexactly"
+        value = a // b
+    if c != value:
+        return None, f"{step} is wrong: {a}{sym}{b} is {value}"
+    return pool + [c], ""
+
+
+def replay_plan(instance: dict, plan, operations: str = "+-*/") -> tuple[bool, str]:
+    """Replay `plan` (a list of `"a op b=c"` strings) on the instance's inputs.
+
+    Returns (True, "reaches the target") or (False, the first reason it fails): a step that
+    is malformed, uses a number that is not (or no longer) available, is wrong arithmetic,
+    divides inexactly or uses a forbidden operation; or numbers left over (every input must be
+    used exactly once); or a last number that is not the target.
+    """
+    if not plan:
+        return False, "empty plan"
+    left = list(instance["numbers"])
+    for k, step in enumerate(plan, 1):
+        left, why = apply_step(left, step, operations)
+        if left is None:
+            return False, f"step {k}: {why}"
+    if len(left) != 1:
+        return False, f"numbers {sorted(left)} are left over: every input must be used exactly once"
+    if left[0] != instance["target"]:
+        return False, f"ends at {left[0]}, not at the target {instance['target']}"
+    return True, "reaches the target"
+
+
+def assess(cfg: Config, instances: dict, i: int, plan) -> dict:
+    """Every verdict eval reports on one plan: `correct` and `reason` (replay_plan),
+    `first_step` (the first step is legal and the target is still reachable after it) and
+    `optimal` (every correct Countdown plan has the optimal n-1 steps)."""
+    inst = instance_at(instances, i)
+    ok, reason = replay_plan(inst, plan, cfg.operations)
+    first = False
+    if plan:
+        after, _ = apply_step(inst["numbers"], plan[0], cfg.operations)
+        first = after is not None and reachable(after, inst["target"], cfg.operations)
+    return {"correct": ok, "reason": reason, "first_step": bool(first), "optimal": ok,
+            "optimal_moves": cfg.n_inputs - 1}
+
+
+def state_key(numbers, subgoal: int | None = None):
+    """A search state as the metrics see it: the multiset of numbers (sorted tuple); a backward
+    state is (sorted unused inputs, subgoal)."""
+    nums = tuple(sorted(int(v) for v in numbers))
+    return nums if subgoal is None else (nums, int(subgoal))
+
+
+def state_label(state) -> str:
+    """How search-tree pictures label a state."""
+    if len(state) == 2 and isinstance(state[0], tuple):
+        return " ".join(map(str, state[0])) + f" -> {state[1]}"
+    return " ".join(map(str, state))
+
+
+class Walk:
+    """What the behaviour metrics need to judge a Countdown stream on one instance.
+
+    Forward states are number multisets (`state_key`); a move applies one step. Backward states
+    are (unused inputs, subgoal); a move undoes a step whose result is the subgoal and one of
+    whose operands is an unused input, the other operand being the new subgoal. `go` payloads
+    are the grammar's `Move(step, state)`, `back` payloads the printed state. `live(s)` is R(s)
+    (the numbers can still make the target, or the unused inputs the subgoal) and
+    `distance(s)` the steps left, the same for every plan (numbers - 1).
+    """
+
+    def __init__(self, cfg: Config, instances: dict, i: int, backward: bool = False):
+        inst = instance_at(instances, i)
+        self.operations = cfg.operations
+        self.target = inst["target"]
+        self.backward = backward
+        self.root = state_key(inst["numbers"], self.target if backward else None)
+        self._live: dict = {}
+
+    def _claimed(self, printed):
+        try:
+            if self.backward:
+                return state_key(printed[0], printed[1])
+            return state_key(printed)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def go(self, current, move):
+        """(the state the stream claims to reach, why the move is invalid or None)."""
+        claimed = self._claimed(move.state)
+        if claimed is None:
+            return None, "not_a_state"
+        match = _STEP.fullmatch(move.step) if isinstance(move.step, str) else None
+        if match is None:
+            return claimed, "not_available"
+        a, sym, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+        if self.backward:
+            unused, goal = current
+            subgoal = claimed[1]
+            if c != goal or subgoal not in (a, b):
+                return claimed, "not_available"
+            used = b if subgoal == a else a
+            if used not in unused:
+                return claimed, "not_available"
+            pool = list(unused)
+            pool.remove(used)
+            if sym not in self.operations or _checked(a, sym, b) != c:
+                return claimed, "wrong_arithmetic"
+            true = state_key(pool, subgoal)
+        else:
+            pool = list(current)
+            for operand in (a, b):
+                if operand not in pool:
+                    return claimed, "not_available"
+                pool.remove(operand)
+            if sym not in self.operations or _checked(a, sym, b) != c:
+                return claimed, "wrong_arithmetic"
+            true = state_key(pool + [c])
+        return claimed, (None if claimed == true else "wrong_state")
+
+    def back_target(self, payload):
+        return self._claimed(payload)
+
+    def successors(self, state) -> list:
+        out = []
+        if self.backward:
+            unused, goal = state
+            for p, a in enumerate(unused):
+                if a in unused[:p] or len(unused) < 2:
+                    continue
+                rest = unused[:p] + unused[p + 1:]
+                for x in _undo(goal, a, self.operations):
+                    out.append(state_key(rest, x))
+            return out
+        for p in range(len(state)):
+            for q in range(p + 1, len(state)):
+                rest = state[:p] + state[p + 1:q] + state[q + 1:]
+                for op in range(4):
+                    if OP_SYMBOLS[op] in self.operations:
+                        ok, r, _, _ = combine(np.int64(state[p]), np.int64(state[q]), op)
+                        if ok:
+                            out.append(state_key(rest + (int(r),)))
+        return out
+
+    def live(self, state) -> bool:
+        if state is None:
+            return False
+        if state not in self._live:
+            numbers, goal = state if self.backward else (state, self.target)
+            self._live[state] = bool(numbers) and reachable(numbers, goal, self.operations)
+        return self._live[state]
+
+    def distance(self, state) -> int:
+        return len(state[0] if self.backward else state) - 1
+
+    def is_goal(self, state) -> bool:
+        if state is None:
+            return False
+        if self.backward:
+            return len(state[0]) == 1 and state[0][0] == state[1]
+        return state == (self.target,)
+
+
+def _checked(a: int, sym: str, b: int) -> int | None:
+    """`a sym b` as a legal Countdown move writes it, or None (larger first for - and /)."""
+    if sym == "+":
+        return a + b
+    if sym == "*":
+        return a * b
+    if a < b:
+        return None
+    if sym == "-":
+        return a - b
+    return a // b if b and a % b == 0 else None
+
+
+def _undo(goal: int, a: int, operations: str) -> list[int]:
+    """Subgoals x such that a legal move on {x, a} gives `goal`."""
+    out = []
+    if "+" in operations and goal >= a:
+        out.append(goal - a)
+    if "*" in operations and a and goal % a == 0:
+        out.append(goal // a)
+    if "-" in operations:
+        out.append(goal + a)
+        if a >= goal:
+            out.append(a - goal)
+    if "/" in operations and goal:
+        out.append(goal * a)
+        if a % goal == 0:
+            out.append(a // goal)
+    return sorted(set(out))
+
+
+# --------------------------------------------------------------------------- Gymnasium
+
+
+class Env(gym.Env):
+    """`retroplan/Countdown-v0`: combine the numbers into the target.
+
+    Observation: `numbers` (n slots; the list after each move, as SoS keeps it: the two used
+    numbers removed, the result appended; empty slots are -1) and `target`. Action
+    (i, j, op): combine the numbers in slots i and j with op (0 +, 1 *, 2 larger-smaller,
+    3 exact larger/smaller). Reward 1 when the last number is the target; the episode ends when
+    one number is left. An illegal action (same or empty slot, inexact division, an operation
+    the config leaves out) ends the episode with reward 0 and `info["illegal"] = True`.
+    `info["reachable"]` is the oracle's R(s) for the new numbers.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **config):
+        self.config = Config(**config)
+        self.config.validate()
+        n = self.config.n_inputs
+        self.observation_space = spaces.Dict({
+            "numbers": spaces.Box(-1, VALUE_LIMIT, shape=(n,), dtype=np.int64),
+            "target": spaces.Box(0, VALUE_LIMIT, shape=(1,), dtype=np.int64),
+        })
+        self.action_space = spaces.MultiDiscrete([n, n, 4])
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}.")
+        self.render_mode = render_mode
+        self._numbers: list[int] = []
+        self._target = 0
+
+    def _obs(self):
+        slots = self._numbers + [-1] * (self.config.n_inputs - len(self._numbers))
+        return {"numbers": np.array(slots, dtype=np.int64),
+                "target": np.array([self._target], dtype=np.int64)}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if options and "instance" in options:
+            given = options["instance"]
+            numbers = [int(x) for x in given["numbers"]]
+            require(len(numbers) == self.config.n_inputs,
+                    f"the instance has {len(numbers)} numbers; this env takes {self.config.n_inputs}.")
+            self._numbers, self._target = numbers, int(given["target"])
+        else:
+            instance_seed = int(self.np_random.integers(0, 2**62))
+            batch = sample_instances(self.config, instance_seed, "env", np.arange(1))
+            self._numbers, self._target = batch["numbers"][0].tolist(), int(batch["target"][0])
+        return self._obs(), {"reachable": reachable(self._numbers, self._target, self.config.operations)}
+
+    def step(self, action):
+        i, j, op = (int(x) for x in action)
+        m = len(self._numbers)
+        illegal = {"illegal": True, "reachable": False}
+        if i == j or i >= m or j >= m or OP_SYMBOLS[op] not in self.config.operations:
+            return self._obs(), 0.0, True, False, illegal
+        ok, result, _, _ = combine(np.int64(self._numbers[i]), np.int64(self._numbers[j]), op)
+        if not ok:
+            return self._obs(), 0.0, True, False, illegal
+        self._numbers = [v for k, v in enumerate(self._numbers) if k not in (i, j)] + [int(result)]
+        done = len(self._numbers) == 1
+        reward = 1.0 if done and self._numbers[0] == self._target else 0.0
+        info = {"illegal": False,
+                "reachable": reachable(self._numbers, self._target, self.config.operations)}
+        return self._obs(), reward, done, False, info
+
+    def render(self):
+        if self.render_mode == "ansi":
+            return f"numbers {self._numbers} -> target {self._target}"
+        return None
+
+
+def max_rating_nodes(n: int) -> int:
+    """SoS's `max_rating` (the naive node count of the full tree) for n inputs."""
+    return math.prod(k * (k - 1) // 2 * 4 for k in range(2, n + 1))

@@ -1,0 +1,841 @@
+"""The grammar of `countdown`: writes every trace variant as tokens and parses a model's tokens
+back into a plan and search events. On inputs 12 63 96 99 and target 33:
+
+Prompt      <bos> 12 63 96 99 -> 33 ?
+optimal     99 - 96 = 3 , 63 / 3 = 21 , 12 + 21 = 33 <eos>           (the oracle's solution)
+reverse     33 = 12 + 21 , 21 = 63 / 3 , 3 = 99 - 96 <eos>           (target back to the inputs)
+revfwd      <reverse> ; <optimal> <eos>
+stream      at 12 63 96 99 try 99 - 96 = 3 : 12 63 3 go 12 63 3 try 63 - 12 = 51 : 3 51 go 3 51
+            try 51 - 3 = 48 : 48 dead try 51 + 3 = 54 : 54 dead back 12 63 3 try 63 / 3 = 21 : 12 21
+            go 12 21 try 12 + 21 = 33 : 33 goal ; 99 - 96 = 3 , 63 / 3 = 21 , 12 + 21 = 33 <eos>
+backward-stream   at 12 63 96 99 -> 33 try 33 = 12 + 21 : 63 96 99 -> 21 go 63 96 99 -> 21 ...
+            try 3 = 99 - 96 : 96 -> 96 goal ; <the forward plan> <eos>
+revthink    [fwd] Q -> plan | [bq] Q plan ; -> Q' | [br] Q' -> plan of Q' (train only; val and
+            test hold [fwd] rows). Q' is RevThink's backward question: the target becomes an
+            input (in the place of one input, chosen at random) and that input the target:
+            `33 63 96 99 -> 12 ?`; its plan inverts the forward plan along that input's path
+            (`99 - 96 = 3 , 63 / 3 = 21 , 33 - 21 = 12`), replayed before it is written.
+
+Stream words (see searchers/countdown_search.py): `at S` the search starts at S; `try a op b =
+c : S` an operation from the current node giving the numbers S (`goal` / `dead` follow when S
+is a single number); `go S` moves to the earliest generated, not yet entered node whose numbers
+are S; `back S` returns to the ancestor whose numbers are S. A backward node is written
+`unused inputs -> subgoal` and a backward try `subgoal = a op b`. Stream variants answer with
+the plan their own search found, or `none` when it found none (about 44% of `mix` streams, as
+in SoS); the other variants answer with the oracle's plan.
+
+Vocabulary: one token per integer 0..999 and a group separator `_`: a number >= 1000 is written
+in base-1000 groups, most significant first (9504 -> `9 _ 504`, 1000005 -> `1 _ 0 _ 5`), so
+every integer an instance can produce has exactly one spelling with 1,000 number tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from .. import rng
+from ..envs import countdown as cd
+from ..envs.splits import split_stream
+from ..errors import require
+from ..searchers import countdown_search as cs
+from .graphs import Parsed
+from .vocab import Vocab
+
+VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink")
+STREAM_VARIANTS = ("stream", "backward-stream")
+
+STRUCTURE = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->", "?", "_", "at",
+             "try", "go", "back", "goal", "dead", "none", "[fwd]", "[bq]", "[br]"]
+(PAD, BOS, EOS, PLUS, TIMES, MINUS, SLASH, EQ, COMMA, SEMI, COLON, ARROW, QMARK, GROUP, AT, TRY, GO, BACK,
+ GOAL, DEAD, NONE, FWD, BQ, BR) = range(len(STRUCTURE))
+OP0 = PLUS            # token of operation code op is OP0 + op (the order of cd.OP_SYMBOLS)
+NUM0 = len(STRUCTURE)
+NUMBER_TOKENS = 1000  # integers 0..999; larger ones in base-1000 groups
+
+KIND_FWD, KIND_BQ, KIND_BR = 0, 1, 2
+KIND_NAMES = ("fwd", "bq", "br")
+_CODE = {v: k for k, v in enumerate(VARIANTS)}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the traces are written (every knob of the writer, stored in meta.json)."""
+
+    searcher: str = "mix"       # the search behind `stream`: mix or one of the 12 SoS strategies
+    max_tries: int = 10_000     # a search gives up after this many tries (never reached with 4 inputs)
+
+    def validate(self) -> None:
+        forward = ("mix",) + cs.STRATEGIES
+        require(self.searcher in forward,
+                f"countdown searcher must be one of {', '.join(forward)}, got {self.searcher!r}.")
+        require(isinstance(self.max_tries, int) and not isinstance(self.max_tries, bool)
+                and self.max_tries >= 1, f"max_tries must be a positive integer, got {self.max_tries!r}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_vocab(cfg) -> Vocab:
+    return Vocab(STRUCTURE + [str(i) for i in range(NUMBER_TOKENS)])
+
+
+def no_loss_tokens(vocab: Vocab) -> list[int]:
+    return []
+
+
+# --------------------------------------------------------------------------- writer (Numba)
+
+
+@njit(cache=True, inline="always")
+def _put(buf, pos, token):
+    """Write when `buf` has room (a zero-length `buf` only counts)."""
+    if pos < buf.shape[0]:
+        buf[pos] = token
+    return pos + 1
+
+
+@njit(cache=True)
+def _put_number(buf, pos, value):
+    if value < NUMBER_TOKENS:
+        return _put(buf, pos, NUM0 + value)
+    groups = np.empty(8, dtype=np.int64)
+    k = 0
+    while value > 0:
+        groups[k] = value % NUMBER_TOKENS
+        value //= NUMBER_TOKENS
+        k += 1
+    pos = _put(buf, pos, NUM0 + groups[k - 1])
+    for g in range(k - 2, -1, -1):
+        pos = _put(buf, pos, GROUP)
+        pos = _put(buf, pos, NUM0 + groups[g])
+    return pos
+
+
+@njit(cache=True)
+def _put_question(buf, pos, nums, target):
+    for s in range(nums.shape[0]):
+        pos = _put_number(buf, pos, nums[s])
+    pos = _put(buf, pos, ARROW)
+    pos = _put_number(buf, pos, target)
+    return _put(buf, pos, QMARK)
+
+
+@njit(cache=True)
+def _put_step(buf, pos, step, reverse):
+    """`a op b = c`, or `c = a op b` when written from the result back."""
+    if reverse:
+        pos = _put_number(buf, pos, step[3])
+        pos = _put(buf, pos, EQ)
+    pos = _put_number(buf, pos, step[0])
+    pos = _put(buf, pos, OP0 + step[1])
+    pos = _put_number(buf, pos, step[2])
+    if not reverse:
+        pos = _put(buf, pos, EQ)
+        pos = _put_number(buf, pos, step[3])
+    return pos
+
+
+@njit(cache=True)
+def _put_plan(buf, pos, plan, reverse):
+    steps = plan.shape[0]
+    for q in range(steps):
+        if q > 0:
+            pos = _put(buf, pos, COMMA)
+        pos = _put_step(buf, pos, plan[steps - 1 - q] if reverse else plan[q], reverse)
+    return pos
+
+
+@njit(cache=True)
+def _put_node(buf, pos, tape, at, m, backward):
+    """The numbers of a tape state (m values from tape[at]); backward: `unused -> subgoal`."""
+    shown = m - 1 if backward else m
+    for s in range(shown):
+        pos = _put_number(buf, pos, tape[at + s])
+    if backward:
+        pos = _put(buf, pos, ARROW)
+        pos = _put_number(buf, pos, tape[at + m - 1])
+    return pos
+
+
+@njit(cache=True)
+def _put_tape(buf, pos, tape, lo, hi, backward):
+    p = lo
+    step = np.empty(4, dtype=np.int64)
+    while p < hi:
+        kind = tape[p]
+        if kind == cs.EV_TRY:
+            step[:] = tape[p + 1: p + 5]
+            outcome, m = tape[p + 5], tape[p + 6]
+            pos = _put(buf, pos, TRY)
+            pos = _put_step(buf, pos, step, backward)
+            pos = _put(buf, pos, COLON)
+            pos = _put_node(buf, pos, tape, p + 7, m, backward)
+            if outcome == cs.OUT_GOAL:
+                pos = _put(buf, pos, GOAL)
+            elif outcome == cs.OUT_DEAD:
+                pos = _put(buf, pos, DEAD)
+            p += 7 + m
+        else:
+            m = tape[p + 1]
+            pos = _put(buf, pos, AT if kind == cs.EV_START else (GO if kind == cs.EV_GO else BACK))
+            pos = _put_node(buf, pos, tape, p + 2, m, backward)
+            p += 2 + m
+    return pos
+
+
+@njit(cache=True)
+def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums, q_target, q_plan):
+    """One example; returns (length, prompt length). `buf` of length 0 only measures."""
+    pos = _put(buf, 0, BOS)
+    if code == 5:  # revthink
+        pos = _put(buf, pos, FWD if kind == KIND_FWD else (BQ if kind == KIND_BQ else BR))
+        if kind == KIND_BR:
+            pos = _put_question(buf, pos, q_nums, q_target)
+        else:
+            pos = _put_question(buf, pos, nums, target)
+        if kind == KIND_BQ:
+            pos = _put_plan(buf, pos, plan, False)
+            pos = _put(buf, pos, SEMI)
+    else:
+        pos = _put_question(buf, pos, nums, target)
+    prompt = pos
+    if code == 0:
+        pos = _put_plan(buf, pos, plan, False)
+    elif code == 1:
+        pos = _put_plan(buf, pos, plan, True)
+    elif code == 2:
+        pos = _put_plan(buf, pos, plan, True)
+        pos = _put(buf, pos, SEMI)
+        pos = _put_plan(buf, pos, plan, False)
+    elif code == 3 or code == 4:
+        pos = _put_tape(buf, pos, tape, lo, hi, code == 4)
+        pos = _put(buf, pos, SEMI)
+        if found:
+            pos = _put_plan(buf, pos, plan, False)
+        else:
+            pos = _put(buf, pos, NONE)
+    else:
+        if kind == KIND_FWD:
+            pos = _put_plan(buf, pos, plan, False)
+        elif kind == KIND_BQ:
+            pos = _put_question(buf, pos, q_nums, q_target)
+        else:
+            pos = _put_plan(buf, pos, q_plan, False)
+    pos = _put(buf, pos, EOS)
+    return pos, prompt
+
+
+@njit(cache=True, parallel=True)
+def _write_rows(code, row_inst, row_kind, numbers, target, plan, found, tape, tape_off, q_nums, q_target,
+                q_plan, offsets, out, lengths, prompt_len):
+    """Measure (when `out` is empty) or write every row into `out` at `offsets`."""
+    empty = np.empty(0, dtype=out.dtype)
+    for r in prange(row_inst.shape[0]):
+        i = row_inst[r]
+        buf = empty if out.shape[0] == 0 else out[offsets[r]: offsets[r + 1]]
+        length, prompt = _write_row(buf, code, row_kind[r], numbers[i], target[i], plan[i], found[i], tape,
+                                    tape_off[i], tape_off[i + 1], q_nums[i], q_target[i], q_plan[i])
+        lengths[r] = length
+        prompt_len[r] = prompt
+
+
+# --------------------------------------------------------------------------- revthink
+
+
+@njit(cache=True)
+def _replay_ok(nums, target, steps, mask):
+    """Plain multiset replay inside the writer: a backward example is written only if valid."""
+    pool = nums.copy()
+    size = pool.shape[0]
+    for s in range(steps.shape[0]):
+        x, op, y, r = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        if not (mask >> op) & 1:
+            return False
+        ok, value, first, second = cd.combine(x, y, op)
+        if not ok or value != r or first != x or second != y:
+            return False
+        for operand in (x, y):
+            hit = -1
+            for t in range(size):
+                if pool[t] == operand:
+                    hit = t
+                    break
+            if hit < 0:
+                return False
+            pool[hit] = pool[size - 1]
+            size -= 1
+        pool[size] = r
+        size += 1
+    return size == 1 and pool[0] == target
+
+
+@njit(cache=True)
+def _invert(nums, target, plan, k, mask, q_plan):
+    """RevThink's backward problem for input k: inputs with nums[k] replaced by the target,
+    target nums[k]. Writes its plan (the forward steps off k's path, then the path's steps
+    undone from the top) into q_plan; False when an undo is not a legal move (0 involved)."""
+    n = nums.shape[0]
+    total = 2 * n - 1
+    value = np.empty(total, dtype=np.int64)
+    left = np.full(total, -1, dtype=np.int64)
+    right = np.full(total, -1, dtype=np.int64)
+    op_of = np.zeros(total, dtype=np.int64)
+    parent = np.full(total, -1, dtype=np.int64)
+    avail = np.empty(n, dtype=np.int64)
+    for s in range(n):
+        value[s] = nums[s]
+        avail[s] = s
+    size = n
+    for s in range(n - 1):  # replay with provenance: which node each operand is
+        a = -1
+        for t in range(size):
+            if value[avail[t]] == plan[s, 0]:
+                a = t
+                break
+        b = -1
+        for t in range(size):
+            if t != a and value[avail[t]] == plan[s, 2]:
+                b = t
+                break
+        if a < 0 or b < 0:
+            return False
+        u = n + s
+        value[u] = plan[s, 3]
+        left[u], right[u], op_of[u] = avail[a], avail[b], plan[s, 1]
+        parent[avail[a]] = u
+        parent[avail[b]] = u
+        kept = 0
+        for t in range(size):
+            if t != a and t != b:
+                avail[kept] = avail[t]
+                kept += 1
+        avail[kept] = u
+        size = kept + 1
+    on_path = np.zeros(total, dtype=np.bool_)
+    v = k
+    while v >= 0:
+        on_path[v] = True
+        v = parent[v]
+    q = 0
+    for s in range(n - 1):
+        if not on_path[n + s]:
+            q_plan[q, :] = plan[s, :]
+            q += 1
+    cur = target
+    v = total - 1
+    while v != k:
+        u_first = on_path[left[v]]
+        u = left[v] if u_first else right[v]
+        w = value[right[v]] if u_first else value[left[v]]
+        op = op_of[v]
+        if op == cd.ADD:      # v = u + w
+            a, inv, b = cur, cd.SUB, w
+        elif op == cd.MUL:    # v = u * w
+            a, inv, b = cur, cd.DIV, w
+        elif op == cd.SUB:    # v = u - w, or v = w - u
+            a, inv, b = (cur, cd.ADD, w) if u_first else (w, cd.SUB, cur)
+        else:                 # v = u / w, or v = w / u
+            a, inv, b = (cur, cd.MUL, w) if u_first else (w, cd.DIV, cur)
+        if not (mask >> inv) & 1:
+            return False
+        ok, nxt, first, second = cd.combine(a, b, inv)
+        if not ok or nxt != value[u]:
+            return False
+        q_plan[q, 0], q_plan[q, 1], q_plan[q, 2], q_plan[q, 3] = first, inv, second, nxt
+        q += 1
+        cur = nxt
+        v = u
+    return True
+
+
+@njit(cache=True, parallel=True)
+def _backward_questions(numbers, target, plan, mask, seed, stream, indices, q_nums, q_target, q_plan, q_ok):
+    n = numbers.shape[1]
+    for i in prange(numbers.shape[0]):
+        state = rng.new_state(seed, stream, indices[i], 0)
+        order = np.arange(n)
+        rng.shuffle(state, order)
+        q_ok[i] = False
+        for t in range(n):
+            k = order[t]
+            q_nums[i, :] = numbers[i, :]
+            q_nums[i, k] = target[i]
+            q_target[i] = numbers[i, k]
+            if _invert(numbers[i], target[i], plan[i], k, mask, q_plan[i]) and _replay_ok(
+                    q_nums[i], q_target[i], q_plan[i], mask):
+                q_ok[i] = True
+                break
+        if not q_ok[i]:  # no input can be asked for (zeros everywhere): ask the question itself
+            q_nums[i, :] = numbers[i, :]
+            q_target[i] = target[i]
+            q_plan[i, :, :] = plan[i, :, :]
+
+
+def backward_questions(cfg, seed: int, split: str, indices: np.ndarray, batch: dict) -> dict:
+    """RevThink's backward question and its plan for every instance (see the module doc)."""
+    n_inst, n = batch["numbers"].shape
+    out = {"numbers": np.zeros((n_inst, n), dtype=np.int64), "target": np.zeros(n_inst, dtype=np.int64),
+           "plan": np.zeros((n_inst, n - 1, 4), dtype=np.int64), "ok": np.zeros(n_inst, dtype=np.bool_)}
+    _backward_questions(batch["numbers"], batch["target"], batch["plan"], cd.ops_mask(cfg), np.uint64(seed),
+                        (rng.STREAM_TRACE << 8) | (split_stream(split) & 0xFF),
+                        np.ascontiguousarray(indices, dtype=np.int64), out["numbers"], out["target"],
+                        out["plan"], out["ok"])
+    return out
+
+
+def write_examples(task, cfg, options: Options, variant: str, seed: int, split: str,
+                   indices: np.ndarray, batch: dict) -> dict:
+    """Token rows for the instances `batch` (instances `indices` of `split`).
+
+    Returns `tokens` (flat), `lengths`, `prompt_len`, `instance` (row -> position in batch)
+    and `kind` (revthink's example kind; 0 elsewhere).
+    """
+    require(variant in VARIANTS, f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}.")
+    n_inst, n = batch["numbers"].shape
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    plan = batch["plan"]
+    found = np.ones(n_inst, dtype=np.bool_)
+    tape = np.zeros(0, dtype=np.int64)
+    tape_off = np.zeros(n_inst + 1, dtype=np.int64)
+    if variant in STREAM_VARIANTS:
+        searcher = "backward" if variant == "backward-stream" else options.searcher
+        result = cs.run_search(cfg, batch, searcher, seed, split, indices, options.max_tries)
+        tape, tape_off, plan, found = result["tape"], result["offsets"], result["plan"], result["found"]
+    if variant == "revthink":
+        q = backward_questions(cfg, seed, split, indices, batch)
+        q_nums, q_target, q_plan = q["numbers"], q["target"], q["plan"]
+    else:
+        q_nums, q_target, q_plan = batch["numbers"], batch["target"], plan
+    if variant == "revthink" and split == "train":
+        row_inst = np.repeat(np.arange(n_inst, dtype=np.int64), 3)
+        row_kind = np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst)
+    else:
+        row_inst = np.arange(n_inst, dtype=np.int64)
+        row_kind = np.zeros(n_inst, dtype=np.int8)
+    rows = row_inst.shape[0]
+    lengths = np.zeros(rows, dtype=np.int32)
+    prompt_len = np.zeros(rows, dtype=np.int32)
+    args = (_CODE[variant], row_inst, row_kind, batch["numbers"], batch["target"], plan, found, tape,
+            tape_off, q_nums, q_target, q_plan)
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    _write_rows(*args, offsets, np.zeros(0, dtype=np.int32), lengths, prompt_len)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.zeros(int(offsets[-1]), dtype=np.int32)
+    _write_rows(*args, offsets, tokens, lengths, prompt_len)
+    return {"tokens": tokens, "lengths": lengths, "prompt_len": prompt_len, "instance": row_inst,
+            "kind": row_kind}
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class Try(NamedTuple):
+    """A parsed `try`: the step as `a op b=c`, the numbers it leads to, and `open` / `goal` /
+    `dead`. Backward states are (unused inputs, subgoal)."""
+
+    step: str
+    state: tuple
+    outcome: str
+
+
+class _ParseError(Exception):
+    pass
+
+
+class _Reader:
+    def __init__(self, ids: list[int], vocab_size: int):
+        self.ids = ids
+        self.pos = 0
+        self.number_end = min(NUM0 + NUMBER_TOKENS, vocab_size)
+
+    def done(self) -> bool:
+        return self.pos >= len(self.ids)
+
+    def peek(self) -> int:
+        return self.ids[self.pos] if self.pos < len(self.ids) else -1
+
+    def expect(self, token: int, what: str) -> None:
+        if self.peek() != token:
+            raise _ParseError(f"token {self.pos}: expected {STRUCTURE[token]!r} {what}")
+        self.pos += 1
+
+    def is_number(self) -> bool:
+        return NUM0 <= self.peek() < self.number_end
+
+    def number(self) -> int:
+        if not self.is_number():
+            raise _ParseError(f"token {self.pos}: expected a number")
+        value = self.ids[self.pos] - NUM0
+        start = self.pos
+        self.pos += 1
+        while self.peek() == GROUP:
+            self.pos += 1
+            if not self.is_number():
+                raise _ParseError(f"token {self.pos}: `_` must be followed by a group 0..999")
+            if value == 0:
+                raise _ParseError(f"token {start}: a grouped number cannot start with 0")
+            value = value * NUMBER_TOKENS + self.ids[self.pos] - NUM0
+            self.pos += 1
+        return value
+
+    def numbers(self) -> list[int]:
+        out = []
+        while self.is_number():
+            out.append(self.number())
+        return out
+
+    def op(self) -> str:
+        t = self.peek()
+        if not OP0 <= t < OP0 + 4:
+            raise _ParseError(f"token {self.pos}: expected an operation")
+        self.pos += 1
+        return cd.OP_SYMBOLS[t - OP0]
+
+    def step(self, reverse: bool) -> str:
+        """`a op b = c` (or `c = a op b`), returned as the string `a op b=c`."""
+        if reverse:
+            c = self.number()
+            self.expect(EQ, "after the result")
+        a = self.number()
+        sym = self.op()
+        b = self.number()
+        if not reverse:
+            self.expect(EQ, "before the result")
+            c = self.number()
+        return f"{a}{sym}{b}={c}"
+
+    def plan(self, reverse: bool) -> list[str]:
+        steps = [self.step(reverse)]
+        while self.peek() == COMMA:
+            self.pos += 1
+            steps.append(self.step(reverse))
+        return steps
+
+    def state(self, backward: bool) -> tuple:
+        nums = tuple(self.numbers())
+        if not backward:
+            if not nums:
+                raise _ParseError(f"token {self.pos}: expected the numbers of a state")
+            return nums
+        self.expect(ARROW, "between the unused inputs and the subgoal")
+        return (nums, self.number())
+
+
+@dataclass
+class CountdownParsed(Parsed):
+    """`Parsed`, plus the stream's own words: ("start", state), ("try", Try), ("go", state),
+    ("back", state). `events` holds the same stream in the metrics' vocabulary (see
+    `_metric_events`)."""
+
+    words: list = field(default_factory=list)
+
+
+class Move(NamedTuple):
+    """A `go` payload for the metrics: the step applied and the numbers it claims to give."""
+
+    step: str | None
+    state: tuple
+
+
+def _words(r: _Reader, backward: bool) -> tuple[list, list[int]]:
+    """(words, token position after each word) of a stream."""
+    r.expect(AT, "at the start of a stream")
+    words: list[tuple] = [("start", r.state(backward))]
+    ends = [r.pos]
+    while not r.done():
+        t = r.peek()
+        r.pos += 1
+        if t == TRY:
+            step = r.step(backward)
+            r.expect(COLON, "before the state a try leads to")
+            state = r.state(backward)
+            outcome = "open"
+            if r.peek() in (GOAL, DEAD):
+                outcome = "goal" if r.peek() == GOAL else "dead"
+                r.pos += 1
+            words.append(("try", Try(step, state, outcome)))
+        elif t in (GO, BACK):
+            words.append(("go" if t == GO else "back", r.state(backward)))
+        else:
+            raise _ParseError(f"token {r.pos - 1}: not a stream word")
+        ends.append(r.pos)
+    return words, ends
+
+
+class _Node:
+    __slots__ = ("state", "parent", "step", "entered", "kids", "ident")
+
+    def __init__(self, state, parent, step, ident):
+        self.state, self.parent, self.step, self.ident = state, parent, step, ident
+        self.entered = parent is None
+        self.kids = 0
+
+
+def _walk(words, strict: bool = True):
+    """Replay stream words: yields (name, payload, current node after it, node it created or
+    reached). `go S` reaches the earliest generated node with numbers S not yet entered, `back
+    S` the ancestor with numbers S. strict: a move to a node that does not exist raises
+    _ParseError; otherwise `go` makes a stand-in node (step None) and `back` goes to any entered
+    node with those numbers (or stays)."""
+    nodes: list[_Node] = []
+    current = None
+    for name, payload in words:
+        if name == "start":
+            current = _Node(payload, None, None, "0")
+            nodes = [current]
+            yield name, payload, current, current
+        elif current is None:
+            raise _ParseError("a stream must start with `at`")
+        elif name == "try":
+            child = _Node(payload.state, current, payload.step, f"{current.ident},{current.kids}")
+            current.kids += 1
+            nodes.append(child)
+            yield name, payload, current, child
+        elif name == "go":
+            target = next((x for x in nodes if not x.entered and x.state == payload), None)
+            if target is None:
+                if strict:
+                    raise _ParseError(f"`go` to {payload}, which no try generated")
+                target = _Node(payload, current, None, f"{current.ident},?")
+                nodes.append(target)
+            target.entered = True
+            current = target
+            yield name, payload, current, target
+        else:
+            node = current
+            while node is not None and node.state != payload:
+                node = node.parent
+            if node is None:
+                if strict:
+                    raise _ParseError(f"`back` to {payload}, which is not an ancestor")
+                node = next((x for x in reversed(nodes) if x.entered and x.state == payload), current)
+            current = node
+            yield name, payload, current, node
+
+
+def _key(state, backward: bool):
+    return cd.state_key(state[0], state[1]) if backward else cd.state_key(state)
+
+
+def _lineage(node: _Node) -> list[_Node]:
+    """The nodes from the root down to `node`."""
+    out = []
+    while node is not None:
+        out.append(node)
+        node = node.parent
+    return out[::-1]
+
+
+def _metric_events(words, ends, backward: bool) -> tuple[list, list[int]]:
+    """The stream in the metrics' vocabulary (metrics.py): a `try` followed by `go` to the node
+    it generated is one GO (DFS descends so); a `try` of a single number is a GO, then `goal` or
+    `dead`; a `go` to a node that is not a child of where the stream stands is a BACK to that
+    node's parent, then a GO (BFS moves so, as in the graph streams); a `try` whose node is not
+    entered at once is a generation, not a move (BFS). When the stream goes on from the parent
+    of a dead single number, a BACK to that parent comes first (no tokens of its own). A jump
+    (BFS) goes back to the common ancestor and down again, so a teacher's BFS stream is valid
+    but re-enters states (redundant moves) where the beam switches branches."""
+    items = list(_walk(words, strict=False))
+    events: list[tuple] = []
+    out_ends: list[int] = []
+    here = None   # the node the metrics stand on
+    k = 0
+    while k < len(items):
+        name, payload, current, node = items[k]
+        end = ends[k]
+        before = ends[k - 1] if k else 0
+        if name == "start":
+            events.append(("start", _key(payload, backward)))
+            out_ends.append(end)
+            here = node
+        elif name == "try":
+            if here is not node.parent:
+                events.append(("back", node.parent.state))
+                out_ends.append(before)
+                here = node.parent
+            following = items[k + 1] if k + 1 < len(items) else None
+            if payload.outcome != "open":
+                events += [("go", Move(payload.step, payload.state)), (payload.outcome, -1)]
+                out_ends += [end, end]
+                here = node
+            elif following is not None and following[0] == "go" and following[3] is node:
+                events.append(("go", Move(payload.step, payload.state)))
+                out_ends.append(ends[k + 1])
+                here = node
+                k += 1
+        elif name == "go":
+            if node.parent is not None and here is not node.parent:
+                # a jump (BFS): back up to the common ancestor, then down to the node's parent
+                down = _lineage(node.parent)
+                mine = _lineage(here)
+                common = next(x for x in reversed(down) if x in mine)
+                if common is not here:
+                    events.append(("back", common.state))
+                    out_ends.append(before)
+                for x in down[down.index(common) + 1:]:
+                    events.append(("go", Move(x.step, x.state)))
+                    out_ends.append(before)
+            events.append(("go", Move(node.step, payload)))
+            out_ends.append(end)
+            here = node
+        else:
+            events.append(("back", payload))
+            out_ends.append(end)
+            here = node
+        k += 1
+    return events, out_ends
+
+
+def parse(variant: str, ids, vocab: Vocab) -> Parsed:
+    """Parse a completion (the tokens after the prompt, ending with <eos>). Never raises:
+    anything malformed comes back with `plan=None` and the reason in `error`. A stream that
+    answers `none` parses to the empty plan (a wrong answer, not a parse failure)."""
+    ids = [int(t) for t in ids]
+    if EOS not in ids:
+        return CountdownParsed(None, error="no <eos>: the completion did not finish")
+    ids = ids[: ids.index(EOS)]
+    try:
+        if variant not in VARIANTS:
+            raise _ParseError(f"unknown variant {variant!r}")
+        if variant in ("optimal", "revthink", "reverse"):
+            r = _Reader(ids, len(vocab))
+            steps = r.plan(reverse=variant == "reverse")
+            if not r.done():
+                raise _ParseError(f"token {r.pos}: unexpected after the plan")
+            if variant == "reverse":
+                return CountdownParsed(steps[::-1], reverse_plan=steps)
+            return CountdownParsed(steps)
+        if SEMI not in ids:
+            raise _ParseError("no `;` before the plan")
+        cut = ids.index(SEMI)
+        head, tail = _Reader(ids[:cut], len(vocab)), _Reader(ids[cut + 1:], len(vocab))
+        if variant == "revfwd":
+            back = head.plan(reverse=True)
+            if not head.done():
+                raise _ParseError(f"token {head.pos}: unexpected after the reversed plan")
+            plan = tail.plan(reverse=False)
+            if not tail.done():
+                raise _ParseError(f"token {cut + 1 + tail.pos}: unexpected after the plan")
+            return CountdownParsed(plan, reverse_plan=back)
+        backward = variant == "backward-stream"
+        words, ends = _words(head, backward)
+        if tail.peek() == NONE and len(tail.ids) == 1:
+            plan = []
+        else:
+            plan = tail.plan(reverse=False)
+            if not tail.done():
+                raise _ParseError(f"token {cut + 1 + tail.pos}: unexpected after the plan")
+        events, event_ends = _metric_events(words, ends, backward)
+        return CountdownParsed(plan, events=events, backward=backward, event_ends=event_ends, words=words)
+    except _ParseError as exc:
+        return CountdownParsed(None, error=str(exc))
+
+
+def _path_steps(node: _Node) -> list[str]:
+    steps = []
+    while node.parent is not None:
+        steps.append(node.step)
+        node = node.parent
+    return steps[::-1]
+
+
+def stream_plan(parsed: Parsed) -> list[str] | None:
+    """The forward plan a parsed stream reached: the steps from the start to the first `try`
+    that claims the goal (reversed for a backward stream, whose path runs from the target).
+    None when the stream never claims the goal or moves to a node it never generated."""
+    words = getattr(parsed, "words", None)
+    if not words:
+        return None
+    try:
+        for name, payload, _, node in _walk(words):
+            if name == "try" and payload.outcome == "goal":
+                steps = _path_steps(node)
+                return steps[::-1] if parsed.backward else steps
+    except _ParseError:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- Stream-of-Search text
+
+
+def _sos_list(values) -> str:
+    return "[" + ", ".join(str(int(v)) for v in values) + "]"
+
+
+def sos_search_path(words, target: int, bfs: bool) -> str:
+    """A forward stream in the text of the Stream-of-Search data files (`search_path`):
+    `Current State`, `Exploring Operation`, `Generated Node #id`, `Moving to Node #id`,
+    `equal: Goal Reached` / `unequal: No Solution` lines; node ids are SoS's child-index paths.
+    DFS streams return to the node after every child (as SoS writes them); a BFS stream that
+    ends without the goal ends with `No solution found.` Unlike SoS, ids are unique (SoS gives
+    a dead child the id of its next sibling) and number lists are always right."""
+    lines: list[str] = []
+
+    def state_line(node):
+        return f"Current State: {target}:{_sos_list(node.state)}, Operations: {_path_steps(node)}"
+
+    previous = None
+    reached = False
+    for name, payload, current, node in _walk(words):
+        if name == "start":
+            lines.append(state_line(node))
+        elif name == "try":
+            if not bfs and previous == "dead":
+                lines += [f"Moving to Node #{current.ident}", state_line(current)]
+            lines.append(f"Exploring Operation: {payload.step}, "
+                         f"Resulting Numbers: {_sos_list(payload.state)}")
+            value = payload.state[0]
+            if payload.outcome == "goal":
+                lines.append(f"{value},{target} equal: Goal Reached")
+                reached = True
+                break
+            if payload.outcome == "dead":
+                lines.append(f"{value},{target} unequal: No Solution")
+            else:
+                lines.append(f"Generated Node #{node.ident}: {target}:{_sos_list(payload.state)} "
+                             f"Operation: {payload.step}")
+            previous = payload.outcome
+            continue
+        else:
+            lines += [f"Moving to Node #{node.ident}", state_line(node)]
+        previous = name
+    if bfs and not reached:
+        lines.append("No solution found.")
+    return "\n".join(lines) + "\n"
+
+
+def sos_optimal_path(numbers, target: int, solution: list[str]) -> str:
+    """SoS's `optimal_path` text for a plan (their convert_to_path layout, with the number lists
+    computed by removing exactly the two operands)."""
+    left = list(numbers)
+    done: list[str] = []
+    lines = [f"Current State: {target}:{_sos_list(left)}, Operations: []"]
+    node = 1
+    for step in solution:
+        left, _ = cd.apply_step(left, step)
+        lines.append(f"Exploring Operation: {step}, Resulting Numbers: {_sos_list(left)}")
+        if len(left) == 1:
+            lines.append(f"{left[0]},{target} equal: Goal Reached")
+        else:
+            node += 1
+            lines.append(f"Generated Node #{node}: {_sos_list(left)} from Operation: {step}")
+            done.append(step)
+            lines.append(f"Current State: {target}:{_sos_list(left)}, Operations: {done}")
+    return "\n".join(lines) + "\n"
+
+
+def searcher_of(suite, split: str, index: int) -> str:
+    """The search behind a row of this suite: the strategy of a stream, `backward` for
+    backward-stream, `optimal` (the oracle, no search) for the other variants."""
+    if suite.variant == "stream":
+        if suite.options.searcher == "mix":
+            return cs.mix_choice(suite.meta["seed"], split, index)
+        return suite.options.searcher
+    if suite.variant == "backward-stream":
+        return "backward"
+    return "optimal"
