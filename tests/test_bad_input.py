@@ -128,6 +128,7 @@ def experiment(old: str = "", new: str = ""):
 
 GEN = ["generate", "pathstar", "--variant", "optimal", "--out", "{tmp}/new"]
 GRAPH = ["generate", "graph", "--variant", "optimal", "--out", "{tmp}/new"]
+CD = ["generate", "countdown", "--variant", "optimal", "--train", "20", "--out", "{tmp}/new"]
 TRAIN = ["train", "{tmp}/suite", "--out", "{tmp}/new-run", "--preset", "tiny", "--steps", "2"]
 RUN = ["run", "{tmp}/exp.toml", "--out", "{tmp}/exp-out"]
 
@@ -159,6 +160,17 @@ CASES = [
      None, None),
     ("generate-over-a-user-folder", ["generate", "graph", "--variant", "optimal", "--out", "{tmp}/mine"],
      "already exists", write("mine/notes.txt", "keep me"), None),
+    ("countdown-too-many-inputs", CD + ["--n-inputs", "9"], "n_inputs must be between 3 and 6", None, None),
+    ("countdown-empty-input-range", CD + ["--min-input", "50", "--max-input", "10"],
+     "1 <= min_input <= max_input", None, None),
+    ("countdown-unknown-operation", CD + ["--operations", "+^"], "operations may only contain", None, None),
+    ("countdown-unreachable-targets", CD + ["--min-target", "500", "--max-target", "600", "--max-input", "3"],
+     "widen the input range or narrow the target range", None, None),
+    ("countdown-negative-held-out-count", CD + ["--test-target", "-1"],
+     "test_target size must be a non-negative integer", None, None),
+    ("countdown-variant-of-another-task", ["generate", "countdown", "--variant", "lookahead", "--out",
+                                           "{tmp}/new"], "unknown variant 'lookahead' for task countdown",
+     None, None),
     # --- inspect / export
     ("inspect-nothing", ["inspect", "{tmp}/nowhere"], "does not exist", None, None),
     ("inspect-unknown-split", ["inspect", "{tmp}/suite", "--split", "holdout"], "has no split 'holdout'",
