@@ -56,7 +56,7 @@ print(numba.get_num_threads())
 def test_suites_do_not_depend_on_the_numba_thread_count(tmp_path):
     # Sizes large enough that prange splits every kernel's loop between the threads.
     jobs = {f"{task}-{variant}": (task, variant, SMALL_CONFIGS.get(task, {}),
-                                  small_sizes(task, train=3000, held_out=300))
+                                  small_sizes(task, train=1000, held_out=100))
             for task in sorted(TASKS)
             for variant in ("stream", "backward-stream", "lookahead", "corrupted", "revthink")
             if variant in GRAMMARS[task].VARIANTS}
