@@ -153,8 +153,14 @@ def test_generate_killed_anywhere_leaves_no_suite_and_reruns_to_the_same_bytes(t
     out = tmp_path / "out"
 
     def bytes_written():  # everything in the hidden folder the suite is being built in
-        return sum(p.stat().st_size for d in tmp_path.glob(".out.*.tmp") for p in d.iterdir()
-                   if p.exists())
+        total = 0
+        try:
+            for folder in tmp_path.glob(".out.*.tmp"):
+                for path in folder.iterdir():
+                    total += path.stat().st_size
+        except FileNotFoundError:  # renamed or replaced while we looked: look again next poll
+            return 0
+        return total
 
     rng = random.Random(SEED)
     for fraction in sorted(rng.uniform(0.05, 0.75) for _ in range(3)):
