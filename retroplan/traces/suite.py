@@ -250,10 +250,11 @@ def merge_shards(pieces: list[str | os.PathLike], out: str | os.PathLike) -> Pat
                 for suite, part in zip(ordered, parts):
                     for name in _ROW_FILES:
                         array = getattr(part, name)
-                        if name == "instance":  # row -> instance, re-based onto the whole split
-                            array = array + stats["instances"]
                         for lo in range(0, array.shape[0], _COPY_BLOCK):
-                            files[name].append(array[lo: lo + _COPY_BLOCK])
+                            block = array[lo: lo + _COPY_BLOCK]
+                            if name == "instance":  # row -> instance, re-based onto the whole split
+                                block = block + stats["instances"]
+                            files[name].append(block)
                     piece_stats = suite.meta["splits"][split]
                     for key in ("instances", "examples", "tokens", "redrawn"):
                         stats[key] += piece_stats[key]
