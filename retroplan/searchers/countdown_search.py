@@ -130,88 +130,111 @@ def _put_try(tape, pos, first, op, second, result, outcome, vals, m):
 
 
 @njit(cache=True)
-def _factors(target):
-    """Factors >= 2 of the target (SoS's mult heuristic); {target} when there is none."""
-    count = 0
-    for f in range(2, target + 1):
-        if target % f == 0:
-            count += 1
-    if count == 0:
-        out = np.empty(1, dtype=np.int64)
-        out[0] = target
-        return out
-    out = np.empty(count, dtype=np.int64)
-    k = 0
-    for f in range(2, target + 1):
-        if target % f == 0:
-            out[k] = f
-            k += 1
-    return out
+def _factor_distances(target):
+    """dist[v] for 0 <= v <= target: the distance from v to the nearest factor >= 2 of the
+    target (SoS's mult heuristic; {target} when it has none), in two sweeps. Above the target
+    the nearest factor is the target itself, so no table is needed there."""
+    table = np.empty(target + 1, dtype=np.int64)
+    last = -1  # the largest factor <= v so far
+    for v in range(target + 1):
+        if v >= 2 and target % v == 0:
+            last = v
+        table[v] = v - last if last >= 0 else _DIST_CAP
+    nxt = target  # the smallest factor >= v (the target is always one)
+    for v in range(target, -1, -1):
+        if v >= 2 and target % v == 0:
+            nxt = v
+        if nxt - v < table[v]:
+            table[v] = nxt - v
+    return table
 
 
 @njit(cache=True, inline="always")
-def _dist(v, target, heur, factors):
+def _dist(v, target, heur, table):
     """One number's share of the heuristic (before the mean, for `sum`), capped."""
-    if heur == HEUR_SUM:
+    if heur == HEUR_SUM or v >= target:
         d = v - target if v >= target else target - v
     else:
-        d = _DIST_CAP
-        for f in factors:
-            e = v - f if v >= f else f - v
-            if e < d:
-                d = e
+        d = table[v]
     return d if d < _DIST_CAP else _DIST_CAP
 
 
-@njit(cache=True, inline="always")
-def _scaled(total, m, heur):
-    """The heuristic of a node with `m` numbers whose distances sum to `total`, times 60 (an
-    exact integer, comparable across list lengths)."""
-    return total * (_SCALE // m) if heur == HEUR_SUM else total * _SCALE
-
-
-@njit(cache=True, inline="always")
-def _pruned(total, m, heur, target):
-    """SoS's DFS prune: heuristic > target (for `sum`, the mean: total / m > target)."""
-    return total > target * m if heur == HEUR_SUM else total > target
-
-
 @njit(cache=True)
-def _children(vals, m, target, heur, mask, factors, prune, kx, kop, ky, kr, ki, kj, kh, order):
-    """All children of the node `vals[:m]` (pairs i < j, then + * - /), their scaled heuristic,
-    and `order`: the indices sorted by heuristic (stable); with `prune`, SoS's DFS prune drops
-    children whose heuristic exceeds the target. Returns how many are in `order`."""
+def _children(vals, row, m, target, heur, mask, factors, prune, kx, kop, ky, kr, ki, kj, kh, order, k):
+    """All children of the node `vals[row, :m]` (pairs i < j, then + * - /) into row k of the
+    kid arrays, their scaled heuristic, and `order[k]`: the indices sorted by heuristic (stable);
+    with `prune`, SoS's DFS prune drops children whose heuristic exceeds the target. Returns how
+    many are in `order[k]`. (2-D arrays and row numbers rather than row views: a view costs
+    reference counting in this hot loop.)"""
     total = 0
     for s in range(m):
-        total += _dist(vals[s], target, heur, factors)
+        total += _dist(vals[row, s], target, heur, factors)
+    # per-node constants: the heuristic scale and SoS's prune threshold for m - 1 numbers
+    scale = _SCALE // (m - 1) if heur == HEUR_SUM else _SCALE
+    limit = target * (m - 1) if heur == HEUR_SUM else target
     count = 0
     for p in range(m * (m - 1) // 2):
         i, j = cd.PAIR_I[m, p], cd.PAIR_J[m, p]
+        a, b = vals[row, i], vals[row, j]
+        base = total - _dist(a, target, heur, factors) - _dist(b, target, heur, factors)
         for op in range(4):
             if not (mask >> op) & 1:
                 continue
-            ok, r, x, y = cd.combine(vals[i], vals[j], op)
+            ok, r, x, y = cd.combine(a, b, op)
             if not ok:
                 continue
-            child_total = (total - _dist(vals[i], target, heur, factors)
-                           - _dist(vals[j], target, heur, factors) + _dist(r, target, heur, factors))
-            if prune and _pruned(child_total, m - 1, heur, target):
+            child_total = base + _dist(r, target, heur, factors)
+            if prune and child_total > limit:  # SoS: heuristic (for sum, the mean) > target
                 continue
-            kx[count], kop[count], ky[count], kr[count] = x, op, y, r
-            ki[count], kj[count] = i, j
-            kh[count] = _scaled(child_total, m - 1, heur)
+            kx[k, count], kop[k, count], ky[k, count], kr[k, count] = x, op, y, r
+            ki[k, count], kj[k, count] = i, j
+            kh[k, count] = child_total * scale
             count += 1
     for c in range(count):  # stable insertion sort by heuristic
-        order[c] = c
+        order[k, c] = c
     for c in range(1, count):
-        t = order[c]
-        h = kh[t]
+        t = order[k, c]
+        h = kh[k, t]
         b = c - 1
-        while b >= 0 and kh[order[b]] > h:
-            order[b + 1] = order[b]
+        while b >= 0 and kh[k, order[k, b]] > h:
+            order[k, b + 1] = order[k, b]
             b -= 1
-        order[b + 1] = t
+        order[k, b + 1] = t
     return count
+
+
+@njit(cache=True, inline="always")
+def _child_row(vals, row, m, i, j, r, dst, drow):
+    """dst[drow, :m-1] = vals[row, :m] without positions i and j, then r."""
+    q = 0
+    for t in range(m):
+        if t != i and t != j:
+            dst[drow, q] = vals[row, t]
+            q += 1
+    dst[drow, q] = r
+
+
+@njit(cache=True, inline="always")
+def _put_row(tape, pos, kind, vals, row, m):
+    pos = _put(tape, pos, kind)
+    pos = _put(tape, pos, m)
+    for s in range(m):
+        pos = _put(tape, pos, vals[row, s])
+    return pos
+
+
+@njit(cache=True, inline="always")
+def _put_try_row(tape, pos, first, op, second, result, outcome, vals, row, m):
+    pos = _put(tape, pos, EV_TRY)
+    pos = _put(tape, pos, first)
+    pos = _put(tape, pos, op)
+    pos = _put(tape, pos, second)
+    pos = _put(tape, pos, result)
+    pos = _put(tape, pos, outcome)
+    pos = _put(tape, pos, m)
+    for s in range(m):
+        pos = _put(tape, pos, vals[row, s])
+    return pos
 
 
 # --------------------------------------------------------------------------- DFS (SoS)
@@ -221,7 +244,7 @@ def _children(vals, m, target, heur, mask, factors, prune, kx, kop, ky, kr, ki, 
 def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
     """SoS's DFS with its prune. Returns (tape length, found)."""
     n = nums.shape[0]
-    factors = _factors(target)
+    factors = _factor_distances(target) if heur == HEUR_MULT else np.zeros(1, dtype=np.int64)
     vals = np.empty((n, n), dtype=np.int64)
     kx = np.empty((n, _MAX_KIDS), dtype=np.int64)
     kop = np.empty((n, _MAX_KIDS), dtype=np.int64)
@@ -234,10 +257,11 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
     n_kids = np.zeros(n, dtype=np.int64)
     next_kid = np.zeros(n, dtype=np.int64)
     path = np.empty((n, 4), dtype=np.int64)
-    vals[0, :] = nums
-    pos = _put_state(tape, 0, EV_START, vals[0], n)
-    n_kids[0] = _children(vals[0], n, target, heur, mask, factors, True, kx[0], kop[0], ky[0], kr[0],
-                          ki[0], kj[0], kh[0], order[0])
+    for s in range(n):
+        vals[0, s] = nums[s]
+    pos = _put_row(tape, 0, EV_START, vals, 0, n)
+    n_kids[0] = _children(vals, 0, n, target, heur, mask, factors, True, kx, kop, ky, kr, ki, kj, kh, order,
+                          0)
     d = 0
     tries = 0
     while True:
@@ -248,21 +272,23 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
             if tries > max_tries:
                 return pos, False
             m = n - d
-            path[d, 0], path[d, 1], path[d, 2], path[d, 3] = kx[d, c], kop[d, c], ky[d, c], kr[d, c]
-            cd.child_state(vals[d], m, ki[d, c], kj[d, c], kr[d, c], vals[d + 1])
+            x, op, y, r = kx[d, c], kop[d, c], ky[d, c], kr[d, c]
+            path[d, 0], path[d, 1], path[d, 2], path[d, 3] = x, op, y, r
+            _child_row(vals, d, m, ki[d, c], kj[d, c], r, vals, d + 1)
             if m == 2:  # the child is a single number: the target, or a dead end
-                goal = kr[d, c] == target
-                pos = _put_try(tape, pos, kx[d, c], kop[d, c], ky[d, c], kr[d, c],
-                               OUT_GOAL if goal else OUT_DEAD, vals[d + 1], 1)
+                goal = r == target
+                pos = _put_try_row(tape, pos, x, op, y, r, OUT_GOAL if goal else OUT_DEAD, vals, d + 1, 1)
                 if goal:
-                    plan_out[: d + 1, :] = path[: d + 1, :]
+                    for s in range(d + 1):
+                        for q in range(4):
+                            plan_out[s, q] = path[s, q]
                     return pos, True
                 continue
-            pos = _put_try(tape, pos, kx[d, c], kop[d, c], ky[d, c], kr[d, c], OUT_OPEN, vals[d + 1], m - 1)
-            pos = _put_state(tape, pos, EV_GO, vals[d + 1], m - 1)
+            pos = _put_try_row(tape, pos, x, op, y, r, OUT_OPEN, vals, d + 1, m - 1)
+            pos = _put_row(tape, pos, EV_GO, vals, d + 1, m - 1)
             d += 1
-            n_kids[d] = _children(vals[d], m - 1, target, heur, mask, factors, True, kx[d], kop[d], ky[d],
-                                  kr[d], ki[d], kj[d], kh[d], order[d])
+            n_kids[d] = _children(vals, d, m - 1, target, heur, mask, factors, True, kx, kop, ky, kr, ki, kj,
+                                  kh, order, d)
             next_kid[d] = 0
         else:
             # nothing left here: back to the deepest ancestor that still has a child to try
@@ -272,7 +298,7 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
             if a < 0:
                 return pos, False
             d = a
-            pos = _put_state(tape, pos, EV_BACK, vals[d], n - d)
+            pos = _put_row(tape, pos, EV_BACK, vals, d, n - d)
 
 
 # --------------------------------------------------------------------------- BFS (SoS beam)
@@ -355,7 +381,7 @@ def bfs_node_capacity(n: int, beam: int, max_tries: int) -> int:
 def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
     """SoS's beam search (see the module docstring). Returns (tape length, found)."""
     n = nums.shape[0]
-    factors = _factors(target)
+    factors = _factor_distances(target) if heur == HEUR_MULT else np.zeros(1, dtype=np.int64)
     tree = 0
     level = 1
     for _ in range(n):
@@ -372,14 +398,15 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
     while size_table < 2 * cap:
         size_table *= 2
     closed = np.full(size_table, -1, dtype=np.int64)
-    kx = np.empty(_MAX_KIDS, dtype=np.int64)
-    kop = np.empty(_MAX_KIDS, dtype=np.int64)
-    ky = np.empty(_MAX_KIDS, dtype=np.int64)
-    kr = np.empty(_MAX_KIDS, dtype=np.int64)
-    ki = np.empty(_MAX_KIDS, dtype=np.int64)
-    kj = np.empty(_MAX_KIDS, dtype=np.int64)
-    kh = np.empty(_MAX_KIDS, dtype=np.int64)
-    order = np.empty(_MAX_KIDS, dtype=np.int64)
+    kx = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    kop = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    ky = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    kr = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    ki = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    kj = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    kh = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    order = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    keep_order = np.empty(_MAX_KIDS, dtype=np.int64)
     batch = np.empty(beam, dtype=np.int64)
     node_vals[0, :] = nums
     node_m[0] = n
@@ -400,36 +427,40 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
                 continue  # this number list was expanded already
             m = node_m[u]
             if u != 0:
-                pos = _put_state(tape, pos, EV_GO, node_vals[u], m)
+                pos = _put_row(tape, pos, EV_GO, node_vals, u, m)
             if m == 1:
                 continue
-            count = _children(node_vals[u], m, target, heur, mask, factors, False, kx, kop, ky, kr, ki,
-                              kj, kh, order)
+            count = _children(node_vals, u, m, target, heur, mask, factors, False, kx, kop, ky, kr, ki, kj,
+                              kh, order, 0)
             keep = min(beam, count)
-            rng.shuffle(state, order[:keep])  # SoS tries the kept children in a random order
             for q in range(keep):
-                c = order[q]
+                keep_order[q] = order[0, q]
+            rng.shuffle(state, keep_order[:keep])  # SoS tries the kept children in a random order
+            for q in range(keep):
+                c = keep_order[q]
                 tries += 1
                 if tries > max_tries:
                     return pos, False
                 v = nodes
                 nodes += 1
-                cd.child_state(node_vals[u], m, ki[c], kj[c], kr[c], node_vals[v])
+                x, op, y, r = kx[0, c], kop[0, c], ky[0, c], kr[0, c]
+                _child_row(node_vals, u, m, ki[0, c], kj[0, c], r, node_vals, v)
                 node_m[v] = m - 1
                 parent[v] = u
-                step[v, 0], step[v, 1], step[v, 2], step[v, 3] = kx[c], kop[c], ky[c], kr[c]
-                node_h[v] = kh[c]
-                if m == 2 and kr[c] == target:
-                    pos = _put_try(tape, pos, kx[c], kop[c], ky[c], kr[c], OUT_GOAL, node_vals[v], 1)
+                step[v, 0], step[v, 1], step[v, 2], step[v, 3] = x, op, y, r
+                node_h[v] = kh[0, c]
+                if m == 2 and r == target:
+                    pos = _put_try_row(tape, pos, x, op, y, r, OUT_GOAL, node_vals, v, 1)
                     k = n - 2
                     w = v
                     while w != 0:
-                        plan_out[k, :] = step[w, :]
+                        for t in range(4):
+                            plan_out[k, t] = step[w, t]
                         k -= 1
                         w = parent[w]
                     return pos, True
-                pos = _put_try(tape, pos, kx[c], kop[c], ky[c], kr[c], OUT_DEAD if m == 2 else OUT_OPEN,
-                               node_vals[v], m - 1)
+                outcome = OUT_DEAD if m == 2 else OUT_OPEN
+                pos = _put_try_row(tape, pos, x, op, y, r, outcome, node_vals, v, m - 1)
                 heap_size = _heap_push(heap, heap_size, v, node_h)
     return pos, False
 
@@ -680,13 +711,14 @@ def run_search(cfg: cd.Config, batch: dict, searcher: str, seed: int, split: str
     parts = []
     for lo in range(0, n_inst, _SUB_BATCH):
         hi = min(n_inst, lo + _SUB_BATCH)
-        tape = np.zeros((hi - lo, _FIRST_CAPACITY), dtype=np.int64)
+        # np.empty: pages a short tape never touches are never faulted in
+        tape = np.empty((hi - lo, _FIRST_CAPACITY), dtype=np.int64)
         _search_many(code, numbers[lo:hi], target[lo:hi], mask, seed, stream, indices[lo:hi], max_tries,
                      tape, lengths[lo:hi], plan[lo:hi], found[lo:hi], used[lo:hi])
         parts.append((np.arange(lo, hi), tape))
     offsets = np.zeros(n_inst + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.zeros(int(offsets[-1]), dtype=np.int64)
+    flat = np.empty(int(offsets[-1]), dtype=np.int64)
     for rows, tape in parts:
         fits = rows[lengths[rows] <= _FIRST_CAPACITY]
         _gather(tape, fits - rows[0], fits, lengths, flat, offsets)
@@ -701,7 +733,7 @@ def run_search(cfg: cd.Config, batch: dict, searcher: str, seed: int, split: str
             stop += 1
         group = long_rows[start:stop]
         width = int(lengths[group].max())
-        tape = np.zeros((group.shape[0], width), dtype=np.int64)
+        tape = np.empty((group.shape[0], width), dtype=np.int64)
         again = np.zeros(group.shape[0], dtype=np.int64)
         _search_many(code, numbers[group], target[group], mask, seed, stream, indices[group], max_tries,
                      tape, again, np.zeros((group.shape[0], n - 1, 4), dtype=np.int64),

@@ -424,7 +424,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     offsets = np.zeros(rows + 1, dtype=np.int64)
     _write_rows(*args, offsets, np.zeros(0, dtype=np.int32), lengths, prompt_len)
     np.cumsum(lengths, out=offsets[1:])
-    tokens = np.zeros(int(offsets[-1]), dtype=np.int32)
+    tokens = np.empty(int(offsets[-1]), dtype=np.int32)  # every position is written
     _write_rows(*args, offsets, tokens, lengths, prompt_len)
     return {"tokens": tokens, "lengths": lengths, "prompt_len": prompt_len, "instance": row_inst,
             "kind": row_kind}

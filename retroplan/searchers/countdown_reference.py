@@ -1,0 +1,302 @@
+"""Plain-Python Countdown: the sampler, the exhaustive solver, the SoS DFS and beam searches,
+the `mix` choice and the `stream` token writer, written the ordinary Python way (lists,
+recursion, heapq), the way the Stream-of-Search reference generator is written.
+
+Two uses: the baseline of benchmarks/bench_countdown.py (same algorithm, same random bits, so
+the same tokens as the Numba kernels, byte for byte) and an independent implementation the
+tests compare the kernels with. `sample(..., rand=random.Random(s))` draws from Python's own
+generator instead: the SoS process itself, for the distribution test.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from .. import rng
+from ..envs import countdown as cd
+from ..envs.splits import split_stream
+from . import countdown_search as cs
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+
+
+def _mix64(x: int) -> int:
+    x &= _M64
+    x = ((x ^ (x >> 30)) * _M1) & _M64
+    x = ((x ^ (x >> 27)) * _M2) & _M64
+    return x ^ (x >> 31)
+
+
+class SplitMix:
+    """retroplan.rng in plain Python: the same bits for the same (seed, stream, index, salt)."""
+
+    def __init__(self, seed: int, stream: int, index: int, salt: int):
+        h = _mix64(seed + _GOLDEN)
+        h = _mix64(h ^ ((stream * _GOLDEN) & _M64))
+        h = _mix64(h ^ (index & _M64))
+        self.state = _mix64(h ^ ((salt + _M1) & _M64))
+
+    def randbelow(self, n: int) -> int:
+        self.state = (self.state + _GOLDEN) & _M64
+        return ((_mix64(self.state) >> 32) * n) >> 32
+
+    def shuffle(self, items: list) -> None:
+        for i in range(len(items) - 1, 0, -1):
+            j = self.randbelow(i + 1)
+            items[i], items[j] = items[j], items[i]
+
+
+def combine(a: int, b: int, op: int):
+    """(result, first, second) of a legal move, or None (see envs.countdown.combine)."""
+    if op == cd.ADD:
+        return a + b, a, b
+    if op == cd.MUL:
+        return a * b, a, b
+    hi, lo = (a, b) if a >= b else (b, a)
+    if op == cd.SUB:
+        return hi - lo, hi, lo
+    if lo != 0 and hi % lo == 0:
+        return hi // lo, hi, lo
+    return None
+
+
+def _ops(operations: str) -> list[int]:
+    return [op for op in range(4) if cd.OP_SYMBOLS[op] in operations]
+
+
+def first_solution(nums: list[int], target: int, ops: list[int]):
+    """The first move sequence (SoS's order) that ends on the target alone, or None."""
+    if len(nums) == 1:
+        return [] if nums[0] == target else None
+    for i in range(len(nums)):
+        for j in range(i + 1, len(nums)):
+            rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
+            for op in ops:
+                move = combine(nums[i], nums[j], op)
+                if move is None:
+                    continue
+                r, x, y = move
+                tail = first_solution(rest + [r], target, ops)
+                if tail is not None:
+                    return [(x, op, y, r)] + tail
+    return None
+
+
+def sample(cfg: cd.Config, seed: int, split: str, index: int, salt: int = 0, rand=None,
+           targets: list[int] | None = None):
+    """(numbers, target, solution, draws) of one instance: the target uniform over the split's
+    targets, inputs uniform, redrawn until solvable. `rand`: a random.Random to draw with
+    instead of the counter-based bits."""
+    if targets is None:
+        targets = cd.split_targets(cfg, split).tolist()
+    if rand is None:
+        below = SplitMix(seed, split_stream(split), index, salt).randbelow
+    else:
+        below = rand.randrange
+    ops = _ops(cfg.operations)
+    target = targets[below(len(targets))]
+    draws = 0
+    while True:
+        draws += 1
+        nums = [cfg.min_input + below(cfg.max_input - cfg.min_input + 1) for _ in range(cfg.n_inputs)]
+        solution = first_solution(nums, target, ops)
+        if solution is not None:
+            return nums, target, solution, draws
+
+
+# --------------------------------------------------------------------------- searches
+
+
+def _factors(target: int) -> list[int]:
+    return [f for f in range(2, target + 1) if target % f == 0] or [target]
+
+
+def _dist(v: int, target: int, heur: int, factors: list[int]) -> int:
+    d = abs(v - target) if heur == cs.HEUR_SUM else min(abs(v - f) for f in factors)
+    return min(d, cs._DIST_CAP)
+
+
+def _children(vals, target, heur, ops, factors, prune):
+    """Children of `vals` as (scaled heuristic, step, child numbers), sorted by heuristic."""
+    m = len(vals)
+    total = sum(_dist(v, target, heur, factors) for v in vals)
+    out = []
+    for i in range(m):
+        for j in range(i + 1, m):
+            rest = vals[:i] + vals[i + 1:j] + vals[j + 1:]
+            for op in ops:
+                move = combine(vals[i], vals[j], op)
+                if move is None:
+                    continue
+                r, x, y = move
+                child_total = (total - _dist(vals[i], target, heur, factors)
+                               - _dist(vals[j], target, heur, factors) + _dist(r, target, heur, factors))
+                limit = target * (m - 1) if heur == cs.HEUR_SUM else target
+                if prune and child_total > limit:
+                    continue
+                h = child_total * (cs._SCALE // (m - 1)) if heur == cs.HEUR_SUM else child_total * cs._SCALE
+                out.append((h, (x, op, y, r), rest + [r]))
+    out.sort(key=lambda c: c[0])  # stable: ties keep the generation order
+    return out
+
+
+class _Budget(Exception):
+    pass
+
+
+def dfs(nums, target, heur, ops, max_tries):
+    """SoS's DFS. Returns (tape, plan or None)."""
+    factors = _factors(target)
+    tape = [cs.EV_START, len(nums), *nums]
+    tries = [0]
+
+    def visit(vals, path):
+        kids = _children(vals, target, heur, ops, factors, True)
+        for k, (_, step, child) in enumerate(kids):
+            tries[0] += 1
+            if tries[0] > max_tries:
+                raise _Budget
+            if len(child) == 1:
+                goal = step[3] == target
+                tape.extend([cs.EV_TRY, *step, cs.OUT_GOAL if goal else cs.OUT_DEAD, 1, step[3]])
+                if goal:
+                    return path + [step]
+                continue
+            tape.extend([cs.EV_TRY, *step, cs.OUT_OPEN, len(child), *child])
+            tape.extend([cs.EV_GO, len(child), *child])
+            found = visit(child, path + [step])
+            if found is not None:
+                return found
+            if k < len(kids) - 1:  # back here for the next child
+                tape.extend([cs.EV_BACK, len(vals), *vals])
+        return None
+
+    try:
+        return tape, visit(list(nums), [])
+    except _Budget:
+        return tape, None
+
+
+def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
+    """SoS's beam search (tries kept children in a random order, skips number lists already
+    expanded). Returns (tape, plan or None)."""
+    factors = _factors(target)
+    tape = [cs.EV_START, len(nums), *nums]
+    vals, parent, step = [list(nums)], [-1], [None]
+    heap = [(0, 0)]
+    closed = set()
+    tries = 0
+    while heap:
+        batch = [heapq.heappop(heap)[1] for _ in range(min(beam, len(heap)))]
+        for u in batch:
+            if tuple(vals[u]) in closed:
+                continue
+            closed.add(tuple(vals[u]))
+            if u != 0:
+                tape.extend([cs.EV_GO, len(vals[u]), *vals[u]])
+            if len(vals[u]) == 1:
+                continue
+            kept = _children(vals[u], target, heur, ops, factors, False)[:beam]
+            rand.shuffle(kept)
+            for h, move, child in kept:
+                tries += 1
+                if tries > max_tries:
+                    return tape, None
+                v = len(vals)
+                vals.append(child)
+                parent.append(u)
+                step.append(move)
+                if len(child) == 1 and move[3] == target:
+                    tape.extend([cs.EV_TRY, *move, cs.OUT_GOAL, 1, move[3]])
+                    plan = []
+                    while v != 0:
+                        plan.append(step[v])
+                        v = parent[v]
+                    return tape, plan[::-1]
+                outcome = cs.OUT_DEAD if len(child) == 1 else cs.OUT_OPEN
+                tape.extend([cs.EV_TRY, *move, outcome, len(child), *child])
+                heapq.heappush(heap, (h, v))
+    return tape, None
+
+
+def mix_search(nums, target, cfg: cd.Config, seed: int, split: str, index: int, max_tries: int = 10_000):
+    """The `mix` strategy: (strategy code, tape, plan or None)."""
+    rand = SplitMix(seed, (rng.STREAM_SEARCH << 8) | (split_stream(split) & 0xFF), index, 0)
+    draw = rand.randbelow(20)
+    code = 0 if draw < 5 else (1 if draw < 10 else 2 + draw - 10)
+    ops = _ops(cfg.operations)
+    if code < 2:
+        tape, plan = dfs(nums, target, code, ops, max_tries)
+    else:
+        tape, plan = bfs(nums, target, (code - 2) % 2, 1 + (code - 2) // 2, ops, max_tries, rand)
+    return code, tape, plan
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _number(value: int) -> list[int]:
+    from ..traces import countdown as g
+
+    if value < g.NUMBER_TOKENS:
+        return [g.NUM0 + value]
+    groups = []
+    while value:
+        groups.append(value % g.NUMBER_TOKENS)
+        value //= g.NUMBER_TOKENS
+    out = [g.NUM0 + groups[-1]]
+    for group in reversed(groups[:-1]):
+        out += [g.GROUP, g.NUM0 + group]
+    return out
+
+
+def stream_tokens(nums, target, tape, plan) -> list[int]:
+    """The `stream` row: prompt, the tape as words, `;`, the plan found (or `none`), <eos>."""
+    from ..traces import countdown as g
+
+    out = [g.BOS]
+    for v in nums:
+        out += _number(v)
+    out += [g.ARROW, *_number(target), g.QMARK]
+    p = 0
+    while p < len(tape):
+        kind = tape[p]
+        if kind == cs.EV_TRY:
+            x, op, y, r, outcome, m = tape[p + 1: p + 7]
+            out += [g.TRY, *_number(x), g.OP0 + op, *_number(y), g.EQ, *_number(r), g.COLON]
+            for v in tape[p + 7: p + 7 + m]:
+                out += _number(v)
+            if outcome != cs.OUT_OPEN:
+                out.append(g.GOAL if outcome == cs.OUT_GOAL else g.DEAD)
+            p += 7 + m
+        else:
+            m = tape[p + 1]
+            out.append(g.AT if kind == cs.EV_START else (g.GO if kind == cs.EV_GO else g.BACK))
+            for v in tape[p + 2: p + 2 + m]:
+                out += _number(v)
+            p += 2 + m
+    out.append(g.SEMI)
+    if plan is None:
+        out.append(g.NONE)
+    else:
+        for k, (x, op, y, r) in enumerate(plan):
+            if k:
+                out.append(g.COMMA)
+            out += [*_number(x), g.OP0 + op, *_number(y), g.EQ, *_number(r)]
+    out.append(g.EOS)
+    return out
+
+
+def generate_stream_rows(cfg: cd.Config, seed: int, split: str, indices, max_tries: int = 10_000):
+    """Instances `indices` of (seed, split), each with its `mix` stream, as token rows: what
+    sample_instances + write_examples(variant="stream") make, in plain Python."""
+    targets = cd.split_targets(cfg, split).tolist()
+    rows = []
+    for index in indices:
+        nums, target, _, _ = sample(cfg, seed, split, int(index), targets=targets)
+        _, tape, plan = mix_search(nums, target, cfg, seed, split, int(index), max_tries)
+        rows.append(stream_tokens(nums, target, tape, plan))
+    return rows
