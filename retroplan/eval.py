@@ -224,6 +224,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
                     "task_config": suite.meta["config"], "decoding": asdict(cfg)})
     metrics["chance"] = suite.task.chance(suite.config)
     out.mkdir(parents=True, exist_ok=True)
+    # metrics.json marks a finished evaluation: drop the old one before the records change
+    (out / "metrics.json").unlink(missing_ok=True)
     with atomic_path(out / "records.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     write_json(out / "metrics.json", metrics)

@@ -180,6 +180,9 @@ def test_a_changed_suite_file_is_named_when_loaded(make_suite, tmp_path):
         open_suite(copy)
     (copy / "test.tokens.npy").write_bytes(original)
     open_suite(copy)  # intact again
+    # a stray file meta.json does not list is never read as instance data
+    np.save(copy / "test.inst.plan.extra.npy", np.zeros(3))
+    assert "plan.extra" not in open_suite(copy).split("test").instances
     (copy / "val.lengths.npy").unlink()
     with pytest.raises(UserError, match="missing"):
         open_suite(copy)

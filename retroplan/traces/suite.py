@@ -289,7 +289,8 @@ def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
 class SplitData:
     """One split of a suite: token rows (memory-mapped) and the instances they came from."""
 
-    def __init__(self, root: Path, split: str):
+    def __init__(self, root: Path, split: str, files: list[str] | None = None):
+        """`files`: the suite's checksummed file names (meta.json); only those are read."""
         def load(name):
             return _load_array(root / f"{split}.{name}.npy", mmap=True)
 
@@ -307,9 +308,11 @@ class SplitData:
                 and self.offsets[-1] == self.tokens.shape[0],
                 f"the {split} files of suite {root} disagree on the number of rows (the suite is corrupt).")
         self.instances = {}
-        for path in sorted(root.glob(f"{split}.inst.*.npy")):
-            key = path.name[len(split) + 6: -4]
-            self.instances[key] = _load_array(path)
+        prefix = f"{split}.inst."
+        names = sorted(files) if files is not None else sorted(p.name for p in root.glob(f"{prefix}*.npy"))
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".npy"):
+                self.instances[name[len(prefix): -4]] = _load_array(root / name)
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
@@ -366,7 +369,8 @@ class Suite:
         require(name in self.meta["splits"],
                 f"suite {self.path} has no split {name!r}; it has: {', '.join(self.splits)}.")
         if name not in self._splits:
-            self._splits[name] = SplitData(self.path, name)
+            files = self.meta.get("files")  # absent only while generate_suite is writing them
+            self._splits[name] = SplitData(self.path, name, list(files) if files else None)
         return self._splits[name]
 
     def max_len(self) -> int:
