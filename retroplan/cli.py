@@ -67,10 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("suite")
     i.add_argument("--split", default=None, help="only this split")
     i.add_argument("--rows", type=int, default=3, help="rows to show per split")
+    i.add_argument("--context", type=int, default=0, metavar="N",
+                   help="report how many rows a context of N tokens would truncate (default: longest row)")
 
     e = sub.add_parser("export", help="write a suite's rows as JSONL or Parquet")
     e.add_argument("suite")
-    e.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    e.add_argument("--format", choices=("jsonl", "parquet", "sos"), default="jsonl",
+                   help="sos: the fields and text of the Stream-of-Search data files (countdown)")
     e.add_argument("--out", required=True, help="file to write (must not exist)")
     e.add_argument("--split", default=None, help="only this split (default: all)")
     e.add_argument("--limit", type=int, default=0, help="at most N rows per split")
@@ -133,6 +136,8 @@ def _generate(args) -> None:
 
 
 def _inspect(args) -> None:
+    import numpy as np
+
     from .traces.suite import open_suite
 
     suite = open_suite(args.suite)
@@ -142,14 +147,24 @@ def _inspect(args) -> None:
           f"vocabulary {len(meta['vocab'])} tokens  retroplan {meta['retroplan_version']}")
     print(f"  config  {json.dumps(meta['config'], sort_keys=True)}")
     print(f"  options {json.dumps(meta['options'], sort_keys=True)}")
+    for line in getattr(suite.task, "describe", lambda cfg: [])(suite.config):
+        print(f"  {line}")
     splits = [args.split] if args.split else suite.splits
+    context = args.context or suite.max_len()
     for name in splits:
         data = suite.split(name)
         st = meta["splits"][name]
         lengths = data.lengths
-        mean = float(lengths.mean()) if len(lengths) else 0.0
+        n = len(lengths)
+        mean = float(lengths.mean()) if n else 0.0
+        median = float(np.median(lengths)) if n else 0.0
+        over = int((lengths > context).sum())
         print(f"  {name}: {st['instances']} instances, {st['examples']} rows, {st['tokens']} tokens, "
-              f"length mean {mean:.1f} max {st['max_len']}")
+              f"length mean {mean:.1f} median {median:.0f} max {st['max_len']}; "
+              f"{over} rows ({over / max(n, 1):.2%}) longer than a context of {context}")
+        summary = getattr(suite.task, "split_summary", None)
+        if summary is not None:
+            print(f"    {summary(suite.config, data.instances)}")
     for name in splits:
         data = suite.split(name)
         for r in range(min(args.rows, len(data))):
