@@ -684,8 +684,23 @@ def _gather(tape, local_rows, global_rows, lengths, flat, offsets):
 
 
 _FIRST_CAPACITY = 2048        # tape entries per instance on the first pass (most streams fit)
+_SCRATCH: list[np.ndarray] = []   # the first pass's buffer, kept: fresh pages cost page faults
 _SUB_BATCH = 4096             # instances per kernel call on the first pass
 _RETRY_BYTES = 64 << 20       # memory for one group of the exact-size second pass
+
+
+def _scratch() -> np.ndarray:
+    if not _SCRATCH:
+        _SCRATCH.append(np.empty((_SUB_BATCH, _FIRST_CAPACITY), dtype=np.int64))
+    return _SCRATCH[0]
+
+
+@njit(cache=True)
+def _place(piece, starts, rows, flat, offsets):
+    """Copy the q-th tape of `piece` (at starts[q]) to instance rows[q]'s place in `flat`."""
+    for q in range(rows.shape[0]):
+        k = rows[q]
+        flat[offsets[k]: offsets[k + 1]] = piece[starts[q]: starts[q + 1]]
 
 
 def run_search(cfg: cd.Config, batch: dict, searcher: str, seed: int, split: str, indices: np.ndarray,
@@ -708,20 +723,25 @@ def run_search(cfg: cd.Config, batch: dict, searcher: str, seed: int, split: str
     plan = np.zeros((n_inst, n - 1, 4), dtype=np.int64)
     found = np.zeros(n_inst, dtype=np.bool_)
     used = np.zeros(n_inst, dtype=np.int64)
-    parts = []
+    scratch = _scratch()
+    pieces = []
     for lo in range(0, n_inst, _SUB_BATCH):
         hi = min(n_inst, lo + _SUB_BATCH)
-        # np.empty: pages a short tape never touches are never faulted in
-        tape = np.empty((hi - lo, _FIRST_CAPACITY), dtype=np.int64)
+        tape = scratch[: hi - lo]
         _search_many(code, numbers[lo:hi], target[lo:hi], mask, seed, stream, indices[lo:hi], max_tries,
                      tape, lengths[lo:hi], plan[lo:hi], found[lo:hi], used[lo:hi])
-        parts.append((np.arange(lo, hi), tape))
+        rows = np.arange(lo, hi)
+        fits = rows[lengths[rows] <= _FIRST_CAPACITY]
+        piece = np.empty(int(lengths[fits].sum()), dtype=np.int64)
+        starts = np.zeros(fits.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths[fits], out=starts[1:])
+        _gather(tape, fits - lo, np.arange(fits.shape[0]), lengths[fits], piece, starts)
+        pieces.append((fits, piece, starts))
     offsets = np.zeros(n_inst + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.empty(int(offsets[-1]), dtype=np.int64)
-    for rows, tape in parts:
-        fits = rows[lengths[rows] <= _FIRST_CAPACITY]
-        _gather(tape, fits - rows[0], fits, lengths, flat, offsets)
+    for fits, piece, starts in pieces:
+        _place(piece, starts, fits, flat, offsets)
     # second pass, exact sizes, for the few instances whose tape did not fit
     long_rows = np.flatnonzero(lengths > _FIRST_CAPACITY)
     long_rows = long_rows[np.argsort(lengths[long_rows], kind="stable")]

@@ -98,7 +98,7 @@ def _put(buf, pos, token):
     return pos + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_number(buf, pos, value):
     if value < NUMBER_TOKENS:
         return _put(buf, pos, NUM0 + value)
@@ -115,7 +115,7 @@ def _put_number(buf, pos, value):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_question(buf, pos, nums, target):
     for s in range(nums.shape[0]):
         pos = _put_number(buf, pos, nums[s])
@@ -124,7 +124,7 @@ def _put_question(buf, pos, nums, target):
     return _put(buf, pos, QMARK)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_step(buf, pos, step, reverse):
     """`a op b = c`, or `c = a op b` when written from the result back."""
     if reverse:
@@ -139,7 +139,7 @@ def _put_step(buf, pos, step, reverse):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_plan(buf, pos, plan, reverse):
     steps = plan.shape[0]
     for q in range(steps):
@@ -149,7 +149,7 @@ def _put_plan(buf, pos, plan, reverse):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_node(buf, pos, tape, at, m, backward):
     """The numbers of a tape state (m values from tape[at]); backward: `unused -> subgoal`."""
     shown = m - 1 if backward else m
@@ -164,14 +164,12 @@ def _put_node(buf, pos, tape, at, m, backward):
 @njit(cache=True)
 def _put_tape(buf, pos, tape, lo, hi, backward):
     p = lo
-    step = np.empty(4, dtype=np.int64)
     while p < hi:
         kind = tape[p]
         if kind == cs.EV_TRY:
-            step[:] = tape[p + 1: p + 5]
             outcome, m = tape[p + 5], tape[p + 6]
             pos = _put(buf, pos, TRY)
-            pos = _put_step(buf, pos, step, backward)
+            pos = _put_step(buf, pos, tape[p + 1: p + 5], backward)
             pos = _put(buf, pos, COLON)
             pos = _put_node(buf, pos, tape, p + 7, m, backward)
             if outcome == cs.OUT_GOAL:
