@@ -185,6 +185,41 @@ def _put_tape(buf, pos, tape, lo, hi, backward):
     return pos
 
 
+@njit(cache=True, inline="always")
+def _number_len(value):
+    """Tokens `_put_number` writes for value: one, or 2 per base-1000 group after the first."""
+    n = 1
+    while value >= NUMBER_TOKENS:
+        value //= NUMBER_TOKENS
+        n += 2
+    return n
+
+
+@njit(cache=True)
+def _count_tape(tape, lo, hi, backward):
+    """Tokens `_put_tape` writes for tape[lo:hi], without writing them (the measuring pass of
+    the stream variants; `write_examples` checks it against the writing pass)."""
+    count = 0
+    p = lo
+    while p < hi:
+        if tape[p] == cs.EV_TRY:
+            m = tape[p + 6]
+            count += 4 + _number_len(tape[p + 1]) + _number_len(tape[p + 3]) + _number_len(tape[p + 4])
+            count += 1 if tape[p + 5] != cs.OUT_OPEN else 0
+            at = p + 7
+            p += 7 + m
+        else:
+            m = tape[p + 1]
+            count += 1
+            at = p + 2
+            p += 2 + m
+        for s in range(m):
+            count += _number_len(tape[at + s])
+        if backward:
+            count += 1  # the arrow before the subgoal
+    return count
+
+
 @njit(cache=True)
 def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums, q_target, q_plan):
     """One example; returns (length, prompt length). `buf` of length 0 only measures."""
@@ -210,7 +245,10 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
         pos = _put(buf, pos, SEMI)
         pos = _put_plan(buf, pos, plan, False)
     elif code == 3 or code == 4:
-        pos = _put_tape(buf, pos, tape, lo, hi, code == 4)
+        if buf.shape[0] == 0:
+            pos += _count_tape(tape, lo, hi, code == 4)
+        else:
+            pos = _put_tape(buf, pos, tape, lo, hi, code == 4)
         pos = _put(buf, pos, SEMI)
         if found:
             pos = _put_plan(buf, pos, plan, False)
@@ -423,7 +461,9 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     _write_rows(*args, offsets, np.zeros(0, dtype=np.int32), lengths, prompt_len)
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.empty(int(offsets[-1]), dtype=np.int32)  # every position is written
-    _write_rows(*args, offsets, tokens, lengths, prompt_len)
+    written = np.zeros(rows, dtype=np.int32)
+    _write_rows(*args, offsets, tokens, written, prompt_len)
+    assert np.array_equal(written, lengths), "the measuring and the writing pass disagree"
     return {"tokens": tokens, "lengths": lengths, "prompt_len": prompt_len, "instance": row_inst,
             "kind": row_kind}
 
