@@ -13,6 +13,7 @@ to `records.jsonl`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import defaultdict
@@ -27,7 +28,7 @@ from . import checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
 from .errors import require, require_field_types
-from .fsutil import atomic_path, write_json
+from .fsutil import atomic_path, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
 from .traces.suite import Suite, open_suite
@@ -224,11 +225,28 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
                     "task_config": suite.meta["config"], "decoding": asdict(cfg)})
     metrics["chance"] = suite.task.chance(suite.config)
     out.mkdir(parents=True, exist_ok=True)
-    # metrics.json marks a finished evaluation: drop the old one before the records change
-    (out / "metrics.json").unlink(missing_ok=True)
+    # records first, then metrics.json, which names the records it summarises: a kill between
+    # the two leaves an old metrics.json whose checksum no longer matches (see metrics_current)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    metrics["records_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     with atomic_path(out / "records.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.write_text(text)
     write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def metrics_current(eval_dir: Path) -> dict | None:
+    """The metrics of a finished evaluation in `eval_dir`, or None when there is none or its
+    records.jsonl is not the one it summarises (an evaluation killed between the two files)."""
+    metrics_path, records_path = eval_dir / "metrics.json", eval_dir / "records.jsonl"
+    if not (metrics_path.is_file() and records_path.is_file()):
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if metrics.get("records_sha256") != sha256_file(records_path):
+        return None
     return metrics
 
 

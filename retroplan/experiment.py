@@ -26,7 +26,7 @@ import platform
 import re
 import time
 import tomllib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ import torch
 from . import __version__, plots
 from .envs import get_task, make_config
 from .errors import UserError, require
-from .eval import EvalConfig, evaluate
+from .eval import EvalConfig, evaluate, metrics_current
 from .fsutil import write_bytes, write_text
 from .metrics import across_seeds, flatten_behaviour
 from .stats import mean_ci, wilson
@@ -93,15 +93,23 @@ def load_experiment(path: str | os.PathLike) -> dict:
         require(split in task.SPLITS, f"{path}: unknown split {split!r} in [sizes]; allowed: "
                 f"{', '.join(task.SPLITS)}.")
     exp["_train"] = TrainConfig.from_dict(exp.get("train", {}))
-    ev = exp.get("eval", {})
+    ev = dict(exp.get("eval", {}))
+    splits = ev.pop("splits", None)  # several splits to evaluate (e.g. seen and held-out targets)
+    require(splits is None or "split" not in ev, f"{path}: give [eval] split or splits, not both.")
     bad = sorted(set(ev) - set(EvalConfig.__dataclass_fields__))
     if bad:
-        raise UserError(f"{path}: unknown eval setting {bad[0]!r}; allowed: "
+        raise UserError(f"{path}: unknown eval setting {bad[0]!r}; allowed: splits, "
                         f"{', '.join(EvalConfig.__dataclass_fields__)}.")
     exp["_eval"] = EvalConfig(**ev)
     exp["_eval"].validate()
-    require(exp["_eval"].split in task.SPLITS, f"{path}: unknown eval split {exp['_eval'].split!r}; "
-            f"allowed: {', '.join(task.SPLITS)}.")
+    splits = [exp["_eval"].split] if splits is None else splits
+    require(isinstance(splits, list) and splits and all(isinstance(x, str) for x in splits)
+            and len(set(splits)) == len(splits),
+            f"{path}: [eval] splits must be a non-empty list of distinct split names.")
+    for split in splits:
+        require(split in task.SPLITS, f"{path}: unknown eval split {split!r}; "
+                f"allowed: {', '.join(task.SPLITS)}.")
+    exp["_splits"] = splits
     # the trace options are validated by SuiteSpec.resolve below, before any work
     for c in conditions:
         for v in variants:
@@ -161,47 +169,53 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             generate_suite(spec, suite_dir, progress=progress)
         tcfg = TrainConfig(**dict(asdict(exp["_train"]), seed=seed))
         summary = train(suite_dir, run_dir, tcfg, resume=True, progress=progress)
-        metrics_path = run_dir / f"eval-{exp['_eval'].split}" / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-        if metrics is None or metrics.get("step") != summary["steps"]:
-            metrics = evaluate(run_dir, suite_dir, exp["_eval"], progress=progress)
-        row = {"condition": label, "variant": variant, "seed": seed, "n": metrics["n"]}
-        row.update({k: v for k, v in spec.config.items()})
-        row.update({m: metrics[m]["value"] if isinstance(metrics[m], dict) else metrics[m]
-                    for m in METRICS})
-        row["swc"] = metrics.get("swc", {}).get("value")
-        row["correct"] = round((metrics["accuracy"]["value"] or 0) * metrics["n"])
-        row["chance"] = metrics.get("chance")
-        row.update(flatten_behaviour(metrics.get("behaviour")))
-        row.update(flatten_behaviour(metrics.get("teacher_behaviour"), "teacher_"))
-        for key, by_value in metrics.get("by_difficulty", {}).items():
-            for x, block in by_value.items():
-                acc = block["accuracy"]
-                difficulty_points.append({"variant": variant, "key": key, "x": float(x), "n": acc["n"],
-                                          "correct": round((acc["value"] or 0) * acc["n"])})
-        if "teacher_behaviour" in metrics:
-            records_path = run_dir / f"eval-{exp['_eval'].split}" / "records.jsonl"
-            stream_records.setdefault(variant, []).extend(
-                json.loads(line) for line in records_path.read_text().splitlines())
-        row.update({"steps": summary["steps"], "final_loss": summary["final_loss"],
-                    "train_seconds": summary["train_seconds"], "parameters": summary["parameters"],
-                    "device": summary["device"]})
-        rows.append(row)
-        if progress:
-            acc = metrics["accuracy"]["value"]
-            print(f"      accuracy {acc:.3f} (n={metrics['n']}), first step "
-                  f"{metrics['first_step_accuracy']['value']:.3f}, teacher-forced tokens "
-                  f"{metrics['tf_token_accuracy']['value']:.3f}", flush=True)
+        for split in exp["_splits"]:
+            eval_cfg = replace(exp["_eval"], split=split)
+            metrics = metrics_current(run_dir / f"eval-{split}")
+            if metrics is None or metrics.get("step") != summary["steps"]:
+                metrics = evaluate(run_dir, suite_dir, eval_cfg, progress=progress)
+            # one panel per condition, or per condition and split when several are evaluated
+            panel = label if len(exp["_splits"]) == 1 else f"{label} / {split}"
+            row = {"condition": label, "split": split, "panel": panel, "variant": variant,
+                   "seed": seed, "n": metrics["n"]}
+            row.update({k: v for k, v in spec.config.items()})
+            row.update({m: metrics[m]["value"] if isinstance(metrics[m], dict) else metrics[m]
+                        for m in METRICS})
+            row["swc"] = metrics.get("swc", {}).get("value")
+            row["correct"] = round((metrics["accuracy"]["value"] or 0) * metrics["n"])
+            row["chance"] = metrics.get("chance")
+            row.update(flatten_behaviour(metrics.get("behaviour")))
+            row.update(flatten_behaviour(metrics.get("teacher_behaviour"), "teacher_"))
+            row.update({"steps": summary["steps"], "final_loss": summary["final_loss"],
+                        "train_seconds": summary["train_seconds"], "parameters": summary["parameters"],
+                        "device": summary["device"]})
+            rows.append(row)
+            if split == exp["_splits"][0]:  # the difficulty and trajectory figures use the first split
+                for key, by_value in metrics.get("by_difficulty", {}).items():
+                    for x, block in by_value.items():
+                        acc = block["accuracy"]
+                        correct = round((acc["value"] or 0) * acc["n"])
+                        difficulty_points.append({"variant": variant, "key": key, "x": float(x),
+                                                  "n": acc["n"], "correct": correct})
+                if "teacher_behaviour" in metrics:
+                    records_path = run_dir / f"eval-{split}" / "records.jsonl"
+                    stream_records.setdefault(variant, []).extend(
+                        json.loads(line) for line in records_path.read_text().splitlines())
+            if progress:
+                acc = metrics["accuracy"]["value"]
+                print(f"      {split}: accuracy {acc:.3f} (n={metrics['n']}), first step "
+                      f"{metrics['first_step_accuracy']['value']:.3f}, teacher-forced tokens "
+                      f"{metrics['tf_token_accuracy']['value']:.3f}", flush=True)
     _write_csv(out / "results.csv", rows)
     figures = plots.accuracy_by_variant(rows, out / "accuracy",
                                         title=f"{exp['name']}: forward planning accuracy")
     figures += plots.accuracy_by_variant(rows, out / "first_step", metric="first_step_accuracy",
                                          title=f"{exp['name']}: first move on a shortest path")
-    curves = {f"{r['condition']}-{r['variant']}-s{r['seed']}": _curve(out / "runs" /
-              f"{r['condition']}-{r['variant']}-s{r['seed']}") for r in rows}
+    run_names = dict.fromkeys(f"{r['condition']}-{r['variant']}-s{r['seed']}" for r in rows)
+    curves = {name: _curve(out / "runs" / name) for name in run_names}
     figures += plots.learning_curves(curves, out / "loss")
     figures += plots.accuracy_vs_difficulty(difficulty_points, out / "difficulty")
-    figures += plots.behaviour_bars(rows, out / "behaviour")
+    figures += plots.behaviour_bars([r for r in rows if r["split"] == exp["_splits"][0]], out / "behaviour")
     figures += plots.trajectory_vs_stream(stream_records, out / "trajectories")
     report = out / "report.md"
     pngs = [f.name for f in figures if f.suffix == ".png"]
@@ -270,9 +284,10 @@ def _behaviour_lines(exp: dict, rows: list[dict]) -> list[str]:
              "for the same test instances. Mean over seeds [95% t-interval when there are several].", "",
              "| condition | variant | who | " + " | ".join(h for _, h in BEHAVIOUR_TABLE) + " |",
              "|---|---|---|" + "---|" * len(BEHAVIOUR_TABLE)]
-    for label in exp["_labels"]:
+    panels = list(dict.fromkeys(r["panel"] for r in rows))
+    for label in panels:
         for variant in exp["variants"]:
-            rs = [r for r in rows if r["condition"] == label and r["variant"] == variant]
+            rs = [r for r in rows if r["panel"] == label and r["variant"] == variant]
             if not any(has_streams(r) for r in rs):
                 continue
             for who, prefix in (("model", ""), ("teacher", "teacher_")):
@@ -305,9 +320,10 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
               "| condition | variant | n | accuracy | first step | teacher-forced tokens | "
               "teacher-forced sequences | parse failures | chance |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for label in exp["_labels"]:
+    panels = list(dict.fromkeys(r["panel"] for r in rows))
+    for label in panels:
         for variant in exp["variants"]:
-            rs = [r for r in rows if r["condition"] == label and r["variant"] == variant]
+            rs = [r for r in rows if r["panel"] == label and r["variant"] == variant]
             if not rs:
                 continue
             n = rs[0]["n"]
@@ -332,6 +348,8 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
               "## Runs", "", "| run | steps | final loss | train seconds | parameters | device |",
               "|---|---|---|---|---|---|"]
     for r in rows:
+        if r["split"] != exp["_splits"][0]:  # one line per run, not per evaluated split
+            continue
         lines.append(f"| {r['condition']}-{r['variant']}-s{r['seed']} | {r['steps']} | "
                      f"{r['final_loss']:.4f} | {r['train_seconds']} | {r['parameters']} | {r['device']} |")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"

@@ -41,9 +41,10 @@ def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
     for r in rows:
         if r.get(metric) is None:
             continue
-        by_cond[r["condition"]][r["variant"]].append(float(r[metric]))
+        panel = r.get("panel", r["condition"])
+        by_cond[panel][r["variant"]].append(float(r[metric]))
         if r.get("chance") not in (None, ""):
-            chance[r["condition"]] = float(r["chance"])
+            chance[panel] = float(r["chance"])
         if r["variant"] not in variants:
             variants.append(r["variant"])
     conds = list(by_cond)

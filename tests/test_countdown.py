@@ -6,6 +6,7 @@ Gymnasium env, the SoS export, and the distribution of the SoS process.
 runs them for every task, Countdown's stream, backward-stream and revthink included.)
 """
 
+import csv
 import itertools
 import json
 import math
@@ -545,7 +546,6 @@ def test_the_countdown_experiment_runs_end_to_end_at_cpu_size(tmp_path):
     generated, trained, evaluated and reported, and the held-out targets evaluate too."""
     import tomllib
 
-    from retroplan.eval import EvalConfig, evaluate
     from retroplan.experiment import run_experiment
 
     exp = tomllib.loads(open("experiments/countdown.toml").read())
@@ -564,6 +564,9 @@ def test_the_countdown_experiment_runs_end_to_end_at_cpu_size(tmp_path):
         assert metrics["n"] == 24 and metrics["accuracy"]["n"] == 24
         run = json.loads((tmp_path / "out" / "runs" / f"cd4-{variant}-s0" / "run.json").read_text())
         assert run["long_examples"]["policy"] == "drop" and run["long_examples"]["dropped"] >= 0
-    held = evaluate(tmp_path / "out" / "runs" / "cd4-stream-s0", cfg=EvalConfig(split="test_target"),
-                    progress=False)
-    assert held["n"] == 16 and held["split"] == "test_target"
+        held = json.loads((tmp_path / "out" / "runs" / f"cd4-{variant}-s0" / "eval-test_target" /
+                           "metrics.json").read_text())  # the held-out targets, from [eval] splits
+        assert held["n"] == 16 and held["split"] == "test_target"
+        assert f"| cd4 / test_target | {variant} |" in text
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert sorted({r["split"] for r in rows}) == ["test", "test_target"]
