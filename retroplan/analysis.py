@@ -68,7 +68,11 @@ def show_trace(source: str | os.PathLike, index: int, split: str = "test",
             panels.append((f"model: {verdict}, {model['behaviour'].expanded} states", model["behaviour"]))
     out = Path(out) if out else (source / f"trace-{split}-{index}.png")
     inst = suite.task.instance_at(data.instances, i)
-    title = f"{suite.meta['task']} {split} row {index}: start {inst.get('start')} goal {inst.get('goal')}"
+    if "numbers" in inst:
+        what = f"inputs {' '.join(map(str, inst['numbers']))}, target {inst['target']}"
+    else:
+        what = f"start {inst['start']}, goal {inst['goal']}"
+    title = f"{suite.meta['task']} {split} row {index}: {what}"
     return plots.show_trace(panels, out.with_suffix(""), suptitle=title, label=label)
 
 

@@ -224,9 +224,10 @@ def draw_search_tree(ax, stats, label=str, title: str = "") -> None:
             place(k, depth + 1)
         if kids:
             pos[node] = (sum(pos[k][0] for k in kids) / len(kids), -depth)
-        else:
-            pos[node] = (next_x[0], -depth)
-            next_x[0] += 1
+        else:  # leaves side by side, wider labels further apart
+            width = max(1.0, 0.16 * len(label(node)))
+            pos[node] = (next_x[0] + width / 2, -depth)
+            next_x[0] += width
 
     if root is None:
         ax.set_axis_off()
@@ -261,14 +262,15 @@ def draw_search_tree(ax, stats, label=str, title: str = "") -> None:
                         arrowprops=dict(arrowstyle="->", color=colour, lw=1.0, ls="--",
                                         connectionstyle="arc3,rad=-0.35"))
     dead = set(stats.dead_ends)
+    reached = {b for _, b, _ in stats.tree}
     for node, (x, y) in pos.items():
-        entered = node == root or node in {b for _, b, _ in stats.tree}
+        entered = node == root or node in reached
         face = "white" if entered else "#fff3e0"
         edge = "tab:orange" if node in ghosts and not entered else "black"
-        ax.scatter([x], [y], s=320, color=face, edgecolors=edge, zorder=3, lw=1.2)
-        ax.text(x, y, label(node), ha="center", va="center", fontsize=7, zorder=4)
+        ax.text(x, y, label(node), ha="center", va="center", fontsize=7, zorder=4,
+                bbox=dict(boxstyle="round,pad=0.3", fc=face, ec=edge, lw=1.1))
         if node in dead:
-            ax.scatter([x], [y - 0.32], marker="x", color="tab:red", s=30, zorder=4)
+            ax.scatter([x], [y - 0.3], marker="x", color="tab:red", s=30, zorder=4)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     ax.margins(0.12)

@@ -877,3 +877,91 @@ def searcher_of(suite, split: str, index: int) -> str:
     if suite.variant == "backward-stream":
         return "backward"
     return "optimal"
+
+
+class StreamTracker:
+    """Follows a Countdown stream token by token while a model writes it, for the
+    thought-switch penalty: the state the stream stands on, the moves made in the current
+    thought (a `go`, or a `try` that ends in `goal` / `dead`, as the metrics count them), and
+    whether a legal move to a state not yet entered is left. A word's last number may still
+    grow, so the conditions are judged as if the word being written ended now (a `back` would
+    end it); a stream that stops parsing is never penalised."""
+
+    switch_tokens = (BACK,)
+    _WORD_STARTS = (AT, TRY, GO, BACK)
+
+    def __init__(self, walk):
+        self.walk = walk
+        self.current = None
+        self.entered: set = set()
+        self.thought_moves = 0
+        self._word: list[int] = []
+        self._done = False
+        self._broken = False
+        self._left_cache: dict = {}
+
+    def _effect(self, word: list[int]):
+        """(kind, state key, counts as a move) of a complete word, or None if it is not one."""
+        backward = self.walk.backward
+        r = _Reader(word[1:], NUM0 + NUMBER_TOKENS)
+        try:
+            if word[0] == TRY:
+                r.step(backward)
+                r.expect(COLON, "before the state")
+                state = r.state(backward)
+                outcome = r.peek() in (GOAL, DEAD)
+                r.pos += outcome
+            else:
+                state = r.state(backward)
+                outcome = False
+            if not r.done():
+                return None
+            return word[0], _key(state, backward), outcome
+        except (_ParseError, TypeError, ValueError, IndexError):
+            return None
+
+    def _after(self, effect):
+        """(current, entered, thought_moves) once `effect` is applied."""
+        kind, state, outcome = effect
+        if kind == AT:
+            return state, {state}, 0
+        if kind == GO:
+            return state, self.entered | {state}, self.thought_moves + 1
+        if kind == BACK:
+            return state, self.entered, 0
+        return self.current, self.entered, self.thought_moves + outcome  # a try stays put
+
+    def feed(self, token: int) -> None:
+        if self._done:
+            return
+        if token in self._WORD_STARTS or token in (SEMI, EOS):
+            if self._word and not self._broken:
+                effect = self._effect(self._word)
+                if effect is None:
+                    self._broken = True
+                else:
+                    self.current, self.entered, self.thought_moves = self._after(effect)
+            self._word = []
+            if token in (SEMI, EOS):
+                self._done = True
+                return
+        elif not self._word:  # a stream word must come first
+            self._broken = True
+        self._word.append(token)
+
+    def _unexpanded_left(self, current, entered) -> bool:
+        key = (current, len(entered))
+        if key not in self._left_cache:
+            self._left_cache[key] = any(s not in entered for s in self.walk.successors(current))
+        return self._left_cache[key]
+
+    def should_penalise(self, beta: int, oracle: bool) -> bool:
+        if self._done or self._broken or not self._word:
+            return False
+        effect = self._effect(self._word)
+        if effect is None:
+            return False
+        current, entered, moves = self._after(effect)
+        if current is None or moves >= beta or not self._unexpanded_left(current, entered):
+            return False
+        return not oracle or self.walk.live(current)
