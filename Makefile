@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/retroplan run experiments/quick.toml --out runs/quick
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_countdown.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check retroplan tests benchmarks

@@ -140,6 +140,8 @@ def _inspect(args) -> None:
 
     from .traces.suite import open_suite
 
+    if args.rows < 0:
+        raise UserError(f"--rows must be a non-negative integer, got {args.rows}.")
     suite = open_suite(args.suite)
     meta = suite.meta
     print(f"suite {suite.path}")

@@ -173,6 +173,8 @@ CASES = [
      None, None),
     # --- inspect / export
     ("inspect-nothing", ["inspect", "{tmp}/nowhere"], "does not exist", None, None),
+    ("inspect-negative-rows", ["inspect", "{tmp}/suite", "--rows", "-1"], "--rows must be a non-negative",
+     None, None),
     ("inspect-unknown-split", ["inspect", "{tmp}/suite", "--split", "holdout"], "has no split 'holdout'",
      None, None),
     ("export-unknown-format", ["export", "{tmp}/suite", "--format", "csv", "--out", "{tmp}/x.csv"],

@@ -86,6 +86,7 @@ INSTANCE = {"numbers": [12, 63, 96, 99], "target": 33}  # 99-96=3, 63/3=21, 12+2
     (["99-96=3", "63/3=21", "12*21=252"], "not at the target"),     # misses the target
     (["99-96=3", "63/3=21"], "left over"),                          # inputs left unused
     (["99 minus 96 = 3"], "not of the form"),                       # malformed
+    (["９9-96=3", "63/3=21", "12+21=33"], "not of the form"),        # a non-ASCII digit
     ([], "empty plan"),
 ])
 def test_known_bad_countdown_plans_are_rejected(plan, why):

@@ -481,7 +481,7 @@ def reachable(numbers, target: int, operations: str = "+-*/") -> bool:
 
 # --------------------------------------------------------------------------- verifier
 
-_STEP = re.compile(r"\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*")
+_STEP = re.compile(r"\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*", re.ASCII)  # ASCII digits only
 
 
 def apply_step(numbers: list[int], step, operations: str = "+-*/") -> tuple[list[int] | None, str]:
