@@ -40,27 +40,31 @@ def instance_at(batch: dict, i: int) -> dict:
 
 
 @njit(cache=True)
-def distances_to_goal(edges, goal, num_nodes):
-    """d*(s) for every node s: moves on the shortest path s -> goal, -1 if unreachable.
-
-    Breadth-first search from the goal along reversed edges.
-    """
+def bfs_distances(src, dst, root, num_nodes):
+    """Moves from `root` to every node along the edges src -> dst, -1 if unreachable."""
+    ptr, adj = csr(src, dst, num_nodes)
     dist = np.full(num_nodes, -1, dtype=np.int32)
-    rev_ptr, rev_adj = csr(edges[:, 1], edges[:, 0], num_nodes)
     queue = np.empty(num_nodes, dtype=np.int32)
-    dist[goal] = 0
-    queue[0] = goal
+    dist[root] = 0
+    queue[0] = root
     head, tail = 0, 1
     while head < tail:
         u = queue[head]
         head += 1
-        for j in range(rev_ptr[u], rev_ptr[u + 1]):
-            v = rev_adj[j]
+        for j in range(ptr[u], ptr[u + 1]):
+            v = adj[j]
             if dist[v] < 0:
                 dist[v] = dist[u] + 1
                 queue[tail] = v
                 tail += 1
     return dist
+
+
+@njit(cache=True)
+def distances_to_goal(edges, goal, num_nodes):
+    """d*(s) for every node s: moves on the shortest path s -> goal, -1 if unreachable
+    (breadth-first search from the goal along reversed edges)."""
+    return bfs_distances(edges[:, 1], edges[:, 0], goal, num_nodes)
 
 
 @njit(cache=True)

@@ -94,26 +94,6 @@ def _draw(state, n, k, edges_out):
             e += 1
 
 
-@njit(cache=True)
-def _distances_from(edges, start, n):
-    ptr, adj = digraph.csr(edges[:, 0], edges[:, 1], n)
-    dist = np.full(n, -1, dtype=np.int32)
-    queue = np.empty(n, dtype=np.int32)
-    dist[start] = 0
-    queue[0] = start
-    head, tail = 0, 1
-    while head < tail:
-        u = queue[head]
-        head += 1
-        for j in range(ptr[u], ptr[u + 1]):
-            v = adj[j]
-            if dist[v] < 0:
-                dist[v] = dist[u] + 1
-                queue[tail] = v
-                tail += 1
-    return dist
-
-
 @njit(cache=True, parallel=True)
 def _sample(seed, stream, indices, salts, n, k, dmin, dmax, edges, start, goal, plan, plan_len):
     n_edges = n * k
@@ -124,7 +104,7 @@ def _sample(seed, stream, indices, salts, n, k, dmin, dmax, edges, start, goal, 
             state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
             _draw(state, n, k, raw)
             s = rng.randbelow(state, n)
-            dist = _distances_from(raw, s, n)
+            dist = digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)
             count = 0
             for v in range(n):
                 if dmin <= dist[v] <= dmax:

@@ -42,7 +42,7 @@ from ..envs import countdown as cd
 from ..envs.splits import split_stream
 from ..errors import require
 from ..searchers import countdown_search as cs
-from .graphs import Parsed
+from .graphs import KIND_BQ, KIND_BR, KIND_FWD, Parsed, example_rows
 from .vocab import Vocab
 
 VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink")
@@ -56,8 +56,6 @@ OP0 = PLUS            # token of operation code op is OP0 + op (the order of cd.
 NUM0 = len(STRUCTURE)
 NUMBER_TOKENS = 1000  # integers 0..999; larger ones in base-1000 groups
 
-KIND_FWD, KIND_BQ, KIND_BR = 0, 1, 2
-KIND_NAMES = ("fwd", "bq", "br")
 _CODE = {v: k for k, v in enumerate(VARIANTS)}
 
 
@@ -446,12 +444,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
         q_nums, q_target, q_plan = q["numbers"], q["target"], q["plan"]
     else:
         q_nums, q_target, q_plan = batch["numbers"], batch["target"], plan
-    if variant == "revthink" and split == "train":
-        row_inst = np.repeat(np.arange(n_inst, dtype=np.int64), 3)
-        row_kind = np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst)
-    else:
-        row_inst = np.arange(n_inst, dtype=np.int64)
-        row_kind = np.zeros(n_inst, dtype=np.int8)
+    row_inst, row_kind = example_rows(variant, split, n_inst)
     rows = row_inst.shape[0]
     lengths = np.zeros(rows, dtype=np.int32)
     prompt_len = np.zeros(rows, dtype=np.int32)

@@ -43,7 +43,6 @@ NODE0 = len(STRUCTURE)
 
 # revthink example kinds (the `kind` array of a suite split)
 KIND_FWD, KIND_BQ, KIND_BR = 0, 1, 2
-KIND_NAMES = ("fwd", "bq", "br")
 
 
 @dataclass(frozen=True)
@@ -235,12 +234,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
                                         options.child_order, seed, indices,
                                         stream_salt=split_stream(split) & 0xFF)
         events, n_events = found["events"], found["n_events"]
-    if variant == "revthink" and split == "train":
-        row_inst = np.repeat(np.arange(n_inst, dtype=np.int64), 3)
-        row_kind = np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst)
-    else:
-        row_inst = np.arange(n_inst, dtype=np.int64)
-        row_kind = np.zeros(n_inst, dtype=np.int8)
+    row_inst, row_kind = example_rows(variant, split, n_inst)
     e, p = batch["edges"].shape[1], answer.shape[1]
     width = 3 * e + p + 6 + max(3 * e + 4, 2 * events.shape[1] + p + 2, 2 * p + 2, 2 * p + 3)
     out = np.zeros((row_inst.shape[0], width), dtype=np.int32)
@@ -258,6 +252,15 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
         "instance": row_inst,
         "kind": row_kind,
     }
+
+
+def example_rows(variant: str, split: str, n_inst: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row -> instance, row kind): revthink trains on three examples per instance (fwd, bq,
+    br) and evaluates forward only; every other variant has one row per instance."""
+    if variant == "revthink" and split == "train":
+        return (np.repeat(np.arange(n_inst, dtype=np.int64), 3),
+                np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst))
+    return np.arange(n_inst, dtype=np.int64), np.zeros(n_inst, dtype=np.int8)
 
 
 _DONOR_SALT = 1 << 40  # a salt no dedup redraw reaches: donors are fresh instances

@@ -20,6 +20,7 @@ instance is redrawn with the next salt, the same way on every machine and shard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -126,6 +127,21 @@ def _held_out_fingerprints(task, cfg, seed, order, sizes, upto) -> np.ndarray:
     return np.unique(fps)
 
 
+@contextlib.contextmanager
+def _row_files(tmp: Path, split: str, dtypes: dict):
+    """The per-row files of a split, appended chunk by chunk; finished together on success,
+    their temporaries removed on failure."""
+    files = {name: NpyAppender(tmp / f"{split}.{name}.npy", dtype) for name, dtype in dtypes.items()}
+    try:
+        yield files
+    except BaseException:
+        for f in files.values():
+            f.abort()
+        raise
+    for f in files.values():
+        f.finish()
+
+
 def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, int] | None = None,
                    progress: bool = True) -> Path:
     """Generate the suite `spec` (or piece `shard` of it) into the new folder `out`."""
@@ -143,12 +159,11 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
             lo, hi = (0, count) if shard is None else (count * shard[0] // shard[1],
                                                        count * (shard[0] + 1) // shard[1])
             exclude = _held_out_fingerprints(task, cfg, spec.seed, order, spec.sizes, split)
-            files = {name: NpyAppender(tmp / f"{split}.{name}.npy", dtype) for name, dtype in (
-                ("tokens", vocab.dtype), ("lengths", np.int32), ("prompt_len", np.int32),
-                ("instance", np.int64), ("kind", np.int8), ("index", np.int64))}
             inst_parts: dict[str, list[np.ndarray]] = {}
             stats = {"instances": hi - lo, "examples": 0, "tokens": 0, "max_len": 0, "redrawn": 0}
-            try:
+            dtypes = {"tokens": vocab.dtype, "lengths": np.int32, "prompt_len": np.int32,
+                      "instance": np.int64, "kind": np.int8, "index": np.int64}
+            with _row_files(tmp, split, dtypes) as files:
                 for start in range(lo, hi, CHUNK):
                     idx = np.arange(start, min(start + CHUNK, hi), dtype=np.int64)
                     batch, _, redrawn = _sample_apart(task, cfg, spec.seed, split, idx, exclude)
@@ -167,12 +182,6 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
                     stats["max_len"] = max(stats["max_len"], int(ex["lengths"].max(initial=0)))
                     stats["redrawn"] += redrawn
                     bar.update(idx.shape[0])
-                for f in files.values():
-                    f.finish()
-            except BaseException:
-                for f in files.values():
-                    f.abort()
-                raise
             for key, parts in inst_parts.items():
                 write_npy(tmp / f"{split}.inst.{key}.npy", np.concatenate(parts))
             if not inst_parts:  # an empty split still gets (empty) instance files
@@ -244,9 +253,8 @@ def merge_shards(pieces: list[str | os.PathLike], out: str | os.PathLike) -> Pat
         for split in _split_order(first.task, first.meta["splits"]):  # generate_suite's order
             parts = [suite.split(split) for suite in ordered]
             stats = {"instances": 0, "examples": 0, "tokens": 0, "max_len": 0, "redrawn": 0}
-            files = {name: NpyAppender(tmp / f"{split}.{name}.npy", getattr(parts[0], name).dtype)
-                     for name in _ROW_FILES}
-            try:
+            dtypes = {name: getattr(parts[0], name).dtype for name in _ROW_FILES}
+            with _row_files(tmp, split, dtypes) as files:
                 for suite, part in zip(ordered, parts):
                     for name in _ROW_FILES:
                         array = getattr(part, name)
@@ -259,12 +267,6 @@ def merge_shards(pieces: list[str | os.PathLike], out: str | os.PathLike) -> Pat
                     for key in ("instances", "examples", "tokens", "redrawn"):
                         stats[key] += piece_stats[key]
                     stats["max_len"] = max(stats["max_len"], piece_stats["max_len"])
-                for f in files.values():
-                    f.finish()
-            except BaseException:
-                for f in files.values():
-                    f.abort()
-                raise
             for key in parts[0].instances:
                 write_npy(tmp / f"{split}.inst.{key}.npy",
                           np.concatenate([part.instances[key] for part in parts]))
