@@ -157,9 +157,11 @@ def behaviour_bars(rows: list[dict], path: Path) -> list[Path]:
                 m, lo, hi = mean_ci([float(v) for v in vals])
                 ax.bar(x + dx, m, width=0.38, color=plt.cm.tab10.colors[x % 10],
                        alpha=0.85 if not hatch else 0.35, hatch=hatch, edgecolor="black", lw=0.5)
+                ax.text(x + dx, m, f"{m:.2g}", ha="center", va="bottom", fontsize=7)
                 if len(vals) > 1:
                     ax.errorbar(x + dx, m, yerr=[[m - lo], [hi - m]], color="black", capsize=3, lw=0.8)
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(bottom=0)
         ax.set_title(label, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Search behaviour: model (solid) vs teacher stream (hatched)", fontsize=10)
@@ -186,16 +188,25 @@ def trajectory_vs_stream(records_by_variant: dict[str, list[dict]], path: Path) 
                 else:
                     xs = [r[key_tok] for r in sel if r.get(key_tok) is not None]
                     ys = [r[key_states] for r in sel if r.get(key_states) is not None]
-                if xs:
-                    ax.scatter(xs, ys, s=12 if who == "model" else 16, marker=marker, alpha=0.5,
-                               color=colour, label=f"{who}, {'solved' if solved else 'unsolved'}")
+                if xs:  # identical points drawn once, marker area growing with their count
+                    counts: dict = defaultdict(int)
+                    for xy in zip(xs, ys):
+                        counts[xy] += 1
+                    pts = list(counts)
+                    sizes = [12 + 250 * counts[p] / len(recs) for p in pts]
+                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=sizes, marker=marker,
+                               alpha=0.5, color=colour,
+                               label=f"{who}, {'solved' if solved else 'unsolved'} ({len(xs)})")
         ax.set_xlabel("tokens in the stream")
         ax.set_ylabel("distinct states entered")
         ax.set_title(variant, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, frameon=False)
-    fig.suptitle("Trajectories against streams (per test instance; colour = model's outcome)",
-                 fontsize=10)
+        ax.margins(0.15)
+        legend = ax.legend(fontsize=6, frameon=False, loc="lower right")
+        for handle in legend.legend_handles:
+            handle.set_sizes([18])
+    fig.suptitle("Trajectories against streams (per test instance; colour = model's outcome;\n"
+                 "marker area grows with the number of instances at a point)", fontsize=9)
     fig.tight_layout()
     return save(fig, path)
 

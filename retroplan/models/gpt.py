@@ -3,9 +3,10 @@
 Pre-norm blocks, rotary position embeddings (RoPE), scaled-dot-product attention, tied input
 and output embeddings, no biases. RoPE rather than GPT-2's learned positions because these
 tasks are in-context lookups ("which edge ends at this node?"): with relative positions the
-previous-token and induction heads they need form in hundreds of steps instead of thousands,
-which is what lets the CPU demo show the path-star result at all. Greedy generation with the
-cache gives exactly the tokens of generation without it (tests/test_model.py).
+previous-token and induction heads they need are easy to form; in development the CPU demo
+only showed the path-star result once positions were rotary (docs/ARCHITECTURE.md). Greedy
+generation with the cache gives exactly the tokens of generation without it
+(tests/test_model.py).
 """
 
 from __future__ import annotations
