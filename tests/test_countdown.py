@@ -570,3 +570,14 @@ def test_the_countdown_experiment_runs_end_to_end_at_cpu_size(tmp_path):
         assert f"| cd4 / test_target | {variant} |" in text
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     assert sorted({r["split"] for r in rows}) == ["test", "test_target"]
+
+
+def test_difficulty_records_inputs_target_and_how_many_solutions():
+    cfg = cd.Config()
+    batch = cd.sample_instances(cfg, 0, "test", np.arange(40))
+    diff = cd.difficulty(cfg, batch)
+    assert set(diff) == {"inputs", "target", "solutions_log2"}
+    assert np.all(diff["inputs"] == 4) and np.array_equal(diff["target"], batch["target"])
+    counts = cd.count_solutions(cfg, batch)
+    assert np.all(counts >= 1)  # every sampled instance is solvable
+    assert np.array_equal(diff["solutions_log2"], np.floor(np.log2(counts)).astype(np.int64))

@@ -454,9 +454,10 @@ def count_solutions(cfg: Config, batch: dict) -> np.ndarray:
 
 
 def difficulty(cfg: Config, batch: dict) -> dict[str, np.ndarray]:
-    """Per-instance difficulty: the number of inputs and floor(log2(number of solutions))."""
+    """Per-instance difficulty: the number of inputs, the target, and floor(log2(number of
+    solutions))."""
     count = count_solutions(cfg, batch)
-    return {"inputs": np.full(count.shape[0], cfg.n_inputs),
+    return {"inputs": np.full(count.shape[0], cfg.n_inputs), "target": batch["target"].astype(np.int64),
             "solutions_log2": np.floor(np.log2(np.maximum(count, 1))).astype(np.int64)}
 
 
