@@ -34,6 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/retroplan run experiments/quick.toml --out runs/quick
 
 bench: $(STAMP)
+	$(PY) benchmarks/bench_graphs.py
 	$(PY) benchmarks/bench_countdown.py
 
 lint: $(STAMP)

@@ -34,6 +34,15 @@ def max_events(num_nodes: int, limit: int) -> int:
 
 
 @njit(cache=True)
+def _goal_distances(src, dst, goal, n, order_code):
+    """Distances to the goal along this search's own direction, which only the `distance`
+    order needs (the `random` order skips the breadth-first search)."""
+    if order_code != 1:
+        return np.empty(0, dtype=np.int32)
+    return digraph.bfs_distances(dst, src, goal, n)
+
+
+@njit(cache=True)
 def _child_order(ptr, adj, u, dist_goal, order_code, state, buf):
     """Successors of u in the order the search tries them; returns how many."""
     m = 0
@@ -70,11 +79,7 @@ def _dfs_one(src, dst, start, goal, n, limit, order_code, state, events, path):
     is found whenever one exists) and bounds it by n * (limit + 1) moves.
     """
     ptr, adj = digraph.csr(src, dst, n)
-    # distance to the goal along this search's own direction (for the `distance` order)
-    stacked = np.empty((src.shape[0], 2), dtype=np.int32)
-    stacked[:, 0] = src
-    stacked[:, 1] = dst
-    dist_goal = digraph.distances_to_goal(stacked, goal, n)
+    dist_goal = _goal_distances(src, dst, goal, n, order_code)
     width = max(1, src.shape[0])
     children = np.empty((limit + 1, width), dtype=np.int32)
     n_children = np.zeros(limit + 1, dtype=np.int32)
@@ -134,10 +139,7 @@ def _dfs_one(src, dst, start, goal, n, limit, order_code, state, events, path):
 @njit(cache=True)
 def _bfs_one(src, dst, start, goal, n, order_code, state, events, path):
     ptr, adj = digraph.csr(src, dst, n)
-    stacked = np.empty((src.shape[0], 2), dtype=np.int32)
-    stacked[:, 0] = src
-    stacked[:, 1] = dst
-    dist_goal = digraph.distances_to_goal(stacked, goal, n)
+    dist_goal = _goal_distances(src, dst, goal, n, order_code)
     buf = np.empty(max(1, src.shape[0]), dtype=np.int32)
     parent = np.full(n, -1, dtype=np.int32)
     seen = np.zeros(n, dtype=np.bool_)
@@ -213,16 +215,20 @@ def run_search(batch: dict, num_nodes: int, limit: int, searcher: str, order: st
                indices: np.ndarray, stream_salt: int = 0) -> dict:
     """Run `searcher` on every instance of `batch`; DFS searches go at most `limit` moves deep.
 
-    Returns `events` (N, max_events, 2), `n_events` (N,), `path` (N, num_nodes) and
-    `path_len` (N,): the start -> goal path the search found (0 when none).
+    Returns `events` (N, max_events, 2) of which row i holds `n_events[i]`, `path`
+    (N, num_nodes) of which row i holds `path_len[i]` nodes: the start -> goal path the search
+    found (0 when none).
     """
     require(searcher in SEARCHERS, f"unknown searcher {searcher!r}; allowed: {', '.join(SEARCHERS)}.")
     require(order in ORDERS, f"unknown child order {order!r}; allowed: {', '.join(ORDERS)}.")
     n = batch["start"].shape[0]
+    # Only the first n_events / path_len entries of a row are written and ever read; leaving
+    # the rest uninitialised keeps the (loose) worst-case bound from costing memory traffic.
+    nodes = min(num_nodes, batch["edges"].shape[1] + 1)  # nodes an instance can have
     out = {
-        "events": np.full((n, max_events(num_nodes, limit), 2), -1, dtype=np.int32),
+        "events": np.empty((n, max_events(nodes, limit), 2), dtype=np.int32),
         "n_events": np.zeros(n, dtype=np.int32),
-        "path": np.full((n, num_nodes), -1, dtype=np.int32),
+        "path": np.empty((n, num_nodes), dtype=np.int32),
         "path_len": np.zeros(n, dtype=np.int32),
     }
     stream = (rng.STREAM_SEARCH << 8) | stream_salt

@@ -205,6 +205,13 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
         total_len[r] = pos + 1
 
 
+@njit(cache=True, parallel=True)
+def _concatenate_rows(rows, lengths, offsets, flat):
+    """flat = rows[0, :lengths[0]] + rows[1, :lengths[1]] + ... (in parallel)."""
+    for r in prange(rows.shape[0]):
+        flat[offsets[r]: offsets[r + 1]] = rows[r, : lengths[r]]
+
+
 def write_examples(task, cfg, options: Options, variant: str, seed: int, split: str,
                    indices: np.ndarray, batch: dict) -> dict:
     """Token rows for the instances `batch` (instances `indices` of `split`).
@@ -237,16 +244,19 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     row_inst, row_kind = example_rows(variant, split, n_inst)
     e, p = batch["edges"].shape[1], answer.shape[1]
     width = 3 * e + p + 6 + max(3 * e + 4, 2 * events.shape[1] + p + 2, 2 * p + 2, 2 * p + 3)
-    out = np.zeros((row_inst.shape[0], width), dtype=np.int32)
+    out = np.empty((row_inst.shape[0], width), dtype=np.int32)  # only row[:total_len] is read
     prompt_len = np.zeros(row_inst.shape[0], dtype=np.int32)
     total_len = np.zeros(row_inst.shape[0], dtype=np.int32)
     _write_rows(VARIANTS.index(variant), row_inst, row_kind, batch["edges"], batch["start"],
                 batch["goal"], answer, answer_len, events, n_events, np.uint64(seed),
                 (rng.STREAM_TRACE << 8) | (split_stream(split) & 0xFF), indices,
                 float(options.lookahead_p), out, prompt_len, total_len)
-    mask = np.arange(width)[None, :] < total_len[:, None]
+    offsets = np.zeros(row_inst.shape[0] + 1, dtype=np.int64)
+    np.cumsum(total_len, out=offsets[1:])
+    tokens = np.empty(offsets[-1], dtype=np.int32)
+    _concatenate_rows(out, total_len, offsets, tokens)
     return {
-        "tokens": out[mask],
+        "tokens": tokens,
         "lengths": total_len,
         "prompt_len": prompt_len,
         "instance": row_inst,
