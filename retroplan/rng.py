@@ -72,3 +72,36 @@ def shuffle(state, a):
         t = a[i]
         a[i] = a[j]
         a[j] = t
+
+
+_PY_M64 = (1 << 64) - 1
+_PY_GOLDEN, _PY_M1, _PY_M2 = int(_GOLDEN), int(_M1), int(_M2)
+
+
+def mix64_py(x: int) -> int:
+    """`mix64` on Python integers."""
+    x &= _PY_M64
+    x = ((x ^ (x >> 30)) * _PY_M1) & _PY_M64
+    x = ((x ^ (x >> 27)) * _PY_M2) & _PY_M64
+    return x ^ (x >> 31)
+
+
+class SplitMixPy:
+    """This module's generator in plain Python: the same bits for the same (seed, stream,
+    index, salt). The plain-Python reference implementations (searchers/*_reference.py) draw
+    from it, so they can be compared with the kernels byte for byte."""
+
+    def __init__(self, seed: int, stream: int, index: int, salt: int):
+        h = mix64_py(seed + _PY_GOLDEN)
+        h = mix64_py(h ^ ((stream * _PY_GOLDEN) & _PY_M64))
+        h = mix64_py(h ^ (index & _PY_M64))
+        self.state = mix64_py(h ^ ((salt + _PY_M1) & _PY_M64))
+
+    def randbelow(self, n: int) -> int:
+        self.state = (self.state + _PY_GOLDEN) & _PY_M64
+        return ((mix64_py(self.state) >> 32) * n) >> 32
+
+    def shuffle(self, items: list) -> None:
+        for i in range(len(items) - 1, 0, -1):
+            j = self.randbelow(i + 1)
+            items[i], items[j] = items[j], items[i]

@@ -17,36 +17,7 @@ from ..envs import countdown as cd
 from ..envs.splits import split_stream
 from . import countdown_search as cs
 
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
-
-
-def _mix64(x: int) -> int:
-    x &= _M64
-    x = ((x ^ (x >> 30)) * _M1) & _M64
-    x = ((x ^ (x >> 27)) * _M2) & _M64
-    return x ^ (x >> 31)
-
-
-class SplitMix:
-    """retroplan.rng in plain Python: the same bits for the same (seed, stream, index, salt)."""
-
-    def __init__(self, seed: int, stream: int, index: int, salt: int):
-        h = _mix64(seed + _GOLDEN)
-        h = _mix64(h ^ ((stream * _GOLDEN) & _M64))
-        h = _mix64(h ^ (index & _M64))
-        self.state = _mix64(h ^ ((salt + _M1) & _M64))
-
-    def randbelow(self, n: int) -> int:
-        self.state = (self.state + _GOLDEN) & _M64
-        return ((_mix64(self.state) >> 32) * n) >> 32
-
-    def shuffle(self, items: list) -> None:
-        for i in range(len(items) - 1, 0, -1):
-            j = self.randbelow(i + 1)
-            items[i], items[j] = items[j], items[i]
+SplitMix = rng.SplitMixPy  # the same bits as the Numba kernels, in plain Python
 
 
 def combine(a: int, b: int, op: int):

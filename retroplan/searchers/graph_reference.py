@@ -10,35 +10,9 @@ from __future__ import annotations
 
 from .. import rng as nrng
 from ..envs.splits import SPLIT_IDS
+from ..rng import SplitMixPy as Rng
 from ..traces import graphs as g
 from . import BACK, DEAD, GO, GOAL, START
-
-M64 = (1 << 64) - 1
-GOLDEN, M1, M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def mix64(x: int) -> int:
-    x &= M64
-    x = ((x ^ (x >> 30)) * M1) & M64
-    x = ((x ^ (x >> 27)) * M2) & M64
-    return x ^ (x >> 31)
-
-
-class Rng:
-    def __init__(self, seed: int, stream: int, index: int, salt: int):
-        h = mix64(seed + GOLDEN)
-        h = mix64(h ^ ((stream * GOLDEN) & M64))
-        h = mix64(h ^ index)
-        self.state = mix64(h ^ ((salt + M1) & M64))
-
-    def below(self, n: int) -> int:
-        self.state = (self.state + GOLDEN) & M64
-        return ((mix64(self.state) >> 32) * n) >> 32
-
-    def shuffle(self, a: list) -> None:
-        for i in range(len(a) - 1, 0, -1):
-            j = self.below(i + 1)
-            a[i], a[j] = a[j], a[i]
 
 
 def sample_pathstar(degree: int, path_len: int, num_nodes: int, seed: int, split: str, index: int):
@@ -48,7 +22,7 @@ def sample_pathstar(degree: int, path_len: int, num_nodes: int, seed: int, split
     n_edges = degree * arm
     labels = list(range(num_nodes))
     for i in range(n_edges + 1):
-        j = i + r.below(num_nodes - i)
+        j = i + r.randbelow(num_nodes - i)
         labels[i], labels[j] = labels[j], labels[i]
     order = list(range(n_edges))
     r.shuffle(order)
@@ -61,7 +35,7 @@ def sample_pathstar(degree: int, path_len: int, num_nodes: int, seed: int, split
             edges[order[e]] = (prev, node)
             e += 1
             prev = node
-    goal_arm = r.below(degree)
+    goal_arm = r.randbelow(degree)
     plan = [labels[0]] + labels[1 + goal_arm * arm: 1 + (goal_arm + 1) * arm]
     return edges, labels[0], plan[-1], plan
 
