@@ -167,9 +167,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     require(suite.vocab.to_json() == run["vocab"],
             f"the checkpoint in {run_dir} was trained with a different vocabulary than suite "
             f"{suite.path} uses ({len(run['vocab'])} vs {len(suite.vocab)} tokens).")
-    require(not cfg.uses_tip or hasattr(suite.grammar, "StreamTracker") and suite.variant in (
-        "stream", "backward-stream", "corrupted"),
-        f"the thought-switch penalty needs a stream variant; {suite.variant} has no thoughts to switch.")
+    require(not cfg.uses_tip or suite.variant in suite.grammar.STREAM_VARIANTS,
+            f"the thought-switch penalty needs a stream variant; {suite.variant} has no thoughts to switch.")
     split = suite.split(cfg.split)
     rows = np.flatnonzero(split.kind == 0)  # revthink: forward questions only
     if cfg.limit:

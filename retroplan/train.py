@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import __version__, checkpoint
 from .batching import BatchOrder, collate
 from .errors import UserError, require, require_field_types
-from .fsutil import write_json, write_text
+from .fsutil import sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
 from .traces.suite import Suite, open_suite
 
@@ -168,7 +168,7 @@ def _run_description(suite: Suite, cfg: TrainConfig, model_cfg: GPTConfig, dropp
     return {
         "retroplan_version": __version__,
         "suite": str(suite.path.resolve()),
-        "suite_meta_sha256": suite.meta["files"] and _meta_digest(suite),
+        "suite_meta_sha256": sha256_file(suite.path / "meta.json"),
         "task": suite.meta["task"],
         "variant": suite.meta["variant"],
         "task_config": suite.meta["config"],
@@ -177,12 +177,6 @@ def _run_description(suite: Suite, cfg: TrainConfig, model_cfg: GPTConfig, dropp
         "model": model_cfg.to_dict(),
         "long_examples": {"policy": cfg.long_examples, "dropped": dropped, "cut": cut},
     }
-
-
-def _meta_digest(suite: Suite) -> str:
-    import hashlib
-
-    return hashlib.sha256((suite.path / "meta.json").read_bytes()).hexdigest()
 
 
 def _same_run(old: dict, new: dict) -> str | None:
