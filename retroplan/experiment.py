@@ -36,7 +36,7 @@ from .envs import get_task, make_config
 from .errors import UserError, require
 from .eval import EvalConfig, evaluate, metrics_current
 from .fsutil import write_bytes, write_text
-from .metrics import across_seeds, flatten_behaviour
+from .metrics import flatten_behaviour
 from .stats import mean_ci, wilson
 from .traces import check_variant
 from .traces.suite import SuiteSpec, generate_suite, open_suite
@@ -293,7 +293,7 @@ def _behaviour_lines(exp: dict, rows: list[dict]) -> list[str]:
             for who, prefix in (("model", ""), ("teacher", "teacher_")):
                 cells = []
                 for key, _ in BEHAVIOUR_TABLE:
-                    m, lo, hi = across_seeds([r.get(prefix + key) for r in rs])
+                    m, lo, hi = mean_ci([r.get(prefix + key) for r in rs])  # skips None
                     if m != m:
                         cells.append("")
                     elif len(rs) > 1 and lo != hi:

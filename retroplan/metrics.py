@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .stats import mean_ci
-
 SELF_LOOP_MAX_PERIOD = 8
 SELF_LOOP_REPEATS = 3
 
@@ -243,7 +241,3 @@ def flatten_behaviour(block: dict | None, prefix: str = "") -> dict:
         value = (block or {}).get(key, {})
         out[prefix + col] = value.get(sub) if isinstance(value, dict) else None
     return out
-
-
-def across_seeds(values: list[float | None]) -> tuple[float, float, float]:
-    return mean_ci([v for v in values if v is not None])
