@@ -24,6 +24,7 @@ import time
 
 import numba
 import numpy as np
+from timing import rows_per_second  # benchmarks/timing.py (this folder is on sys.path)
 
 from retroplan.envs import countdown as cd
 from retroplan.searchers import countdown_reference as ref
@@ -51,18 +52,6 @@ def numba_rows(cfg, indices):
     batch = cd.sample_instances(cfg, SEED, "train", indices)
     ex = grammar.write_examples(cd, cfg, grammar.Options(), "stream", SEED, "train", indices, batch)
     return ex
-
-
-def time_numba(cfg, n: int, threads: int, repeats: int) -> float:
-    """Problems per second, made in chunks of CHUNK problems as `generate_suite` makes them."""
-    numba.set_num_threads(threads)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for lo in range(0, n, CHUNK):
-            numba_rows(cfg, np.arange(lo, min(n, lo + CHUNK), dtype=np.int64))
-        best = min(best, time.perf_counter() - t0)
-    return n / best
 
 
 def first_call(cache_dir: str) -> tuple[float, float]:
@@ -109,8 +98,11 @@ def main() -> None:
     print(f"  plain Python, 1 core:  {python_rate:10.0f} problems/s")
     print(f"  Numba, 1 thread:       {small_numba:10.0f} problems/s   ({small_numba / python_rate:.0f}x)")
 
-    rate1 = time_numba(cfg, n_numba, 1, 3)
-    rate2 = time_numba(cfg, n_numba, 2, 3) if cores and cores >= 2 else float("nan")
+    def make_rows(idx):
+        return numba_rows(cfg, idx)
+
+    rate1 = rows_per_second(make_rows, n_numba, 1, 3)
+    rate2 = rows_per_second(make_rows, n_numba, 2, 3) if cores and cores >= 2 else float("nan")
     print(f"\n{n_numba} problems in chunks of {CHUNK}, as generate_suite makes them (best of 3):")
     print(f"  Numba, 1 thread:       {rate1:10.0f} problems/s   "
           f"({rate1 / python_rate:.0f}x plain Python per core)")

@@ -18,11 +18,11 @@ import time
 
 import numba
 import numpy as np
+from timing import rows_per_second  # benchmarks/timing.py (this folder is on sys.path)
 
 from retroplan.envs import pathstar
 from retroplan.searchers.graph_reference import stream_row
 from retroplan.traces import graphs
-from retroplan.traces.suite import CHUNK
 
 SEED = 2024
 
@@ -30,17 +30,6 @@ SEED = 2024
 def numba_rows(cfg, indices):
     batch = pathstar.sample_instances(cfg, SEED, "train", indices)
     return graphs.write_examples(pathstar, cfg, graphs.Options(), "stream", SEED, "train", indices, batch)
-
-
-def time_numba(cfg, n: int, threads: int, repeats: int) -> float:
-    numba.set_num_threads(threads)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for lo in range(0, n, CHUNK):
-            numba_rows(cfg, np.arange(lo, min(lo + CHUNK, n)))
-        best = min(best, time.perf_counter() - t0)
-    return n / best
 
 
 def main() -> None:
@@ -65,8 +54,8 @@ def main() -> None:
     for i in range(args.python_n):
         stream_row(cfg.degree, cfg.path_len, cfg.num_nodes, SEED, "train", i)
     python_rate = args.python_n / (time.perf_counter() - t0)
-    one = time_numba(cfg, args.numba_n, 1, 3)
-    two = time_numba(cfg, args.numba_n, 2, 3)
+    one = rows_per_second(lambda idx: numba_rows(cfg, idx), args.numba_n, 1, 3)
+    two = rows_per_second(lambda idx: numba_rows(cfg, idx), args.numba_n, 2, 3)
     print(f"path-star degree {cfg.degree}, path_len {cfg.path_len}, {cfg.num_nodes} labels; "
           f"stream rows; {platform.machine()}, {numba.config.NUMBA_NUM_THREADS} Numba threads available")
     print("first 1,000 rows identical to plain Python: yes")
