@@ -80,19 +80,28 @@ class EvalConfig:
 def judge(suite: Suite, instances: dict, i: int, completion_ids) -> dict:
     """Parse one completion and replay its plan; every verdict we report comes from here.
 
-    Stream variants also get `behaviour`: every step of the stream judged by the oracle."""
+    Stream variants also get `behaviour`: every step of the stream judged by the oracle,
+    for every completion, an unfinished or unparseable one included (analysed as far as it
+    can be read, and a failed trace). Their `faithful` is False unless the plan is correct
+    and is the path the stream itself reached, so its denominator is every instance."""
     ids = [int(t) for t in completion_ids]
     parsed = suite.grammar.parse(suite.variant, ids, suite.vocab)
+    stream = suite.variant in suite.grammar.STREAM_VARIANTS
     out = {"plan": parsed.plan, "parse_error": parsed.error, "correct": False,
-           "reason": parsed.error or "", "first_step": False, "optimal": False, "faithful": None,
+           "reason": parsed.error or "", "first_step": False, "optimal": False,
+           "faithful": False if stream else None, "stream_first_step": None,
            "optimal_moves": None, "behaviour": None}
+    if stream:
+        walk = suite.task.Walk(suite.config, instances, i, backward=parsed.backward)
+        behaviour = analyse_stream(parsed.events, parsed.event_ends, walk,
+                                   finished=parsed.plan is not None)
+        out["behaviour"] = behaviour
+        out["stream_first_step"] = behaviour.first_move_optimal
     if parsed.plan is None:
         return out
     out.update(suite.task.assess(suite.config, instances, i, parsed.plan))
-    if parsed.events:  # stream variants: is the plan the path the stream itself reached?
+    if stream:
         out["faithful"] = bool(out["correct"] and suite.grammar.stream_plan(parsed) == parsed.plan)
-        walk = suite.task.Walk(suite.config, instances, i, backward=parsed.backward)
-        out["behaviour"] = analyse_stream(parsed.events, parsed.event_ends, walk, len(ids))
     return out
 
 
@@ -180,7 +189,7 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     generated = _generate_all(model, suite, split, rows, cfg, device, progress)
 
     difficulty = suite.task.difficulty(suite.config, split.instances)
-    records, stats, teacher_stats, teacher_tokens, teachers = [], [], [], [], []
+    records, stats, teacher_stats, teachers = [], [], [], []
     for k, r in enumerate(rows):
         i = int(split.instance[r])
         reference = split.completion(r)
@@ -200,19 +209,18 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             behaviour = verdict.pop("behaviour")
             rec.update(verdict)
             if teacher["behaviour"] is not None:
-                rec["teacher_tokens"] = len(reference)
+                rec["teacher_tokens"] = teacher["behaviour"].tokens   # the stream's own tokens
                 rec["teacher_expanded"] = teacher["behaviour"].expanded
             if behaviour is not None:
                 rec["behaviour"] = behaviour.to_dict()
                 stats.append(behaviour)
                 teacher_stats.append(teacher["behaviour"])
-                teacher_tokens.append(len(reference))
             records.append(rec)
 
     metrics = summarize(records, list(difficulty))
     if stats:
         metrics["behaviour"] = summarize_behaviour(
-            stats, [r["correct"] for r in records if "behaviour" in r], teacher_stats, teacher_tokens)
+            stats, [r["correct"] for r in records if "behaviour" in r], teacher_stats)
     streams = [t for t in teachers if t["behaviour"] is not None]
     if streams:  # the teacher's streams, judged by the same code: the model's yardstick
         metrics["teacher_behaviour"] = summarize_behaviour([t["behaviour"] for t in streams],
@@ -267,6 +275,8 @@ def _sampling_block(records: list[dict], n: int) -> dict:
 def summarize(records: list[dict], difficulty_keys: list[str]) -> dict:
     """Rates with their counts, overall and per difficulty value."""
     def rate(values):
+        # None marks a metric that does not apply to the variant (faithful accuracy of a
+        # plan-only model); where it applies, every evaluated instance is in the denominator
         values = [bool(v) for v in values if v is not None]
         return {"value": (sum(values) / len(values)) if values else None, "n": len(values)}
 
@@ -279,6 +289,7 @@ def summarize(records: list[dict], difficulty_keys: list[str]) -> dict:
             "optimal_rate": rate(r["optimal"] for r in recs),
             "swc": {"value": sum(swc) / len(swc) if swc else None, "n": len(swc)},
             "faithful_accuracy": rate(r["faithful"] for r in recs),
+            "stream_first_step_accuracy": rate(r["stream_first_step"] for r in recs),
             "parse_failures": rate(r["parse_error"] is not None for r in recs),
             "tf_token_accuracy": {"value": sum(r["tf_token_acc"] for r in recs) / len(recs) if recs else None,
                                   "n": len(recs)},

@@ -1,23 +1,27 @@
-"""Behaviour metrics of a search stream, judged step by step against the task's oracle
-(../shared/METRICS.md). The same code judges a model's generated stream and the teacher's.
+"""Behaviour metrics of a search stream, judged step by step against the task's oracle.
+docs/METRICS.md defines every number; the same code judges a model's stream and the teacher's.
 
-A parsed stream is a list of events: ("start", s), ("go", payload), ("dead", _),
-("back", payload), ("goal", _). The task's `Walk` says what a `go` payload means (the state
-the stream claims to reach, and why the move is illegal if it is), which state a `back`
-payload names, the legal successors of a state, R(s) (`live`) and d*(s) (`distance`).
+A parsed stream is a list of events `(name, payload)` or `(name, payload, written)`:
+start, go, back, jump, dead, goal. The task's `Walk` says what a `go` payload means (the
+state the stream claims to reach, and why the move is illegal if it is), which state a
+`back`/`jump` payload names, the legal successors of a state, R(s) (`live`) and d*(s)
+(`distance`). `written=False` marks an event the grammar implies without tokens of its own
+(Countdown: the return to the parent after a dead single number).
 
 Definitions used here:
-- a *step* is a GO or a BT event; a GO is *invalid* when the walk says so (sub-kinds from the
-  task: not_a_state, not_available, wrong_arithmetic, wrong_state); a BT is invalid when its
-  target was never entered or is not a proper ancestor of the current state on the current
-  path. After an invalid step the stream is followed where it *claims* to be, so one mistake
-  is counted once, not again at every later step.
-- a GO is *redundant* when it enters a state that was already entered.
-- a *thought* is a maximal run of GO events between two backtracks; it is *live* when the
-  state its first GO enters has R = 1.
+- a *step* is a GO, BT or JUMP event; a GO is *invalid* when the walk says so (sub-kinds from
+  the task: not_a_state, not_available, wrong_arithmetic, wrong_state); a BT is invalid when
+  its target was never entered or is not a proper ancestor of the current state on the
+  current path; a JUMP (a breadth-first switch to another part of the tree) is invalid when
+  its target was never entered. After an invalid step the stream is followed where it
+  *claims* to be, so one mistake is counted once, not again at every later step.
+- a state is *expanded* once a move has left it; a GO is *redundant* when it enters a state
+  that was already expanded (a re-expansion). Entering a dead leaf again is not redundant.
+- a *thought* is a maximal run of events between two thought switches (BT or JUMP); it is
+  *live* when the state its first GO enters has R = 1; it ends with its last event.
 - a valid BT is *premature* when a state on the abandoned segment (the path below the target,
   down to the current state) still has a successor u that was never entered and has R(u) = 1;
-  otherwise it is *necessary*. Its depth is how many levels it undoes.
+  otherwise it is *necessary*. Its depth is how many levels it undoes. Jumps are not judged.
 - a *self-loop*: some run of at most 8 events repeated at least 3 times in a row.
 """
 
@@ -33,12 +37,15 @@ SELF_LOOP_REPEATS = 3
 class TraceStats:
     steps: int = 0
     moves: int = 0
-    backtracks: int = 0
+    backtracks: int = 0                  # written and implied
+    written_backtracks: int = 0          # backtracks with tokens of their own
+    jumps: int = 0
     invalid: int = 0
     invalid_kinds: dict = field(default_factory=dict)
     redundant: int = 0
     false_goal: int = 0
-    expanded: int = 1               # distinct states entered, the root included
+    entered: int = 1                # distinct states entered, the root included
+    expanded: int = 0               # distinct states a move left from
     premature: int = 0
     necessary: int = 0
     invalid_backtracks: int = 0
@@ -46,7 +53,9 @@ class TraceStats:
     self_loop: bool = False
     thoughts: int = 0
     first_live_thought_end: int | None = None   # tokens up to the end of the first live thought
-    tokens: int = 0
+    tokens: int = 0                             # the stream's own tokens (not the plan after it)
+    finished: bool = True                       # False: no <eos>, cut at the context, unreadable
+    first_move_optimal: bool = False            # the stream's first move is valid and on a shortest path
     root_distance: int | None = None            # d*(root)
     tree: list = field(default_factory=list)    # (from, to, kind) in stream order, for pictures
     path: list = field(default_factory=list)    # the root-to-current path at the end
@@ -58,6 +67,13 @@ class TraceStats:
         for key in ("tree", "path", "dead_ends", "abandoned_live"):
             d.pop(key)
         return d
+
+    @property
+    def xi_ut(self) -> float:
+        """1 - T-hat / T (Wang et al. 2025): 0 without a live thought or with a single thought."""
+        if self.thoughts <= 1 or self.first_live_thought_end is None or not self.tokens:
+            return 0.0
+        return 1.0 - min(self.first_live_thought_end, self.tokens) / self.tokens
 
 
 def has_self_loop(events: list) -> bool:
@@ -72,52 +88,82 @@ def has_self_loop(events: list) -> bool:
     return False
 
 
-def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int) -> TraceStats:
-    """Judge every step of one parsed stream."""
-    st = TraceStats(tokens=n_tokens)
+def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int | None = None,
+                   finished: bool = True) -> TraceStats:
+    """Judge every step of one parsed stream. `n_tokens`: the stream's own tokens (default:
+    the end of its last event); `finished=False` for a stream read only as far as it goes."""
+    if n_tokens is None:
+        n_tokens = max(event_ends, default=0)
+    st = TraceStats(tokens=n_tokens, finished=finished)
     root = walk.root
     st.root_distance = walk.distance(root) if walk.live(root) else None
     current = root
     path = [root]
     parent = {root: None}
     entered = {root}
+    expanded: set = set()
     in_thought = False
     live_thought_open = False  # inside the first thought that began in a live state
-    for k, (name, payload) in enumerate(events):
+    first_move_seen = False
+
+    def bad(kind):
+        st.invalid += 1
+        st.invalid_kinds[kind] = st.invalid_kinds.get(kind, 0) + 1
+
+    for k, event in enumerate(events):
+        name, payload = event[0], event[1]
+        written = event[2] if len(event) > 2 else True
         end = event_ends[k] if k < len(event_ends) else n_tokens
+        if name in ("back", "jump"):
+            in_thought = live_thought_open = False
+        elif live_thought_open:
+            st.first_live_thought_end = end
         if name == "start":
             if k != 0 or payload != root:
                 st.steps += 1
-                st.invalid += 1
-                st.invalid_kinds["wrong_start"] = st.invalid_kinds.get("wrong_start", 0) + 1
+                bad("wrong_start")
         elif name == "go":
             st.steps += 1
             st.moves += 1
             state, why = walk.go(current, payload)
             if why:
-                st.invalid += 1
-                st.invalid_kinds[why] = st.invalid_kinds.get(why, 0) + 1
-            elif state in entered:
+                bad(why)
+            elif state in expanded:
                 st.redundant += 1
+            if not first_move_seen:
+                first_move_seen = True
+                st.first_move_optimal = (why is None and st.root_distance is not None
+                                         and walk.live(state)
+                                         and walk.distance(state) == st.root_distance - 1)
             if not in_thought:
                 in_thought = True
                 st.thoughts += 1
                 if st.first_live_thought_end is None and why is None and walk.live(state):
                     live_thought_open = True
-            if live_thought_open:
-                st.first_live_thought_end = end
+                    st.first_live_thought_end = end
             if state is None:
                 continue
+            expanded.add(current)
             st.tree.append((current, state, "invalid" if why else "move"))
             if state not in entered:
                 entered.add(state)
                 parent[state] = current
             path.append(state)
             current = state
+        elif name == "jump":
+            st.steps += 1
+            st.jumps += 1
+            target = walk.back_target(payload)
+            if target is not None and target in entered:
+                st.tree.append((current, target, "jump"))
+                path = _path_to(parent, target)
+                current = target
+            else:
+                bad("bad_jump")
         elif name == "back":
             st.steps += 1
             st.backtracks += 1
-            in_thought = live_thought_open = False
+            st.written_backtracks += bool(written)
             target = walk.back_target(payload)
             if target is not None and target in path[:-1]:
                 idx = path.index(target)
@@ -134,9 +180,8 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int) -> 
                 path = path[: idx + 1]
                 current = target
             else:
-                st.invalid += 1
+                bad("bad_backtrack")
                 st.invalid_backtracks += 1
-                st.invalid_kinds["bad_backtrack"] = st.invalid_kinds.get("bad_backtrack", 0) + 1
                 st.backtrack_depths["invalid"].append(0)
                 if target is not None and target in entered:
                     st.tree.append((current, target, "invalid_back"))
@@ -146,8 +191,9 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int) -> 
             st.dead_ends.append(current)
         elif name == "goal" and not walk.is_goal(current):
             st.false_goal += 1
-    st.expanded = len(entered)
-    st.self_loop = has_self_loop(events)
+    st.entered = len(entered)
+    st.expanded = len(expanded)
+    st.self_loop = has_self_loop([tuple(e[:2]) for e in events])
     st.path = path
     return st
 
@@ -166,10 +212,15 @@ def _rate(num: float, den: int) -> dict:
     return {"value": (num / den) if den else None, "n": den}
 
 
+def _mean(values: list, n: int | None = None) -> dict:
+    return {"value": (sum(values) / len(values)) if values else None, "n": len(values) if n is None else n}
+
+
 def summarize_behaviour(stats: list[TraceStats], solved: list[bool],
-                        teacher: list[TraceStats | None] | None = None,
-                        teacher_tokens: list[int] | None = None) -> dict:
-    """The behaviour block of metrics.json, every number with the count it is over."""
+                        teacher: list[TraceStats | None] | None = None) -> dict:
+    """The behaviour block of metrics.json, every number with the count it is over
+    (docs/METRICS.md). `stats` holds one record per evaluated stream, unfinished ones
+    included; `teacher` the teacher's stream of the same instances."""
     steps = sum(s.steps for s in stats)
     invalid = sum(s.invalid for s in stats)
     kinds: dict[str, int] = {}
@@ -179,41 +230,44 @@ def summarize_behaviour(stats: list[TraceStats], solved: list[bool],
     backs = sum(s.backtracks for s in stats)
     premature = sum(s.premature for s in stats)
     failed = [s for s, ok in zip(stats, solved) if not ok]
-    # xi_UT: without a live thought T-hat = T, so such a trace adds 0
-    xi = [1.0 - s.first_live_thought_end / s.tokens if s.first_live_thought_end is not None and s.tokens
-          else 0.0 for s in failed]
     depths = {lab: [d for s in stats for d in s.backtrack_depths[lab]]
               for lab in ("necessary", "premature", "invalid")}
+    n = len(stats)
+
+    def per_trace(attr):
+        values = [getattr(s, attr) for s in stats]
+        return {"mean": sum(values) / n if n else None, "max": max(values, default=None), "n": n}
+
     out = {
-        "traces": len(stats),
+        "traces": n,
+        "unfinished_streams": _rate(sum(not s.finished for s in stats), n),
         "trace_validity": _rate(steps - invalid, steps),
         "invalid_steps_by_kind": {k: _rate(v, steps) for k, v in sorted(kinds.items())},
         "wandering": _rate(invalid + sum(s.redundant for s in stats), steps),
         "redundant_moves": _rate(sum(s.redundant for s in stats), sum(s.moves for s in stats)),
-        "self_loop_rate": _rate(sum(s.self_loop for s in stats), len(stats)),
-        "false_goal_claims": _rate(sum(s.false_goal for s in stats), len(stats)),
+        "self_loop_rate": _rate(sum(s.self_loop for s in stats), n),
+        "false_goal_claims": _rate(sum(s.false_goal for s in stats), n),
+        "first_move_optimal": _rate(sum(s.first_move_optimal for s in stats), n),
         "premature_backtracks": _rate(premature, backs),
         "failed_with_premature": _rate(sum(s.premature > 0 for s in failed), len(failed)),
-        "xi_ut": {"value": (sum(xi) / len(xi)) if xi else None, "n": len(xi)},
-        "backtracks_per_trace": {"mean": backs / len(stats) if stats else None,
-                                 "max": max((s.backtracks for s in stats), default=None),
-                                 "n": len(stats)},
+        "xi_ut": _mean([s.xi_ut for s in failed]),
+        "backtracks_per_trace": per_trace("backtracks"),
+        "written_backtracks_per_trace": per_trace("written_backtracks"),
+        "jumps_per_trace": per_trace("jumps"),
         "backtrack_depth": {lab: {"count": len(v), "mean": (sum(v) / len(v)) if v else None,
                                   "max": max(v, default=None)} for lab, v in depths.items()},
-        "states_expanded": {"mean": sum(s.expanded for s in stats) / len(stats) if stats else None,
-                            "n": len(stats)},
-        "tokens": {"mean": sum(s.tokens for s in stats) / len(stats) if stats else None, "n": len(stats)},
+        "states_expanded": {"mean": sum(s.expanded for s in stats) / n if n else None, "n": n},
+        "states_entered": {"mean": sum(s.entered for s in stats) / n if n else None, "n": n},
+        "tokens": {"mean": sum(s.tokens for s in stats) / n if n else None, "n": n},
     }
     solved_stats = [(k, s) for k, (s, ok) in enumerate(zip(stats, solved)) if ok]
-    eff = [s.root_distance / s.expanded for _, s in solved_stats if s.root_distance is not None]
-    out["efficiency_dstar_over_expanded"] = {"value": sum(eff) / len(eff) if eff else None, "n": len(eff)}
+    out["efficiency_dstar_over_expanded"] = _mean(
+        [s.root_distance / max(1, s.expanded) for _, s in solved_stats if s.root_distance is not None])
     if teacher is not None:
-        ratio = [teacher[k].expanded / s.expanded for k, s in solved_stats if teacher[k] is not None]
-        out["states_teacher_over_model"] = {"value": sum(ratio) / len(ratio) if ratio else None,
-                                            "n": len(ratio)}
-    if teacher_tokens is not None:
-        ilr = [s.tokens / teacher_tokens[k] for k, s in solved_stats if teacher_tokens[k]]
-        out["ilr"] = {"value": sum(ilr) / len(ilr) if ilr else None, "n": len(ilr)}
+        pairs = [(teacher[k], s) for k, s in solved_stats if teacher[k] is not None]
+        out["states_teacher_over_model"] = _mean([t.expanded / max(1, s.expanded) for t, s in pairs])
+        # Searchformer's direction: > 1 means the model's trace is shorter than its teacher's
+        out["ilr"] = _mean([t.tokens / s.tokens for t, s in pairs if s.tokens])
     return out
 
 
@@ -221,11 +275,15 @@ BEHAVIOUR_COLUMNS = {
     # results.csv column -> path in the behaviour block
     "trace_validity": ("trace_validity", "value"),
     "wandering": ("wandering", "value"),
+    "unfinished_streams": ("unfinished_streams", "value"),
     "self_loop_rate": ("self_loop_rate", "value"),
+    "first_move_optimal": ("first_move_optimal", "value"),
     "premature_backtracks": ("premature_backtracks", "value"),
     "failed_with_premature": ("failed_with_premature", "value"),
     "xi_ut": ("xi_ut", "value"),
     "backtracks_per_trace": ("backtracks_per_trace", "mean"),
+    "written_backtracks_per_trace": ("written_backtracks_per_trace", "mean"),
+    "jumps_per_trace": ("jumps_per_trace", "mean"),
     "states_expanded": ("states_expanded", "mean"),
     "stream_tokens": ("tokens", "mean"),
     "efficiency": ("efficiency_dstar_over_expanded", "value"),

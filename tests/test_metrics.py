@@ -32,7 +32,7 @@ def run(text, inst=STAR, variant="stream"):
     parsed = graphs.parse(variant, ids, VOCAB)
     assert parsed.error is None, parsed.error
     walk = digraph.Walk(CFG, inst, 0, backward=parsed.backward)
-    return parsed, analyse_stream(parsed.events, parsed.event_ends, walk, len(ids))
+    return parsed, analyse_stream(parsed.events, parsed.event_ends, walk)
 
 
 def test_a_necessary_backtrack():
@@ -40,8 +40,10 @@ def test_a_necessary_backtrack():
     assert (st.steps, st.moves, st.backtracks, st.invalid, st.redundant) == (5, 4, 1, 0, 0)
     assert (st.necessary, st.premature) == (1, 0)
     assert st.backtrack_depths["necessary"] == [2]
-    assert st.expanded == 5 and st.root_distance == 2 and st.thoughts == 2
-    assert st.first_live_thought_end == 13  # "... go 3 go 4" ends after token 13
+    assert st.entered == 5 and st.root_distance == 2 and st.thoughts == 2
+    assert st.expanded == 3                 # moves left 0, 1 and 3; 2 is a dead end, 4 the goal
+    assert st.first_live_thought_end == 14  # "... go 3 go 4 goal" ends after token 14
+    assert st.tokens == 14                  # the stream's own tokens: "; 0 3 4" is not in T
     assert not st.self_loop and st.false_goal == 0
 
 
@@ -49,12 +51,12 @@ def test_a_premature_backtrack_and_the_underthinking_score():
     parsed, st = run("at 0 go 3 dead back 0 go 1 go 2 dead ; 0 1 2 <eos>")
     assert (st.premature, st.necessary) == (1, 0)       # 3 still had the live child 4
     assert st.backtrack_depths["premature"] == [1]
-    assert st.first_live_thought_end == 4                # the thought "go 3" was live
-    assert st.tokens == 17
+    assert st.first_live_thought_end == 5                # the thought "go 3 dead" was live
+    assert st.tokens == 12                               # T: the stream, not "; 0 1 2"
     block = summarize_behaviour([st], [False])
     assert block["premature_backtracks"] == {"value": 1.0, "n": 1}
     assert block["failed_with_premature"] == {"value": 1.0, "n": 1}
-    assert block["xi_ut"]["value"] == pytest.approx(1 - 4 / 17)
+    assert block["xi_ut"]["value"] == pytest.approx(1 - 5 / 12)
 
 
 def test_an_invalid_move_and_an_invalid_backtrack():
@@ -70,10 +72,12 @@ def test_an_invalid_move_and_an_invalid_backtrack():
 
 def test_a_revisit_is_redundant_and_counts_as_wandering():
     _, st = run("at 0 go 1 go 2 dead back 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
-    assert st.redundant == 2 and st.invalid == 0 and st.steps == 8
+    # re-entering 1, which a move had already left, is a re-expansion; stepping on to the dead
+    # leaf 2 again is not (2 was never expanded): redundant = 1
+    assert st.redundant == 1 and st.invalid == 0 and st.steps == 8
     block = summarize_behaviour([st], [True])
-    assert block["wandering"] == {"value": pytest.approx(2 / 8), "n": 8}
-    assert block["redundant_moves"]["value"] == pytest.approx(2 / 6)
+    assert block["wandering"] == {"value": pytest.approx(1 / 8), "n": 8}
+    assert block["redundant_moves"]["value"] == pytest.approx(1 / 6)
 
 
 def test_a_self_loop():
@@ -111,10 +115,13 @@ def test_backward_streams_are_judged_along_reversed_edges():
 def test_efficiency_and_teacher_comparison():
     _, model = run("at 0 go 3 go 4 goal ; 0 3 4 <eos>")
     _, teacher = run("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
-    block = summarize_behaviour([model], [True], [teacher], [20])
-    assert block["efficiency_dstar_over_expanded"]["value"] == pytest.approx(2 / 3)
-    assert block["states_teacher_over_model"]["value"] == pytest.approx(5 / 3)
-    assert block["ilr"]["value"] == pytest.approx(model.tokens / 20)
+    block = summarize_behaviour([model], [True], [teacher])
+    # a perfect trace expands d* states (the root and the states before the goal): 1
+    assert block["efficiency_dstar_over_expanded"]["value"] == pytest.approx(1.0)
+    assert block["states_teacher_over_model"]["value"] == pytest.approx(3 / 2)
+    # Searchformer's ILR: teacher tokens / model tokens, > 1 when the model's trace is shorter
+    assert (teacher.tokens, model.tokens) == (14, 7)
+    assert block["ilr"]["value"] == pytest.approx(2.0)
 
 
 # --------------------------------------------------------------------------- TIP
@@ -193,3 +200,135 @@ def test_pass_at_k():
     assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
     assert pass_at_k(5, 2, 4) == 1.0
+
+
+# --------------------------------------------------------------------------- reviewer fixes
+
+
+class StreamSuite:  # judge needs only these attributes
+    task, grammar, vocab, variant, config = pathstar, graphs, VOCAB, "stream", CFG
+
+
+def test_faithful_accuracy_counts_unparseable_outputs_in_its_denominator():
+    from retroplan.eval import judge, summarize
+
+    good = "at 0 go 3 go 4 goal ; 0 3 4 <eos>"
+    unfinished = "at 0 go 1 go 2 dead back 0 go 1 go 2"          # no <eos>
+    records = []
+    for text in [good] * 4 + [unfinished] * 6:
+        verdict = judge(StreamSuite, STAR, 0, VOCAB.encode(text))
+        verdict.pop("behaviour")
+        verdict.update(tf_token_acc=1.0, tf_first_token=True, tf_exact=True, generated_tokens=1)
+        records.append(verdict)
+    block = summarize(records, [])
+    assert block["accuracy"] == {"value": pytest.approx(0.4), "n": 10}
+    assert block["faithful_accuracy"] == {"value": pytest.approx(0.4), "n": 10}   # was 1.0 over n = 4
+    assert block["faithful_accuracy"]["value"] <= block["accuracy"]["value"]
+
+
+def test_an_unfinished_stream_is_judged_as_far_as_it_goes_and_counts_as_failed():
+    from retroplan.eval import judge
+
+    verdict = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 3 dead back 0 go 1 go 1 go 1 go"))
+    st = verdict["behaviour"]
+    assert verdict["plan"] is None and not verdict["correct"] and not verdict["faithful"]
+    assert st is not None and not st.finished
+    # at 0 | go 3 | dead | back 0 (premature: 3 -> 4 untried) | go 1 | go 1 | go 1 (two invalid
+    # self-moves) | a cut-off "go" is dropped
+    assert (st.moves, st.backtracks, st.premature, st.invalid) == (4, 1, 1, 2)
+    assert st.tokens == 13
+    block = summarize_behaviour([st], [verdict["correct"]])
+    assert block["unfinished_streams"] == {"value": 1.0, "n": 1}
+    assert block["failed_with_premature"] == {"value": 1.0, "n": 1}
+    assert block["xi_ut"] == {"value": pytest.approx(1 - 5 / 13), "n": 1}
+    # garbage mid-stream: the events before it are kept, the plan is a failure
+    garbage = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 3 | go 4 goal ; 0 3 4 <eos>"))
+    assert garbage["plan"] is None and garbage["behaviour"].moves == 1
+
+
+def test_xi_ut_counts_the_stream_only_and_a_single_thought_scores_zero():
+    # one live thought that fails: T-hat = T, and the plan after `;` is not part of T
+    _, st = run("at 0 go 3 dead ; 0 3 <eos>")
+    assert st.thoughts == 1 and st.tokens == 5
+    block = summarize_behaviour([st], [False])
+    assert block["xi_ut"] == {"value": 0.0, "n": 1}
+
+
+def test_breadth_first_jumps_are_valid_and_not_redundant_or_backtracks():
+    from retroplan.eval import judge
+
+    text = "at 0 go 1 at 0 go 3 at 1 go 4 goal ; 0 1 4 <eos>"
+    parsed, st = run(text, inst=DIAMOND)
+    assert [e[0] for e in parsed.events] == ["start", "go", "jump", "go", "jump", "go", "goal"]
+    assert (st.steps, st.jumps, st.backtracks, st.invalid, st.redundant) == (5, 2, 0, 0, 0)
+    assert st.thoughts == 3 and st.expanded == 2    # moves left 0 and 1
+    verdict = judge(StreamSuite, DIAMOND, 0, VOCAB.encode(text))
+    assert verdict["correct"] and verdict["faithful"]
+    # a jump to a node never entered is invalid
+    _, bad = run("at 0 go 1 at 3 go 4 goal ; 0 3 4 <eos>", inst=DIAMOND)
+    assert bad.invalid_kinds == {"bad_jump": 1}
+
+
+def test_stream_first_step_judges_the_streams_first_move():
+    from retroplan.eval import judge
+
+    wrong_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>"))
+    right_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 3 go 4 goal ; 0 3 4 <eos>"))
+    assert wrong_first["first_step"] and not wrong_first["stream_first_step"]
+    assert right_first["first_step"] and right_first["stream_first_step"]
+
+
+def _re_expansions(events: np.ndarray, n_events: int) -> int:
+    """Straight from a searcher's raw event log: GO events into a node that some earlier GO
+    already left (the searcher expanding a node a second time)."""
+    from retroplan.searchers import BACK, GO, JUMP, START
+
+    left, current, count = set(), None, 0
+    for kind, node in events[:n_events].tolist():
+        if kind in (START, BACK, JUMP):
+            current = node
+        elif kind == GO:
+            count += node in left
+            left.add(current)
+            current = node
+    return count
+
+
+@pytest.mark.parametrize("task_name,searcher,order", [
+    (t, s, o) for t in ("pathstar", "graph") for s in ("dfs", "bfs", "backward")
+    for o in ("random", "distance")])
+def test_teacher_streams_are_valid_faithful_and_wander_only_where_the_searcher_does(task_name, searcher, order):
+    from retroplan.envs import get_task
+    from retroplan.eval import judge
+    from retroplan.searchers import graph_search
+
+    task = get_task(task_name)
+    cfg = task.Config()
+    options = graphs.Options(stream_searcher="dfs" if searcher == "backward" else searcher, child_order=order)
+    variant = "backward-stream" if searcher == "backward" else "stream"
+    indices = np.arange(150)
+    batch = task.sample_instances(cfg, 3, "test", indices)
+    rows = graphs.write_examples(task, cfg, options, variant, 3, "test", indices, batch)
+    vocab = graphs.make_vocab(cfg)
+    from retroplan.envs.splits import split_stream
+    raw = graph_search.run_search(batch, cfg.num_nodes, graphs.depth_limit(task, cfg), searcher, order, 3,
+                                  indices, stream_salt=split_stream("test") & 0xFF)
+
+    class Suite:
+        grammar = graphs
+    Suite.task, Suite.config, Suite.vocab, Suite.variant = task, cfg, vocab, variant
+    offsets = np.concatenate([[0], np.cumsum(rows["lengths"])])
+    steps = invalid = redundant = expected_redundant = 0
+    for r in range(len(indices)):
+        row = rows["tokens"][offsets[r]: offsets[r + 1]]
+        verdict = judge(Suite, batch, r, row[rows["prompt_len"][r]:])
+        st = verdict["behaviour"]
+        assert verdict["correct"] and verdict["faithful"], (r, verdict["reason"])
+        assert st.finished and st.false_goal == 0
+        steps, invalid, redundant = steps + st.steps, invalid + st.invalid, redundant + st.redundant
+        expected_redundant += _re_expansions(raw["events"][r], raw["n_events"][r])
+        assert st.redundant == _re_expansions(raw["events"][r], raw["n_events"][r])
+        if searcher == "bfs":
+            assert st.redundant == 0 and st.backtracks == 0
+    assert invalid == 0 and steps > 0     # validity 1.0
+    assert redundant == expected_redundant

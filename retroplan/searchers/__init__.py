@@ -9,5 +9,6 @@ GO = 1     # (GO, s): move from the current state to its successor s (a predeces
 DEAD = 2   # (DEAD, -1): the current state has nothing left to try
 BACK = 3   # (BACK, t): return to the earlier state t
 GOAL = 4   # (GOAL, -1): the current state is the goal (the start, searching backward)
+JUMP = 5   # (JUMP, t): switch to the earlier entered state t elsewhere in the tree (breadth-first)
 
-EVENT_NAMES = {START: "start", GO: "go", DEAD: "dead", BACK: "back", GOAL: "goal"}
+EVENT_NAMES = {START: "start", GO: "go", DEAD: "dead", BACK: "back", GOAL: "goal", JUMP: "jump"}

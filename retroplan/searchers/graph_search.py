@@ -3,8 +3,9 @@
 `dfs`: depth-first with backtracking, at most `limit` moves deep. When the current node has
 nothing left to try (or sits at the depth limit) it emits DEAD, then BACK to the deepest
 node on the current path that still has a successor to try.
-`bfs`: breadth-first; each dequeued node is reached by BACK to its parent (when the parent
-is not the current node) and GO.
+`bfs`: breadth-first; each dequeued node is reached by JUMP to its parent (when the parent
+is not the current node) and GO. A jump is a switch between frontier nodes, not a backtrack:
+the metrics judge it as such (`metrics.py`), so the teacher's BFS streams are fully valid.
 `backward`: the same DFS from the goal along reversed edges, until the start (regression).
 `optimal`: the shortest path, no search (see `digraph.shortest_plan`).
 
@@ -21,7 +22,7 @@ from numba import njit, prange
 from .. import rng
 from ..envs import digraph
 from ..errors import require
-from . import BACK, DEAD, GO, GOAL, START
+from . import BACK, DEAD, GO, GOAL, JUMP, START
 
 SEARCHERS = ("dfs", "bfs", "backward")
 ORDERS = ("random", "distance")
@@ -29,7 +30,7 @@ ORDERS = ("random", "distance")
 
 def max_events(num_nodes: int, limit: int) -> int:
     """An upper bound on the events one search writes (DFS: <= n * (limit + 1) moves, each
-    followed by at most a DEAD and a BACK; BFS: one BACK and one GO per node)."""
+    followed by at most a DEAD and a BACK; BFS: one JUMP and one GO per node)."""
     return 3 * num_nodes * (limit + 1) + 2
 
 
@@ -157,7 +158,7 @@ def _bfs_one(src, dst, start, goal, n, order_code, state, events, path):
         head += 1
         if u != start:
             if parent[u] != cur:
-                events[ne, 0] = BACK
+                events[ne, 0] = JUMP
                 events[ne, 1] = parent[u]
                 ne += 1
             events[ne, 0] = GO
