@@ -202,7 +202,8 @@ def _eval(args) -> None:
     def fmt(key):
         v = m[key]["value"]
         return "n/a" if v is None else f"{v:.3f}"
-    print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}): accuracy {fmt('accuracy')}, "
+    print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}; writes: {m.get('writes')}): "
+          f"accuracy {fmt('accuracy')}, "
           f"first step {fmt('first_step_accuracy')}, teacher-forced tokens {fmt('tf_token_accuracy')}, "
           f"parse failures {fmt('parse_failures')}")
     for who, key in (("model", "behaviour"), ("teacher", "teacher_behaviour")):

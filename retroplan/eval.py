@@ -31,8 +31,11 @@ from .errors import require, require_field_types
 from .fsutil import atomic_path, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
+from .traces import WRITES, chance_for
 from .traces.suite import Suite, open_suite
 from .train import resolve_device
+
+LOOKAHEAD_MODES = ("plain", "model-goal", "given-goal")  # what eval forces after the prompt
 
 
 @dataclass
@@ -48,6 +51,8 @@ class EvalConfig:
     tip_alpha: float = 0.0    # thought-switch penalty on the logits (0: off)
     tip_beta: int = 0         # ... while the current thought has made fewer than beta moves
     tip_oracle: bool = False  # ... and only where the current state can still reach the goal
+    lookahead: str = "plain"  # lookahead models (TRELAWNEY): plain, model-goal (force `<T>`) or
+                              # given-goal (force `<T> goal </T>`) after the prompt
 
     def validate(self) -> None:
         require_field_types(self, "eval")
@@ -71,6 +76,8 @@ class EvalConfig:
                 f"eval samples={self.samples} needs temperature > 0 (greedy decoding repeats itself).")
         require(isinstance(self.tip_alpha, (int, float)) and self.tip_alpha >= 0,
                 f"eval tip_alpha must be a non-negative number, got {self.tip_alpha!r}.")
+        require(self.lookahead in LOOKAHEAD_MODES,
+                f"eval lookahead must be plain, model-goal or given-goal, got {self.lookahead!r}.")
 
     @property
     def uses_tip(self) -> bool:
@@ -126,16 +133,29 @@ def teacher_forced(model, suite: Suite, split, rows: np.ndarray, batch_size: int
     return out
 
 
-def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, progress: bool):
-    """{(row, sample): (token ids up to <eos>, summed log-prob)} for every row and sample.
+def eval_prefixes(suite: Suite, split, rows, cfg: EvalConfig) -> dict[int, list[int]]:
+    """Per row, the tokens forced after the prompt before generation (`cfg.lookahead`: the
+    grammar's `eval_prefix`; none in plain mode). The judged completion is prefix + generated."""
+    if cfg.lookahead == "plain":
+        return {int(r): [] for r in rows}
+    return {int(r): [int(t) for t in suite.grammar.eval_prefix(
+                suite.variant, cfg.lookahead, split.instances, int(split.instance[r]), suite.vocab)]
+            for r in rows}
+
+
+def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, progress: bool,
+                  prefixes: dict[int, list[int]] | None = None):
+    """{(row, sample): (token ids up to <eos>, summed log-prob)} for every row and sample;
+    the model continues each prompt after its forced `prefixes[row]` (not in the ids).
 
     Batches hold rows of one prompt length, so prompts need no padding."""
     eos = suite.vocab.eos_id
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
+    prefixes = prefixes or {}
     by_prompt_len = defaultdict(list)
     for r in rows:
-        by_prompt_len[int(split.prompt_len[r])].append(int(r))
+        by_prompt_len[int(split.prompt_len[r]) + len(prefixes.get(int(r), ()))].append(int(r))
     backward = suite.variant == "backward-stream"
     bar = tqdm(total=len(rows) * cfg.samples, desc=f"eval {suite.variant}", unit="ex",
                disable=None if progress else True, leave=False)
@@ -144,7 +164,8 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
         jobs = [(r, s) for r in by_prompt_len[plen] for s in range(cfg.samples)]
         for lo in range(0, len(jobs), cfg.batch_size):
             chunk = jobs[lo: lo + cfg.batch_size]
-            prompts = torch.from_numpy(np.stack([split.prompt(r) for r, _ in chunk])).to(device)
+            prompts = torch.from_numpy(np.stack([np.concatenate([split.prompt(r), np.asarray(
+                prefixes.get(r, ()), dtype=np.int64)]) for r, _ in chunk])).to(device)
             hook = None
             if cfg.uses_tip:
                 walks = [suite.task.Walk(suite.config, split.instances, int(split.instance[r]), backward)
@@ -178,6 +199,9 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             f"{suite.path} uses ({len(run['vocab'])} vs {len(suite.vocab)} tokens).")
     require(not cfg.uses_tip or suite.variant in suite.grammar.STREAM_VARIANTS,
             f"the thought-switch penalty needs a stream variant; {suite.variant} has no thoughts to switch.")
+    require(cfg.lookahead == "plain" or suite.variant == "lookahead",
+            f"eval lookahead {cfg.lookahead} needs a lookahead suite; {suite.variant} is trained "
+            "without <T> spans.")
     split = suite.split(cfg.split)
     rows = np.flatnonzero(split.kind == 0)  # revthink: forward questions only
     if cfg.limit:
@@ -186,7 +210,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     out = Path(out) if out else run_dir / f"eval-{cfg.split}"
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device)
-    generated = _generate_all(model, suite, split, rows, cfg, device, progress)
+    prefixes = eval_prefixes(suite, split, rows, cfg)
+    generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes)
 
     difficulty = suite.task.difficulty(suite.config, split.instances)
     records, stats, teacher_stats, teachers = [], [], [], []
@@ -197,11 +222,12 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
         teachers.append(teacher)
         for s in range(cfg.samples):
             ids, logprob = generated[(int(r), s)]
-            verdict = judge(suite, split.instances, i, ids)
+            verdict = judge(suite, split.instances, i, prefixes[int(r)] + ids)  # forced + generated
             rec = {"row": int(r), "sample": s, "index": int(split.index[i]),
                    "prompt": suite.vocab.decode(split.prompt(r)),
                    "reference": suite.vocab.decode(reference),
                    "generated": suite.vocab.decode(ids),
+                   "lookahead": cfg.lookahead, "forced": suite.vocab.decode(prefixes[int(r)]),
                    "generated_tokens": len(ids), "logprob": logprob,
                    "tf_token_acc": float(tf[k, 0] / max(1, tf[k, 1])),
                    "tf_first_token": bool(tf[k, 2]), "tf_exact": bool(tf[k, 3])}
@@ -230,7 +256,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     metrics.update({"split": cfg.split, "step": step, "suite": str(suite.path),
                     "run": str(run_dir), "task": suite.meta["task"], "variant": suite.variant,
                     "task_config": suite.meta["config"], "decoding": asdict(cfg)})
-    metrics["chance"] = suite.task.chance(suite.config)
+    metrics["writes"] = WRITES.get(suite.variant, suite.variant)
+    metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     out.mkdir(parents=True, exist_ok=True)
     # records first, then metrics.json, which names the records it summarises: a kill between
     # the two leaves an old metrics.json whose checksum no longer matches (see metrics_current)

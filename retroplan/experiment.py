@@ -38,7 +38,7 @@ from .eval import EvalConfig, evaluate, metrics_current
 from .fsutil import write_bytes, write_text
 from .metrics import flatten_behaviour
 from .stats import mean_ci, wilson
-from .traces import check_variant
+from .traces import WRITES, check_variant, get_grammar
 from .traces.suite import SuiteSpec, generate_suite, open_suite
 from .train import TrainConfig, train
 
@@ -46,7 +46,7 @@ _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "condi
              "train", "eval"}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 METRICS = ("accuracy", "first_step_accuracy", "optimal_rate", "faithful_accuracy",
-           "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy",
+           "stream_first_step_accuracy", "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy",
            "tf_sequence_accuracy", "mean_generated_tokens")
 
 
@@ -179,8 +179,9 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             row = {"condition": label, "split": split, "panel": panel, "variant": variant,
                    "seed": seed, "n": metrics["n"]}
             row.update({k: v for k, v in spec.config.items()})
-            row.update({m: metrics[m]["value"] if isinstance(metrics[m], dict) else metrics[m]
+            row.update({m: metrics[m]["value"] if isinstance(metrics.get(m), dict) else metrics.get(m)
                         for m in METRICS})
+            row["writes"] = WRITES.get(variant, variant)
             row["swc"] = metrics.get("swc", {}).get("value")
             row["correct"] = round((metrics["accuracy"]["value"] or 0) * metrics["n"])
             row["chance"] = metrics.get("chance")
@@ -208,7 +209,8 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                       f"{metrics['tf_token_accuracy']['value']:.3f}", flush=True)
     _write_csv(out / "results.csv", rows)
     figures = plots.accuracy_by_variant(rows, out / "accuracy",
-                                        title=f"{exp['name']}: forward planning accuracy")
+                                        title=f"{exp['name']}: planning accuracy (what each model "
+                                              "writes: see the report's table)")
     figures += plots.accuracy_by_variant(rows, out / "first_step", metric="first_step_accuracy",
                                          title=f"{exp['name']}: first move on a shortest path")
     run_names = dict.fromkeys(f"{r['condition']}-{r['variant']}-s{r['seed']}" for r in rows)
@@ -256,17 +258,25 @@ def _fmt_rate(values: list[float], correct: int, n: int) -> str:
 
 
 FIGURE_CAPTIONS = {
-    "accuracy.png": "Forward planning accuracy by variant (bars: mean over seeds; dots: seeds).",
-    "first_step.png": "First move on a shortest path: does the model choose the right branch?",
+    "accuracy.png": "Planning accuracy by variant (bars: mean over seeds; dots: seeds). Only some "
+                    "variants plan forward at test time: the \"writes\" column of the table says "
+                    "which; the chance line applies to those whose first decision is the forward "
+                    "choice.",
+    "first_step.png": "The plan's first move on a shortest path: does the model choose the right "
+                      "branch? (for a model that writes the plan backwards, its forward plan's first "
+                      "move is written last).",
     "difficulty.png": "Accuracy against difficulty.",
     "behaviour.png": "Search behaviour of the model's streams next to its teacher's.",
     "trajectories.png": "States explored and tokens used per test instance, model vs teacher.",
     "loss.png": "Training loss on completion tokens.",
 }
 BEHAVIOUR_TABLE = (("trace_validity", "validity"), ("wandering", "wandering"),
+                   ("unfinished_streams", "unfinished"),
                    ("self_loop_rate", "self-loops"), ("premature_backtracks", "premature BT"),
                    ("failed_with_premature", "failed w/ premature"), ("xi_ut", "ξ_UT"),
-                   ("backtracks_per_trace", "BT / trace"), ("states_expanded", "states"),
+                   ("backtracks_per_trace", "BT / trace"),
+                   ("written_backtracks_per_trace", "written BT / trace"),
+                   ("jumps_per_trace", "jumps / trace"), ("states_expanded", "states expanded"),
                    ("stream_tokens", "tokens"), ("efficiency", "d*/states (solved)"),
                    ("states_teacher_over_model", "teacher states / model"), ("ilr", "ILR"))
 
@@ -279,9 +289,11 @@ def _behaviour_lines(exp: dict, rows: list[dict]) -> list[str]:
     if not any(has_streams(r) for r in rows):
         return []
     lines = ["## Search behaviour", "",
-             "Every step of every stream judged by the task's oracle (definitions: "
-             "`retroplan/metrics.py`, METRICS.md). The teacher row judges the suite's own streams "
-             "for the same test instances. Mean over seeds [95% t-interval when there are several].", "",
+             "Every step of every stream judged by the task's oracle (definitions: docs/METRICS.md). "
+             "Every evaluated instance has a stream record, unfinished or unreadable streams "
+             "included (judged as far as they can be read, and failed). The teacher row judges the "
+             "suite's own streams for the same test instances. Mean over seeds [95% t-interval when "
+             "there are several]; n as in the accuracy table.", "",
              "| condition | variant | who | " + " | ".join(h for _, h in BEHAVIOUR_TABLE) + " |",
              "|---|---|---|" + "---|" * len(BEHAVIOUR_TABLE)]
     panels = list(dict.fromkeys(r["panel"] for r in rows))
@@ -304,6 +316,14 @@ def _behaviour_lines(exp: dict, rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _variant_notes(exp: dict) -> list[str]:
+    """What a reader must know about a variant on this task (e.g. no search in it)."""
+    grammar = get_grammar(exp["task"])
+    note_of = getattr(grammar, "variant_note", None)
+    notes = [note_of(exp["task"], v) for v in exp["variants"]] if note_of else []
+    return [f"{v}: {n}" for v, n in zip(exp["variants"], notes) if n]
+
+
 def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[str],
             seconds: float) -> str:
     lines = [f"# {exp['name']}", ""]
@@ -316,10 +336,15 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
     seeds = exp["seeds"]
     ci_note = ("mean over seeds [95% t-interval]" if len(seeds) > 1 else
                "one seed; [95% Wilson interval over the test instances]")
-    lines += [f"Accuracy: {ci_note}. n = test instances per seed.", "",
-              "| condition | variant | n | accuracy | first step | teacher-forced tokens | "
-              "teacher-forced sequences | parse failures | chance |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"Accuracy: {ci_note}. n = test instances per seed; every rate in a row is over "
+              "those n instances (a completion that cannot be parsed counts as wrong). "
+              "\"writes\": what the model writes at test time — only some variants plan forward. "
+              "\"stream first step\" (stream variants): the stream's first move lies on a shortest "
+              "path; \"faithful\": correct and the plan is the path the stream itself reached. "
+              "\"chance\" is shown only for variants whose first decision is the forward choice.", "",
+              "| condition | variant | writes | n | accuracy | first step | stream first step | "
+              "faithful | teacher-forced tokens | teacher-forced sequences | parse failures | chance |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     panels = list(dict.fromkeys(r["panel"] for r in rows))
     for label in panels:
         for variant in exp["variants"]:
@@ -335,9 +360,14 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
             acc = _fmt_rate([r["accuracy"] for r in rs], sum(r["correct"] for r in rs),
                             sum(r["n"] for r in rs))
             chance = rs[0].get("chance")
-            lines.append(f"| {label} | {variant} | {n} | {acc} | {mean_of('first_step_accuracy')} | "
+            lines.append(f"| {label} | {variant} | {WRITES.get(variant, variant)} | {n} | {acc} | "
+                         f"{mean_of('first_step_accuracy')} | {mean_of('stream_first_step_accuracy')} | "
+                         f"{mean_of('faithful_accuracy')} | "
                          f"{mean_of('tf_token_accuracy')} | {mean_of('tf_sequence_accuracy')} | "
-                         f"{mean_of('parse_failures')} | {'' if chance is None else f'{chance:.3f}'} |")
+                         f"{mean_of('parse_failures')} | {'' if chance in (None, '') else f'{chance:.3f}'} |")
+    notes = _variant_notes(exp)
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
     lines += [""] + _behaviour_lines(exp, rows) + ["## Figures", ""]
     for name in figures:
         lines += [f"![{name[:-4]}]({name})", "", FIGURE_CAPTIONS.get(name, ""), ""]

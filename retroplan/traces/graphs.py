@@ -7,10 +7,16 @@ reverse     pk ... p1 p0 <eos>
 revfwd      pk ... p0 ; p0 ... pk <eos>
 stream      at s go a go b dead back s go c ... goal ; p0 ... pk <eos>
 backward-stream   at g from x from y ... start ; p0 ... pk <eos>
-revthink    [fwd] Q -> plan | [bq] Q plan ; -> Q' | [br] Q' -> reversed plan   (Q' = the
-            question with every edge reversed, from the goal to the start); train only,
-            val and test hold [fwd] examples
-lookahead   p0 .. pd <T> pj .. pk </T> p(d+1) .. pk <eos>   for half the examples (TRELAWNEY)
+revthink    Q -> plan (exactly `optimal`'s row) | [bq] Q plan ; -> Q' | [br] Q' -> layers ; answer
+            (RevThink). Q' = `E / start go .. go g =` (k `go`s, k = the plan's moves): the
+            backward question hides the start and asks which nodes reach g in k moves (shortest);
+            its reasoning is a breadth-first search from g along reversed edges, one `from`
+            per layer (the nodes whose shortest way to g takes j moves, labels ascending), then
+            `;` and layer k, which holds the start. Backward rows only in train, and only for
+            instances the oracle finds consistent; val and test hold forward rows.
+lookahead   y1 .. yd <T> yk .. yL </T> y(d+1) .. yT <eos>   for a share `lookahead_p` of the
+            examples (TRELAWNEY): cut d in 0..T-1, span start k in d+1..T, end L in k..T, all
+            uniform; the others are plain. Eval can force `<T>` or `<T> g </T>` (eval_prefix).
 corrupted   <the stream of an unrelated instance> ; p0 ... pk <eos>
 
 Stream variants answer with the path their search found (so a model can be *faithful* to its
@@ -26,9 +32,10 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rng
+from ..envs import digraph
 from ..envs.splits import split_stream
 from ..errors import require
-from ..searchers import BACK, DEAD, GO, START, graph_search
+from ..searchers import BACK, DEAD, GO, JUMP, START, graph_search
 from .vocab import Vocab
 
 VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink",
@@ -40,6 +47,8 @@ STRUCTURE = ["<pad>", "<bos>", "<eos>", "|", "/", "=", ";", "at", "go", "from", 
 (PAD, BOS, EOS, BAR, SLASH, EQ, SEMI, AT, GO_T, FROM, DEAD_T, BACK_T, GOAL_T, START_T, FWD, BQ,
  BR, T_OPEN, T_CLOSE) = range(len(STRUCTURE))
 NODE0 = len(STRUCTURE)
+# `[fwd]` is no longer written (revthink's forward rows are `optimal`'s); it stays in the
+# vocabulary so node ids, suites and checkpoints keep their layout.
 
 # revthink example kinds (the `kind` array of a suite split)
 KIND_FWD, KIND_BQ, KIND_BR = 0, 1, 2
@@ -84,20 +93,77 @@ def depth_limit(task, cfg) -> int:
 
 
 @njit(cache=True, inline="always")
-def _put_question(row, pos, edges, s, g, swap):
+def _put_edges(row, pos, edges):
     for e in range(edges.shape[0]):
         if e > 0:
             row[pos] = BAR
             pos += 1
-        a, b = (edges[e, 1], edges[e, 0]) if swap else (edges[e, 0], edges[e, 1])
-        row[pos] = NODE0 + a
-        row[pos + 1] = NODE0 + b
+        row[pos] = NODE0 + edges[e, 0]
+        row[pos + 1] = NODE0 + edges[e, 1]
         pos += 2
+    return pos
+
+
+@njit(cache=True, inline="always")
+def _put_question(row, pos, edges, s, g):
+    """`u v | ... | u v / s g =`"""
+    pos = _put_edges(row, pos, edges)
     row[pos] = SLASH
     row[pos + 1] = NODE0 + s
     row[pos + 2] = NODE0 + g
     row[pos + 3] = EQ
     return pos + 4
+
+
+@njit(cache=True, inline="always")
+def _put_backward_question(row, pos, edges, g, k):
+    """RevThink's backward question `u v | ... | u v / start go .. go g =` (k `go`s): the
+    same edges, the start hidden: which nodes reach g in k moves?"""
+    pos = _put_edges(row, pos, edges)
+    row[pos] = SLASH
+    row[pos + 1] = START_T
+    pos += 2
+    for _ in range(k):
+        row[pos] = GO_T
+        pos += 1
+    row[pos] = NODE0 + g
+    row[pos + 1] = EQ
+    return pos + 2
+
+
+@njit(cache=True)
+def _put_layers(row, pos, edges, g, k, num_nodes):
+    """The backward question's reasoned answer: `at g from <layer 1> ... from <layer k> ;
+    <layer k>`, a breadth-first search from g along reversed edges where layer j is every node
+    whose shortest way to g takes j moves (the oracle's distances; labels ascending)."""
+    dist = digraph.distances_to_goal(edges, g, num_nodes)
+    keys = np.empty(2 * edges.shape[0], dtype=np.int64)
+    c = 0
+    for e in range(edges.shape[0]):
+        for side in range(2):
+            u = edges[e, side]
+            if 1 <= dist[u] <= k:
+                keys[c] = np.int64(dist[u]) * num_nodes + u
+                c += 1
+    keys = np.unique(keys[:c])  # sorted: by layer, then label
+    row[pos] = AT
+    row[pos + 1] = NODE0 + g
+    pos += 2
+    layer = 0
+    for j in range(keys.shape[0]):
+        if keys[j] // num_nodes != layer:
+            layer = keys[j] // num_nodes
+            row[pos] = FROM
+            pos += 1
+        row[pos] = NODE0 + keys[j] % num_nodes
+        pos += 1
+    row[pos] = SEMI
+    pos += 1
+    for j in range(keys.shape[0]):
+        if keys[j] // num_nodes == k:
+            row[pos] = NODE0 + keys[j] % num_nodes
+            pos += 1
+    return pos
 
 
 @njit(cache=True, inline="always")
@@ -126,6 +192,10 @@ def _put_events(row, pos, events, n_events, backward):
             row[pos] = BACK_T
             row[pos + 1] = NODE0 + events[j, 1]
             pos += 2
+        elif kind == JUMP:  # a breadth-first switch: `at t` again, mid-stream
+            row[pos] = AT
+            row[pos + 1] = NODE0 + events[j, 1]
+            pos += 2
         else:
             row[pos] = START_T if backward else GOAL_T
             pos += 1
@@ -134,7 +204,7 @@ def _put_events(row, pos, events, n_events, backward):
 
 @njit(cache=True, parallel=True)
 def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len, events,
-                n_events, seed, stream, indices, lookahead_p, out, prompt_len, total_len):
+                n_events, seed, stream, indices, lookahead_p, num_nodes, out, prompt_len, total_len):
     for r in prange(row_inst.shape[0]):
         i = row_inst[r]
         kind = row_kind[r]
@@ -144,21 +214,17 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
         n = answer_len[i]
         row[0] = BOS
         pos = 1
-        if code == 5:  # revthink
-            if kind == 0:
-                row[pos] = FWD
-                pos = _put_question(row, pos + 1, edges[i], s, g, False)
-            elif kind == 1:
-                row[pos] = BQ
-                pos = _put_question(row, pos + 1, edges[i], s, g, False)
-                pos = _put_nodes(row, pos, answer[i], n, False)
-                row[pos] = SEMI
-                pos += 1
-            else:
-                row[pos] = BR
-                pos = _put_question(row, pos + 1, edges[i], g, s, True)
-        else:
-            pos = _put_question(row, pos, edges[i], s, g, False)
+        if code == 5 and kind == KIND_BQ:  # revthink: question + its answer -> backward question
+            row[pos] = BQ
+            pos = _put_question(row, pos + 1, edges[i], s, g)
+            pos = _put_nodes(row, pos, answer[i], n, False)
+            row[pos] = SEMI
+            pos += 1
+        elif code == 5 and kind == KIND_BR:  # revthink: backward question -> its answer
+            row[pos] = BR
+            pos = _put_backward_question(row, pos + 1, edges[i], g, n - 1)
+        else:  # every forward row, revthink's included: exactly `optimal`'s prompt
+            pos = _put_question(row, pos, edges[i], s, g)
         prompt_len[r] = pos
         if code == 0:  # optimal
             pos = _put_nodes(row, pos, answer[i], n, False)
@@ -177,21 +243,22 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
             row[pos] = SEMI
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
         elif code == 5:
-            if kind == 0:
-                pos = _put_nodes(row, pos, answer[i], n, False)
-            elif kind == 1:
-                pos = _put_question(row, pos, edges[i], g, s, True)
+            if kind == KIND_BQ:
+                pos = _put_backward_question(row, pos, edges[i], g, n - 1)
+            elif kind == KIND_BR:
+                pos = _put_layers(row, pos, edges[i], g, n - 1, num_nodes)
             else:
-                pos = _put_nodes(row, pos, answer[i], n, True)
-        else:  # lookahead
+                pos = _put_nodes(row, pos, answer[i], n, False)
+        else:  # lookahead (TRELAWNEY): y1..yd <T> yk..yL </T> y(d+1)..yT, 1-based, d < k <= L <= T
             state = rng.new_state(seed, stream, indices[i], 0)
-            if n >= 2 and rng.uniform(state) < lookahead_p:
-                d = 1 + rng.randbelow(state, n - 1)      # nodes written before <T>: 1..n-1
-                k = d + rng.randbelow(state, n - d)      # the span starts at node k (d <= k < n)
+            if rng.uniform(state) < lookahead_p:
+                d = rng.randbelow(state, n)              # nodes before <T>: 0..T-1 (0: after the prompt)
+                k = d + rng.randbelow(state, n - d)      # the span's first node, 0-based: d..T-1
+                last = k + rng.randbelow(state, n - k)   # its last node, 0-based: k..T-1
                 pos = _put_nodes(row, pos, answer[i], d, False)
                 row[pos] = T_OPEN
                 pos += 1
-                for j in range(k, n):
+                for j in range(k, last + 1):
                     row[pos] = NODE0 + answer[i, j]
                     pos += 1
                 row[pos] = T_CLOSE
@@ -241,16 +308,21 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
                                         options.child_order, seed, indices,
                                         stream_salt=split_stream(split) & 0xFF)
         events, n_events = found["events"], found["n_events"]
-    row_inst, row_kind = example_rows(variant, split, n_inst)
+    keep = None
+    if variant == "revthink" and split == "train":  # RevThink keeps consistent examples only
+        keep = revthink_consistent(batch, cfg.num_nodes)
+    row_inst, row_kind = example_rows(variant, split, n_inst, keep)
     e, p = batch["edges"].shape[1], answer.shape[1]
-    width = 3 * e + p + 6 + max(3 * e + 4, 2 * events.shape[1] + p + 2, 2 * p + 2, 2 * p + 3)
+    # prompt <= 3e + p + 6 ([bq]: question, plan, `;`); completion <= 4e + p + 4 ([br]: every
+    # node twice plus k `from`s), 2 * events + p + 2 (streams), 2p + 3 (lookahead)
+    width = 3 * e + p + 6 + max(4 * e + p + 4, 2 * events.shape[1] + p + 2, 2 * p + 3)
     out = np.empty((row_inst.shape[0], width), dtype=np.int32)  # only row[:total_len] is read
     prompt_len = np.zeros(row_inst.shape[0], dtype=np.int32)
     total_len = np.zeros(row_inst.shape[0], dtype=np.int32)
     _write_rows(VARIANTS.index(variant), row_inst, row_kind, batch["edges"], batch["start"],
                 batch["goal"], answer, answer_len, events, n_events, np.uint64(seed),
                 (rng.STREAM_TRACE << 8) | (split_stream(split) & 0xFF), indices,
-                float(options.lookahead_p), out, prompt_len, total_len)
+                float(options.lookahead_p), cfg.num_nodes, out, prompt_len, total_len)
     offsets = np.zeros(row_inst.shape[0] + 1, dtype=np.int64)
     np.cumsum(total_len, out=offsets[1:])
     tokens = np.empty(offsets[-1], dtype=np.int32)
@@ -264,16 +336,83 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     }
 
 
-def example_rows(variant: str, split: str, n_inst: int) -> tuple[np.ndarray, np.ndarray]:
+def example_rows(variant: str, split: str, n_inst: int,
+                 keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(row -> instance, row kind): revthink trains on three examples per instance (fwd, bq,
-    br) and evaluates forward only; every other variant has one row per instance."""
+    br) and evaluates forward only; every other variant has one row per instance. `keep`
+    (revthink, per instance): False drops that instance's two backward rows."""
     if variant == "revthink" and split == "train":
-        return (np.repeat(np.arange(n_inst, dtype=np.int64), 3),
-                np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst))
+        rows = np.repeat(np.arange(n_inst, dtype=np.int64), 3)
+        kinds = np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst)
+        if keep is not None:
+            chosen = (kinds == KIND_FWD) | np.repeat(np.asarray(keep, dtype=bool), 3)
+            rows, kinds = rows[chosen], kinds[chosen]
+        return rows, kinds
     return np.arange(n_inst, dtype=np.int64), np.zeros(n_inst, dtype=np.int8)
 
 
+@njit(cache=True, parallel=True)
+def _revthink_consistent(edges, start, goal, plan, plan_len, num_nodes, ok):
+    for i in prange(start.shape[0]):
+        n = plan_len[i]
+        good = n >= 2 and plan[i, 0] == start[i] and plan[i, n - 1] == goal[i]
+        for j in range(n - 1):  # the forward answer replays, edge by edge
+            if not good:
+                break
+            good = False
+            for e in range(edges.shape[1]):
+                if edges[i, e, 0] == plan[i, j] and edges[i, e, 1] == plan[i, j + 1]:
+                    good = True
+                    break
+        if good:  # ... and is as short as the oracle says: layer n-1 of [br] holds the start
+            good = digraph.distances_to_goal(edges[i], goal[i], num_nodes)[start[i]] == n - 1
+        ok[i] = good
+
+
+def revthink_consistent(batch: dict, num_nodes: int) -> np.ndarray:
+    """Per instance, whether RevThink's forward and backward examples agree, by the oracle:
+    the forward plan replays from the start to the goal in as many moves as the shortest
+    distance d*(start), so the backward question (which nodes reach the goal in that many
+    moves?) has the start among its answers."""
+    ok = np.zeros(batch["start"].shape[0], dtype=np.bool_)
+    _revthink_consistent(batch["edges"], batch["start"], batch["goal"], batch["plan"],
+                         batch["plan_len"], num_nodes, ok)
+    return ok
+
+
 _DONOR_SALT = 1 << 40  # a salt no dedup redraw reaches: donors are fresh instances
+
+
+def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) -> list[int]:
+    """The tokens eval forces after instance i's prompt before the model writes (TRELAWNEY's
+    inference modes): `plain` none, `model-goal` `<T>` (the model writes the span, then the
+    plan), `given-goal` `<T> g </T>` (the user gives the goal). The judged completion is these
+    tokens followed by the generated ones. Only `lookahead` models know `<T>`."""
+    require(mode in ("plain", "model-goal", "given-goal"),
+            f"eval lookahead must be plain, model-goal or given-goal, got {mode!r}.")
+    if mode == "plain":
+        return []
+    require(variant == "lookahead",
+            f"eval lookahead {mode} needs a lookahead suite; {variant} is trained without <T> spans.")
+    if mode == "model-goal":
+        return [T_OPEN]
+    return [T_OPEN, NODE0 + int(instances["goal"][i]), T_CLOSE]
+
+
+def variant_note(task_name: str, variant: str) -> str | None:
+    """What a report should say next to this task's variant, or None: on path-star the
+    backward direction is a chain (every node but the centre has one predecessor), so the
+    backward variants there write no search at all."""
+    if task_name != "pathstar":
+        return None
+    if variant == "backward-stream":
+        return "no search on path-star: the backward direction is a chain"
+    if variant == "revthink":
+        return ("no search in the backward objectives on path-star: the backward direction "
+                "is a chain (one node per layer)")
+    if variant in ("reverse", "revfwd"):
+        return "the plan written goal-first needs no search on path-star: the backward direction is a chain"
+    return None
 
 
 # --------------------------------------------------------------------------- parser
@@ -307,29 +446,40 @@ class _ParseError(Exception):
     pass
 
 
-def _strip_lookahead(ids: list[int]) -> list[int]:
-    out, inside = [], False
+def _strip_lookahead(ids: list[int], vocab_size: int) -> list[int]:
+    """The completion without its `<T> span </T>` (at most one, of one or more nodes, as the
+    writer and every eval mode make it)."""
+    out, span, inside, spans = [], [], False, 0
     for t in ids:
         if t == T_OPEN:
             if inside:
                 raise _ParseError("<T> opened twice")
+            if spans:
+                raise _ParseError("a second <T> span")
             inside = True
         elif t == T_CLOSE:
             if not inside:
                 raise _ParseError("</T> without <T>")
-            inside = False
-        elif not inside:
+            if not span:
+                raise _ParseError("the <T> span is empty")
+            inside, spans = False, 1
+        elif inside:
+            span.append(t)
+        else:
             out.append(t)
     if inside:
         raise _ParseError("<T> never closed")
+    _nodes(span, vocab_size, "<T> span")
     return out
 
 
 def _events(ids: list[int], vocab_size: int, backward: bool):
-    """(events, event_ends) of a stream's tokens."""
+    """(events, event_ends, error) of a stream's tokens, read as far as they go: reading stops
+    at the first token that is not a stream word (error says which) or at a word cut off by
+    the end; the events before it are kept, so an unfinished stream can still be judged."""
     step, finish = (FROM, START_T) if backward else (GO_T, GOAL_T)
-    if len(ids) < 2 or ids[0] != AT:
-        raise _ParseError("a stream must begin with `at <node>`")
+    if len(ids) < 2 or ids[0] != AT or not NODE0 <= ids[1] < vocab_size:
+        return [], [], "a stream must begin with `at <node>`"
     events: list[tuple[str, int]] = []
     ends: list[int] = []
     pos = 0
@@ -337,10 +487,9 @@ def _events(ids: list[int], vocab_size: int, backward: bool):
         t = ids[pos]
         if t in (AT, step, BACK_T):
             if pos + 1 >= len(ids) or not NODE0 <= ids[pos + 1] < vocab_size:
-                raise _ParseError(f"stream token {pos} must be followed by a node")
-            if t == AT and pos != 0:
-                raise _ParseError("`at` may only begin a stream")
-            name = {AT: "start", step: "go", BACK_T: "back"}[t]
+                return events, ends, f"stream token {pos} must be followed by a node"
+            # `at` begins a stream; later it is a breadth-first jump to a state entered before
+            name = {AT: "jump" if pos else "start", step: "go", BACK_T: "back"}[t]
             events.append((name, ids[pos + 1] - NODE0))
             pos += 2
         elif t == DEAD_T:
@@ -350,27 +499,36 @@ def _events(ids: list[int], vocab_size: int, backward: bool):
             events.append(("goal", -1))
             pos += 1
         else:
-            raise _ParseError(f"stream token {pos} is not a stream word")
+            return events, ends, f"stream token {pos} is not a stream word"
         ends.append(pos)
-    return events, ends
+    return events, ends, None
 
 
 def stream_plan(parsed: Parsed) -> list[int] | None:
     """The start -> goal path a parsed stream ends on: the root-to-current path after
-    replaying its moves and backtracks (reversed for a backward stream). None when the
-    completion has no stream or a backtrack leaves the current path."""
+    replaying its moves, backtracks and jumps (reversed for a backward stream). None when the
+    completion has no stream or a backtrack or jump names a node the stream never entered."""
     if not parsed.events:
         return None
     path: list[int] = []
+    parent: dict[int, int | None] = {}
     for name, node in parsed.events:
         if name == "start":
-            path = [node]
+            path, parent = [node], {node: None}
         elif name == "go":
+            parent[node] = path[-1] if path else None
             path.append(node)
         elif name == "back":
             if node not in path:
                 return None
             path = path[: path.index(node) + 1]
+        elif name == "jump":
+            if node not in parent:
+                return None
+            path = [node]
+            while parent.get(path[-1]) is not None and len(path) <= len(parent):
+                path.append(parent[path[-1]])
+            path = path[::-1]
         elif name == "goal":
             break
     return path[::-1] if parsed.backward else path
@@ -380,29 +538,45 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
     """Parse a completion (the tokens after the prompt, ending with <eos>). Never raises:
     anything malformed comes back with `plan=None` and the reason in `error`."""
     ids = [int(t) for t in ids]
+    size = len(vocab)
     if EOS not in ids:
+        if variant in STREAM_VARIANTS:  # judge the stream as far as it goes
+            head = ids[: ids.index(SEMI)] if SEMI in ids else ids
+            backward = variant == "backward-stream"
+            events, ends, _ = _events(head, size, backward)
+            return Parsed(None, events=events, backward=backward, event_ends=ends,
+                          error="no <eos>: the completion did not finish")
         return Parsed(None, error="no <eos>: the completion did not finish")
     ids = ids[: ids.index(EOS)]
-    size = len(vocab)
     try:
         if variant in ("optimal", "revthink"):
             return Parsed(_nodes(ids, size, "plan"))
         if variant == "lookahead":
-            return Parsed(_nodes(_strip_lookahead(ids), size, "plan"))
+            return Parsed(_nodes(_strip_lookahead(ids, size), size, "plan"))
         if variant == "reverse":
             back = _nodes(ids, size, "reversed plan")
             return Parsed(back[::-1], reverse_plan=back)
-        if SEMI not in ids:
-            raise _ParseError("no `;` before the plan")
-        cut = ids.index(SEMI)
-        head, plan = ids[:cut], _nodes(ids[cut + 1:], size, "plan")
         if variant == "revfwd":
-            return Parsed(plan, reverse_plan=_nodes(head, size, "reversed plan"))
-        backward = variant == "backward-stream"
-        events, ends = _events(head, size, backward)
-        return Parsed(plan, events=events, backward=backward, event_ends=ends)
+            if SEMI not in ids:
+                raise _ParseError("no `;` before the plan")
+            cut = ids.index(SEMI)
+            return Parsed(_nodes(ids[cut + 1:], size, "plan"),
+                          reverse_plan=_nodes(ids[:cut], size, "reversed plan"))
     except _ParseError as exc:
         return Parsed(None, error=str(exc))
+    # stream variants: the events are kept even when the rest is unreadable
+    backward = variant == "backward-stream"
+    cut = ids.index(SEMI) if SEMI in ids else len(ids)
+    events, ends, error = _events(ids[:cut], size, backward)
+    plan = None
+    if cut == len(ids):
+        error = "no `;` before the plan" + (f" ({error})" if error else "")
+    if error is None:
+        try:
+            plan = _nodes(ids[cut + 1:], size, "plan")
+        except _ParseError as exc:
+            error = str(exc)
+    return Parsed(plan, events=events, backward=backward, event_ends=ends, error=error)
 
 
 class StreamTracker:
@@ -425,8 +599,10 @@ class StreamTracker:
             return
         if self._pending is not None:
             node = token - NODE0
-            if self._pending == "at":
-                self.current, self.entered, self.thought_moves = node, {node}, 0
+            if self._pending == "at":  # the start, or a breadth-first jump (a thought switch)
+                if self.current is None:
+                    self.entered = {node}
+                self.current, self.thought_moves = node, 0
             elif self._pending == "go":
                 self.current = node
                 self.entered.add(node)
