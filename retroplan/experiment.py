@@ -35,15 +35,17 @@ from . import __version__, plots
 from .envs import get_task, make_config
 from .errors import UserError, require
 from .eval import EvalConfig, evaluate, metrics_current
-from .fsutil import write_bytes, write_text
+from .fsutil import write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .stats import mean_ci, wilson
+from .study import verdict_lines, verdict_table
 from .traces import WRITES, check_variant, get_grammar
 from .traces.suite import SuiteSpec, generate_suite, open_suite
 from .train import TrainConfig, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
-             "train", "eval"}
+             "train", "eval", "study"}
+_STUDY_KEYS = {"baseline"}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 METRICS = ("accuracy", "first_step_accuracy", "optimal_rate", "faithful_accuracy",
            "stream_first_step_accuracy", "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy",
@@ -62,7 +64,7 @@ def load_experiment(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}.")
     for key in ("name", "task", "variants"):
         require(key in exp, f"{path} needs a {key!r} entry.")
-    for key in ("sizes", "options", "train", "eval"):
+    for key in ("sizes", "options", "train", "eval", "study"):
         require(isinstance(exp.get(key, {}), dict), f"{path}: {key} must be a table ([{key}]).")
     task = get_task(exp["task"])
     variants = exp["variants"]
@@ -88,6 +90,14 @@ def load_experiment(path: str | os.PathLike) -> dict:
         labels.append(label)
     require(len(set(labels)) == len(labels), f"{path}: two conditions have the same label.")
     exp["_labels"] = labels
+    study = exp.get("study", {})
+    bad = sorted(set(study) - _STUDY_KEYS)
+    require(not bad, f"{path}: unknown study setting {bad[0] if bad else ''!r}; allowed: "
+            f"{', '.join(sorted(_STUDY_KEYS))}.")
+    baseline = study.get("baseline", "optimal" if "optimal" in variants else variants[0])
+    require(baseline in variants, f"{path}: the study baseline {baseline!r} is not one of the "
+            f"variants ({', '.join(variants)}).")
+    exp["_baseline"] = baseline
     sizes = exp.setdefault("sizes", {})
     for split in sizes:
         require(split in task.SPLITS, f"{path}: unknown split {split!r} in [sizes]; allowed: "
@@ -219,9 +229,12 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     figures += plots.accuracy_vs_difficulty(difficulty_points, out / "difficulty")
     figures += plots.behaviour_bars([r for r in rows if r["split"] == exp["_splits"][0]], out / "behaviour")
     figures += plots.trajectory_vs_stream(stream_records, out / "trajectories")
+    verdicts = verdict_table(exp, out, exp["_baseline"])
+    write_json(out / "verdicts.json", verdicts)
     report = out / "report.md"
     pngs = [f.name for f in figures if f.suffix == ".png"]
-    write_text(report, _report(exp, Path(path), out, rows, pngs, time.perf_counter() - t_start))
+    write_text(report, _report(exp, Path(path), out, rows, pngs, time.perf_counter() - t_start,
+                               verdicts))
     return report
 
 
@@ -325,14 +338,15 @@ def _variant_notes(exp: dict) -> list[str]:
 
 
 def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[str],
-            seconds: float) -> str:
+            seconds: float, verdicts: list[dict]) -> str:
     lines = [f"# {exp['name']}", ""]
     if exp.get("description"):
         lines += [exp["description"].strip(), ""]
     lines += ["Every accuracy below counts plans that were parsed by the task's grammar and replayed "
               "move by move in the task's environment.", "",
-              "## Reproduce", "", "```", f"retroplan run {source} --out {out}", "```", "",
-              "## Results", ""]
+              "## Reproduce", "", "```", f"retroplan run {source} --out {out}", "```", ""]
+    lines += verdict_lines(verdicts, WRITES)
+    lines += ["## Results", ""]
     seeds = exp["seeds"]
     ci_note = ("mean over seeds [95% t-interval]" if len(seeds) > 1 else
                "one seed; [95% Wilson interval over the test instances]")
