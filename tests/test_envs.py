@@ -84,8 +84,10 @@ def test_instance_depends_only_on_seed_split_index(task, cfg):
     assert not np.array_equal(whole["edges"], other_seed["edges"])
 
 
-def test_graph_task_is_connected_with_goal_at_requested_distance():
-    cfg = graph.Config(num_nodes=18, out_degree=2, min_distance=4, max_distance=5)
+def test_strongly_connected_graph_is_connected_with_goal_at_requested_distance():
+    # the default structure (`dead-ends`) has dead ends on purpose: tests/test_graph_task.py
+    cfg = graph.Config(num_nodes=18, out_degree=2, min_distance=4, max_distance=5,
+                       structure="strongly-connected")
     batch = graph.sample_instances(cfg, 1, "val", np.arange(300))
     for i in range(300):
         inst = graph.instance_at(batch, i)
@@ -162,6 +164,8 @@ def test_gymnasium_envs_pass_check_env_and_play_by_the_rules(env_id, kwargs):
     ("graph", {"out_degree": 0}, "out_degree must be between 1"),
     ("graph", {"num_nodes": 5, "max_distance": 9}, "max_distance must be at most"),
     ("graph", {"min_distance": 4, "max_distance": 3}, "min_distance <= max_distance"),
+    ("graph", {"structure": "maze"}, "structure must be one of dead-ends, strongly-connected, balanced"),
+    ("graph", {"num_nodes": 30, "out_degree": 29}, "dead region takes 30 of the 30"),
     ("chess", {}, "unknown task 'chess'"),
 ])
 def test_impossible_configs_are_refused_with_a_sentence(task, values, fragment):
@@ -170,6 +174,7 @@ def test_impossible_configs_are_refused_with_a_sentence(task, values, fragment):
 
 
 def test_infeasible_distance_is_reported_not_looped_forever():
-    cfg = graph.Config(num_nodes=30, out_degree=29, min_distance=5, max_distance=6)
+    cfg = graph.Config(num_nodes=30, out_degree=29, min_distance=5, max_distance=6,
+                       structure="strongly-connected")
     with pytest.raises(UserError, match="lower min_distance or out_degree"):
         graph.sample_instances(cfg, 0, "train", np.arange(2))

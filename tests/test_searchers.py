@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retroplan.envs import digraph, graph, pathstar
-from retroplan.searchers import BACK, DEAD, GO, GOAL, START
+from retroplan.searchers import BACK, DEAD, GO, GOAL, JUMP, START
 from retroplan.searchers.graph_search import run_search
 
 
@@ -31,6 +31,9 @@ def check_log(events, n, edges, start, goal, path, backward=False, ancestor_back
             else:
                 assert node in visited
                 stack = [node]  # BFS jumps: only the endpoint matters below
+        elif kind == JUMP:  # breadth-first switch to a node entered elsewhere in the tree
+            assert not ancestor_backtracks and node in visited
+            stack = [node]
         elif kind == DEAD:
             pass
         else:

@@ -108,6 +108,47 @@ def shortest_plan(edges, start, goal, num_nodes, out):
     return n
 
 
+@njit(cache=True)
+def lookahead(edges, start, goal, num_nodes):
+    """How many moves one must look ahead from the start before the right first move is known
+    (after Saparov et al. 2025, "Transformers Struggle to Learn to Search").
+
+    A successor c of the start is *right* when it lies on a shortest path (d*(c) = d*(start)
+    - 1). A wrong successor is told apart in one of two ways: when it is a dead end (the goal
+    is not reachable from it), by looking far enough to see everything reachable from it end
+    without the goal, that is 1 + the largest breadth-first depth from c (a successor with no
+    out-edges: 1); when it is live (the goal is reachable from it, only not as fast), only by
+    finding the goal through a right successor, after d*(start) moves. The lookahead is
+    min(d*(start), the largest of these over the wrong successors), 0 when every successor is
+    right (a single successor, or only shortest ones), -1 when the goal is not reachable.
+    """
+    dist = distances_to_goal(edges, goal, num_nodes)
+    d0 = dist[start]
+    if d0 < 0:
+        return -1
+    worst = 0
+    for e in range(edges.shape[0]):
+        if edges[e, 0] != start:
+            continue
+        c = edges[e, 1]
+        if dist[c] == d0 - 1:
+            continue
+        if dist[c] >= 0:
+            return d0
+        reach = bfs_distances(edges[:, 0], edges[:, 1], c, num_nodes)
+        worst = max(worst, 1 + reach.max())
+    return min(d0, worst)
+
+
+@njit(cache=True, parallel=True)
+def lookaheads(edges, start, goal, num_nodes):
+    """`lookahead` of every instance of a batch."""
+    out = np.empty(edges.shape[0], dtype=np.int32)
+    for i in prange(edges.shape[0]):
+        out[i] = lookahead(edges[i], start[i], goal[i], num_nodes)
+    return out
+
+
 @njit(cache=True, parallel=True)
 def instance_hashes(edges, start, goal):
     """A 64-bit fingerprint of each instance that ignores edge order (used to keep test

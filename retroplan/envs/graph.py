@@ -1,10 +1,35 @@
-"""General graph planning: a random strongly connected directed graph, a start and a goal
-at a chosen shortest-path distance; the plan is a shortest start -> goal path.
+"""General graph planning: a directed graph, a start and a goal at a shortest distance in
+[`min_distance`, `max_distance`] moves; the plan is a shortest start -> goal path.
 
-Construction: a Hamiltonian cycle through the nodes in random order (so every node reaches
-every other), then `out_degree - 1` further out-edges per node to distinct random targets.
-The start is uniform; the goal is uniform among the nodes whose distance from the start lies
-in [`min_distance`, `max_distance`] moves (the graph is redrawn when there is none).
+A *dead end* is a node from which the goal cannot be reached (R = 0). The *lookahead* of an
+instance is how many moves one must look ahead from the start before the right first move is
+known (`digraph.lookahead`; after Saparov et al. 2025). `structure` picks the generator:
+
+- `dead-ends` (default): the goal is reachable from the start but not from everywhere. The
+  nodes are split at random into a one-way *dead region* of D = max(out_degree + 1,
+  round(dead_share * num_nodes)) nodes and a *live part* of the others. Live part: a
+  Hamiltonian cycle through its nodes in random order, plus out_degree - 1 edges per node to
+  distinct random nodes of the whole graph (so an edge may lead into the dead region). Dead
+  region: out_degree edges per node to distinct random nodes of the dead region only. Nothing
+  leaves the dead region, so a node is a dead end exactly when it lies in it, and every live
+  node reaches every other. Start and goal are live: the start uniform, the goal uniform among
+  the live nodes at the requested distance (the graph is redrawn when there is none).
+- `strongly-connected`: the earlier generator, byte for byte: a Hamiltonian cycle through all
+  nodes plus out_degree - 1 random chords per node; every node reaches every other (no dead
+  ends), the start uniform, the goal uniform among the nodes at the requested distance.
+- `balanced` (after Saparov et al. 2025): the lookahead L is drawn uniformly from
+  1..max_lookahead (0: max_distance), then the distance d uniformly from
+  max(min_distance, L)..max_distance. The start has out_degree branches, each a path whose
+  nodes have one out-edge: one reaches the goal after d moves; the other out_degree - 1 stop
+  at a node without out-edges after m moves (m = L when d > L, L or L + 1 at random when
+  d = L), so the branches look alike for L moves. The goal and the remaining nodes carry the
+  rest of the edges, to random targets; nothing on a branch leads to those nodes, so they
+  change neither the distance nor the lookahead (both are checked on every instance).
+
+Every structure has exactly num_nodes * out_degree edges (`edges` is (N, num_nodes *
+out_degree, 2)): one out_degree per node in `dead-ends` and `strongly-connected`; in
+`balanced`, branch nodes have one (or none) and the goal and the other nodes share the rest
+as evenly as possible.
 """
 
 from __future__ import annotations
@@ -24,6 +49,7 @@ NAME = "graph"
 ENV_ID = "retroplan/GraphPlan-v0"
 MAX_NODES = 4096
 _ATTEMPTS = 256  # redraws of one instance before we call the config infeasible
+STRUCTURES = ("dead-ends", "strongly-connected", "balanced")
 
 
 @dataclass(frozen=True)
@@ -32,9 +58,12 @@ class Config:
     out_degree: int = 2
     min_distance: int = 3
     max_distance: int = 6
+    structure: str = "dead-ends"   # dead-ends | strongly-connected | balanced
+    dead_share: float = 0.4        # dead-ends: share of the nodes in the dead region
+    max_lookahead: int = 0         # balanced: lookahead drawn from 1..max_lookahead (0: max_distance)
 
     def validate(self) -> None:
-        for name in ("num_nodes", "out_degree", "min_distance", "max_distance"):
+        for name in ("num_nodes", "out_degree", "min_distance", "max_distance", "max_lookahead"):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool),
                     f"graph {name} must be an integer, got {value!r}.")
@@ -49,9 +78,79 @@ class Config:
         require(self.max_distance <= self.num_nodes - 1,
                 f"graph max_distance must be at most num_nodes - 1 = {self.num_nodes - 1}, "
                 f"got {self.max_distance}.")
+        require(isinstance(self.structure, str) and self.structure in STRUCTURES,
+                f"graph structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}.")
+        require(isinstance(self.dead_share, (int, float)) and not isinstance(self.dead_share, bool)
+                and 0 < self.dead_share < 1,
+                f"graph dead_share must be a number strictly between 0 and 1, got {self.dead_share!r}.")
+        require(0 <= self.max_lookahead <= self.max_distance,
+                f"graph max_lookahead must be between 0 (meaning max_distance) and max_distance = "
+                f"{self.max_distance}, got {self.max_lookahead}.")
+        if self.structure == "dead-ends":
+            self._validate_dead_ends()
+        elif self.structure == "balanced":
+            self._validate_balanced()
+
+    def _validate_dead_ends(self) -> None:
+        k, n = self.out_degree, self.num_nodes
+        require(k >= 2, "graph structure dead-ends needs out_degree >= 2 (one edge of each live node "
+                        "keeps the live part connected, the others may lead into the dead region), "
+                        f"got {k}.")
+        dead = dead_nodes(self)
+        require(dead <= n - 2,
+                f"graph structure dead-ends needs 2 live nodes, but its dead region takes {dead} of "
+                f"the {n} (dead_share {self.dead_share} of them, and at least out_degree + 1 = {k + 1} "
+                "as each dead node points to out_degree other dead nodes); lower out_degree or "
+                "dead_share, or raise num_nodes.")
+        require(self.min_distance <= n - dead - 1,
+                f"graph structure dead-ends keeps {n - dead} live nodes, so no goal is more than "
+                f"{n - dead - 1} moves from the start, below min_distance {self.min_distance}; lower "
+                "min_distance or dead_share, or raise num_nodes.")
+
+    def _validate_balanced(self) -> None:
+        k = self.out_degree
+        require(k >= 2, "graph structure balanced needs out_degree >= 2 (the start's out_degree "
+                        f"branches: one to the goal, the others dead), got {k}.")
+        need = _balanced_min_nodes(self)
+        fix = (f"raise num_nodes to at least {need} or lower" if need <= MAX_NODES
+               else f"no num_nodes up to {MAX_NODES} fits; lower")
+        require(need <= self.num_nodes,
+                f"graph structure balanced with out_degree {k}, max_distance {self.max_distance} and "
+                f"max_lookahead {lookahead_max(self)} needs {need} nodes for its largest instances; "
+                f"{fix} max_distance, max_lookahead or out_degree.")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def dead_nodes(cfg: Config) -> int:
+    """`dead-ends`: how many nodes the dead region has."""
+    return max(cfg.out_degree + 1, int(cfg.dead_share * cfg.num_nodes + 0.5))
+
+
+def lookahead_max(cfg: Config) -> int:
+    """`balanced`: the largest lookahead drawn."""
+    return cfg.max_lookahead or cfg.max_distance
+
+
+def _balanced_fits(n: int, k: int, branch_nodes: int) -> bool:
+    """Whether a balanced instance whose branches hold `branch_nodes` nodes (the start
+    included) fits n nodes: the goal and the nodes off the branches carry the other edges."""
+    free = n - branch_nodes + 1            # the goal and the nodes off the branches
+    return branch_nodes <= n and n * k - (branch_nodes - 1) <= free * (n - 1)
+
+
+def _balanced_min_nodes(cfg: Config) -> int:
+    """The fewest nodes every balanced instance of `cfg` fits in (MAX_NODES + 1: none). The
+    largest instance binds: distance d with dead branches of d + 1 moves when the lookahead can
+    be d, of max_lookahead moves otherwise."""
+    k, lmax = cfg.out_degree, lookahead_max(cfg)
+    branch = max(1 + d + (k - 1) * (d + 1 if d <= lmax else lmax)
+                 for d in range(cfg.min_distance, cfg.max_distance + 1))
+    n = cfg.num_nodes
+    while n <= MAX_NODES and not _balanced_fits(n, k, branch):
+        n += 1
+    return n
 
 
 def num_edges(cfg: Config) -> int:
@@ -64,8 +163,61 @@ def chance(cfg: Config) -> None:
 
 
 def difficulty(cfg: Config, batch: dict) -> dict[str, np.ndarray]:
-    """Per-instance difficulty: the optimal number of moves."""
-    return {"distance": batch["plan_len"] - 1}
+    """Per-instance difficulty: the optimal number of moves and the lookahead
+    (`digraph.lookahead`: moves to look ahead before the right first move is known), named
+    `lookahead_depth` because eval records already use `lookahead` for the decoding mode."""
+    return {"distance": batch["plan_len"] - 1,
+            "lookahead_depth": digraph.lookaheads(batch["edges"], batch["start"], batch["goal"],
+                                                  cfg.num_nodes)}
+
+
+def describe(cfg: Config) -> list[str]:
+    """Lines `retroplan inspect` prints about the config: what the structure means."""
+    if cfg.structure == "dead-ends":
+        dead = dead_nodes(cfg)
+        return [f"structure dead-ends: {dead} of {cfg.num_nodes} nodes form a one-way dead region "
+                "(the goal is not reachable from them); the others reach each other"]
+    if cfg.structure == "balanced":
+        return [f"structure balanced: lookahead uniform over 1..{lookahead_max(cfg)}, "
+                "distance uniform over max(min_distance, lookahead)..max_distance"]
+    return ["structure strongly-connected: every node reaches the goal (no dead ends)"]
+
+
+@njit(cache=True, parallel=True)
+def _dead_end_counts(edges, start, goal, n):
+    """Per instance: dead ends (R = 0) among all nodes, among the start's successors, and the
+    start's successors."""
+    out = np.zeros((edges.shape[0], 3), dtype=np.int64)
+    for i in prange(edges.shape[0]):
+        dist = digraph.distances_to_goal(edges[i], goal[i], n)
+        for v in range(n):
+            out[i, 0] += dist[v] < 0
+        for e in range(edges.shape[1]):
+            if edges[i, e, 0] == start[i]:
+                out[i, 1] += dist[edges[i, e, 1]] < 0
+                out[i, 2] += 1
+    return out
+
+
+def split_summary(cfg: Config, instances: dict) -> str:
+    """One line about a split's instances for `retroplan inspect`: the measured lookahead
+    and distance distributions and the share of dead ends."""
+    n = int(instances["start"].shape[0])
+    if not n:
+        return "no instances"
+    looks = difficulty(cfg, instances)["lookahead_depth"]
+    counts = _dead_end_counts(instances["edges"], instances["start"], instances["goal"],
+                              cfg.num_nodes).sum(axis=0)
+
+    def hist(values):
+        return " ".join(f"{v}:{c}" for v, c in enumerate(np.bincount(values)) if c)
+
+    return (f"lookahead {hist(looks)} (mean {looks.mean():.2f}); distance "
+            f"{hist(instances['plan_len'] - 1)}; dead ends (R = 0) {counts[0] / (n * cfg.num_nodes):.1%} "
+            f"of nodes, {counts[1] / max(1, counts[2]):.1%} of the start's successors")
+
+
+# --------------------------------------------------------------------------- kernels
 
 
 @njit(cache=True)
@@ -131,6 +283,174 @@ def _sample(seed, stream, indices, salts, n, k, dmin, dmax, edges, start, goal, 
             break
 
 
+@njit(cache=True)
+def _draw_dead_ends(state, n, k, n_dead, edges_out, live):
+    """A `dead-ends` graph: fills edges_out (n*k, 2) unshuffled and `live` (n,) with the live
+    mask; returns the node order (dead region first)."""
+    order = np.arange(n, dtype=np.int32)
+    rng.shuffle(state, order)
+    c = n - n_dead
+    taken = np.zeros(n, dtype=np.bool_)
+    live[:] = False
+    e = 0
+    for i in range(c):  # the live part: a cycle through it plus k - 1 edges anywhere
+        u = order[n_dead + i]
+        live[u] = True
+        succ = order[n_dead + (i + 1) % c]
+        edges_out[e, 0] = u
+        edges_out[e, 1] = succ
+        e += 1
+        taken[:] = False
+        taken[u] = True
+        taken[succ] = True
+        for _ in range(k - 1):
+            v = rng.randbelow(state, n)
+            while taken[v]:
+                v = rng.randbelow(state, n)
+            taken[v] = True
+            edges_out[e, 0] = u
+            edges_out[e, 1] = v
+            e += 1
+    for i in range(n_dead):  # the dead region: k edges inside it
+        u = order[i]
+        taken[:] = False
+        taken[u] = True
+        for _ in range(k):
+            v = order[rng.randbelow(state, n_dead)]
+            while taken[v]:
+                v = order[rng.randbelow(state, n_dead)]
+            taken[v] = True
+            edges_out[e, 0] = u
+            edges_out[e, 1] = v
+            e += 1
+    return order
+
+
+@njit(cache=True)
+def _draw_balanced(state, n, k, dmin, dmax, lmax, edges_out):
+    """A `balanced` graph: fills edges_out (n*k, 2) unshuffled; returns (start, goal,
+    lookahead, distance) as drawn."""
+    look = 1 + rng.randbelow(state, lmax)
+    lo = max(dmin, look)
+    d = lo + rng.randbelow(state, dmax - lo + 1)
+    m = look
+    if d == look:
+        m += rng.randbelow(state, 2)
+    # the goal and the nodes off the branches carry the rest, as evenly as possible
+    pos = d + 1 + (k - 1) * m
+    n_free = n - pos + 1
+    left = n * k - d - (k - 1) * m
+    if pos > n or left > n_free * (n - 1):  # does not fit (validate() rules this out)
+        return -1, -1, look, d
+    order = np.arange(n, dtype=np.int32)
+    rng.shuffle(state, order)
+    s = order[0]
+    e = 0
+    for i in range(1, d + 1):  # the branch to the goal
+        edges_out[e, 0] = order[i - 1]
+        edges_out[e, 1] = order[i]
+        e += 1
+    g = order[d]
+    pos = d + 1
+    for _ in range(k - 1):  # the dead branches
+        prev = s
+        for _ in range(m):
+            edges_out[e, 0] = prev
+            edges_out[e, 1] = order[pos]
+            prev = order[pos]
+            pos += 1
+            e += 1
+    base = left // n_free
+    rank = np.arange(n_free, dtype=np.int32)
+    rng.shuffle(state, rank)
+    taken = np.zeros(n, dtype=np.bool_)
+    for j in range(n_free):
+        u = g if j == 0 else order[pos + j - 1]
+        deg = base + (1 if rank[j] < left - base * n_free else 0)
+        taken[:] = False
+        taken[u] = True
+        for _ in range(deg):
+            v = rng.randbelow(state, n)
+            while taken[v]:
+                v = rng.randbelow(state, n)
+            taken[v] = True
+            edges_out[e, 0] = u
+            edges_out[e, 1] = v
+            e += 1
+    return s, g, look, d
+
+
+@njit(cache=True)
+def _emit(state, raw, s, g, n, edges_i, plan_i):
+    """Shuffle the edge order into edges_i, write the reference plan; returns its length."""
+    n_edges = raw.shape[0]
+    order = np.arange(n_edges, dtype=np.int32)
+    rng.shuffle(state, order)
+    for e in range(n_edges):
+        edges_i[order[e], 0] = raw[e, 0]
+        edges_i[order[e], 1] = raw[e, 1]
+    plan_i[:] = -1
+    return digraph.shortest_plan(edges_i, s, g, n, plan_i)
+
+
+@njit(cache=True, parallel=True)
+def _sample_dead_ends(seed, stream, indices, salts, n, k, n_dead, dmin, dmax, edges, start, goal,
+                      plan, plan_len):
+    n_edges = n * k
+    for idx in prange(indices.shape[0]):
+        plan_len[idx] = 0
+        if n_dead < k + 1 or n - n_dead < 2:  # does not fit (validate() rules this out)
+            continue
+        raw = np.empty((n_edges, 2), dtype=np.int32)
+        live = np.empty(n, dtype=np.bool_)
+        for attempt in range(_ATTEMPTS):
+            state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
+            order = _draw_dead_ends(state, n, k, n_dead, raw, live)
+            s = order[n_dead + rng.randbelow(state, n - n_dead)]
+            dist = digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)
+            count = 0
+            for v in range(n):
+                if live[v] and dmin <= dist[v] <= dmax:
+                    count += 1
+            if count == 0:
+                continue
+            pick = rng.randbelow(state, count)
+            g = -1
+            for v in range(n):
+                if live[v] and dmin <= dist[v] <= dmax:
+                    if pick == 0:
+                        g = v
+                        break
+                    pick -= 1
+            start[idx] = s
+            goal[idx] = g
+            plan_len[idx] = _emit(state, raw, s, g, n, edges[idx], plan[idx])
+            break
+
+
+@njit(cache=True, parallel=True)
+def _sample_balanced(seed, stream, indices, salts, n, k, dmin, dmax, lmax, edges, start, goal,
+                     plan, plan_len):
+    n_edges = n * k
+    for idx in prange(indices.shape[0]):
+        plan_len[idx] = 0
+        raw = np.empty((n_edges, 2), dtype=np.int32)
+        for attempt in range(_ATTEMPTS):
+            state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
+            s, g, look, d = _draw_balanced(state, n, k, dmin, dmax, lmax, raw)
+            if s < 0:
+                continue
+            # the construction guarantees both; checked so that no instance can break them
+            if digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)[g] != d:
+                continue
+            if digraph.lookahead(raw, s, g, n) != look:
+                continue
+            start[idx] = s
+            goal[idx] = g
+            plan_len[idx] = _emit(state, raw, s, g, n, edges[idx], plan[idx])
+            break
+
+
 def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
                      salts: np.ndarray | None = None) -> dict:
     """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
@@ -144,13 +464,22 @@ def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
         "plan": np.empty((n, cfg.max_distance + 1), dtype=np.int32),
         "plan_len": np.empty(n, dtype=np.int32),
     }
-    _sample(np.uint64(seed), split_stream(split), indices, salts, cfg.num_nodes, cfg.out_degree,
-            cfg.min_distance, cfg.max_distance, batch["edges"], batch["start"], batch["goal"],
-            batch["plan"], batch["plan_len"])
+    out = (batch["edges"], batch["start"], batch["goal"], batch["plan"], batch["plan_len"])
+    stream = split_stream(split)
+    if cfg.structure == "dead-ends":
+        _sample_dead_ends(np.uint64(seed), stream, indices, salts, cfg.num_nodes, cfg.out_degree,
+                          dead_nodes(cfg), cfg.min_distance, cfg.max_distance, *out)
+    elif cfg.structure == "balanced":
+        _sample_balanced(np.uint64(seed), stream, indices, salts, cfg.num_nodes, cfg.out_degree,
+                         cfg.min_distance, cfg.max_distance, lookahead_max(cfg), *out)
+    else:
+        _sample(np.uint64(seed), stream, indices, salts, cfg.num_nodes, cfg.out_degree,
+                cfg.min_distance, cfg.max_distance, *out)
     if n and batch["plan_len"].min() == 0:
+        where = " (its live part)" if cfg.structure == "dead-ends" else ""
         raise UserError(
             f"no graph with {cfg.num_nodes} nodes and out_degree {cfg.out_degree} had a goal at "
-            f"distance {cfg.min_distance}..{cfg.max_distance} from the start in {_ATTEMPTS} "
+            f"distance {cfg.min_distance}..{cfg.max_distance} from the start{where} in {_ATTEMPTS} "
             "draws; lower min_distance or out_degree.")
     return batch
 
