@@ -14,7 +14,8 @@ not, B right or not. Reported per comparison:
 - per-seed deltas and their across-seed mean with a 95% t-interval (the training-seed
   spread, which the pooled tests above do not include);
 - verdict: `stats.verdict` — "helps" / "hurts" only when p < 0.05 and the interval excludes 0,
-  else "no detectable difference at this n". Never typed by hand.
+  else "no detectable difference at this n"; with fewer than 3 training seeds no verdict is
+  given ("not judged"), whatever the numbers. Never typed by hand.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import json
 from pathlib import Path
 
 from .stats import mcnemar, mean_ci, minimum_detectable_effect, paired_bootstrap, verdict
+
+MIN_SEEDS = 3  # training seeds per cell before a verdict is given (one model is an anecdote)
 
 
 def correct_by_index(eval_dir: Path) -> dict[int, bool]:
@@ -62,7 +65,9 @@ def compare(variant_dirs: dict[int, Path], baseline_dirs: dict[int, Path]) -> di
         "b01": test["b01"], "b10": test["b10"], "mde": mde,
         "per_seed_delta": {str(k): v for k, v in per_seed.items()},
         "seed_mean_delta": seed_mean, "seed_ci": [seed_lo, seed_hi],
-        "verdict": verdict(boot["ci"], test["p"]),
+        "verdict": (verdict(boot["ci"], test["p"]) if len(per_seed) >= MIN_SEEDS else
+                    f"not judged: {len(per_seed)} training seed{'s' if len(per_seed) > 1 else ''} "
+                    f"(a claim needs >= {MIN_SEEDS})"),
     }
 
 
@@ -100,7 +105,8 @@ def verdict_lines(table: list[dict], writes: dict) -> list[str]:
              "McNemar test on the discordant pairs pooled over seeds; MDE = the smallest Δ this n "
              "could detect (α 0.05, power 0.8); the seed column gives the mean of the per-seed Δ "
              "with a 95% t-interval over training seeds. The verdict is computed: \"helps\" / "
-             "\"hurts\" only when p < 0.05 and the interval excludes 0. A variant that writes "
+             "\"hurts\" only when p < 0.05 and the interval excludes 0, and only with at least 3 "
+             "training seeds. A variant that writes "
              "backwards at test time answers a different question than one that only *trained* "
              "backwards: see \"writes\".", "",
              "| condition | split | variant | writes | baseline | n (seeds) | accuracy | baseline "
