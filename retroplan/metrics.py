@@ -17,8 +17,11 @@ Definitions used here:
   *claims* to be, so one mistake is counted once, not again at every later step.
 - a state is *expanded* once a move has left it; a GO is *redundant* when it enters a state
   that was already expanded (a re-expansion). Entering a dead leaf again is not redundant.
-- a *thought* is a maximal run of events between two thought switches (BT or JUMP); it is
-  *live* when the state its first GO enters has R = 1; it ends with its last event.
+- a *thought* is a maximal run of events between two thought switches (a written BT, or a
+  JUMP); it is *live* when the state its first GO enters has R = 1; it ends with its last
+  event. An implied return (Countdown: to the parent of a dead single number, no tokens of
+  its own) is no switch: trying the next operation there continues the thought, as TIP's
+  `StreamTracker` counts it.
 - a valid BT is *premature* when a state on the abandoned segment (the path below the target,
   down to the current state) still has a successor u that was never entered and has R(u) = 1;
   otherwise it is *necessary*. Its depth is how many levels it undoes. Jumps are not judged.
@@ -114,7 +117,7 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int | No
         name, payload = event[0], event[1]
         written = event[2] if len(event) > 2 else True
         end = event_ends[k] if k < len(event_ends) else n_tokens
-        if name in ("back", "jump"):
+        if name in ("back", "jump") and written:  # an implied return is no thought switch
             in_thought = live_thought_open = False
         elif live_thought_open:
             st.first_live_thought_end = end

@@ -140,11 +140,13 @@ def test_kernels_match_the_plain_python_twin_byte_for_byte():
         assert batch["numbers"][i].tolist() == nums and batch["target"][i] == target
         assert batch["draws"][i] == draws
         assert batch["plan"][i].tolist() == [list(s) for s in solution]
-    ex = grammar.write_examples(cd, CFG, grammar.Options(), "stream", 5, "train", indices, batch)
-    offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
-    rows = ref.generate_stream_rows(CFG, 5, "train", indices)
-    for i in indices:
-        assert ex["tokens"][offsets[i]: offsets[i + 1]].tolist() == rows[i]
+    for searcher in ("mix", "dfs-full"):
+        ex = grammar.write_examples(cd, CFG, grammar.Options(searcher=searcher), "stream", 5, "train", indices,
+                                    batch)
+        offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
+        rows = ref.generate_stream_rows(CFG, 5, "train", indices, searcher=searcher)
+        for i in indices:
+            assert ex["tokens"][offsets[i]: offsets[i + 1]].tolist() == rows[i], (searcher, i)
 
 
 # --------------------------------------------------------------- oracle
@@ -236,15 +238,15 @@ def test_mix_draws_the_twelve_strategies_with_sos_weights():
 
 
 @pytest.mark.parametrize("searcher", ["dfs-sum", "dfs-mult", "bfs1-sum", "bfs3-mult", "bfs5-sum",
-                                      "backward"])
+                                      "backward", "dfs-full"])
 def test_every_found_plan_replays_and_dfs_respects_the_sos_prune(searcher):
     batch = cd.sample_instances(CFG, 4, "train", np.arange(300))
     out = cs.run_search(CFG, batch, searcher, 4, "train", np.arange(300))
-    assert out["found"].mean() > (0.9 if searcher == "backward" else 0.05)
+    assert out["found"].mean() >= {"backward": 0.9, "dfs-full": 1.0}.get(searcher, 0.05)
     for i in np.flatnonzero(out["found"]):
         assert independent_replay(batch["numbers"][i].tolist(), int(batch["target"][i]),
                                   cd.plan_strings(out["plan"][i]))
-    if searcher.startswith("dfs"):  # no child the stream enters has a heuristic above the target
+    if searcher in ("dfs-sum", "dfs-mult"):  # no child the stream enters has a heuristic above the target
         heur = cs.HEURISTICS.index(searcher.split("-")[1])
         for i in range(300):
             target = int(batch["target"][i])
@@ -310,7 +312,7 @@ def test_the_spelling_of_each_variant():
     (_, c), = text("backward-stream")
     assert c.startswith("at 12 63 96 99 -> 33 try 33 = ")
     rows = text("revthink")
-    assert rows[0] == ("<bos> [fwd] 12 63 96 99 -> 33 ?", fwd + " <eos>")
+    assert rows[0] == (prompt, fwd + " <eos>")   # exactly optimal's row
     assert rows[1][0] == f"<bos> [bq] 12 63 96 99 -> 33 ? {fwd} ;"
     question = rows[1][1].removesuffix(" <eos>")  # e.g. "33 63 96 99 -> 12 ?": one input asked for
     assert rows[2][0] == f"<bos> [br] {question}"
@@ -319,6 +321,113 @@ def test_the_spelling_of_each_variant():
     assert sorted(nums) == sorted([33] + [v for v in (12, 63, 96, 99) if v != int(asked)])
     plan = [s.replace(" ", "") for s in rows[2][1].removesuffix(" <eos>").split(" , ")]
     assert independent_replay(nums, int(asked), plan)
+
+
+def rows_of(variant, batch, indices, split="train", seed=0, **options):
+    ex = grammar.write_examples(cd, CFG, grammar.Options(**options), variant, seed, split, indices, batch)
+    offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
+    return [(ex["tokens"][a: a + p].tolist(), ex["tokens"][a + p: b].tolist(), int(k))
+            for a, b, p, k in zip(offsets[:-1], offsets[1:], ex["prompt_len"], ex["kind"])]
+
+
+def test_revthink_forward_rows_are_optimal_rows_and_its_backward_rows_are_real_tasks():
+    indices = np.arange(200)
+    batch = cd.sample_instances(CFG, 2, "train", indices)
+    optimal = rows_of("optimal", batch, indices, seed=2)
+    rows = rows_of("revthink", batch, indices, seed=2)
+    assert [(p, c) for p, c, k in rows if k == grammar.KIND_FWD] == [(p, c) for p, c, _ in optimal]
+    assert [k for _, _, k in rows] == [grammar.KIND_FWD, grammar.KIND_BQ, grammar.KIND_BR] * 200
+    asked_an_input = 0
+    for i in range(200):
+        inst = cd.instance_at(batch, i)
+        (_, bq_completion, _), (br_prompt, br_completion, _) = rows[3 * i + 1], rows[3 * i + 2]
+        question = VOCAB.decode(bq_completion).removesuffix(" <eos>")
+        assert VOCAB.decode(br_prompt) == f"<bos> [br] {question}"
+        nums_text, asked = question.removesuffix(" ?").split(" -> ")
+        nums, asked = [int(x) for x in nums_text.split()], int(asked)
+        if nums != inst["numbers"]:  # one input is asked for; the target takes its place
+            asked_an_input += 1
+            k = next(j for j in range(len(nums)) if nums[j] != inst["numbers"][j])
+            assert nums[k] == inst["target"] and asked == inst["numbers"][k]
+            assert nums[:k] + nums[k + 1:] == inst["numbers"][:k] + inst["numbers"][k + 1:]
+        plan = grammar.parse("optimal", br_completion, VOCAB).plan
+        assert independent_replay(nums, asked, plan)   # its reasoning solves it
+    assert asked_an_input >= 195
+
+
+def test_lookahead_rows_copy_a_future_span_and_parse_back_to_the_plan():
+    indices = np.arange(600)
+    batch = cd.sample_instances(CFG, 0, "train", indices)
+    optimal = rows_of("optimal", batch, indices)
+    rows = rows_of("lookahead", batch, indices)
+    shapes = set()
+    for (p, c, _), (op, oc, _) in zip(rows, optimal):
+        assert p == op
+        assert grammar.parse("lookahead", c, VOCAB).plan == grammar.parse("optimal", oc, VOCAB).plan
+        if grammar.T_OPEN not in c:
+            assert c == oc
+            continue
+        a, b = c.index(grammar.T_OPEN), c.index(grammar.T_CLOSE)
+        before, span, after = VOCAB.decode(c[:a]), VOCAB.decode(c[a + 1: b]), VOCAB.decode(c[b + 1:])
+        steps = VOCAB.decode(oc).removesuffix(" <eos>").split(" , ")
+        cut = len([x for x in before.split(" , ") if x])
+        assert c[:a] + c[b + 1:] == oc  # removing the span leaves the optimal row
+        assert after.removesuffix(" <eos>") == " , ".join(steps[cut:])
+        spanned = span.split(" , ")
+        first = steps.index(spanned[0])
+        assert first >= cut and steps[first: first + len(spanned)] == spanned  # a future span
+        shapes.add((cut, first, first + len(spanned) - 1))
+    share = sum(grammar.T_OPEN in c for _, c, _ in rows) / len(rows)
+    assert abs(share - 0.5) < 0.07
+    # every (cut, first, last) with cut <= first <= last < 3 steps occurs: cut 0 included, and
+    # (0, 2, 2), the span that eval's given-goal mode presents
+    assert shapes == {(d, k, e) for d in range(3) for k in range(d, 3) for e in range(k, 3)}
+    assert grammar.no_loss_tokens(VOCAB) == [grammar.T_OPEN]
+    assert all(grammar.T_OPEN not in c for _, c, _ in rows_of("lookahead", batch, indices, lookahead_p=0.0))
+
+
+def spelled(step):
+    """`95-14=81` as the grammar writes it: `95 - 14 = 81`."""
+    return " ".join(re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", step).groups()[:3]) + " = " + step.split("=")[1]
+
+
+def test_eval_prefixes_of_the_lookahead_modes_are_in_the_training_distribution():
+    batch = cd.sample_instances(CFG, 0, "test", np.arange(5))
+    for i in range(5):
+        inst = cd.instance_at(batch, i)
+        plain = grammar.eval_prefix("lookahead", "plain", batch, i, VOCAB)
+        model = grammar.eval_prefix("lookahead", "model-goal", batch, i, VOCAB)
+        given = grammar.eval_prefix("lookahead", "given-goal", batch, i, VOCAB)
+        assert plain == [] and model == [grammar.T_OPEN]
+        # the given goal: the oracle plan's last step, the one that writes `= target`
+        assert VOCAB.decode(given) == f"<T> {spelled(inst['solution'][-1])} </T>"
+        assert VOCAB.decode(given).endswith(f"= {inst['target']} </T>")
+        plan_ids = VOCAB.encode(" , ".join(spelled(x) for x in inst["solution"]) + " <eos>")
+        for prefix in (plain, given):   # the judged completion is the prefix + what the model writes
+            assert grammar.parse("lookahead", prefix + plan_ids, VOCAB).plan == inst["solution"]
+        written = model + given[1:] + plan_ids   # model-goal: the model wrote the span itself
+        assert grammar.parse("lookahead", written, VOCAB).plan == inst["solution"]
+    assert grammar.eval_prefix("optimal", "plain", batch, 0, VOCAB) == []
+    with pytest.raises(UserError, match="needs a lookahead suite"):
+        grammar.eval_prefix("optimal", "given-goal", batch, 0, VOCAB)
+    with pytest.raises(UserError, match="plain, model-goal or given-goal"):
+        grammar.eval_prefix("lookahead", "oracle", batch, 0, VOCAB)
+
+
+def test_corrupted_rows_show_a_fresh_instances_stream_whatever_the_shard():
+    indices = np.arange(30)
+    batch = cd.sample_instances(CFG, 0, "val", indices)
+    whole = rows_of("corrupted", batch, indices, split="val")
+    part = rows_of("corrupted", {k: v[10:20] for k, v in batch.items()}, indices[10:20], split="val")
+    assert part == whole[10:20]
+    donors = cd.sample_instances(CFG, 0, "val", indices, salts=np.full(30, grammar.DONOR_SALT))
+    streams = rows_of("stream", donors, indices, split="val")
+    optimal = rows_of("optimal", batch, indices, split="val")
+    for (p, c, _), (_, sc, _), (op, oc, _) in zip(whole, streams, optimal):
+        semi = c.index(grammar.SEMI)
+        assert p == op and c[:semi] == sc[: sc.index(grammar.SEMI)] and c[semi + 1:] == oc
+        assert VOCAB.decode(c).startswith("at ") and not VOCAB.decode(c).startswith(
+            "at " + VOCAB.decode(p[1:]).split(" ->")[0] + " ")
 
 
 def test_big_numbers_are_written_in_groups_of_three_digits_and_read_back():
@@ -342,7 +451,10 @@ def test_every_variant_parses_back_to_a_correct_faithful_plan(make_suite, varian
             inst = cd.instance_at(data.instances, i)
             verdict = judge(suite, data.instances, i, data.completion(r))
             assert verdict["parse_error"] is None, verdict
-            if variant in grammar.STREAM_VARIANTS:
+            if variant == "corrupted":  # the right plan after another instance's stream
+                assert verdict["correct"] and not verdict["faithful"], verdict
+                assert verdict["plan"] == inst["solution"]
+            elif variant in grammar.STREAM_VARIANTS:
                 if verdict["plan"]:  # the search found a plan: faithful, and valid step by step
                     assert verdict["correct"] and verdict["faithful"], verdict
                 else:

@@ -8,6 +8,7 @@ import torch
 from retroplan.decoding import TIPPenalty
 from retroplan.envs import countdown as cd
 from retroplan.metrics import analyse_stream, summarize_behaviour
+from retroplan.searchers import countdown_search as cs
 from retroplan.traces import countdown as g
 
 CFG = cd.Config(n_inputs=3)
@@ -33,7 +34,9 @@ def test_necessary_backtracks():
     assert (st.steps, st.moves, st.backtracks, st.invalid, st.redundant) == (9, 6, 3, 0, 0)
     assert (st.necessary, st.premature) == (3, 0)
     assert st.backtrack_depths["necessary"] == [1, 1, 2]
-    assert st.expanded == 7 and st.root_distance == 2 and st.false_goal == 0
+    # one `back` word; the two returns to (5 6) after `1 dead` and `11 dead` are implied
+    assert st.written_backtracks == 1 and st.jumps == 0
+    assert st.entered == 7 and st.expanded == 3 and st.root_distance == 2 and st.false_goal == 0
 
 
 def test_a_premature_backtrack_and_underthinking():
@@ -93,20 +96,148 @@ def test_a_correct_plan_that_is_not_the_streams_path_is_not_faithful():
     assert other["correct"] and not other["faithful"]
 
 
-def test_the_teacher_streams_of_every_searcher_are_valid():
-    from retroplan.traces.countdown import Options
+def test_a_bfs_frontier_switch_is_a_jump_not_a_backtrack():
+    # a beam search generates (5 5) and (5 6), expands (5 6), then switches to (5 5)
+    text = ("at 2 3 5 try 2 + 3 = 5 : 5 5 try 2 * 3 = 6 : 5 6 go 5 6 try 6 - 5 = 1 : 1 dead "
+            "go 5 5 try 5 + 5 = 10 : 10 goal " + PLAN)
+    parsed, st = run(text)
+    assert [e[0] for e in parsed.events] == ["start", "go", "go", "dead", "jump", "go", "go", "goal"]
+    assert parsed.events[4] == ("jump", (2, 3, 5), True)   # written: the `go 5 5` word makes it
+    assert (st.jumps, st.backtracks, st.invalid, st.redundant) == (1, 0, 0, 0)
+    assert st.thoughts == 2 and st.expanded == 3
+    assert g.stream_plan(parsed) == parsed.plan == ["2+3=5", "5+5=10"]
+    assert parsed.event_ends[-1] == len(VOCAB.encode(text.split(" ;")[0]))
 
-    batch = cd.sample_instances(cd.Config(), 0, "test", np.arange(30))
-    for searcher in ("dfs-sum", "dfs-mult", "bfs1-sum", "bfs3-mult", "mix"):
-        ex = g.write_examples(cd, cd.Config(), Options(searcher=searcher), "stream", 0, "test",
-                              np.arange(30), batch)
-        offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
-        for r in range(30):
-            completion = ex["tokens"][offsets[r] + ex["prompt_len"][r]: offsets[r + 1]]
-            parsed = g.parse("stream", completion, VOCAB_FULL)
-            walk = cd.Walk(cd.Config(), batch, r)
-            st = analyse_stream(parsed.events, parsed.event_ends, walk, len(completion))
-            assert st.invalid == 0 and st.false_goal == 0, (searcher, r, st.invalid_kinds)
+
+def test_after_a_dead_number_the_return_to_its_parent_is_implied():
+    text = ("at 2 3 5 try 2 * 3 = 6 : 5 6 go 5 6 try 6 - 5 = 1 : 1 dead try 5 + 6 = 11 : 11 dead "
+            "back 2 3 5 try 2 + 3 = 5 : 5 5 go 5 5 try 5 + 5 = 10 : 10 goal " + PLAN)
+    parsed, st = run(text)
+    backs = [e for e in parsed.events if e[0] == "back"]
+    assert backs == [("back", (5, 6), False), ("back", (2, 3, 5), True)]
+    assert (st.backtracks, st.written_backtracks) == (2, 1)
+
+
+def test_an_unfinished_stream_keeps_the_events_it_can_read():
+    stream = "at 2 3 5 try 2 + 3 = 5 : 5 5 go 5 5"
+    read = len(VOCAB.encode(stream))
+    for cut_off in (" try 5 * 5 = 2", " try 5 * 5", " try"):   # the cut last word is dropped
+        parsed = g.parse("stream", VOCAB.encode(stream + cut_off), VOCAB)
+        assert parsed.plan is None and parsed.error.startswith("no <eos>")
+        assert [e[0] for e in parsed.events] == ["start", "go"] and parsed.event_ends[-1] == read
+    # cut right after `go 5 5`: that word may still grow (`go 5 5 7`), so it is dropped too
+    assert [e[0] for e in g.parse("stream", VOCAB.encode(stream), VOCAB).events] == ["start"]
+    # a `try` closed by `goal` is whole even at the cut; so is a word a non-word token ends
+    parsed = g.parse("stream", VOCAB.encode(stream + " try 5 + 5 = 10 : 10 goal"), VOCAB)
+    assert [e[0] for e in parsed.events][-2:] == ["go", "goal"] and parsed.plan is None
+    assert g.stream_plan(parsed) == ["2+3=5", "5+5=10"]
+    garbage = g.parse("stream", VOCAB.encode(stream + " , , try 5 + 5 = 10 : 10 goal " + PLAN), VOCAB)
+    assert garbage.plan is None and "not a stream word" in garbage.error
+    assert [e[0] for e in garbage.events] == ["start", "go"] and garbage.event_ends[-1] == read
+    no_semi = g.parse("stream", VOCAB.encode(stream + " try 5 + 5 = 10 : 10 goal <eos>"), VOCAB)
+    assert no_semi.plan is None and "no `;`" in no_semi.error and no_semi.events[-1][0] == "goal"
+    bad_plan = g.parse("stream", VOCAB.encode(stream + " ; 2 + <eos>"), VOCAB)
+    assert bad_plan.plan is None and len(bad_plan.events) == 2
+    back = g.parse("backward-stream", VOCAB.encode("at 2 3 5 -> 10 try 10 = 5 + 5 : 2 3 -> 5 go 2 3 -> 5 try 5 = 2"),
+                   VOCAB)
+    assert back.backward and [e[0] for e in back.events] == ["start", "go"]
+
+
+def test_an_unfinished_stream_is_judged_as_a_failed_trace():
+    from retroplan.eval import judge
+
+    class Suite:
+        task, grammar, vocab, variant, config = cd, g, VOCAB, "stream", CFG
+
+    verdict = judge(Suite, INST, 0, VOCAB.encode("at 2 3 5 try 2 + 3 = 5 : 5 5 go 5 5 try 5 * 5 = 25 : 25 dead"))
+    assert not verdict["correct"] and verdict["parse_error"].startswith("no <eos>")
+    st = verdict["behaviour"]
+    assert st is not None and not st.finished and (st.moves, st.invalid) == (2, 0)
+    assert st.tokens == len(VOCAB.encode("at 2 3 5 try 2 + 3 = 5 : 5 5 go 5 5 try 5 * 5 = 25 : 25 dead"))
+
+
+def _tape_records(tape):
+    p = 0
+    while p < len(tape):
+        kind = tape[p]
+        if kind == cs.EV_TRY:
+            m = tape[p + 6]
+            yield kind, tape[p + 5], tuple(tape[p + 7: p + 7 + m])
+            p += 7 + m
+        else:
+            m = tape[p + 1]
+            yield kind, None, tuple(tape[p + 2: p + 2 + m])
+            p += 2 + m
+
+
+def search_counts(tape, backward):
+    """From the search's own event tape, without the parser or the metrics: (`back` records,
+    re-expansions). A re-expansion is a GO into a state the search had already made a try
+    from (a state is a number multiset; backward: unused inputs and subgoal)."""
+    def key(state):
+        return (tuple(sorted(state[:-1])), state[-1]) if backward else tuple(sorted(state))
+
+    current, tried_from, backs, again = None, set(), 0, 0
+    for kind, outcome, state in _tape_records(tape):
+        if kind == cs.EV_TRY:
+            tried_from.add(current)
+        elif kind == cs.EV_GO:
+            again += key(state) in tried_from
+            current = key(state)
+        else:
+            backs += kind == cs.EV_BACK
+            current = key(state)
+    return backs, again
+
+
+@pytest.mark.parametrize("searcher", cs.SEARCHERS)
+def test_every_teacher_stream_is_valid_faithful_and_wanders_as_its_search_does(searcher):
+    cfg = cd.Config()
+    indices = np.arange(40)
+    batch = cd.sample_instances(cfg, 3, "test", indices)
+    variant = "backward-stream" if searcher == "backward" else "stream"
+    options = g.Options() if searcher == "backward" else g.Options(searcher=searcher)
+    ex = g.write_examples(cd, cfg, options, variant, 3, "test", indices, batch)
+    search = cs.run_search(cfg, batch, searcher, 3, "test", indices)
+    offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
+    backward = searcher == "backward"
+    for r in range(len(indices)):
+        completion = ex["tokens"][offsets[r] + ex["prompt_len"][r]: offsets[r + 1]].tolist()
+        parsed = g.parse(variant, completion, VOCAB_FULL)
+        assert parsed.error is None
+        st = analyse_stream(parsed.events, parsed.event_ends, cd.Walk(cfg, batch, r, backward=backward))
+        assert st.steps > 0 or len(parsed.words) == 1
+        assert st.invalid == 0 and st.false_goal == 0, (searcher, r, st.invalid_kinds)   # validity 1
+        assert st.tokens == completion.index(g.SEMI)       # every stream token is in the last event
+        tape = search["tape"][search["offsets"][r]: search["offsets"][r + 1]].tolist()
+        backs, again = search_counts(tape, backward)
+        assert st.written_backtracks == backs == sum(w[0] == "back" for w in parsed.words)
+        assert st.redundant == again, (searcher, r)      # wandering = the search's re-expansions
+        if searcher.startswith("bfs") or searcher == "dfs-full":
+            assert again == 0   # these never expand a state twice
+        if search["found"][r]:
+            assert parsed.plan == cd.plan_strings(search["plan"][r])
+            assert g.stream_plan(parsed) == parsed.plan   # faithful
+        else:
+            assert parsed.plan == [] and g.stream_plan(parsed) is None
+    if searcher == "dfs-full":
+        assert search["found"].all()   # complete
+
+
+def test_a_corrupted_stream_is_another_instances_valid_stream():
+    cfg = cd.Config()
+    indices = np.arange(20)
+    batch = cd.sample_instances(cfg, 1, "test", indices)
+    ex = g.write_examples(cd, cfg, g.Options(), "corrupted", 1, "test", indices, batch)
+    donors = cd.sample_instances(cfg, 1, "test", indices, salts=np.full(20, g.DONOR_SALT))
+    offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
+    for r in range(20):
+        completion = ex["tokens"][offsets[r] + ex["prompt_len"][r]: offsets[r + 1]]
+        parsed = g.parse("corrupted", completion, VOCAB_FULL)
+        assert parsed.plan == cd.instance_at(batch, r)["solution"]   # the right plan
+        own = analyse_stream(parsed.events, parsed.event_ends, cd.Walk(cfg, batch, r))
+        donor = analyse_stream(parsed.events, parsed.event_ends, cd.Walk(cfg, donors, r))
+        assert own.invalid_kinds.get("wrong_start") == 1 and donor.invalid == 0
 
 
 VOCAB_FULL = g.make_vocab(cd.Config())

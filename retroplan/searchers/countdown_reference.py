@@ -1,6 +1,7 @@
 """Plain-Python Countdown: the sampler, the exhaustive solver, the SoS DFS and beam searches,
-the `mix` choice and the `stream` token writer, written the ordinary Python way (lists,
-recursion, heapq), the way the Stream-of-Search reference generator is written.
+the complete forward DFS (`dfs-full`), the `mix` choice and the `stream` token writer, written
+the ordinary Python way (lists, recursion, heapq), the way the Stream-of-Search reference
+generator is written.
 
 Two uses: the baseline of benchmarks/bench_countdown.py (same algorithm, same random bits, so
 the same tokens as the Numba kernels, byte for byte) and an independent implementation the
@@ -151,9 +152,54 @@ def dfs(nums, target, heur, ops, max_tries):
         return tape, None
 
 
+def dfs_full(nums, target, ops, max_tries):
+    """The complete forward DFS: children by the sum heuristic, no heuristic prune; a child
+    whose number multiset was entered before is skipped, and of a two-number node only the
+    first (nearest) result is tried. Returns (tape, plan or None)."""
+    tape = [cs.EV_START, len(nums), *nums]
+    seen = {tuple(sorted(nums))}
+    tries = [0]
+
+    def fresh(kids, k):  # the next child not entered before (a single number always is fresh)
+        while k < len(kids) and len(kids[k][2]) > 1 and tuple(sorted(kids[k][2])) in seen:
+            k += 1
+        return k
+
+    def visit(vals, path):
+        kids = _children(vals, target, cs.HEUR_SUM, ops, [], False)
+        k = fresh(kids, 0)
+        while k < len(kids):
+            _, step, child = kids[k]
+            tries[0] += 1
+            if tries[0] > max_tries:
+                raise _Budget
+            if len(child) == 1:
+                goal = step[3] == target
+                tape.extend([cs.EV_TRY, *step, cs.OUT_GOAL if goal else cs.OUT_DEAD, 1, step[3]])
+                if goal:
+                    return path + [step]
+                return None  # the result nearest the target missed: every other one misses
+
+            seen.add(tuple(sorted(child)))
+            tape.extend([cs.EV_TRY, *step, cs.OUT_OPEN, len(child), *child])
+            tape.extend([cs.EV_GO, len(child), *child])
+            found = visit(child, path + [step])
+            if found is not None:
+                return found
+            k = fresh(kids, k + 1)
+            if k < len(kids):  # back here for the next fresh child
+                tape.extend([cs.EV_BACK, len(vals), *vals])
+        return None
+
+    try:
+        return tape, visit(list(nums), [])
+    except _Budget:
+        return tape, None
+
+
 def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
-    """SoS's beam search (tries kept children in a random order, skips number lists already
-    expanded). Returns (tape, plan or None)."""
+    """SoS's beam search (tries kept children in a random order, skips states, number
+    multisets, already expanded). Returns (tape, plan or None)."""
     factors = _factors(target)
     tape = [cs.EV_START, len(nums), *nums]
     vals, parent, step = [list(nums)], [-1], [None]
@@ -163,9 +209,10 @@ def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
     while heap:
         batch = [heapq.heappop(heap)[1] for _ in range(min(beam, len(heap)))]
         for u in batch:
-            if tuple(vals[u]) in closed:
+            state = tuple(sorted(vals[u]))  # a state is a multiset of numbers
+            if state in closed:
                 continue
-            closed.add(tuple(vals[u]))
+            closed.add(state)
             if u != 0:
                 tape.extend([cs.EV_GO, len(vals[u]), *vals[u]])
             if len(vals[u]) == 1:
@@ -193,13 +240,19 @@ def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
     return tape, None
 
 
-def mix_search(nums, target, cfg: cd.Config, seed: int, split: str, index: int, max_tries: int = 10_000):
-    """The `mix` strategy: (strategy code, tape, plan or None)."""
+def mix_search(nums, target, cfg: cd.Config, seed: int, split: str, index: int, max_tries: int = 10_000,
+               searcher: str = "mix"):
+    """The `mix` strategy, or the forward `searcher` named: (strategy code, tape, plan or None)."""
     rand = SplitMix(seed, (rng.STREAM_SEARCH << 8) | (split_stream(split) & 0xFF), index, 0)
     draw = rand.randbelow(20)
-    code = 0 if draw < 5 else (1 if draw < 10 else 2 + draw - 10)
+    if searcher == "mix":
+        code = 0 if draw < 5 else (1 if draw < 10 else 2 + draw - 10)
+    else:
+        code = cs.DFS_FULL if searcher == "dfs-full" else cs.STRATEGIES.index(searcher)
     ops = _ops(cfg.operations)
-    if code < 2:
+    if code == cs.DFS_FULL:
+        tape, plan = dfs_full(nums, target, ops, max_tries)
+    elif code < 2:
         tape, plan = dfs(nums, target, code, ops, max_tries)
     else:
         tape, plan = bfs(nums, target, (code - 2) % 2, 1 + (code - 2) // 2, ops, max_tries, rand)
@@ -261,13 +314,15 @@ def stream_tokens(nums, target, tape, plan) -> list[int]:
     return out
 
 
-def generate_stream_rows(cfg: cd.Config, seed: int, split: str, indices, max_tries: int = 10_000):
-    """Instances `indices` of (seed, split), each with its `mix` stream, as token rows: what
-    sample_instances + write_examples(variant="stream") make, in plain Python."""
+def generate_stream_rows(cfg: cd.Config, seed: int, split: str, indices, max_tries: int = 10_000,
+                         searcher: str = "mix"):
+    """Instances `indices` of (seed, split), each with its `stream` (the `mix` search, or the
+    forward `searcher` named), as token rows: what sample_instances + write_examples(variant=
+    "stream") make, in plain Python."""
     targets = cd.split_targets(cfg, split).tolist()
     rows = []
     for index in indices:
         nums, target, _, _ = sample(cfg, seed, split, int(index), targets=targets)
-        _, tape, plan = mix_search(nums, target, cfg, seed, split, int(index), max_tries)
+        _, tape, plan = mix_search(nums, target, cfg, seed, split, int(index), max_tries, searcher)
         rows.append(stream_tokens(nums, target, tape, plan))
     return rows

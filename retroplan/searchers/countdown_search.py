@@ -10,10 +10,17 @@ the nearest factor >= 2 of the target):
 - `bfs{b}-{sum,mult}`, b = 1..5: SoS's beam search: pop the b best open nodes (a best-first
   queue over everything generated so far, ties first-generated-first), expand each: keep its b
   best children, try them in a seeded random order (SoS shuffles them); a child that is the
-  target alone ends the search. Unlike SoS, a popped node whose number list was already
-  expanded is skipped (SoS re-expands identical copies; here a state names a node uniquely).
+  target alone ends the search. Unlike SoS, a popped node whose state (its numbers as a
+  multiset, the state the behaviour metrics judge) was already expanded is skipped (SoS
+  re-expands identical copies), so a beam search never expands a state twice.
 - `mix`: per instance one of the 12 above with SoS's weights (each DFS 0.25, each BFS 0.05),
   drawn from (seed, split, index).
+- `dfs-full` (not SoS's): a complete forward DFS, the forward counterpart of `backward`:
+  children in the order of the sum heuristic, no heuristic prune, two sound ones: a child
+  whose state was entered before is skipped (it was explored to the end), and of a two-number
+  node only the result nearest the target is tried (if it misses, every other result misses).
+  A back goes to the deepest ancestor with a fresh child. It never expands a state twice and
+  solves every solvable instance within its try budget.
 - `backward`: DFS from the target: a node is (numbers still unused, subgoal); a move undoes an
   operation whose one operand is an unused input, leaving the other operand as the new
   subgoal. Children are tried by the mean distance of the unused inputs to the subgoal; a
@@ -53,7 +60,9 @@ HEURISTICS = ("sum", "mult")
 
 STRATEGIES = ("dfs-sum", "dfs-mult") + tuple(f"bfs{b}-{h}" for b in range(1, 6) for h in HEURISTICS)
 BACKWARD = len(STRATEGIES)          # strategy code of the backward search
-SEARCHERS = ("mix",) + STRATEGIES + ("backward",)
+DFS_FULL = BACKWARD + 1             # strategy code of the complete forward DFS
+FORWARD = ("mix",) + STRATEGIES + ("dfs-full",)   # the searchers `stream` can use
+SEARCHERS = FORWARD + ("backward",)
 MIX_WEIGHTS = {s: (0.25 if s.startswith("dfs") else 0.05) for s in STRATEGIES}
 
 _SCALE = 60                # lcm(1..6): a mean over 1..6 numbers times 60 is an exact integer
@@ -62,13 +71,17 @@ _MAX_KIDS = 4 * cd.MAX_PAIRS
 
 
 def strategy_code(name: str) -> int:
-    """-1 for `mix`, else the index in STRATEGIES (BACKWARD for `backward`)."""
+    """-1 for `mix`, else the index in STRATEGIES (BACKWARD, DFS_FULL for the other two)."""
     require(name in SEARCHERS, f"unknown countdown searcher {name!r}; allowed: {', '.join(SEARCHERS)}.")
-    return -1 if name == "mix" else (BACKWARD if name == "backward" else STRATEGIES.index(name))
+    if name == "mix":
+        return -1
+    if name == "backward":
+        return BACKWARD
+    return DFS_FULL if name == "dfs-full" else STRATEGIES.index(name)
 
 
 def strategy_name(code: int) -> str:
-    return "backward" if code == BACKWARD else STRATEGIES[code]
+    return {BACKWARD: "backward", DFS_FULL: "dfs-full"}.get(code) or STRATEGIES[code]
 
 
 @njit(cache=True, inline="always")
@@ -301,6 +314,127 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
             pos = _put_row(tape, pos, EV_BACK, vals, d, n - d)
 
 
+# --------------------------------------------------------------------------- complete DFS
+
+
+@njit(cache=True)
+def _fresh_kid(vals, d, m, ki, kj, kr, order, n_kids, next_kid, keys, key_m, table, probe):
+    """Advance next_kid[d] past the children of node d whose state was seen already; returns
+    the next fresh child's index, or -1. keys[probe] is scratch. A single number (m == 2) is
+    never skipped: the nearest result is tried even when that number was tried before."""
+    if m == 2:
+        return order[d, next_kid[d]] if next_kid[d] < n_kids[d] else -1
+    while next_kid[d] < n_kids[d]:
+        c = order[d, next_kid[d]]
+        q = 0
+        for t in range(m):
+            if t != ki[d, c] and t != kj[d, c]:
+                keys[probe, q] = vals[d, t]
+                q += 1
+        keys[probe, q] = kr[d, c]
+        key_m[probe] = m - 1
+        _sort_key(keys, probe, m - 1)
+        found, _ = _key_slot(table, keys, key_m, probe)
+        if not found:
+            return c
+        next_kid[d] += 1
+    return -1
+
+
+@njit(cache=True)
+def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
+    """A complete forward DFS: children in the order of the sum heuristic, no heuristic prune,
+    only sound ones: a child whose state (number multiset) was entered before is skipped (it
+    was explored to the end without reaching the target), and of the last move's results only
+    the first, the one nearest the target, is tried (if it is not the target, none is). So no
+    state is expanded twice and the search finds a plan for every solvable instance within its
+    budget. Returns (tape length, found)."""
+    n = nums.shape[0]
+    factors = np.zeros(1, dtype=np.int64)
+    vals = np.empty((n, n), dtype=np.int64)
+    kx = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    kop = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    ky = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    kr = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    ki = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    kj = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    kh = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    order = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    n_kids = np.zeros(n, dtype=np.int64)
+    next_kid = np.zeros(n, dtype=np.int64)
+    path = np.empty((n, 4), dtype=np.int64)
+    # states a search can enter: the full tree of moves, or the try budget (+ the root, + scratch)
+    tree = 0
+    level = 1
+    for m in range(n, 1, -1):
+        level *= 2 * m * (m - 1)
+        tree += level
+        if tree > max_tries:
+            break
+    cap = min(tree, max_tries) + 2
+    size = 1
+    while size < 2 * cap:
+        size *= 2
+    table = np.full(size, -1, dtype=np.int64)
+    keys = np.empty((cap, n), dtype=np.int64)
+    key_m = np.zeros(cap, dtype=np.int64)
+    for s in range(n):
+        vals[0, s] = nums[s]
+        keys[0, s] = nums[s]
+    key_m[0] = n
+    _sort_key(keys, 0, n)
+    _, slot = _key_slot(table, keys, key_m, 0)
+    table[slot] = 0
+    seen = 1
+    pos = _put_row(tape, 0, EV_START, vals, 0, n)
+    n_kids[0] = _children(vals, 0, n, target, HEUR_SUM, mask, factors, False, kx, kop, ky, kr, ki, kj, kh,
+                          order, 0)
+    d = 0
+    tries = 0
+    while True:
+        m = n - d
+        c = _fresh_kid(vals, d, m, ki, kj, kr, order, n_kids, next_kid, keys, key_m, table, seen)
+        if c >= 0:
+            next_kid[d] += 1
+            tries += 1
+            if tries > max_tries:
+                return pos, False
+            if m > 2:
+                _, slot = _key_slot(table, keys, key_m, seen)  # the probe holds this child's state
+                table[slot] = seen
+                seen += 1
+            x, op, y, r = kx[d, c], kop[d, c], ky[d, c], kr[d, c]
+            path[d, 0], path[d, 1], path[d, 2], path[d, 3] = x, op, y, r
+            _child_row(vals, d, m, ki[d, c], kj[d, c], r, vals, d + 1)
+            if m == 2:
+                goal = r == target
+                pos = _put_try_row(tape, pos, x, op, y, r, OUT_GOAL if goal else OUT_DEAD, vals, d + 1, 1)
+                if goal:
+                    for s in range(d + 1):
+                        for q in range(4):
+                            plan_out[s, q] = path[s, q]
+                    return pos, True
+                # the result nearest the target came first: if it missed, every other one misses
+                next_kid[d] = n_kids[d]
+                continue
+            pos = _put_try_row(tape, pos, x, op, y, r, OUT_OPEN, vals, d + 1, m - 1)
+            pos = _put_row(tape, pos, EV_GO, vals, d + 1, m - 1)
+            d += 1
+            n_kids[d] = _children(vals, d, m - 1, target, HEUR_SUM, mask, factors, False, kx, kop, ky, kr, ki,
+                                  kj, kh, order, d)
+            next_kid[d] = 0
+        else:
+            # back to the deepest ancestor that still has a fresh child
+            a = d - 1
+            while a >= 0 and _fresh_kid(vals, a, n - a, ki, kj, kr, order, n_kids, next_kid, keys, key_m,
+                                        table, seen) < 0:
+                a -= 1
+            if a < 0:
+                return pos, False
+            d = a
+            pos = _put_row(tape, pos, EV_BACK, vals, d, n - d)
+
+
 # --------------------------------------------------------------------------- BFS (SoS beam)
 
 
@@ -343,32 +477,54 @@ def _heap_pop(heap, size, h):
     return top, size
 
 
+@njit(cache=True, inline="always")
+def _sort_key(keys, row, m):
+    """Sort keys[row, :m] in place (insertion sort: m <= 6): a state's multiset key."""
+    for c in range(1, m):
+        v = keys[row, c]
+        b = c - 1
+        while b >= 0 and keys[row, b] > v:
+            keys[row, b + 1] = keys[row, b]
+            b -= 1
+        keys[row, b + 1] = v
+
+
 @njit(cache=True)
-def _state_hash(vals, m):
+def _key_slot(table, keys, key_m, row):
+    """Where the multiset keys[row, :key_m[row]] is in the open-addressing set `table` (rows of
+    `keys`, -1 empty): (True, slot) when an equal key is there, else (False, the empty slot)."""
+    m = key_m[row]
     h = rng.mix64(np.uint64(m) + np.uint64(0x9E3779B97F4A7C15))
     for s in range(m):
-        h = rng.mix64(h ^ np.uint64(vals[s]))
-    return h
-
-
-@njit(cache=True)
-def _closed_add(table, node_vals, node_m, u):
-    """Insert node u's number list into the open-addressing set `table` (node ids, -1 empty).
-    Returns False when an equal list is already there."""
+        h = rng.mix64(h ^ np.uint64(keys[row, s]))
     mask = table.shape[0] - 1
-    k = np.int64(_state_hash(node_vals[u], node_m[u]) & np.uint64(mask))
+    k = np.int64(h & np.uint64(mask))
     while table[k] >= 0:
         v = table[k]
-        if node_m[v] == node_m[u]:
+        if key_m[v] == m:
             same = True
-            for s in range(node_m[u]):
-                if node_vals[v, s] != node_vals[u, s]:
+            for s in range(m):
+                if keys[v, s] != keys[row, s]:
                     same = False
                     break
             if same:
-                return False
+                return True, k
         k = (k + 1) & mask
-    table[k] = u
+    return False, k
+
+
+@njit(cache=True)
+def _closed_add(table, keys, node_vals, node_m, u):
+    """Insert node u's state (its numbers as a multiset) into the closed set `table`. Returns
+    False when the same multiset is already there (in another order, too)."""
+    m = node_m[u]
+    for s in range(m):
+        keys[u, s] = node_vals[u, s]
+    _sort_key(keys, u, m)
+    found, slot = _key_slot(table, keys, node_m, u)
+    if found:
+        return False
+    table[slot] = u
     return True
 
 
@@ -398,6 +554,7 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
     while size_table < 2 * cap:
         size_table *= 2
     closed = np.full(size_table, -1, dtype=np.int64)
+    keys = np.empty((cap, n), dtype=np.int64)      # the sorted numbers of every expanded node
     kx = np.empty((1, _MAX_KIDS), dtype=np.int64)
     kop = np.empty((1, _MAX_KIDS), dtype=np.int64)
     ky = np.empty((1, _MAX_KIDS), dtype=np.int64)
@@ -423,8 +580,8 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
             taken += 1
         for b in range(taken):
             u = batch[b]
-            if not _closed_add(closed, node_vals, node_m, u):
-                continue  # this number list was expanded already
+            if not _closed_add(closed, keys, node_vals, node_m, u):
+                continue  # this state (number multiset) was expanded already
             m = node_m[u]
             if u != 0:
                 pos = _put_row(tape, pos, EV_GO, node_vals, u, m)
@@ -656,6 +813,8 @@ def _search_one(code, nums, target, mask, seed, stream, index, max_tries, tape, 
     used = mix_code(draw) if code < 0 else code
     if used == BACKWARD:
         length, found = _backward(nums, target, mask, max_tries, tape, plan_out)
+    elif used == DFS_FULL:
+        length, found = _dfs_full(nums, target, mask, max_tries, tape, plan_out)
     elif used < 2:
         length, found = _dfs(nums, target, used, mask, max_tries, tape, plan_out)
     else:

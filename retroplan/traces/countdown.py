@@ -10,11 +10,20 @@ stream      at 12 63 96 99 try 99 - 96 = 3 : 12 63 3 go 12 63 3 try 63 - 12 = 51
             go 12 21 try 12 + 21 = 33 : 33 goal ; 99 - 96 = 3 , 63 / 3 = 21 , 12 + 21 = 33 <eos>
 backward-stream   at 12 63 96 99 -> 33 try 33 = 12 + 21 : 63 96 99 -> 21 go 63 96 99 -> 21 ...
             try 3 = 99 - 96 : 96 -> 96 goal ; <the forward plan> <eos>
-revthink    [fwd] Q -> plan | [bq] Q plan ; -> Q' | [br] Q' -> plan of Q' (train only; val and
-            test hold [fwd] rows). Q' is RevThink's backward question: the target becomes an
-            input (in the place of one input, chosen at random) and that input the target:
-            `33 63 96 99 -> 12 ?`; its plan inverts the forward plan along that input's path
-            (`99 - 96 = 3 , 63 / 3 = 21 , 33 - 21 = 12`), replayed before it is written.
+revthink    Q -> plan (exactly `optimal`'s row) | [bq] Q plan ; -> Q' | [br] Q' -> plan of Q'
+            (backward rows in train only; val and test hold the forward rows). Q' is
+            RevThink's backward question: the target becomes an input (in the place of one
+            input, chosen at random among those unlike the target) and that input the target:
+            `33 63 96 99 -> 12 ?`; its plan
+            inverts the forward plan along that input's path (`99 - 96 = 3 , 63 / 3 = 21 ,
+            33 - 21 = 12`), replayed before it is written.
+lookahead   99 - 96 = 3 , <T> 12 + 21 = 33 </T> 63 / 3 = 21 , 12 + 21 = 33 <eos>  for a share
+            `lookahead_p` of the rows (TRELAWNEY), the others as `optimal`: with T plan steps,
+            the cut d (steps written before <T>) uniform in 0..T-1, the span's first step k
+            uniform in d+1..T and its last step L in k..T (1-based); no loss on <T>. Eval can
+            force `<T>` (the model writes the span) or `<T> a op b = target </T>` (the oracle
+            plan's last step, the one that reaches the target: `eval_prefix`).
+corrupted   <the `stream` of an unrelated instance of the same split> ; <the oracle's plan>
 
 Stream words (see searchers/countdown_search.py): `at S` the search starts at S; `try a op b =
 c : S` an operation from the current node giving the numbers S (`goal` / `dead` follow when S
@@ -45,33 +54,40 @@ from ..searchers import countdown_search as cs
 from .graphs import KIND_BQ, KIND_BR, KIND_FWD, Parsed, example_rows
 from .vocab import Vocab
 
-VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink")
-STREAM_VARIANTS = ("stream", "backward-stream")
+VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink", "lookahead",
+            "corrupted")
+STREAM_VARIANTS = ("stream", "backward-stream", "corrupted")
+EVAL_MODES = ("plain", "model-goal", "given-goal")
 
 STRUCTURE = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->", "?", "_", "at",
-             "try", "go", "back", "goal", "dead", "none", "[fwd]", "[bq]", "[br]"]
+             "try", "go", "back", "goal", "dead", "none", "[bq]", "[br]", "<T>", "</T>"]
 (PAD, BOS, EOS, PLUS, TIMES, MINUS, SLASH, EQ, COMMA, SEMI, COLON, ARROW, QMARK, GROUP, AT, TRY, GO, BACK,
- GOAL, DEAD, NONE, FWD, BQ, BR) = range(len(STRUCTURE))
+ GOAL, DEAD, NONE, BQ, BR, T_OPEN, T_CLOSE) = range(len(STRUCTURE))
 OP0 = PLUS            # token of operation code op is OP0 + op (the order of cd.OP_SYMBOLS)
 NUM0 = len(STRUCTURE)
 NUMBER_TOKENS = 1000  # integers 0..999; larger ones in base-1000 groups
 
 _CODE = {v: k for k, v in enumerate(VARIANTS)}
+DONOR_SALT = 1 << 40  # `corrupted`: a salt no dedup redraw reaches, so donors are fresh instances
 
 
 @dataclass(frozen=True)
 class Options:
     """How the traces are written (every knob of the writer, stored in meta.json)."""
 
-    searcher: str = "mix"       # the search behind `stream`: mix or one of the 12 SoS strategies
+    searcher: str = "mix"       # the search behind `stream` / `corrupted`: mix, one of the 12 SoS
+                                # strategies, or dfs-full (complete forward DFS)
     max_tries: int = 10_000     # a search gives up after this many tries (never reached with 4 inputs)
+    lookahead_p: float = 0.5    # share of `lookahead` rows that get a <T> span
 
     def validate(self) -> None:
-        forward = ("mix",) + cs.STRATEGIES
-        require(self.searcher in forward,
-                f"countdown searcher must be one of {', '.join(forward)}, got {self.searcher!r}.")
+        require(self.searcher in cs.FORWARD,
+                f"countdown searcher must be one of {', '.join(cs.FORWARD)}, got {self.searcher!r}.")
         require(isinstance(self.max_tries, int) and not isinstance(self.max_tries, bool)
                 and self.max_tries >= 1, f"max_tries must be a positive integer, got {self.max_tries!r}.")
+        require(isinstance(self.lookahead_p, (int, float)) and not isinstance(self.lookahead_p, bool)
+                and 0.0 <= self.lookahead_p <= 1.0,
+                f"lookahead_p must be a number in [0, 1], got {self.lookahead_p!r}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +98,9 @@ def make_vocab(cfg) -> Vocab:
 
 
 def no_loss_tokens(vocab: Vocab) -> list[int]:
-    return []
+    """Targets that carry no loss: TRELAWNEY trains where to continue after <T>, not when to
+    open it (`</T>` keeps its loss)."""
+    return [T_OPEN]
 
 
 # --------------------------------------------------------------------------- writer (Numba)
@@ -218,17 +236,27 @@ def _count_tape(tape, lo, hi, backward):
     return count
 
 
+@njit(cache=True, inline="always")
+def _put_steps(buf, pos, plan, lo, hi):
+    """Steps lo..hi-1 of a forward plan, comma-separated."""
+    for q in range(lo, hi):
+        if q > lo:
+            pos = _put(buf, pos, COMMA)
+        pos = _put_step(buf, pos, plan[q], False)
+    return pos
+
+
 @njit(cache=True)
-def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums, q_target, q_plan):
-    """One example; returns (length, prompt length). `buf` of length 0 only measures."""
+def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums, q_target, q_plan, span):
+    """One example; returns (length, prompt length). `buf` of length 0 only measures.
+    `span`: lookahead's (cut d, first span step k, last span step L), d < 0 for a plain row."""
     pos = _put(buf, 0, BOS)
-    if code == 5:  # revthink
-        pos = _put(buf, pos, FWD if kind == KIND_FWD else (BQ if kind == KIND_BQ else BR))
+    if code == 5 and kind != KIND_FWD:  # revthink's backward objectives; forward rows = optimal's
+        pos = _put(buf, pos, BQ if kind == KIND_BQ else BR)
         if kind == KIND_BR:
             pos = _put_question(buf, pos, q_nums, q_target)
         else:
             pos = _put_question(buf, pos, nums, target)
-        if kind == KIND_BQ:
             pos = _put_plan(buf, pos, plan, False)
             pos = _put(buf, pos, SEMI)
     else:
@@ -242,7 +270,7 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
         pos = _put_plan(buf, pos, plan, True)
         pos = _put(buf, pos, SEMI)
         pos = _put_plan(buf, pos, plan, False)
-    elif code == 3 or code == 4:
+    elif code == 3 or code == 4 or code == 7:  # stream, backward-stream, corrupted (a donor's tape)
         if buf.shape[0] == 0:
             pos += _count_tape(tape, lo, hi, code == 4)
         else:
@@ -252,29 +280,55 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
             pos = _put_plan(buf, pos, plan, False)
         else:
             pos = _put(buf, pos, NONE)
-    else:
+    elif code == 5:
         if kind == KIND_FWD:
             pos = _put_plan(buf, pos, plan, False)
         elif kind == KIND_BQ:
             pos = _put_question(buf, pos, q_nums, q_target)
         else:
             pos = _put_plan(buf, pos, q_plan, False)
+    else:  # lookahead
+        steps = plan.shape[0]
+        d = span[0]
+        if d < 0:
+            pos = _put_plan(buf, pos, plan, False)
+        else:
+            pos = _put_steps(buf, pos, plan, 0, d)
+            if d > 0:
+                pos = _put(buf, pos, COMMA)
+            pos = _put(buf, pos, T_OPEN)
+            pos = _put_steps(buf, pos, plan, span[1] - 1, span[2])
+            pos = _put(buf, pos, T_CLOSE)
+            pos = _put_steps(buf, pos, plan, d, steps)
     pos = _put(buf, pos, EOS)
     return pos, prompt
 
 
 @njit(cache=True, parallel=True)
 def _write_rows(code, row_inst, row_kind, numbers, target, plan, found, tape, tape_off, q_nums, q_target,
-                q_plan, offsets, out, lengths, prompt_len):
+                q_plan, spans, offsets, out, lengths, prompt_len):
     """Measure (when `out` is empty) or write every row into `out` at `offsets`."""
     empty = np.empty(0, dtype=out.dtype)
     for r in prange(row_inst.shape[0]):
         i = row_inst[r]
         buf = empty if out.shape[0] == 0 else out[offsets[r]: offsets[r + 1]]
         length, prompt = _write_row(buf, code, row_kind[r], numbers[i], target[i], plan[i], found[i], tape,
-                                    tape_off[i], tape_off[i + 1], q_nums[i], q_target[i], q_plan[i])
+                                    tape_off[i], tape_off[i + 1], q_nums[i], q_target[i], q_plan[i], spans[i])
         lengths[r] = length
         prompt_len[r] = prompt
+
+
+@njit(cache=True, parallel=True)
+def _lookahead_spans(seed, stream, indices, steps, p, spans):
+    """TRELAWNEY's draw per instance: with probability p a cut d in 0..steps-1, a span start k
+    in d+1..steps and end L in k..steps (1-based steps), else d = -1 (a plain row)."""
+    for i in prange(indices.shape[0]):
+        state = rng.new_state(seed, stream, indices[i], 0)
+        spans[i, 0] = -1
+        if steps >= 1 and rng.uniform(state) < p:
+            d = rng.randbelow(state, steps)
+            k = d + 1 + rng.randbelow(state, steps - d)
+            spans[i, 0], spans[i, 1], spans[i, 2] = d, k, k + rng.randbelow(state, steps - k + 1)
 
 
 # --------------------------------------------------------------------------- revthink
@@ -394,8 +448,10 @@ def _backward_questions(numbers, target, plan, mask, seed, stream, indices, q_nu
         order = np.arange(n)
         rng.shuffle(state, order)
         q_ok[i] = False
-        for t in range(n):
-            k = order[t]
+        for t in range(2 * n):  # first the inputs that differ from the target (else Q' = Q)
+            k = order[t % n]
+            if (numbers[i, k] == target[i]) != (t >= n):
+                continue
             q_nums[i, :] = numbers[i, :]
             q_nums[i, k] = target[i]
             q_target[i] = numbers[i, k]
@@ -435,10 +491,20 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     found = np.ones(n_inst, dtype=np.bool_)
     tape = np.zeros(0, dtype=np.int64)
     tape_off = np.zeros(n_inst + 1, dtype=np.int64)
-    if variant in STREAM_VARIANTS:
+    if variant in ("stream", "backward-stream"):
         searcher = "backward" if variant == "backward-stream" else options.searcher
         result = cs.run_search(cfg, batch, searcher, seed, split, indices, options.max_tries)
         tape, tape_off, plan, found = result["tape"], result["offsets"], result["plan"], result["found"]
+    elif variant == "corrupted":
+        # the stream of a fresh, unrelated instance of the same split (shard-independent), then
+        # this instance's oracle plan
+        donors = cd.sample_instances(cfg, seed, split, indices, salts=np.full(n_inst, DONOR_SALT, np.int64))
+        result = cs.run_search(cfg, donors, options.searcher, seed, split, indices, options.max_tries)
+        tape, tape_off = result["tape"], result["offsets"]
+    trace_stream = (rng.STREAM_TRACE << 8) | (split_stream(split) & 0xFF)
+    spans = np.full((n_inst, 3), -1, dtype=np.int64)
+    if variant == "lookahead":
+        _lookahead_spans(np.uint64(seed), trace_stream, indices, n - 1, float(options.lookahead_p), spans)
     if variant == "revthink":
         q = backward_questions(cfg, seed, split, indices, batch)
         q_nums, q_target, q_plan = q["numbers"], q["target"], q["plan"]
@@ -449,7 +515,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     lengths = np.zeros(rows, dtype=np.int32)
     prompt_len = np.zeros(rows, dtype=np.int32)
     args = (_CODE[variant], row_inst, row_kind, batch["numbers"], batch["target"], plan, found, tape,
-            tape_off, q_nums, q_target, q_plan)
+            tape_off, q_nums, q_target, q_plan, spans)
     offsets = np.zeros(rows + 1, dtype=np.int64)
     _write_rows(*args, offsets, np.zeros(0, dtype=np.int32), lengths, prompt_len)
     np.cumsum(lengths, out=offsets[1:])
@@ -572,29 +638,48 @@ class Move(NamedTuple):
     state: tuple
 
 
-def _words(r: _Reader, backward: bool) -> tuple[list, list[int]]:
-    """(words, token position after each word) of a stream."""
-    r.expect(AT, "at the start of a stream")
-    words: list[tuple] = [("start", r.state(backward))]
-    ends = [r.pos]
+def _words(r: _Reader, backward: bool, terminated: bool) -> tuple[list, list[int], str | None]:
+    """(words, token position after each word, error) of a stream, read as far as it goes:
+    reading stops at the first token that does not continue a word (`error` says which) and
+    keeps the words before it. Unless `terminated` (a `;` or <eos> follows the stream), the
+    stream was cut, so a word that reaches the end is dropped (a number or a state may still
+    grow), unless a `try`'s `goal` / `dead` closed it."""
+    words: list[tuple] = []
+    ends: list[int] = []
     while not r.done():
-        t = r.peek()
-        r.pos += 1
-        if t == TRY:
-            step = r.step(backward)
-            r.expect(COLON, "before the state a try leads to")
-            state = r.state(backward)
-            outcome = "open"
-            if r.peek() in (GOAL, DEAD):
-                outcome = "goal" if r.peek() == GOAL else "dead"
+        start = r.pos
+        try:
+            if not words:
+                r.expect(AT, "at the start of a stream")
+                word = ("start", r.state(backward))
+            else:
+                t = r.peek()
                 r.pos += 1
-            words.append(("try", Try(step, state, outcome)))
-        elif t in (GO, BACK):
-            words.append(("go" if t == GO else "back", r.state(backward)))
-        else:
-            raise _ParseError(f"token {r.pos - 1}: not a stream word")
+                if t == TRY:
+                    step = r.step(backward)
+                    r.expect(COLON, "before the state a try leads to")
+                    state = r.state(backward)
+                    outcome = "open"
+                    if r.peek() in (GOAL, DEAD):
+                        outcome = "goal" if r.peek() == GOAL else "dead"
+                        r.pos += 1
+                    word = ("try", Try(step, state, outcome))
+                elif t in (GO, BACK):
+                    word = ("go" if t == GO else "back", r.state(backward))
+                else:
+                    raise _ParseError(f"token {start}: not a stream word")
+        except _ParseError as exc:
+            if r.pos >= len(r.ids) and not terminated:
+                return words, ends, None  # a word cut off by the end
+            return words, ends, str(exc)
+        closed = word[0] == "try" and word[1].outcome != "open"
+        if r.done() and not terminated and not closed:
+            break  # the last word may have been cut
+        words.append(word)
         ends.append(r.pos)
-    return words, ends
+    if not words and terminated:
+        return words, ends, "token 0: expected 'at' at the start of a stream"
+    return words, ends, None
 
 
 class _Node:
@@ -652,118 +737,181 @@ def _key(state, backward: bool):
     return cd.state_key(state[0], state[1]) if backward else cd.state_key(state)
 
 
-def _lineage(node: _Node) -> list[_Node]:
-    """The nodes from the root down to `node`."""
-    out = []
-    while node is not None:
-        out.append(node)
-        node = node.parent
-    return out[::-1]
-
-
 def _metric_events(words, ends, backward: bool) -> tuple[list, list[int]]:
-    """The stream in the metrics' vocabulary (metrics.py): a `try` followed by `go` to the node
-    it generated is one GO (DFS descends so); a `try` of a single number is a GO, then `goal` or
-    `dead`; a `go` to a node that is not a child of where the stream stands is a BACK to that
-    node's parent, then a GO (BFS moves so, as in the graph streams); a `try` whose node is not
-    entered at once is a generation, not a move (BFS). When the stream goes on from the parent
-    of a dead single number, a BACK to that parent comes first (no tokens of its own). A jump
-    (BFS) goes back to the common ancestor and down again, so a teacher's BFS stream is valid
-    but re-enters states (redundant moves) where the beam switches branches."""
+    """The stream in the metrics' vocabulary (metrics.py), as (name, payload, written) events:
+    - a `try` followed by `go` to the node it generated is one GO (a DFS descent); a `try` of a
+      single number is a GO, then `goal` or `dead`; a `try` whose node is not entered at once is
+      a generation, not a move (BFS);
+    - when the stream goes on from the parent of a single number it tried, a BACK to that parent
+      comes first, with no tokens of its own (written=False): the grammar implies it;
+    - a `back S` word is a written BACK;
+    - a `go` to a node that is not a child of where the stream stands (after that implied
+      BACK) is a JUMP to the node's parent (a BFS frontier switch: a step, not a backtrack),
+      then a GO; a `try` from a node where the stream does not stand (never in a teacher's
+      stream) is a JUMP there with no tokens of its own.
+    Synthetic events end where the word before them ended; the last event ends where the last
+    word ends (a BFS stream may end with generations), so its end counts every stream token."""
     items = list(_walk(words, strict=False))
     events: list[tuple] = []
     out_ends: list[int] = []
-    here = None   # the node the metrics stand on
+    here = None      # the node the metrics stand on
+    leaves = set()   # the single-number nodes a `try` reached (dead ends, the goal)
+
+    def settle(parent, before, written):
+        """Bring the metrics to `parent` before a move from it."""
+        nonlocal here
+        if here is parent or parent is None:
+            return
+        if here in leaves and here.parent is parent:
+            events.append(("back", parent.state, False))
+        else:
+            events.append(("jump", parent.state, written))
+        out_ends.append(before)
+        here = parent
+
     k = 0
     while k < len(items):
         name, payload, current, node = items[k]
         end = ends[k]
         before = ends[k - 1] if k else 0
         if name == "start":
-            events.append(("start", _key(payload, backward)))
+            events.append(("start", _key(payload, backward), True))
             out_ends.append(end)
             here = node
         elif name == "try":
-            if here is not node.parent:
-                events.append(("back", node.parent.state))
-                out_ends.append(before)
-                here = node.parent
+            settle(node.parent, before, False)
             following = items[k + 1] if k + 1 < len(items) else None
             if payload.outcome != "open":
-                events += [("go", Move(payload.step, payload.state)), (payload.outcome, -1)]
+                events += [("go", Move(payload.step, payload.state), True), (payload.outcome, -1, True)]
                 out_ends += [end, end]
+                leaves.add(node)
                 here = node
             elif following is not None and following[0] == "go" and following[3] is node:
-                events.append(("go", Move(payload.step, payload.state)))
+                events.append(("go", Move(payload.step, payload.state), True))
                 out_ends.append(ends[k + 1])
                 here = node
                 k += 1
         elif name == "go":
-            if node.parent is not None and here is not node.parent:
-                # a jump (BFS): back up to the common ancestor, then down to the node's parent
-                down = _lineage(node.parent)
-                mine = _lineage(here)
-                common = next(x for x in reversed(down) if x in mine)
-                if common is not here:
-                    events.append(("back", common.state))
-                    out_ends.append(before)
-                for x in down[down.index(common) + 1:]:
-                    events.append(("go", Move(x.step, x.state)))
-                    out_ends.append(before)
-            events.append(("go", Move(node.step, payload)))
+            settle(node.parent, before, True)
+            events.append(("go", Move(node.step, payload), True))
             out_ends.append(end)
             here = node
         else:
-            events.append(("back", payload))
+            events.append(("back", payload, True))
             out_ends.append(end)
             here = node
         k += 1
+    if out_ends and ends:
+        out_ends[-1] = max(out_ends[-1], ends[-1])
     return events, out_ends
+
+
+def _strip_lookahead(ids: list[int]) -> list[int]:
+    """The tokens without their `<T> ... </T>` spans (TRELAWNEY's copied future steps)."""
+    out, inside = [], False
+    for pos, t in enumerate(ids):
+        if t == T_OPEN:
+            if inside:
+                raise _ParseError(f"token {pos}: <T> inside a <T> span")
+            inside = True
+        elif t == T_CLOSE:
+            if not inside:
+                raise _ParseError(f"token {pos}: </T> without <T>")
+            inside = False
+        elif not inside:
+            out.append(t)
+    if inside:
+        raise _ParseError("<T> never closed")
+    return out
+
+
+def _parse_stream(variant: str, ids: list[int], vocab: Vocab) -> CountdownParsed:
+    """A stream variant: the events of as much of the stream as can be read, always; the plan
+    after `;` only when the completion finished and everything before it reads."""
+    backward = variant == "backward-stream"
+    finished = EOS in ids
+    body = ids[: ids.index(EOS)] if finished else ids
+    cut = body.index(SEMI) if SEMI in body else len(body)
+    words, ends, error = _words(_Reader(body[:cut], len(vocab)), backward, finished or cut < len(body))
+    events, event_ends = _metric_events(words, ends, backward)
+    plan = None
+    if not finished:
+        error = "no <eos>: the completion did not finish"
+    elif error is None and cut == len(body):
+        error = "no `;` before the plan"
+    elif error is None:
+        tail = _Reader(body[cut + 1:], len(vocab))
+        try:
+            if tail.peek() == NONE and len(tail.ids) == 1:
+                plan = []
+            else:
+                plan = tail.plan(reverse=False)
+                if not tail.done():
+                    raise _ParseError(f"token {cut + 1 + tail.pos}: unexpected after the plan")
+        except _ParseError as exc:
+            plan, error = None, str(exc)
+    return CountdownParsed(plan, events=events, backward=backward, event_ends=event_ends, words=words,
+                           error=error)
 
 
 def parse(variant: str, ids, vocab: Vocab) -> Parsed:
     """Parse a completion (the tokens after the prompt, ending with <eos>). Never raises:
     anything malformed comes back with `plan=None` and the reason in `error`. A stream that
-    answers `none` parses to the empty plan (a wrong answer, not a parse failure)."""
+    answers `none` parses to the empty plan (a wrong answer, not a parse failure). A stream
+    variant keeps the events of the stream as far as it can be read even when the completion
+    is unparseable (no <eos>, cut at the context, garbage mid-stream, no `;`): eval judges that
+    partial stream as a failed trace."""
     ids = [int(t) for t in ids]
+    if variant not in VARIANTS:
+        return CountdownParsed(None, error=f"unknown variant {variant!r}")
+    if variant in STREAM_VARIANTS:
+        return _parse_stream(variant, ids, vocab)
     if EOS not in ids:
         return CountdownParsed(None, error="no <eos>: the completion did not finish")
     ids = ids[: ids.index(EOS)]
     try:
-        if variant not in VARIANTS:
-            raise _ParseError(f"unknown variant {variant!r}")
-        if variant in ("optimal", "revthink", "reverse"):
-            r = _Reader(ids, len(vocab))
+        if variant in ("optimal", "revthink", "reverse", "lookahead"):
+            r = _Reader(_strip_lookahead(ids) if variant == "lookahead" else ids, len(vocab))
             steps = r.plan(reverse=variant == "reverse")
             if not r.done():
                 raise _ParseError(f"token {r.pos}: unexpected after the plan")
             if variant == "reverse":
                 return CountdownParsed(steps[::-1], reverse_plan=steps)
             return CountdownParsed(steps)
+        # revfwd
         if SEMI not in ids:
             raise _ParseError("no `;` before the plan")
         cut = ids.index(SEMI)
         head, tail = _Reader(ids[:cut], len(vocab)), _Reader(ids[cut + 1:], len(vocab))
-        if variant == "revfwd":
-            back = head.plan(reverse=True)
-            if not head.done():
-                raise _ParseError(f"token {head.pos}: unexpected after the reversed plan")
-            plan = tail.plan(reverse=False)
-            if not tail.done():
-                raise _ParseError(f"token {cut + 1 + tail.pos}: unexpected after the plan")
-            return CountdownParsed(plan, reverse_plan=back)
-        backward = variant == "backward-stream"
-        words, ends = _words(head, backward)
-        if tail.peek() == NONE and len(tail.ids) == 1:
-            plan = []
-        else:
-            plan = tail.plan(reverse=False)
-            if not tail.done():
-                raise _ParseError(f"token {cut + 1 + tail.pos}: unexpected after the plan")
-        events, event_ends = _metric_events(words, ends, backward)
-        return CountdownParsed(plan, events=events, backward=backward, event_ends=event_ends, words=words)
+        back = head.plan(reverse=True)
+        if not head.done():
+            raise _ParseError(f"token {head.pos}: unexpected after the reversed plan")
+        plan = tail.plan(reverse=False)
+        if not tail.done():
+            raise _ParseError(f"token {cut + 1 + tail.pos}: unexpected after the plan")
+        return CountdownParsed(plan, reverse_plan=back)
     except _ParseError as exc:
         return CountdownParsed(None, error=str(exc))
+
+
+def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) -> list[int]:
+    """The tokens eval forces after instance i's prompt before the model writes (TRELAWNEY's
+    inference modes): `plain` none; `model-goal` `<T>` (the model writes the span, then the
+    plan); `given-goal` `<T> a op b = target </T>`, the goal given as the last step of the
+    oracle's plan (the step that reaches the target: a span training rows hold, cut 0 and span
+    = the last step). The judged completion is these tokens followed by the generated ones.
+    Only `lookahead` models know `<T>`."""
+    require(mode in EVAL_MODES, f"eval lookahead must be plain, model-goal or given-goal, got {mode!r}.")
+    if mode == "plain":
+        return []
+    require(variant == "lookahead",
+            f"eval lookahead {mode} needs a lookahead suite; {variant} is trained without <T> spans.")
+    if mode == "model-goal":
+        return [T_OPEN]
+    last = np.asarray(instances["plan"][i][-1], dtype=np.int64)
+    buf = np.zeros(64, dtype=np.int32)
+    n = _put_step(buf, 0, last, False)
+    return [T_OPEN] + [int(t) for t in buf[:n]] + [T_CLOSE]
 
 
 def _path_steps(node: _Node) -> list[str]:
@@ -860,10 +1008,22 @@ def sos_optimal_path(numbers, target: int, solution: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant_note(task_name: str, variant: str) -> str | None:
+    """What a report should say next to a Countdown variant: how complete its teacher is, so
+    that `stream` vs `backward-stream` is not read as direction alone."""
+    return {
+        "stream": ("teacher: Options.searcher; SoS's mix reaches the goal in ~57% of streams "
+                   "(dfs-full: 100%)"),
+        "backward-stream": "teacher: backward DFS, chain solutions only (~95% of instances)",
+        "corrupted": "the stream shown is another instance's; the plan is this instance's",
+    }.get(variant)
+
+
 def searcher_of(suite, split: str, index: int) -> str:
-    """The search behind a row of this suite: the strategy of a stream, `backward` for
-    backward-stream, `optimal` (the oracle, no search) for the other variants."""
-    if suite.variant == "stream":
+    """The search behind a row of this suite: the strategy of a stream (for `corrupted`, of the
+    unrelated instance's stream it shows), `backward` for backward-stream, `optimal` (the
+    oracle, no search) for the other variants."""
+    if suite.variant in ("stream", "corrupted"):
         if suite.options.searcher == "mix":
             return cs.mix_choice(suite.meta["seed"], split, index)
         return suite.options.searcher

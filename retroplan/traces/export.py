@@ -80,7 +80,7 @@ def sos_rows(suite, split: str | None = None, limit: int = 0):
                    "search_path": path, "optimal_path": optimal,
                    "rating": rating,
                    "search_type": f"bfs_{name_of[3]}" if bfs else "dfs",
-                   "heuristic": f"{name_of.split('-')[1]}_heuristic"}
+                   "heuristic": f"{'sum' if name_of == 'dfs-full' else name_of.split('-')[1]}_heuristic"}
 
 
 def export_suite(suite_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "jsonl",
