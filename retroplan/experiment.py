@@ -39,7 +39,7 @@ from .fsutil import write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .stats import mean_ci, wilson
 from .study import verdict_lines, verdict_table
-from .traces import WRITES, check_variant, get_grammar
+from .traces import check_variant, get_grammar, writes
 from .traces.suite import SuiteSpec, generate_suite, open_suite
 from .train import TrainConfig, train
 
@@ -191,7 +191,7 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             row.update({k: v for k, v in spec.config.items()})
             row.update({m: metrics[m]["value"] if isinstance(metrics.get(m), dict) else metrics.get(m)
                         for m in METRICS})
-            row["writes"] = WRITES.get(variant, variant)
+            row["writes"] = writes(variant)
             row["swc"] = metrics.get("swc", {}).get("value")
             row["correct"] = round((metrics["accuracy"]["value"] or 0) * metrics["n"])
             row["chance"] = metrics.get("chance")
@@ -345,7 +345,7 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
     lines += ["Every accuracy below counts plans that were parsed by the task's grammar and replayed "
               "move by move in the task's environment.", "",
               "## Reproduce", "", "```", f"retroplan run {source} --out {out}", "```", ""]
-    lines += verdict_lines(verdicts, WRITES)
+    lines += verdict_lines(verdicts)
     lines += ["## Results", ""]
     seeds = exp["seeds"]
     ci_note = ("mean over seeds [95% t-interval]" if len(seeds) > 1 else
@@ -374,7 +374,7 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
             acc = _fmt_rate([r["accuracy"] for r in rs], sum(r["correct"] for r in rs),
                             sum(r["n"] for r in rs))
             chance = rs[0].get("chance")
-            lines.append(f"| {label} | {variant} | {WRITES.get(variant, variant)} | {n} | {acc} | "
+            lines.append(f"| {label} | {variant} | {writes(variant)} | {n} | {acc} | "
                          f"{mean_of('first_step_accuracy')} | {mean_of('stream_first_step_accuracy')} | "
                          f"{mean_of('faithful_accuracy')} | "
                          f"{mean_of('tf_token_accuracy')} | {mean_of('tf_sequence_accuracy')} | "

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from .stats import mcnemar, mean_ci, minimum_detectable_effect, paired_bootstrap, verdict
+from .traces import writes
 
 MIN_SEEDS = 3  # training seeds per cell before a verdict is given (one model is an anecdote)
 
@@ -95,7 +96,7 @@ def verdict_table(exp: dict, out: Path, baseline: str) -> list[dict]:
     return table
 
 
-def verdict_lines(table: list[dict], writes: dict) -> list[str]:
+def verdict_lines(table: list[dict]) -> list[str]:
     """The verdict table of report.md."""
     if not table:
         return []
@@ -116,7 +117,7 @@ def verdict_lines(table: list[dict], writes: dict) -> list[str]:
         seed_cell = (f"{r['seed_mean_delta']:+.3f} [{r['seed_ci'][0]:+.3f}, {r['seed_ci'][1]:+.3f}]"
                      if r["seeds"] > 1 else f"{r['seed_mean_delta']:+.3f} (one seed)")
         lines.append(
-            f"| {r['condition']} | {r['split']} | {r['variant']} | {writes.get(r['variant'], '')} | "
+            f"| {r['condition']} | {r['split']} | {r['variant']} | {writes(r['variant'])} | "
             f"{r['baseline']} | {r['n']} ({r['seeds']}) | {r['accuracy']:.3f} | "
             f"{r['baseline_accuracy']:.3f} | {r['delta']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | "
             f"{_p(r['p'])} | {r['mde']:.3f} | {seed_cell} | **{r['verdict']}** |")

@@ -141,8 +141,8 @@ def test_kernels_match_the_plain_python_twin_byte_for_byte():
         assert batch["draws"][i] == draws
         assert batch["plan"][i].tolist() == [list(s) for s in solution]
     for searcher in ("mix", "dfs-full"):
-        ex = grammar.write_examples(cd, CFG, grammar.Options(searcher=searcher), "stream", 5, "train", indices,
-                                    batch)
+        ex = grammar.write_examples(cd, CFG, grammar.Options(searcher=searcher), "stream", 5, "train",
+                                    indices, batch)
         offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
         rows = ref.generate_stream_rows(CFG, 5, "train", indices, searcher=searcher)
         for i in indices:

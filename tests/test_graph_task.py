@@ -189,9 +189,9 @@ def test_instances_are_the_same_whatever_the_batch_and_thread_count(structure):
 
 
 @pytest.mark.parametrize("values,fragment", [
-    ({"structure": "maze"}, "graph structure must be one of dead-ends, strongly-connected, balanced, got 'maze'."),
+    ({"structure": "maze"}, "graph structure must be one of dead-ends, strongly-connected, balanced, got 'maze'."),  # noqa: E501
     ({"dead_share": 1.5}, "graph dead_share must be a number strictly between 0 and 1, got 1.5."),
-    ({"max_lookahead": 9}, "graph max_lookahead must be between 0 (meaning max_distance) and max_distance = 6, got 9."),
+    ({"max_lookahead": 9}, "graph max_lookahead must be between 0 (meaning max_distance) and max_distance = 6, got 9."),  # noqa: E501
     ({"out_degree": 1}, "graph structure dead-ends needs out_degree >= 2"),
     ({"num_nodes": 8, "min_distance": 5, "max_distance": 6}, "keeps 5 live nodes"),
     ({"structure": "balanced", "out_degree": 1}, "graph structure balanced needs out_degree >= 2"),

@@ -272,7 +272,7 @@ def test_breadth_first_jumps_are_valid_and_not_redundant_or_backtracks():
 def test_stream_first_step_judges_the_streams_first_move():
     from retroplan.eval import judge
 
-    wrong_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>"))
+    wrong_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>"))  # noqa: E501
     right_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 3 go 4 goal ; 0 3 4 <eos>"))
     assert wrong_first["first_step"] and not wrong_first["stream_first_step"]
     assert right_first["first_step"] and right_first["stream_first_step"]
@@ -297,7 +297,7 @@ def _re_expansions(events: np.ndarray, n_events: int) -> int:
 @pytest.mark.parametrize("task_name,searcher,order", [
     (t, s, o) for t in ("pathstar", "graph") for s in ("dfs", "bfs", "backward")
     for o in ("random", "distance")])
-def test_teacher_streams_are_valid_faithful_and_wander_only_where_the_searcher_does(task_name, searcher, order):
+def test_teacher_streams_are_valid_faithful_and_wander_as_the_searcher_does(task_name, searcher, order):
     from retroplan.envs import get_task
     from retroplan.eval import judge
     from retroplan.searchers import graph_search

@@ -138,7 +138,7 @@ def test_an_unfinished_stream_keeps_the_events_it_can_read():
     assert no_semi.plan is None and "no `;`" in no_semi.error and no_semi.events[-1][0] == "goal"
     bad_plan = g.parse("stream", VOCAB.encode(stream + " ; 2 + <eos>"), VOCAB)
     assert bad_plan.plan is None and len(bad_plan.events) == 2
-    back = g.parse("backward-stream", VOCAB.encode("at 2 3 5 -> 10 try 10 = 5 + 5 : 2 3 -> 5 go 2 3 -> 5 try 5 = 2"),
+    back = g.parse("backward-stream", VOCAB.encode("at 2 3 5 -> 10 try 10 = 5 + 5 : 2 3 -> 5 go 2 3 -> 5 try 5 = 2"),  # noqa: E501
                    VOCAB)
     assert back.backward and [e[0] for e in back.events] == ["start", "go"]
 
@@ -149,7 +149,7 @@ def test_an_unfinished_stream_is_judged_as_a_failed_trace():
     class Suite:
         task, grammar, vocab, variant, config = cd, g, VOCAB, "stream", CFG
 
-    verdict = judge(Suite, INST, 0, VOCAB.encode("at 2 3 5 try 2 + 3 = 5 : 5 5 go 5 5 try 5 * 5 = 25 : 25 dead"))
+    verdict = judge(Suite, INST, 0, VOCAB.encode("at 2 3 5 try 2 + 3 = 5 : 5 5 go 5 5 try 5 * 5 = 25 : 25 dead"))  # noqa: E501
     assert not verdict["correct"] and verdict["parse_error"].startswith("no <eos>")
     st = verdict["behaviour"]
     assert st is not None and not st.finished and (st.moves, st.invalid) == (2, 0)
@@ -178,7 +178,7 @@ def search_counts(tape, backward):
         return (tuple(sorted(state[:-1])), state[-1]) if backward else tuple(sorted(state))
 
     current, tried_from, backs, again = None, set(), 0, 0
-    for kind, outcome, state in _tape_records(tape):
+    for kind, _outcome, state in _tape_records(tape):
         if kind == cs.EV_TRY:
             tried_from.add(current)
         elif kind == cs.EV_GO:

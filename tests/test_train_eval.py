@@ -43,8 +43,8 @@ def test_same_seed_same_loss_curve_and_weights(make_suite, tmp_path):
 
 def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_weights(make_suite, tmp_path):
     suite = make_suite("pathstar", "stream", {"degree": 3, "path_len": 4, "num_nodes": 20})
-    cfg = TrainConfig(steps=30, **TINY)
-    train(suite, tmp_path / "whole", cfg, progress=False)
+    cfg = TrainConfig(steps=30, curve_every=10, curve_examples=16, **TINY)
+    whole = train(suite, tmp_path / "whole", cfg, progress=False)
     train(suite, tmp_path / "cut", cfg, progress=False)
     # pretend the second run died right after its step-20 checkpoint
     cut = tmp_path / "cut"
@@ -56,11 +56,24 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_weights(make_suit
     (cut / "checkpoints" / "latest.json").write_text(json.dumps({"step": 20, "dir": "step-0000020"}))
     with pytest.raises(UserError, match="--resume"):
         train(suite, cut, cfg, progress=False)
-    train(suite, cut, cfg, resume=True, progress=False)
+    (cut / "curve.jsonl").write_text((cut / "curve.jsonl").read_text() + '{"step": 30, "val_acc')
+    resumed = train(suite, cut, cfg, resume=True, progress=False)
     wa = load_file(str(checkpoint.latest_dir(tmp_path / "whole") / "model.safetensors"))
     wb = load_file(str(checkpoint.latest_dir(cut) / "model.safetensors"))
     assert all(bool((wa[k] == wb[k]).all()) for k in wa)
     assert losses(tmp_path / "whole") == losses(cut)
+    # the budget counters carry on: same totals, same log lines (the clock aside), same curve
+    counters = ("steps", "examples_seen", "forward_examples", "supervised_tokens", "tokens")
+    assert [whole[k] for k in counters] == [resumed[k] for k in counters]
+    assert whole["examples_seen"] == 30 * 16 and whole["supervised_tokens"] > 0
+
+    def log(run, name="train_log.jsonl"):
+        return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                for line in (run / name).read_text().splitlines()]
+
+    assert log(tmp_path / "whole") == log(cut)
+    assert [c["step"] for c in log(cut, "curve.jsonl")] == [10, 20, 30]
+    assert log(tmp_path / "whole", "curve.jsonl") == log(cut, "curve.jsonl")
 
 
 def test_resume_refuses_a_changed_config(make_suite, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..envs import get_task
 from ..errors import require
 from . import countdown, graphs
+from .vocab import MIXABLE
 
 GRAMMARS = {"pathstar": graphs, "graph": graphs, "countdown": countdown}
 
@@ -30,7 +31,7 @@ FORWARD_FIRST = ("optimal", "stream", "revthink", "lookahead", "corrupted")
 
 def chance_for(task, cfg, variant: str) -> float | None:
     """The task's chance accuracy where it means something for this variant, else None."""
-    return task.chance(cfg) if variant in FORWARD_FIRST else None
+    return task.chance(cfg) if components(variant)[0] in FORWARD_FIRST else None
 
 
 def get_grammar(task_name: str):
@@ -38,7 +39,29 @@ def get_grammar(task_name: str):
     return GRAMMARS[task_name]
 
 
+def components(variant: str) -> list[str]:
+    """A mixture `a+b+...` -> [a, b, ...] (its first component is what it is evaluated on);
+    a plain variant -> [variant]."""
+    return variant.split("+")
+
+
 def check_variant(task_name: str, variant: str) -> None:
     variants = get_grammar(task_name).VARIANTS
-    require(variant in variants,
-            f"unknown variant {variant!r} for task {task_name}; allowed: {', '.join(variants)}.")
+    parts = components(variant)
+    if len(parts) == 1:
+        require(variant in variants,
+                f"unknown variant {variant!r} for task {task_name}; allowed: {', '.join(variants)} "
+                "(or a mixture such as optimal+reverse).")
+        return
+    for part in parts:
+        require(part in variants and part in MIXABLE,
+                f"mixture {variant!r}: {part!r} cannot be mixed; a mixture's components are "
+                f"among {', '.join(v for v in MIXABLE if v in variants)}.")
+    require(len(set(parts)) == len(parts), f"mixture {variant!r} names a component twice.")
+
+
+def writes(variant: str) -> str:
+    """What a model trained on `variant` writes at test time (a mixture: its first component)."""
+    parts = components(variant)
+    text = WRITES.get(parts[0], parts[0])
+    return text if len(parts) == 1 else f"{text}; trained with {' and '.join(parts[1:])} rows too"

@@ -52,17 +52,18 @@ from ..envs.splits import split_stream
 from ..errors import require
 from ..searchers import countdown_search as cs
 from .graphs import KIND_BQ, KIND_BR, KIND_FWD, Parsed, example_rows
-from .vocab import Vocab
+from .vocab import MIX_TOKENS, Vocab
 
 VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink", "lookahead",
             "corrupted")
 STREAM_VARIANTS = ("stream", "backward-stream", "corrupted")
 EVAL_MODES = ("plain", "model-goal", "given-goal")
 
-STRUCTURE = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->", "?", "_", "at",
-             "try", "go", "back", "goal", "dead", "none", "[bq]", "[br]", "<T>", "</T>"]
+_WORDS = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->", "?", "_", "at",
+          "try", "go", "back", "goal", "dead", "none", "[bq]", "[br]", "<T>", "</T>"]
 (PAD, BOS, EOS, PLUS, TIMES, MINUS, SLASH, EQ, COMMA, SEMI, COLON, ARROW, QMARK, GROUP, AT, TRY, GO, BACK,
- GOAL, DEAD, NONE, BQ, BR, T_OPEN, T_CLOSE) = range(len(STRUCTURE))
+ GOAL, DEAD, NONE, BQ, BR, T_OPEN, T_CLOSE) = range(len(_WORDS))
+STRUCTURE = _WORDS + MIX_TOKENS   # then the numbers
 OP0 = PLUS            # token of operation code op is OP0 + op (the order of cd.OP_SYMBOLS)
 NUM0 = len(STRUCTURE)
 NUMBER_TOKENS = 1000  # integers 0..999; larger ones in base-1000 groups

@@ -36,19 +36,18 @@ from ..envs import digraph
 from ..envs.splits import split_stream
 from ..errors import require
 from ..searchers import BACK, DEAD, GO, JUMP, START, graph_search
-from .vocab import Vocab
+from .vocab import MIX_TOKENS, Vocab
 
 VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink",
             "lookahead", "corrupted")
 STREAM_VARIANTS = ("stream", "backward-stream", "corrupted")
 
-STRUCTURE = ["<pad>", "<bos>", "<eos>", "|", "/", "=", ";", "at", "go", "from", "dead", "back",
-             "goal", "start", "[fwd]", "[bq]", "[br]", "<T>", "</T>"]
-(PAD, BOS, EOS, BAR, SLASH, EQ, SEMI, AT, GO_T, FROM, DEAD_T, BACK_T, GOAL_T, START_T, FWD, BQ,
- BR, T_OPEN, T_CLOSE) = range(len(STRUCTURE))
+_WORDS = ["<pad>", "<bos>", "<eos>", "|", "/", "=", ";", "at", "go", "from", "dead", "back",
+          "goal", "start", "[bq]", "[br]", "<T>", "</T>"]
+(PAD, BOS, EOS, BAR, SLASH, EQ, SEMI, AT, GO_T, FROM, DEAD_T, BACK_T, GOAL_T, START_T, BQ,
+ BR, T_OPEN, T_CLOSE) = range(len(_WORDS))
+STRUCTURE = _WORDS + MIX_TOKENS   # then the node labels
 NODE0 = len(STRUCTURE)
-# `[fwd]` is no longer written (revthink's forward rows are `optimal`'s); it stays in the
-# vocabulary so node ids, suites and checkpoints keep their layout.
 
 # revthink example kinds (the `kind` array of a suite split)
 KIND_FWD, KIND_BQ, KIND_BR = 0, 1, 2

@@ -33,7 +33,7 @@ from .. import __version__
 from ..envs import get_task, make_config
 from ..errors import UserError, require
 from ..fsutil import NpyAppender, atomic_dir, sha256_file, write_json, write_npy, write_text
-from . import check_variant, get_grammar
+from . import check_variant, components, get_grammar
 
 FORMAT = "retroplan-suite/1"
 CHUNK = 8192  # instances per generation chunk (bounds memory for search event logs)
@@ -167,8 +167,8 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
                 for start in range(lo, hi, CHUNK):
                     idx = np.arange(start, min(start + CHUNK, hi), dtype=np.int64)
                     batch, _, redrawn = _sample_apart(task, cfg, spec.seed, split, idx, exclude)
-                    ex = grammar.write_examples(task, cfg, options, spec.variant, spec.seed, split,
-                                                idx, batch)
+                    ex = write_rows(grammar, task, cfg, options, spec.variant, spec.seed, split,
+                                    idx, batch, vocab)
                     files["tokens"].append(ex["tokens"])
                     files["lengths"].append(ex["lengths"])
                     files["prompt_len"].append(ex["prompt_len"])
@@ -206,6 +206,29 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
         }
         _seal(tmp, meta)
     return out
+
+
+def write_rows(grammar, task, cfg, options, variant: str, seed: int, split: str,
+               indices: np.ndarray, batch: dict, vocab) -> dict:
+    """The grammar's rows for a variant; for a mixture `a+b+...`, train holds a's rows exactly
+    as a's own suite writes them (kind 0) and then, for every other component c, c's rows of
+    the same instances with `[c]` after `<bos>` (kind = c's position). Held-out splits hold a's
+    rows only: a mixture is evaluated on exactly a's prompts."""
+    parts = components(variant)
+    first = grammar.write_examples(task, cfg, options, parts[0], seed, split, indices, batch)
+    if len(parts) == 1 or split != "train":
+        return first
+    pieces = [first]
+    for j, part in enumerate(parts[1:], 1):
+        ex = grammar.write_examples(task, cfg, options, part, seed, split, indices, batch)
+        n = ex["lengths"].shape[0]
+        starts = np.concatenate([[0], np.cumsum(ex["lengths"])[:-1]]).astype(np.int64)
+        # one token inserted after each row's <bos>: positions shift by the row's number
+        tokens = np.insert(ex["tokens"], starts + 1, vocab[f"[{part}]"]).astype(ex["tokens"].dtype)
+        pieces.append({"tokens": tokens, "lengths": ex["lengths"] + 1,
+                       "prompt_len": ex["prompt_len"] + 1, "instance": ex["instance"],
+                       "kind": np.full(n, j, dtype=np.int8)})
+    return {key: np.concatenate([p[key] for p in pieces]) for key in first}
 
 
 def _seal(folder: Path, meta: dict) -> None:
@@ -346,7 +369,8 @@ class Suite:
         self.config = make_config(meta["task"], meta["config"])
         self.grammar = get_grammar(meta["task"])
         self.options = self.grammar.Options(**meta["options"])
-        self.variant = meta["variant"]
+        self.name = meta["variant"]                # a variant, or a mixture such as optimal+reverse
+        self.variant = components(self.name)[0]    # what its evaluated (kind 0) rows are written in
         self.vocab = self.grammar.make_vocab(self.config)
         require(self.vocab.to_json() == meta["vocab"],
                 f"{self.path}/meta.json has a vocabulary that this retroplan version does not write.")

@@ -9,6 +9,14 @@ from ..errors import UserError, require
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 
+# Mixtures (traces/suite.py): one model trained on rows of several variants of the same
+# instances. The first component's rows are written exactly as its own suite writes them; a row
+# of any other component starts `<bos> [component]`, so the model knows which task it is on and
+# is evaluated on exactly the first component's prompt. Every task's vocabulary holds these
+# tokens, so a mixture and its baseline share one vocabulary (and one model initialisation).
+MIXABLE = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "lookahead", "corrupted")
+MIX_TOKENS = [f"[{v}]" for v in MIXABLE]
+
 
 class Vocab:
     def __init__(self, tokens: list[str]):
