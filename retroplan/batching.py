@@ -1,12 +1,19 @@
 """Turning suite rows into model batches: padding, the completion-only loss mask, and a
-length-bucketed, seeded batch order that is a pure function of (seed, step)."""
+length-bucketed, seeded batch order that is a pure function of (seed, step); and, from that
+order, how many steps a budget of examples or supervised tokens takes (`budget_steps`)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
+from .errors import UserError, require
+
 IGNORE = -100  # cross-entropy's ignore_index
+BUDGETS = ("steps", "examples", "tokens", "forward_examples")  # what `budget_steps` can match
+EXACT_TOKEN_LIMIT = 50_000_000  # `budget_steps` counts tokens exactly up to this split size
 
 
 def collate(split, rows: np.ndarray, pad_id: int, no_loss: list[int], max_len: int | None = None):
@@ -59,8 +66,106 @@ class BatchOrder:
             batches.extend(part[i: i + self.batch_size] for i in range(0, len(part), self.batch_size))
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def batch(self, step: int) -> np.ndarray:
-        epoch, j = divmod(step, self.per_epoch)
+    def epoch(self, epoch: int) -> list[np.ndarray]:
+        """The batches of one epoch, in the order they are drawn (steps epoch * per_epoch ...)."""
         if epoch != self._epoch:
             self._batches, self._epoch = self._plan(epoch), epoch
-        return self._batches[j]
+        return self._batches
+
+    def batch(self, step: int) -> np.ndarray:
+        epoch, j = divmod(step, self.per_epoch)
+        return self.epoch(epoch)[j]
+
+
+def supervised_tokens_per_row(split, no_loss, max_len: int | None = None,
+                              rows: np.ndarray | None = None,
+                              chunk_tokens: int = 1 << 22) -> np.ndarray:
+    """Per row (of `rows`, default every row of the split): the targets that carry loss in
+    `collate(..., no_loss, max_len)`, i.e. completion tokens within `max_len`, minus the
+    `no_loss` tokens. The same count the trainer takes from the batches it draws."""
+    lengths = np.asarray(split.lengths, dtype=np.int64)
+    end = lengths if max_len is None else np.minimum(lengths, max_len)
+    start = np.maximum(np.asarray(split.prompt_len, dtype=np.int64), 1)
+    no_loss = np.asarray(sorted(no_loss), dtype=np.int64)
+    if rows is not None:  # a subset: row by row
+        out = np.zeros(len(rows), dtype=np.int64)
+        for k, r in enumerate(rows):
+            r = int(r)
+            tok = split.row(r)[start[r]: end[r]]
+            out[k] = len(tok) - (int(np.isin(tok, no_loss).sum()) if len(no_loss) else 0)
+        return np.maximum(out, 0)
+    n = len(lengths)
+    out = np.zeros(n, dtype=np.int64)
+    offsets = split.offsets
+    r0 = 0
+    while r0 < n:  # contiguous chunks of about `chunk_tokens` tokens, vectorised
+        r1 = int(np.searchsorted(offsets, offsets[r0] + chunk_tokens, side="right")) - 1
+        r1 = min(n, max(r1, r0 + 1))
+        lo, hi = int(offsets[r0]), int(offsets[r1])
+        tok = np.asarray(split.tokens[lo:hi])
+        row = np.repeat(np.arange(r1 - r0), lengths[r0:r1])
+        pos = np.arange(hi - lo) - (offsets[r0:r1] - lo)[row]
+        keep = (pos >= start[r0:r1][row]) & (pos < end[r0:r1][row])
+        if len(no_loss):
+            keep &= ~np.isin(tok, no_loss)
+        out[r0:r1] = np.bincount(row[keep], minlength=r1 - r0)
+        r0 = r1
+    return out
+
+
+def budget_steps(split, batch_size: int, what: str, amount: int, *, seed: int = 0,
+                 rows: np.ndarray | None = None, no_loss=(), max_len: int | None = None,
+                 exact: bool | None = None) -> int:
+    """The optimizer steps after which the trainer has seen `amount` of `what`, predicted
+    without training, under `BatchOrder(split.lengths, rows, batch_size, seed)`.
+
+    `what`: "steps" (returned as is), "examples" (rows drawn), "forward_examples" (rows
+    of kind 0) or "tokens" (supervised tokens: completion tokens that carry loss, counted
+    as `collate(..., no_loss, max_len)` masks them). The counts are those of the whole batch,
+    which DDP ranks split between them, so the answer holds for any number of GPUs.
+
+    Examples and forward examples are always exact: the first step whose running count
+    reaches `amount`. Tokens are exact too (the batches drawn are summed with every row's
+    count) when the split holds at most `EXACT_TOKEN_LIMIT` tokens or `exact=True`;
+    otherwise (or with `exact=False`) the expected value ceil(amount / (batch rows x mean
+    supervised tokens per row)), the mean taken over up to 20,000 evenly spaced rows.
+    `rows`: the rows the trainer draws from (default all; `train` drops rows longer than the
+    context); `max_len`: the context + 1, as the trainer collates.
+    """
+    require(what in BUDGETS, f"budget kind must be one of {', '.join(BUDGETS)}, got {what!r}.")
+    require(isinstance(amount, (int, np.integer)) and not isinstance(amount, bool) and amount >= 1,
+            f"a {what} budget must be a positive integer, got {amount!r}.")
+    require(isinstance(batch_size, int) and batch_size >= 1,
+            f"batch_size must be a positive integer, got {batch_size!r}.")
+    amount = int(amount)
+    if what == "steps":
+        return amount
+    rows = np.arange(len(split)) if rows is None else np.asarray(rows, dtype=np.int64)
+    require(len(rows) > 0, "a budget needs at least one training row.")
+    order = BatchOrder(split.lengths, rows, batch_size, seed)
+    if what == "examples":
+        return math.ceil(amount / order.batch_size)
+    if what == "forward_examples":
+        weight = (np.asarray(split.kind) == 0).astype(np.int64)
+    else:
+        if exact is None:
+            exact = int(split.offsets[-1]) <= EXACT_TOKEN_LIMIT
+        if not exact:
+            sample = rows[np.linspace(0, len(rows) - 1, min(len(rows), 20_000)).astype(np.int64)]
+            mean = float(supervised_tokens_per_row(split, no_loss, max_len, rows=sample).mean())
+            require(mean > 0, "the training rows carry no supervised tokens, so no step count "
+                    "reaches a token budget.")
+            return math.ceil(amount / (order.batch_size * mean))
+        weight = supervised_tokens_per_row(split, no_loss, max_len)
+    if int(weight[rows].sum()) == 0:
+        raise UserError(f"no training row counts towards a {what} budget (none is "
+                        f"{'a forward row' if what == 'forward_examples' else 'supervised'}), "
+                        "so no step count reaches it.")
+    seen, epoch = 0, 0
+    while True:
+        per_batch = weight[np.stack(order.epoch(epoch))].sum(axis=1)
+        running = seen + np.cumsum(per_batch)
+        if running[-1] >= amount:
+            return epoch * order.per_epoch + int(np.searchsorted(running, amount)) + 1
+        seen = int(running[-1])
+        epoch += 1

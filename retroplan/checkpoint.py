@@ -5,7 +5,9 @@
     RUN/checkpoints/latest.json          which step folder is current (written last)
 
 A step folder is built under a temporary name and renamed; `latest.json` is replaced
-atomically after it, so a kill at any moment leaves the previous checkpoint current.
+atomically after it, so a kill at any moment leaves the previous checkpoint current. The
+`KEEP` newest step folders stay on disk, and every step the run asked to keep
+(`TrainConfig.keep_steps`); `load_model(run, step=N)` loads one of those.
 """
 
 from __future__ import annotations
@@ -50,10 +52,16 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(str(exc).removeprefix("Error while serializing: ")) from None
 
 
+def step_dir_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         state: dict) -> None:
+         state: dict, keep=()) -> None:
+    """Write step folder `step`, make it current, and remove older step folders except the
+    `KEEP` newest and those of the steps in `keep`."""
     ckpts = run_dir / "checkpoints"
-    name = f"step-{step:07d}"
+    name = step_dir_name(step)
     target = ckpts / name
     if target.exists():  # a previous run was killed after writing it but before latest.json
         shutil.rmtree(target)
@@ -71,8 +79,9 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
         _save_tensors(tensors, tmp / "optimizer.safetensors")
         write_json(tmp / "state.json", dict(state, step=step, param_groups=groups))
     write_json(ckpts / "latest.json", {"step": step, "dir": name})
+    kept = {step_dir_name(int(k)) for k in keep}
     for old in sorted(ckpts.glob("step-*"))[:-KEEP]:
-        if old.name != name:
+        if old.name != name and old.name not in kept:
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -92,11 +101,30 @@ def read_run(run_dir: Path) -> dict:
     return _read_json(run_dir / "run.json", "run description")
 
 
-def load_model(run_dir: Path, device: str = "cpu") -> tuple[GPT, dict, int]:
-    """The latest checkpoint's model (eval mode), the run description and its step."""
+def available_steps(run_dir: Path) -> list[int]:
+    """The steps of the complete step folders on disk (those with a state.json), ascending."""
+    steps = []
+    for folder in (run_dir / "checkpoints").glob("step-*"):
+        digits = folder.name[len("step-"):]
+        if digits.isdigit() and (folder / "state.json").is_file():
+            steps.append(int(digits))
+    return sorted(steps)
+
+
+def load_model(run_dir: Path, device: str = "cpu", step: int | None = None) -> tuple[GPT, dict, int]:
+    """A checkpoint's model (eval mode), the run description and its step: the latest, or
+    the step folder of `step` (one the run kept, see `TrainConfig.keep_steps`)."""
+    run_dir = Path(run_dir)
     run = read_run(run_dir)
-    ckpt = latest_dir(run_dir)
-    require(ckpt is not None, f"run {run_dir} has no checkpoint yet.")
+    if step is None:
+        ckpt = latest_dir(run_dir)
+        require(ckpt is not None, f"run {run_dir} has no checkpoint yet.")
+    else:
+        ckpt = run_dir / "checkpoints" / step_dir_name(int(step))
+        have = available_steps(run_dir)
+        require(int(step) in have,
+                f"run {run_dir} has no checkpoint at step {step}; the steps it kept are: "
+                f"{', '.join(map(str, have)) or 'none'}.")
     try:
         cfg = GPTConfig(**run["model"])
     except (KeyError, TypeError):

@@ -39,6 +39,11 @@ def _given(args, cls, prefix: str = "", skip=()) -> dict:
             if f.name not in skip and getattr(args, prefix + f.name, None) is not None}
 
 
+def step_list(text: str) -> list[int]:
+    """A comma-separated list of step numbers (`--keep-steps 100,500`)."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .envs import TASKS
     from .eval import EvalConfig
@@ -82,12 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("suite")
     tr.add_argument("--out", required=True, help="run folder")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
-    _add_dataclass_flags(tr, TrainConfig)
+    tr.add_argument("--keep-steps", dest="keep_steps", type=step_list, default=None, metavar="N,N,...",
+                    help="keep the checkpoints of these steps (comma-separated)")
+    _add_dataclass_flags(tr, TrainConfig, skip=("keep_steps",))
 
     ev = sub.add_parser("eval", help="evaluate a run: generate, parse, replay, count")
     ev.add_argument("run")
     ev.add_argument("--suite", default=None, help="suite to evaluate on (default: the training suite)")
     ev.add_argument("--out", default=None, help="folder for metrics.json and records.jsonl")
+    ev.add_argument("--step", type=int, default=None, metavar="N",
+                    help="evaluate the checkpoint kept at step N (default: the latest; "
+                         "writes to RUN/eval-SPLIT-stepN)")
     _add_dataclass_flags(ev, EvalConfig)
 
     r = sub.add_parser("run", help="run a TOML experiment end to end (resumable)")
@@ -138,6 +148,7 @@ def _generate(args) -> None:
 def _inspect(args) -> None:
     import numpy as np
 
+    from .traces import CITES, components, writes
     from .traces.suite import open_suite
 
     if args.rows < 0:
@@ -151,6 +162,11 @@ def _inspect(args) -> None:
     print(f"  options {json.dumps(meta['options'], sort_keys=True)}")
     for line in getattr(suite.task, "describe", lambda cfg: [])(suite.config):
         print(f"  {line}")
+    for part in components(suite.name):
+        print(f"  {part}: writes the {writes(part)}; after {CITES.get(part, '?')}")
+        note = getattr(suite.grammar, "variant_note", lambda task, v: None)(meta["task"], part)
+        if note:
+            print(f"    note: {note}")
     splits = [args.split] if args.split else suite.splits
     context = args.context or suite.max_len()
     for name in splits:
@@ -167,6 +183,20 @@ def _inspect(args) -> None:
         summary = getattr(suite.task, "split_summary", None)
         if summary is not None:
             print(f"    {summary(suite.config, data.instances)}")
+    if "train" in suite.splits and len(suite.split("train")):
+        # one readable example of each kind of training row (revthink's three objectives, a
+        # mixture's components) and, for lookahead, one with a <T> span: checkable by hand
+        data = suite.split("train")
+        firsts = [int(np.flatnonzero(data.kind == k)[0]) for k in np.unique(data.kind)]
+        if "lookahead" in components(suite.name) and "<T>" in suite.vocab.ids:
+            span = next((r for r in range(min(len(data), 1000))
+                         if suite.vocab["<T>"] in data.completion(r).tolist()), None)
+            firsts += [span] if span is not None and span not in firsts else []
+        for r in firsts:
+            row = suite.describe_row("train", r)
+            print(f"\n[example: train row {r}, kind {row['kind']}]")
+            print(f"  prompt     {row['prompt']}")
+            print(f"  completion {row['completion']}")
     for name in splits:
         data = suite.split(name)
         for r in range(min(args.rows, len(data))):
@@ -190,7 +220,8 @@ def _train(args) -> None:
     summary = train(args.suite, args.out, cfg, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    print(f"trained {args.out}: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+    print(f"trained {args.out}: {summary['steps']} steps ({summary.get('examples_seen')} examples, "
+          f"{summary.get('supervised_tokens')} supervised tokens), final loss {summary['final_loss']:.4f}, "
           f"{summary['train_seconds']:.1f}s on {summary['device']}")
 
 
@@ -198,11 +229,11 @@ def _eval(args) -> None:
     from .eval import EvalConfig, evaluate
 
     cfg = EvalConfig(**_given(args, EvalConfig))
-    m = evaluate(args.run, args.suite, cfg, args.out)
+    m = evaluate(args.run, args.suite, cfg, args.out, step=args.step)
     def fmt(key):
         v = m[key]["value"]
         return "n/a" if v is None else f"{v:.3f}"
-    print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}; writes: {m.get('writes')}): "
+    print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}): writes the {m.get('writes')}; "
           f"accuracy {fmt('accuracy')}, "
           f"first step {fmt('first_step_accuracy')}, teacher-forced tokens {fmt('tf_token_accuracy')}, "
           f"parse failures {fmt('parse_failures')}")

@@ -27,13 +27,13 @@ from tqdm import tqdm
 from . import checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
+from .device import resolve_device
 from .errors import require, require_field_types
 from .fsutil import atomic_path, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
-from .traces import WRITES, chance_for
+from .traces import chance_for, writes
 from .traces.suite import Suite, open_suite
-from .train import resolve_device
 
 LOOKAHEAD_MODES = ("plain", "model-goal", "given-goal")  # what eval forces after the prompt
 
@@ -185,14 +185,17 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
 
 def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = None,
              cfg: EvalConfig | None = None, out: str | os.PathLike | None = None,
-             progress: bool = True) -> dict:
-    """Evaluate the run's latest checkpoint on a split; writes metrics.json + records.jsonl
-    into `out` (default RUN/eval-SPLIT) and returns the metrics."""
+             progress: bool = True, step: int | None = None) -> dict:
+    """Evaluate the run's latest checkpoint (or its kept checkpoint at `step`) on a split;
+    writes metrics.json + records.jsonl into `out` (default RUN/eval-SPLIT, or
+    RUN/eval-SPLIT-stepN for a chosen step, so the final evaluation is never overwritten)
+    and returns the metrics; metrics.json records the step evaluated."""
     cfg = cfg or EvalConfig()
     cfg.validate()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
-    model, run, step = checkpoint.load_model(run_dir, device)
+    chosen = step
+    model, run, step = checkpoint.load_model(run_dir, device, step=chosen)
     suite = open_suite(suite_path or run["suite"])
     require(suite.vocab.to_json() == run["vocab"],
             f"the checkpoint in {run_dir} was trained with a different vocabulary than suite "
@@ -207,7 +210,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     if cfg.limit:
         rows = rows[: cfg.limit]
     require(len(rows) > 0, f"split {cfg.split} of {suite.path} has no rows to evaluate.")
-    out = Path(out) if out else run_dir / f"eval-{cfg.split}"
+    default_out = f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}"
+    out = Path(out) if out else run_dir / default_out
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device)
     prefixes = eval_prefixes(suite, split, rows, cfg)
@@ -254,9 +258,9 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     if cfg.samples > 1:
         metrics["sampling"] = _sampling_block(records, cfg.samples)
     metrics.update({"split": cfg.split, "step": step, "suite": str(suite.path),
-                    "run": str(run_dir), "task": suite.meta["task"], "variant": suite.variant,
+                    "run": str(run_dir), "task": suite.meta["task"], "variant": suite.name,
                     "task_config": suite.meta["config"], "decoding": asdict(cfg)})
-    metrics["writes"] = WRITES.get(suite.variant, suite.variant)
+    metrics["writes"] = writes(suite.name)
     metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     out.mkdir(parents=True, exist_ok=True)
     # records first, then metrics.json, which names the records it summarises: a kill between

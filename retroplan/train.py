@@ -1,10 +1,18 @@
 """Training: one suite, one model, every knob in `TrainConfig`.
 
-CPU, one GPU (bf16 autocast, optional torch.compile), or several under `torchrun` (DDP;
-each rank takes its slice of every batch). The loss is next-token cross-entropy on the
-completion tokens only. Checkpoints every `checkpoint_every` steps and at the end; a resumed
-run continues from the latest checkpoint and, on CPU, ends with exactly the weights of an
-uninterrupted run (same batches, same optimizer moments, same RNG state).
+CPU (fp32, or bf16 autocast where the CPU has native BF16), one GPU (bf16 autocast, optional
+torch.compile), or several under `torchrun` (DDP; each rank takes its slice of every batch).
+The loss is next-token cross-entropy on the completion tokens only. Checkpoints every
+`checkpoint_every` steps, at every step of `keep_steps` (kept on disk) and at the end; a
+resumed run continues from the latest checkpoint and, on CPU, ends with exactly the weights
+of an uninterrupted run (same batches, same optimizer moments, same RNG state).
+
+What a matched budget needs is counted exactly from the batches drawn (summed over DDP
+ranks) and resumed with the run: optimizer steps, examples (rows), forward examples (rows of
+suite kind 0) and supervised tokens (completion targets that carry loss); every
+train_log.jsonl line and final.json carry them, and `plan_steps` predicts them without
+training. With `curve_every`, greedy generation on the first `curve_examples` forward rows
+of the val split is judged as eval judges it and logged to curve.jsonl (learning curves).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +30,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__, checkpoint
-from .batching import BatchOrder, collate
+from . import device as devices
+from .batching import IGNORE, BatchOrder, budget_steps, collate
+from .device import resolve_device  # noqa: F401  (its old home; callers may import it from here)
 from .errors import UserError, require, require_field_types
+from .eval import EvalConfig, _generate_all, judge, teacher_forced
 from .fsutil import sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
 from .traces.suite import Suite, open_suite
@@ -54,17 +65,21 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     compile: bool = False
     threads: int = 0                # torch CPU threads; 0 = torch's default
+    precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    keep_steps: list[int] = field(default_factory=list)  # checkpoints kept at these steps
+    curve_every: int = 0            # val generation accuracy every N steps and at the end (0: off)
+    curve_examples: int = 200       # ... on the first N forward rows of the val split
 
     def validate(self) -> None:
         require_field_types(self, "train")
         require(self.preset in PRESETS,
                 f"unknown model preset {self.preset!r}; allowed: {', '.join(PRESETS)}.")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "curve_examples"):
             v = getattr(self, name)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                     f"train {name} must be a positive integer, got {v!r}.")
         for name in ("n_layer", "n_head", "n_embd", "context", "warmup_steps", "eval_every",
-                     "threads", "seed"):
+                     "threads", "seed", "curve_every"):
             v = getattr(self, name)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                     f"train {name} must be a non-negative integer, got {v!r}.")
@@ -78,6 +93,17 @@ class TrainConfig:
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train beta1 and beta2 must be in [0, 1).")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+        require(self.precision in PRECISIONS,
+                f"train precision must be auto, fp32 or bf16, got {self.precision!r}.")
+        keep = self.keep_steps
+        require(isinstance(keep, (list, tuple)) and all(
+                    isinstance(k, int) and not isinstance(k, bool) for k in keep),
+                f"train keep_steps must be a list of step numbers, got {keep!r}.")
+        bad = [k for k in keep if not 1 <= k <= self.steps]
+        if bad:
+            raise UserError(f"train keep_steps must be steps from 1 to steps ({self.steps}), "
+                            f"got {bad[0]!r}.")
+        self.keep_steps = sorted(set(keep))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -99,12 +125,26 @@ class TrainConfig:
         return cfg
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name} was asked for, but this torch build sees no CUDA GPU.")
-    return torch.device(name)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """The precision a run trains in on `device`: "bf16" (autocast) or "fp32"."""
+    if device.type != "cuda":
+        if cfg.precision == "bf16":
+            require(devices.cpu_bf16_supported(),
+                    "train precision bf16 needs a CPU with native BF16 instructions (avx512_bf16, "
+                    "amx_bf16 or Arm bf16), and this one has none (torch would emulate bf16, "
+                    "several times slower than fp32); use precision fp32 or auto.")
+            return "bf16"
+        return "fp32"
+    return "fp32" if cfg.precision == "fp32" else "bf16"
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return _null()
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -184,12 +224,66 @@ def _same_run(old: dict, new: dict) -> str | None:
     for key in ("task", "variant", "task_config", "vocab", "model", "long_examples"):
         if old.get(key) != new.get(key):
             return key
+    defaults = asdict(TrainConfig())  # a run made before a setting existed had its default
     for key, value in new["train"].items():
         if key in ("device", "compile", "threads"):  # may differ between machines
             continue
-        if old.get("train", {}).get(key) != value:
+        if old.get("train", {}).get(key, defaults.get(key)) != value:
             return f"train.{key}"
     return None
+
+
+def training_rows(split, cfg: TrainConfig, max_len: int) -> tuple[np.ndarray, int, int, int]:
+    """(rows the trainer draws from, context, rows dropped, rows cut) under `cfg.context`
+    (0: `max_len`, the suite's longest row) and `cfg.long_examples`."""
+    context = cfg.context or max_len
+    too_long = split.lengths > context
+    dropped = int(too_long.sum()) if cfg.long_examples == "drop" else 0
+    cut = int(too_long.sum()) if cfg.long_examples == "cut" else 0
+    rows = np.flatnonzero(~too_long) if cfg.long_examples == "drop" else np.arange(len(split))
+    return rows, context, dropped, cut
+
+
+def plan_steps(suite_path, cfg: TrainConfig, what: str, amount: int, exact: bool | None = None) -> int:
+    """The optimizer steps at which a run of `cfg` on `suite_path`'s train split has seen
+    `amount` of `what` ("steps", "examples", "forward_examples" or "tokens": supervised
+    tokens), without training: `batching.budget_steps` with this trainer's rows, context,
+    loss mask and batch order (see there for when tokens are exact or expected)."""
+    suite = suite_path if isinstance(suite_path, Suite) else open_suite(suite_path)
+    split = suite.split("train")
+    rows, context, _, _ = training_rows(split, cfg, suite.max_len())
+    return budget_steps(split, cfg.batch_size, what, amount, seed=cfg.seed, rows=rows,
+                        no_loss=suite.grammar.no_loss_tokens(suite.vocab), max_len=context + 1,
+                        exact=exact)
+
+
+def curve_rows(suite: Suite, n: int) -> np.ndarray:
+    """The val rows a learning curve is measured on: the first `n` forward rows (kind 0)."""
+    if "val" not in suite.splits:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(suite.split("val").kind == 0)[:n]
+
+
+def curve_point(model: GPT, suite: Suite, rows: np.ndarray, device, batch_size: int = 256) -> dict:
+    """Greedy generation on val `rows`, parsed and replayed by `eval.judge` exactly as eval
+    does, and teacher-forced token accuracy (eval's mean over rows); leaves `model` in eval mode."""
+    split = suite.split("val")
+    model.eval()
+    tf = teacher_forced(model, suite, split, rows, min(batch_size, 128), device)
+    generated = _generate_all(model, suite, split, rows, EvalConfig(batch_size=batch_size),
+                              device, progress=False)
+    correct = [judge(suite, split.instances, int(split.instance[r]), generated[(int(r), 0)][0])["correct"]
+               for r in rows]
+    return {"val_accuracy": float(np.mean(correct)), "val_n": len(rows),
+            "tf_token_accuracy": float(np.mean(tf[:, 0] / np.maximum(1, tf[:, 1])))}
+
+
+def _sum_over_ranks(counts: np.ndarray, world: int, device: torch.device) -> np.ndarray:
+    if world == 1:
+        return counts
+    t = torch.tensor(counts, dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.cpu().numpy()
 
 
 def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig,
@@ -201,21 +295,21 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     main = rank == 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = devices.resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    precision = resolve_precision(cfg, device)
 
     suite = open_suite(suite_path)
     require("train" in suite.splits and len(suite.split("train")) > 0,
             f"suite {suite.path} has no training rows.")
     split = suite.split("train")
-    context = cfg.context or suite.max_len()
-    too_long = split.lengths > context
-    dropped = int(too_long.sum()) if cfg.long_examples == "drop" else 0
-    cut = int(too_long.sum()) if cfg.long_examples == "cut" else 0
-    rows = np.flatnonzero(~too_long) if cfg.long_examples == "drop" else np.arange(len(split))
+    rows, context, dropped, cut = training_rows(split, cfg, suite.max_len())
     require(len(rows) > 0, f"every training row is longer than the context of {context} tokens.")
+    curve = curve_rows(suite, cfg.curve_examples) if cfg.curve_every else None
+    require(curve is None or len(curve) > 0,
+            f"train curve_every needs forward rows in a val split, and suite {suite.path} has none.")
     model_cfg = cfg.model_config(len(suite.vocab), context)
     description = _run_description(suite, cfg, model_cfg, dropped, cut)
 
@@ -246,6 +340,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         step = int(state["step"])
     if main:
         _trim_log(out / "train_log.jsonl", step)
+        _trim_log(out / "curve.jsonl", step)
     if (out / "final.json").exists() and step >= cfg.steps:
         return json.loads((out / "final.json").read_text())
 
@@ -255,20 +350,28 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = _autocast(precision, device)
     order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed)
     no_loss = suite.grammar.no_loss_tokens(suite.vocab)
     log = open(out / "train_log.jsonl", "a") if main else None
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {suite.meta['variant']}", unit="step",
                disable=None if (progress and main) else True, leave=False)
     t0 = time.perf_counter() - float(state.get("train_seconds", 0.0))
-    tokens_seen = int(state.get("tokens", 0))
+    curve_seconds = float(state.get("curve_seconds", 0.0))
+    # counters of the whole batch (every rank's slice), exact, carried on by a resumed run;
+    # each rank adds its slice to `pending`, summed over ranks at the steps they are written
+    seen = {key: int(state.get(key, 0)) for key in COUNTERS}
+    pending = np.zeros(len(COUNTERS), dtype=np.int64)
     loss_value = float(state.get("loss", float("nan")))
+    kind = np.asarray(split.kind)
+    keep = set(cfg.keep_steps)
     model.train()
     try:
         while step < cfg.steps:
             batch_rows = order.batch(step)[rank::world]
             x, y = collate(split, batch_rows, suite.vocab.pad_id, no_loss, context + 1)
+            pending += (len(batch_rows), int((kind[batch_rows] == 0).sum()),
+                        int((y != IGNORE).sum()), x.numel())
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
@@ -280,39 +383,63 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
-            tokens_seen += int(x.numel())
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            last = step == cfg.steps
+            logs = step % cfg.log_every == 0 or last
+            saves = step % cfg.checkpoint_every == 0 or step in keep or last
+            curves = bool(cfg.curve_every) and (step % cfg.curve_every == 0 or last)
+            if logs or saves or curves:  # the same steps on every rank
+                for key, value in zip(COUNTERS, _sum_over_ranks(pending, world, device)):
+                    seen[key] += int(value)
+                pending[:] = 0
+            if logs:
                 loss_value = loss.item()
                 record = {"step": step, "loss": round(loss_value, 6), "lr": lr_at(cfg, step - 1),
-                          "tokens": tokens_seen * world,
-                          "elapsed_s": round(time.perf_counter() - t0, 3)}
+                          **seen, "elapsed_s": round(time.perf_counter() - t0, 3)}
                 if cfg.eval_every and step % cfg.eval_every == 0 and main:
                     record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1)
                 if main:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                 bar.set_postfix(loss=f"{loss_value:.3f}")
-            if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            if main and curves:  # before the checkpoint: a resumed run never misses a point
+                c0 = time.perf_counter()
+                point = curve_point(model, suite, curve, device)
+                model.train()
+                with open(out / "curve.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": step, "examples_seen": seen["examples_seen"],
+                                         "supervised_tokens": seen["supervised_tokens"],
+                                         "forward_examples": seen["forward_examples"], **point}) + "\n")
+                spent = time.perf_counter() - c0
+                curve_seconds += spent
+                t0 += spent  # the training clock leaves the curves out
+            if main and saves:
                 checkpoint.save(out, step, model, optimizer,
-                                {"train": asdict(cfg), "tokens": tokens_seen, "loss": loss_value,
-                                 "train_seconds": time.perf_counter() - t0})
+                                {"train": asdict(cfg), **seen, "loss": loss_value,
+                                 "train_seconds": time.perf_counter() - t0,
+                                 "curve_seconds": curve_seconds}, keep=keep)
     finally:
         bar.close()
         if log:
             log.close()
     elapsed = time.perf_counter() - t0
-    summary = {"steps": step, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
-               "tokens_per_second": round(tokens_seen * world / max(elapsed, 1e-9), 1),
-               "parameters": model.num_params(), "device": str(device),
+    summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
+               "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
+               "parameters": model.num_params(), "device": str(device), "precision": precision,
                "val_loss": validation_loss(model, suite, device, max_len=context + 1) if main else None,
                "dropped_long_rows": dropped, "cut_long_rows": cut}
+    if cfg.curve_every:
+        summary["curve_seconds"] = round(curve_seconds, 2)
     if main:
         write_json(out / "final.json", summary)
     if world > 1:
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the results
         torch.distributed.destroy_process_group()
     return summary
+
+
+COUNTERS = ("examples_seen", "forward_examples", "supervised_tokens", "tokens")
+# rows drawn; rows of suite kind 0; targets carrying loss; positions processed (padding included)
 
 
 def _trim_log(path: Path, step: int) -> None:

@@ -251,3 +251,33 @@ def test_curve_needs_a_val_split(make_suite, tmp_path):
     with pytest.raises(UserError, match="curve_every needs forward rows in a val split") as exc:
         train(suite, tmp_path / "run", TrainConfig(steps=2, curve_every=1, **TINY), progress=False)
     assert one_sentence(str(exc.value))
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_count_the_whole_batch(make_suite, tmp_path):
+    """Under torchrun each rank draws half of every batch; the counters are their sums, so
+    they equal a one-process run's (and curve.jsonl and kept checkpoints are rank 0's)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    torchrun = str(torchrun) if torchrun.exists() else shutil.which("torchrun")
+    suite = make_suite("pathstar", "revthink", PATHSTAR)
+    flags = ["--preset", "tiny", "--steps", "6", "--batch-size", "8", "--checkpoint-every", "4",
+             "--log-every", "2", "--threads", "1", "--keep-steps", "1", "--curve-every", "3",
+             "--curve-examples", "8"]
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "retroplan.cli",
+                           "train", str(suite), "--out", str(tmp_path / "ddp"), *flags],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["train", str(suite), "--out", str(tmp_path / "one"), *flags]) == 0
+    keys = ("step", "examples_seen", "forward_examples", "supervised_tokens")
+    for name in ("train_log.jsonl", "curve.jsonl"):
+        ddp, one = log_lines(tmp_path / "ddp", name), log_lines(tmp_path / "one", name)
+        assert [[r[k] for k in keys] for r in ddp] == [[r[k] for k in keys] for r in one]
+    assert [r["step"] for r in log_lines(tmp_path / "ddp", "curve.jsonl")] == [3, 6]
+    final = json.loads((tmp_path / "ddp" / "final.json").read_text())
+    assert final["examples_seen"] == 48 and 0 < final["forward_examples"] < 48
+    assert checkpoint.available_steps(tmp_path / "ddp") == [1, 4, 6]

@@ -24,6 +24,24 @@ WRITES = {
     "lookahead": "forward plan (<T> spans in training)",
     "corrupted": "another instance's search, then forward plan",
 }
+# The paper each variant follows (../shared/REFERENCES.md), as `retroplan inspect` prints it.
+CITES = {
+    "optimal": "optimal-trajectory training (OT), the baseline of Stream of Search (Gandhi et al. "
+               "2024) and the forward model of Bachmann & Nagarajan (2024)",
+    "reverse": "the reversed target of Bachmann & Nagarajan (2024), 'The pitfalls of next-token "
+               "prediction': the path written goal to start",
+    "revfwd": "backward then forward reasoning at test time (the backward plan, then the plan)",
+    "stream": "Stream of Search (Gandhi et al. 2024): the search with its dead ends and backtracks, "
+              "then the plan",
+    "backward-stream": "a regression search from the goal (backward search stream), then the plan",
+    "revthink": "RevThink (Chen et al. 2024): question -> answer; [bq] question + answer -> "
+                "backward question; [br] backward question -> backward reasoning; test: forward only",
+    "lookahead": "TRELAWNEY (Thankaraj et al. 2025): a future span of the answer copied inside "
+                 "<T> ... </T> at a random cut, mixed with plain rows",
+    "corrupted": "swapped traces (Stechly et al. 2025, 'Beyond semantics'): another instance's "
+                 "search, then this instance's right plan",
+}
+
 # Variants whose first written decision is the forward choice from the start: for them, and
 # only for them, a task's chance level (e.g. 1/degree on path-star) is a meaningful baseline.
 FORWARD_FIRST = ("optimal", "stream", "revthink", "lookahead", "corrupted")
