@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_countdown.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check retroplan tests benchmarks
+	$(VENV)/bin/ruff check retroplan tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) .numba_cache runs

@@ -43,8 +43,10 @@ def measure(structure: str, n_inst: int) -> None:
     backs = premature + necessary
     d = graph.difficulty(cfg, batch)
     print(f"## {structure} ({n_inst} instances, {cfg.to_dict()})")
-    print(f"  nodes with R = 0: {dead / (n_inst * n):.3f}; start successors with R = 0: {succ_dead / succ:.3f}")
-    print(f"  teacher DFS backtracks per instance {backs / n_inst:.2f}, premature {premature / max(1, backs):.3f}")
+    print(f"  nodes with R = 0: {dead / (n_inst * n):.3f}; "
+          f"start successors with R = 0: {succ_dead / succ:.3f}")
+    print(f"  teacher DFS backtracks per instance {backs / n_inst:.2f}, "
+          f"premature {premature / max(1, backs):.3f}")
     if two_way:
         print(f"  start with a live and a dead successor: {two_way / n_inst:.3f}; the live one has the "
               f"strictly lower in-degree in {live_lower_in / two_way:.3f} of those")
