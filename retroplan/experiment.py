@@ -41,11 +41,14 @@ from .stats import mean_ci, wilson
 from .study import verdict_lines, verdict_table
 from .traces import check_variant, get_grammar, writes
 from .traces.suite import SuiteSpec, generate_suite, open_suite
-from .train import TrainConfig, train
+from .train import TrainConfig, plan_steps, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
              "train", "eval", "study"}
-_STUDY_KEYS = {"baseline"}
+_STUDY_KEYS = {"baseline", "budget"}
+# what a study may hold equal between each variant and its baseline -> the run's counter
+BUDGETS = {"steps": "steps", "examples": "examples_seen", "forward_examples": "forward_examples",
+           "tokens": "supervised_tokens"}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 METRICS = ("accuracy", "first_step_accuracy", "optimal_rate", "faithful_accuracy",
            "stream_first_step_accuracy", "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy",
@@ -98,11 +101,23 @@ def load_experiment(path: str | os.PathLike) -> dict:
     require(baseline in variants, f"{path}: the study baseline {baseline!r} is not one of the "
             f"variants ({', '.join(variants)}).")
     exp["_baseline"] = baseline
+    budget = study.get("budget", "steps")
+    require(budget in BUDGETS, f"{path}: study budget must be one of {', '.join(BUDGETS)}, got {budget!r}.")
+    exp["_budget"] = budget
     sizes = exp.setdefault("sizes", {})
     for split in sizes:
         require(split in task.SPLITS, f"{path}: unknown split {split!r} in [sizes]; allowed: "
                 f"{', '.join(task.SPLITS)}.")
-    exp["_train"] = TrainConfig.from_dict(exp.get("train", {}))
+    train_table = dict(exp.get("train", {}))
+    by_variant = train_table.pop("by_variant", {})  # [train.by_variant.<variant>]: overrides
+    require(isinstance(by_variant, dict) and all(isinstance(v, dict) for v in by_variant.values()),
+            f"{path}: [train.by_variant.<variant>] must be tables of train settings.")
+    for v in by_variant:
+        require(v in variants, f"{path}: [train.by_variant.{v}] names no variant of this study "
+                f"({', '.join(variants)}).")
+    exp["_train"] = TrainConfig.from_dict(train_table)
+    exp["_train_by_variant"] = {v: TrainConfig.from_dict({**train_table, **by_variant.get(v, {})})
+                                for v in variants}
     ev = dict(exp.get("eval", {}))
     splits = ev.pop("splits", None)  # several splits to evaluate (e.g. seen and held-out targets)
     require(splits is None or "split" not in ev, f"{path}: give [eval] split or splits, not both.")
@@ -167,8 +182,11 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     write_bytes(out / "experiment.toml", source)
     t_start = time.perf_counter()
     rows, difficulty_points, stream_records = [], [], {}
+    # the baseline first: under a matched budget every other variant's steps follow from it
+    order = [exp["_baseline"]] + [v for v in exp["variants"] if v != exp["_baseline"]]
     jobs = [(label, cond, variant, seed) for label, cond in zip(exp["_labels"], exp["conditions"])
-            for variant in exp["variants"] for seed in exp["seeds"]]
+            for variant in order for seed in exp["seeds"]]
+    baseline_seen: dict[tuple[str, int], dict] = {}
     for n, (label, cond, variant, seed) in enumerate(jobs, 1):
         name = f"{label}-{variant}-s{seed}"
         spec = _spec(exp, cond, variant, seed)
@@ -177,8 +195,16 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             print(f"[{n}/{len(jobs)}] {name}", flush=True)
         if not _suite_ready(suite_dir, spec):
             generate_suite(spec, suite_dir, progress=progress)
-        tcfg = TrainConfig(**dict(asdict(exp["_train"]), seed=seed))
+        tcfg = TrainConfig(**dict(asdict(exp["_train_by_variant"][variant]), seed=seed))
+        budget = exp["_budget"]
+        if budget != "steps" and variant != exp["_baseline"]:
+            # as many steps as it takes to see what the baseline saw (its own seed's run)
+            amount = baseline_seen[(label, seed)][BUDGETS[budget]]
+            tcfg = replace(tcfg, steps=plan_steps(suite_dir, tcfg, budget, amount))
+            tcfg.validate()
         summary = train(suite_dir, run_dir, tcfg, resume=True, progress=progress)
+        if variant == exp["_baseline"]:
+            baseline_seen[(label, seed)] = summary
         for split in exp["_splits"]:
             eval_cfg = replace(exp["_eval"], split=split)
             metrics = metrics_current(run_dir / f"eval-{split}")
@@ -197,6 +223,9 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             row["chance"] = metrics.get("chance")
             row.update(flatten_behaviour(metrics.get("behaviour")))
             row.update(flatten_behaviour(metrics.get("teacher_behaviour"), "teacher_"))
+            row.update({"budget": exp["_budget"], "examples_seen": summary.get("examples_seen"),
+                        "forward_examples": summary.get("forward_examples"),
+                        "supervised_tokens": summary.get("supervised_tokens")})
             row.update({"steps": summary["steps"], "final_loss": summary["final_loss"],
                         "train_seconds": summary["train_seconds"], "parameters": summary["parameters"],
                         "device": summary["device"]})
@@ -226,6 +255,11 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     run_names = dict.fromkeys(f"{r['condition']}-{r['variant']}-s{r['seed']}" for r in rows)
     curves = {name: _curve(out / "runs" / name) for name in run_names}
     figures += plots.learning_curves(curves, out / "loss")
+    accuracy_curves = _accuracy_curves(exp, out)
+    if accuracy_curves:
+        figures += plots.accuracy_curves(accuracy_curves, out / "accuracy_curves",
+                                         title=f"{exp['name']}: learning curves")
+    figures += plots.clever_hans([r for r in rows if r["split"] == exp["_splits"][0]], out / "clever_hans")
     figures += plots.accuracy_vs_difficulty(difficulty_points, out / "difficulty")
     figures += plots.behaviour_bars([r for r in rows if r["split"] == exp["_splits"][0]], out / "behaviour")
     figures += plots.trajectory_vs_stream(stream_records, out / "trajectories")
@@ -236,6 +270,20 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     write_text(report, _report(exp, Path(path), out, rows, pngs, time.perf_counter() - t_start,
                                verdicts))
     return report
+
+
+def _accuracy_curves(exp: dict, out: Path) -> dict[str, dict[int, list[dict]]]:
+    """variant (panel) -> seed -> curve.jsonl points, for the runs that logged a curve."""
+    found: dict[str, dict[int, list[dict]]] = {}
+    for label in exp["_labels"]:
+        for variant in exp["variants"]:
+            for seed in exp["seeds"]:
+                path = out / "runs" / f"{label}-{variant}-s{seed}" / "curve.jsonl"
+                if path.is_file():
+                    points = [json.loads(line) for line in path.read_text().splitlines() if line]
+                    name = variant if len(exp["_labels"]) == 1 else f"{label} / {variant}"
+                    found.setdefault(name, {})[seed] = points
+    return found
 
 
 def _curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -282,6 +330,12 @@ FIGURE_CAPTIONS = {
     "behaviour.png": "Search behaviour of the model's streams next to its teacher's.",
     "trajectories.png": "States explored and tokens used per test instance, model vs teacher.",
     "loss.png": "Training loss on completion tokens.",
+    "accuracy_curves.png": "Verified generation accuracy on a fixed validation subset during "
+                           "training, against optimizer steps and against supervised tokens (thick: "
+                           "mean over seeds; thin: each seed).",
+    "clever_hans.png": "Teacher-forced token and first-token accuracy next to verified generated "
+                       "accuracy: a model that is right under teacher forcing but wrong when it "
+                       "generates has learned to follow, not to choose (the Clever Hans gap).",
 }
 BEHAVIOUR_TABLE = (("trace_validity", "validity"), ("wandering", "wandering"),
                    ("unfinished_streams", "unfinished"),
@@ -389,12 +443,19 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
               "model that scores high there but low when it generates its own plan has learned "
               "to follow edges once it is on the right arm, but not to choose the arm (the "
               "Clever Hans cheat of Bachmann & Nagarajan, 2024).", "",
-              "## Runs", "", "| run | steps | final loss | train seconds | parameters | device |",
-              "|---|---|---|---|---|---|"]
+              "## Runs", "",
+              f"Budget held equal to the baseline's ({exp['_baseline']}): **{exp['_budget']}**; every "
+              "run's actual counts are below (supervised tokens: completion tokens that carry loss; "
+              "forward examples: rows of the evaluated kind).", "",
+              "| run | steps | examples | forward examples | supervised tokens | final loss | "
+              "train seconds | parameters | device |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["split"] != exp["_splits"][0]:  # one line per run, not per evaluated split
             continue
         lines.append(f"| {r['condition']}-{r['variant']}-s{r['seed']} | {r['steps']} | "
+                     f"{r.get('examples_seen')} | {r.get('forward_examples')} | "
+                     f"{r.get('supervised_tokens')} | "
                      f"{r['final_loss']:.4f} | {r['train_seconds']} | {r['parameters']} | {r['device']} |")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     lines += ["", "## Machine", "",

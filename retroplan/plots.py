@@ -92,6 +92,71 @@ def learning_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> l
     return save(fig, path)
 
 
+def accuracy_curves(curves: dict[str, dict[int, list[dict]]], path: Path, title: str = "") -> list[Path]:
+    """Verified generation accuracy on the fixed validation subset during training
+    (curve.jsonl), against optimizer steps and against supervised tokens: one thick line per
+    variant (mean over seeds at each step), each seed a thin line. `curves`: variant -> seed ->
+    points."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    colors = plt.cm.tab10.colors
+    for k, (variant, by_seed) in enumerate(curves.items()):
+        color = colors[k % 10]
+        for points in by_seed.values():
+            for ax, key in zip(axes, ("step", "supervised_tokens")):
+                ax.plot([p[key] for p in points], [p["val_accuracy"] for p in points],
+                        color=color, lw=0.6, alpha=0.45)
+        steps = sorted({p["step"] for pts in by_seed.values() for p in pts})
+        mean_acc, mean_tok = [], []
+        for step in steps:
+            at = [p for pts in by_seed.values() for p in pts if p["step"] == step]
+            mean_acc.append(sum(p["val_accuracy"] for p in at) / len(at))
+            mean_tok.append(sum(p["supervised_tokens"] for p in at) / len(at))
+        axes[0].plot(steps, mean_acc, color=color, lw=2, label=variant)
+        axes[1].plot(mean_tok, mean_acc, color=color, lw=2, label=variant)
+    axes[0].set_xlabel("optimizer steps")
+    axes[1].set_xlabel("supervised tokens seen")
+    axes[0].set_ylabel("verified accuracy (validation subset)")
+    for ax in axes:
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def clever_hans(rows: list[dict], path: Path) -> list[Path]:
+    """Teacher-forced next-token accuracy next to verified generated accuracy, per variant and
+    panel (mean over seeds): a high first bar over a low last one is the Clever Hans gap."""
+    panels = list(dict.fromkeys(r.get("panel", r["condition"]) for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    bars = (("tf_token_accuracy", "teacher-forced tokens"),
+            ("tf_first_token_accuracy", "teacher-forced first token"),
+            ("accuracy", "generated, verified"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 1.2 * len(variants) * len(panels), 3.8),
+                             squeeze=False, sharey=True)
+    colors = ("#9ecae1", "#4292c6", "#d94801")
+    width = 0.27
+    for ax, panel in zip(axes[0], panels):
+        for x, variant in enumerate(variants):
+            rs = [r for r in rows if r.get("panel", r["condition"]) == panel and r["variant"] == variant]
+            for j, (key, label) in enumerate(bars):
+                m, _, _ = mean_ci([r.get(key) for r in rs])
+                if m == m:
+                    ax.bar(x + (j - 1) * width, m, width, color=colors[j],
+                           label=label if x == 0 else None)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(panel, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=7, frameon=False, loc="lower left")
+    fig.suptitle("Teacher-forced vs generated accuracy (the Clever Hans gap)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def accuracy_vs_difficulty(points: list[dict], path: Path) -> list[Path]:
     """Accuracy against each difficulty measure that varies: one line per variant.
 

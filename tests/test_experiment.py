@@ -147,3 +147,75 @@ def test_sampling_reports_pass_at_k_and_best_of_n(study, tmp_path):
     assert m["sampling"]["pass@1"]["value"] <= m["sampling"]["pass@4"]["value"]
     again = evaluate(out / "runs" / "d2-optimal-s0", cfg=sampling, out=tmp_path / "sampled2", progress=False)
     assert again["sampling"] == m["sampling"]  # seeded sampling is reproducible
+
+
+MATCHED = """
+name = "matched"
+task = "pathstar"
+variants = ["optimal", "optimal+reverse", "reverse"]
+seeds = [0, 1, 2]
+
+[study]
+baseline = "optimal"
+budget = "forward_examples"
+
+[sizes]
+train = 200
+val = 20
+test = 30
+
+[[conditions]]
+label = "d2"
+degree = 2
+path_len = 3
+num_nodes = 10
+
+[train]
+preset = "tiny"
+steps = 10
+batch_size = 16
+checkpoint_every = 10
+log_every = 5
+threads = 1
+curve_every = 5
+curve_examples = 10
+
+[train.by_variant.reverse]
+lr = 3e-3
+
+[eval]
+batch_size = 64
+"""
+
+
+def test_a_matched_budget_study_with_a_mixture_gives_verdicts_curves_and_counts(tmp_path):
+    toml = tmp_path / "matched.toml"
+    toml.write_text(MATCHED)
+    report = run_experiment(toml, tmp_path / "out", progress=False)
+    out = tmp_path / "out"
+    rows = {(r["variant"], r["seed"]): r for r in csv.DictReader((out / "results.csv").open())}
+    for seed in ("0", "1", "2"):
+        base, mix = rows[("optimal", seed)], rows[("optimal+reverse", seed)]
+        # the mixture trains until it has seen the baseline's forward examples (half its rows
+        # are reverse rows): at least as many, at most one batch more, in more steps (batches are
+        # length-bucketed, so how many more depends on the draw: twice as many over an epoch)
+        assert int(base["steps"]) == 10 and int(base["forward_examples"]) == 160
+        assert 160 <= int(mix["forward_examples"]) < 160 + 16
+        assert int(mix["steps"]) > 10
+        assert int(mix["forward_examples"]) < int(mix["examples_seen"])
+        assert int(rows[("reverse", seed)]["steps"]) == 10
+    run = json.loads((out / "runs" / "d2-reverse-s0" / "run.json").read_text())
+    assert run["train"]["lr"] == 3e-3                                  # the per-variant override
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert {v["variant"] for v in verdicts} == {"optimal+reverse", "reverse"}
+    assert all(v["n"] == 90 and v["seeds"] == 3 and v["verdict"] in
+               ("helps", "hurts", "no detectable difference at this n") for v in verdicts)
+    text = report.read_text()
+    assert text.index("## Verdicts") < text.index("## Results")
+    assert "forward plan; trained with reverse rows too" in text and "**forward_examples**" in text
+    for name in ("accuracy_curves", "clever_hans"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+    # the mixture is evaluated on exactly the baseline's prompts
+    for split in ("test",):
+        a = (out / "suites" / "d2-optimal-s1" / f"{split}.tokens.npy").read_bytes()
+        assert a == (out / "suites" / "d2-optimal+reverse-s1" / f"{split}.tokens.npy").read_bytes()
