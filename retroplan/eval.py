@@ -34,8 +34,7 @@ from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
 from .traces import chance_for, writes
 from .traces.suite import Suite, open_suite
-
-LOOKAHEAD_MODES = ("plain", "model-goal", "given-goal")  # what eval forces after the prompt
+from .traces.vocab import EVAL_MODES
 
 
 @dataclass
@@ -76,7 +75,7 @@ class EvalConfig:
                 f"eval samples={self.samples} needs temperature > 0 (greedy decoding repeats itself).")
         require(isinstance(self.tip_alpha, (int, float)) and self.tip_alpha >= 0,
                 f"eval tip_alpha must be a non-negative number, got {self.tip_alpha!r}.")
-        require(self.lookahead in LOOKAHEAD_MODES,
+        require(self.lookahead in EVAL_MODES,
                 f"eval lookahead must be plain, model-goal or given-goal, got {self.lookahead!r}.")
 
     @property

@@ -221,15 +221,12 @@ def split_summary(cfg: Config, instances: dict) -> str:
 
 
 @njit(cache=True)
-def _draw(state, n, k, edges_out):
-    """One random strongly connected k-out digraph; fills edges_out (n*k, 2) unshuffled."""
-    order = np.arange(n, dtype=np.int32)
-    rng.shuffle(state, order)
-    taken = np.zeros(n, dtype=np.bool_)
-    e = 0
-    for i in range(n):
-        u = order[i]
-        succ = order[(i + 1) % n]
+def _cycle_with_chords(state, order, lo, c, n, k, taken, edges_out, e):
+    """Nodes order[lo:lo+c]: each gets an edge to the next in a cycle through them, then k - 1
+    edges to distinct other random nodes among all n; returns the next free row of edges_out."""
+    for i in range(c):
+        u = order[lo + i]
+        succ = order[lo + (i + 1) % c]
         edges_out[e, 0] = u
         edges_out[e, 1] = succ
         e += 1
@@ -244,6 +241,15 @@ def _draw(state, n, k, edges_out):
             edges_out[e, 0] = u
             edges_out[e, 1] = v
             e += 1
+    return e
+
+
+@njit(cache=True)
+def _draw(state, n, k, edges_out):
+    """One random strongly connected k-out digraph; fills edges_out (n*k, 2) unshuffled."""
+    order = np.arange(n, dtype=np.int32)
+    rng.shuffle(state, order)
+    _cycle_with_chords(state, order, 0, n, n, k, np.zeros(n, dtype=np.bool_), edges_out, 0)
 
 
 @njit(cache=True, parallel=True)
@@ -292,25 +298,10 @@ def _draw_dead_ends(state, n, k, n_dead, edges_out, live):
     c = n - n_dead
     taken = np.zeros(n, dtype=np.bool_)
     live[:] = False
-    e = 0
-    for i in range(c):  # the live part: a cycle through it plus k - 1 edges anywhere
-        u = order[n_dead + i]
-        live[u] = True
-        succ = order[n_dead + (i + 1) % c]
-        edges_out[e, 0] = u
-        edges_out[e, 1] = succ
-        e += 1
-        taken[:] = False
-        taken[u] = True
-        taken[succ] = True
-        for _ in range(k - 1):
-            v = rng.randbelow(state, n)
-            while taken[v]:
-                v = rng.randbelow(state, n)
-            taken[v] = True
-            edges_out[e, 0] = u
-            edges_out[e, 1] = v
-            e += 1
+    for i in range(c):
+        live[order[n_dead + i]] = True
+    # the live part: a cycle through it plus k - 1 edges anywhere
+    e = _cycle_with_chords(state, order, n_dead, c, n, k, taken, edges_out, 0)
     for i in range(n_dead):  # the dead region: k edges inside it
         u = order[i]
         taken[:] = False

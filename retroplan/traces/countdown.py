@@ -52,12 +52,11 @@ from ..envs.splits import split_stream
 from ..errors import require
 from ..searchers import countdown_search as cs
 from .graphs import KIND_BQ, KIND_BR, KIND_FWD, Parsed, example_rows
-from .vocab import MIX_TOKENS, Vocab
+from .vocab import MIX_TOKENS, Vocab, forced_open
 
 VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink", "lookahead",
             "corrupted")
 STREAM_VARIANTS = ("stream", "backward-stream", "corrupted")
-EVAL_MODES = ("plain", "model-goal", "given-goal")
 
 _WORDS = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->", "?", "_", "at",
           "try", "go", "back", "goal", "dead", "none", "[bq]", "[br]", "<T>", "</T>"]
@@ -902,11 +901,8 @@ def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) 
     oracle's plan (the step that reaches the target: a span training rows hold, cut 0 and span
     = the last step). The judged completion is these tokens followed by the generated ones.
     Only `lookahead` models know `<T>`."""
-    require(mode in EVAL_MODES, f"eval lookahead must be plain, model-goal or given-goal, got {mode!r}.")
-    if mode == "plain":
+    if not forced_open(variant, mode):
         return []
-    require(variant == "lookahead",
-            f"eval lookahead {mode} needs a lookahead suite; {variant} is trained without <T> spans.")
     if mode == "model-goal":
         return [T_OPEN]
     last = np.asarray(instances["plan"][i][-1], dtype=np.int64)

@@ -36,7 +36,7 @@ from ..envs import digraph
 from ..envs.splits import split_stream
 from ..errors import require
 from ..searchers import BACK, DEAD, GO, JUMP, START, graph_search
-from .vocab import MIX_TOKENS, Vocab
+from .vocab import MIX_TOKENS, Vocab, forced_open
 
 VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink",
             "lookahead", "corrupted")
@@ -387,12 +387,8 @@ def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) 
     inference modes): `plain` none, `model-goal` `<T>` (the model writes the span, then the
     plan), `given-goal` `<T> g </T>` (the user gives the goal). The judged completion is these
     tokens followed by the generated ones. Only `lookahead` models know `<T>`."""
-    require(mode in ("plain", "model-goal", "given-goal"),
-            f"eval lookahead must be plain, model-goal or given-goal, got {mode!r}.")
-    if mode == "plain":
+    if not forced_open(variant, mode):
         return []
-    require(variant == "lookahead",
-            f"eval lookahead {mode} needs a lookahead suite; {variant} is trained without <T> spans.")
     if mode == "model-goal":
         return [T_OPEN]
     return [T_OPEN, NODE0 + int(instances["goal"][i]), T_CLOSE]

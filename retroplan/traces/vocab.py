@@ -17,6 +17,21 @@ PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 MIXABLE = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "lookahead", "corrupted")
 MIX_TOKENS = [f"[{v}]" for v in MIXABLE]
 
+# TRELAWNEY's inference modes (`eval --lookahead`); each grammar's `eval_prefix` says which
+# tokens a mode forces after the prompt.
+EVAL_MODES = ("plain", "model-goal", "given-goal")
+
+
+def forced_open(variant: str, mode: str) -> bool:
+    """Whether eval forces `<T>` after the prompt: False for `plain`; refuses a bad mode, and a
+    non-plain mode on a model that never saw <T> spans."""
+    require(mode in EVAL_MODES, f"eval lookahead must be plain, model-goal or given-goal, got {mode!r}.")
+    if mode == "plain":
+        return False
+    require(variant == "lookahead",
+            f"eval lookahead {mode} needs a lookahead suite; {variant} is trained without <T> spans.")
+    return True
+
 
 class Vocab:
     def __init__(self, tokens: list[str]):
