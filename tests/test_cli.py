@@ -23,7 +23,11 @@ def test_generate_inspect_export_train_eval(tmp_path, capsys):
     assert meta["config"] == {"degree": 3, "path_len": 4, "num_nodes": 20} and meta["seed"] == 5
 
     code, out, _ = run_cli(capsys, "inspect", suite, "--rows", 2)
-    assert code == 0 and "variant reverse" in out and out.count("completion") == 6
+    # 2 rows of each of the 3 splits, plus one example of the only kind of training row, and
+    # what the variant writes after which paper
+    assert code == 0 and "variant reverse" in out and out.count("completion") == 7
+    assert "[example: train row 0, kind 0]" in out
+    assert "reverse: writes the backward plan (goal to start); after the reversed target of Bachmann" in out
 
     code, out, _ = run_cli(capsys, "export", suite, "--out", tmp_path / "rows.jsonl", "--split", "test")
     assert code == 0 and "wrote 30 rows" in out
