@@ -254,19 +254,21 @@ def _put_try_row(tape, pos, first, op, second, result, outcome, vals, row, m):
 
 
 @njit(cache=True)
+def _kid_arrays(rows, width):
+    """Scratch for the children of `rows` search nodes, `width` each, as every search here
+    keeps them: eight (rows, width) int64 arrays (operands, operation, result, two index
+    columns, heuristic, try order). Uninitialised: a search writes before it reads."""
+    k = np.empty((8, rows, width), dtype=np.int64)
+    return k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+
+
+@njit(cache=True)
 def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
     """SoS's DFS with its prune. Returns (tape length, found)."""
     n = nums.shape[0]
     factors = _factor_distances(target) if heur == HEUR_MULT else np.zeros(1, dtype=np.int64)
     vals = np.empty((n, n), dtype=np.int64)
-    kx = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kop = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    ky = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kr = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    ki = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kj = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kh = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    order = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    kx, kop, ky, kr, ki, kj, kh, order = _kid_arrays(n, _MAX_KIDS)
     n_kids = np.zeros(n, dtype=np.int64)
     next_kid = np.zeros(n, dtype=np.int64)
     path = np.empty((n, 4), dtype=np.int64)
@@ -352,14 +354,7 @@ def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
     n = nums.shape[0]
     factors = np.zeros(1, dtype=np.int64)
     vals = np.empty((n, n), dtype=np.int64)
-    kx = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kop = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    ky = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kr = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    ki = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kj = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    kh = np.empty((n, _MAX_KIDS), dtype=np.int64)
-    order = np.empty((n, _MAX_KIDS), dtype=np.int64)
+    kx, kop, ky, kr, ki, kj, kh, order = _kid_arrays(n, _MAX_KIDS)
     n_kids = np.zeros(n, dtype=np.int64)
     next_kid = np.zeros(n, dtype=np.int64)
     path = np.empty((n, 4), dtype=np.int64)
@@ -555,14 +550,7 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
         size_table *= 2
     closed = np.full(size_table, -1, dtype=np.int64)
     keys = np.empty((cap, n), dtype=np.int64)      # the sorted numbers of every expanded node
-    kx = np.empty((1, _MAX_KIDS), dtype=np.int64)
-    kop = np.empty((1, _MAX_KIDS), dtype=np.int64)
-    ky = np.empty((1, _MAX_KIDS), dtype=np.int64)
-    kr = np.empty((1, _MAX_KIDS), dtype=np.int64)
-    ki = np.empty((1, _MAX_KIDS), dtype=np.int64)
-    kj = np.empty((1, _MAX_KIDS), dtype=np.int64)
-    kh = np.empty((1, _MAX_KIDS), dtype=np.int64)
-    order = np.empty((1, _MAX_KIDS), dtype=np.int64)
+    kx, kop, ky, kr, ki, kj, kh, order = _kid_arrays(1, _MAX_KIDS)
     keep_order = np.empty(_MAX_KIDS, dtype=np.int64)
     batch = np.empty(beam, dtype=np.int64)
     node_vals[0, :] = nums
@@ -736,14 +724,7 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
     unused = np.empty((n, n), dtype=np.int64)
     where = np.empty((n, n), dtype=np.int64)     # original position of each unused input
     goal = np.empty(n, dtype=np.int64)
-    kx = np.empty((n, maxk), dtype=np.int64)
-    kop = np.empty((n, maxk), dtype=np.int64)
-    ky = np.empty((n, maxk), dtype=np.int64)
-    kr = np.empty((n, maxk), dtype=np.int64)
-    kp = np.empty((n, maxk), dtype=np.int64)
-    ksub = np.empty((n, maxk), dtype=np.int64)
-    kh = np.empty((n, maxk), dtype=np.int64)
-    order = np.empty((n, maxk), dtype=np.int64)
+    kx, kop, ky, kr, kp, ksub, kh, order = _kid_arrays(n, maxk)
     n_kids = np.zeros(n, dtype=np.int64)
     next_kid = np.zeros(n, dtype=np.int64)
     path = np.empty((n, 4), dtype=np.int64)
