@@ -10,7 +10,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from . import plots
+from . import checkpoint, plots
 from .errors import UserError, require
 from .eval import EvalConfig, evaluate, judge
 from .fsutil import write_text
@@ -89,6 +89,12 @@ def sweep_tip(run_dir: str | os.PathLike, alphas: list[float], betas: list[int],
     out = Path(out) if out else run_dir / "tip-sweep"
     grid = [(0.0, 0, False)] + [(float(a), int(b), g) for g in ([False, True] if oracle else [False])
                                 for a in alphas if a > 0 for b in betas]
+    if len(grid) > 1:  # refuse a run without thoughts before the (long) greedy evaluation
+        suite = open_suite(checkpoint.read_run(run_dir).get("suite", ""))
+        require(suite.variant in suite.grammar.STREAM_VARIANTS,
+                f"the thought-switch penalty needs a stream variant ("
+                f"{', '.join(suite.grammar.STREAM_VARIANTS)}), and run {run_dir} was trained on "
+                f"{suite.name}, which has no thoughts to switch.")
     rows = []
     for alpha, beta, gated in grid:
         name = "greedy" if alpha == 0 else f"a{alpha:g}-b{beta}" + ("-oracle" if gated else "")

@@ -8,6 +8,11 @@ A step folder is built under a temporary name and renamed; `latest.json` is repl
 atomically after it, so a kill at any moment leaves the previous checkpoint current. The
 `KEEP` newest step folders stay on disk, and every step the run asked to keep
 (`TrainConfig.keep_steps`); `load_model(run, step=N)` loads one of those.
+
+state.json names the sha256 of the step folder's two safetensors files (`files`); loading
+checks them, so a flipped bit in the weights is an error, not a silently different model.
+Checkpoints written before the digests existed have no `files` and load unchecked.
+`check_suite` compares a run's recorded suite digest (`suite_meta_sha256`) with a suite.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError, require
-from .fsutil import atomic_dir, write_json
+from .fsutil import atomic_dir, sha256_file, write_json
 from .models import GPT, GPTConfig
 
 KEEP = 2  # step folders kept on disk
@@ -52,6 +57,9 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(str(exc).removeprefix("Error while serializing: ")) from None
 
 
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
+
+
 def step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 
@@ -77,7 +85,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
                 tensors[f"{pid}.{key}"] = t.detach().to("cpu").contiguous()
         tensors["torch_rng_state"] = torch.get_rng_state()
         _save_tensors(tensors, tmp / "optimizer.safetensors")
-        write_json(tmp / "state.json", dict(state, step=step, param_groups=groups))
+        files = {name: sha256_file(tmp / name) for name in TENSOR_FILES}
+        write_json(tmp / "state.json", dict(state, step=step, param_groups=groups, files=files))
     write_json(ckpts / "latest.json", {"step": step, "dir": name})
     kept = {step_dir_name(int(k)) for k in keep}
     for old in sorted(ckpts.glob("step-*"))[:-KEEP]:
@@ -130,16 +139,57 @@ def load_model(run_dir: Path, device: str = "cpu", step: int | None = None) -> t
     except (KeyError, TypeError):
         raise UserError(f"{run_dir}/run.json has no valid model config (corrupt).") from None
     model = GPT(cfg)
-    _load_weights(model, ckpt)
-    state = _read_json(ckpt / "state.json", "checkpoint state")
-    return model.to(device).eval(), run, int(state.get("step", 0))
+    state = read_state(ckpt)
+    _load_weights(model, ckpt)  # first: a file of another shape is named as such
+    verify_files(ckpt, state, ("model.safetensors",))
+    return model.to(device).eval(), run, state["step"]
+
+
+def read_state(ckpt: Path) -> dict:
+    """A step folder's state.json, with a valid step and, where it has them, valid digests."""
+    path = ckpt / "state.json"
+    state = _read_json(path, "checkpoint state")
+    step = state.get("step")
+    require(isinstance(step, int) and not isinstance(step, bool) and step >= 0,
+            f"checkpoint state {path} has no valid step (it says {step!r}); it is corrupt.")
+    files = state.get("files")
+    require(files is None or (isinstance(files, dict)
+                              and all(isinstance(files.get(n), str) for n in TENSOR_FILES)),
+            f"checkpoint state {path} has no valid file digests; it is corrupt.")
+    return state
+
+
+def verify_files(ckpt: Path, state: dict, names=TENSOR_FILES) -> None:
+    """The files `names` of a step folder match the digests its state.json names (a
+    checkpoint from before the digests has none and is not checked)."""
+    files = state.get("files")
+    if files is None:
+        return
+    for name in names:
+        require((ckpt / name).is_file(), f"checkpoint file {ckpt / name} is missing.")
+        require(sha256_file(ckpt / name) == files[name],
+                f"checkpoint file {ckpt / name} does not match its checksum in state.json; it is "
+                "corrupt (or was changed).")
+
+
+def check_suite(run_dir: Path, run: dict, suite) -> None:
+    """Refuse `suite` (a `traces.suite.Suite`) unless its meta.json is the one the run in
+    `run_dir` (its run.json: `run`) was trained on, by the digest run.json recorded."""
+    recorded = run.get("suite_meta_sha256")
+    if recorded is None:  # a run.json without it: nothing to compare
+        return
+    actual = sha256_file(suite.path / "meta.json")
+    require(actual == recorded,
+            f"run {run_dir} was trained on a suite whose meta.json has sha256 {str(recorded)[:12]}..., "
+            f"and suite {suite.path} is another ({actual[:12]}...); use the suite it was trained on.")
 
 
 def load_training_state(ckpt: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
     """Restore weights, optimizer moments and the torch RNG from a step folder."""
+    state = read_state(ckpt)
     _load_weights(model, ckpt)
     tensors = _load_tensors(ckpt / "optimizer.safetensors")
-    state = _read_json(ckpt / "state.json", "checkpoint state")
+    verify_files(ckpt, state)
     try:
         rng = tensors.pop("torch_rng_state")
         per_param: dict[int, dict] = {}

@@ -91,13 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the checkpoints of these steps (comma-separated)")
     _add_dataclass_flags(tr, TrainConfig, skip=("keep_steps",))
 
-    ev = sub.add_parser("eval", help="evaluate a run: generate, parse, replay, count")
+    ev = sub.add_parser(
+        "eval", help="evaluate a run: generate, parse, replay, count",
+        description="Evaluate a run. Without --out it writes RUN/eval-SPLIT only for the standard "
+                    "evaluation (latest step, the run's own suite, default decoding: what `retroplan "
+                    "run` reads, and reuses only when everything its numbers depend on matches); "
+                    "otherwise a folder whose name says what differs: RUN/eval-SPLIT-step500, "
+                    "RUN/eval-SPLIT-limit7, RUN/eval-SPLIT-suite-NAME, "
+                    "RUN/eval-SPLIT-temperature1-samples4. --batch-size and --device change no number "
+                    "and no name.")
     ev.add_argument("run")
-    ev.add_argument("--suite", default=None, help="suite to evaluate on (default: the training suite)")
-    ev.add_argument("--out", default=None, help="folder for metrics.json and records.jsonl")
+    ev.add_argument("--suite", default=None,
+                    help="suite to evaluate on (default: the training suite); its task and evaluated "
+                         "variant must be the run's, and its prompts shorter than the model's context")
+    ev.add_argument("--out", default=None,
+                    help="folder for metrics.json and records.jsonl (default: see above)")
     ev.add_argument("--step", type=int, default=None, metavar="N",
                     help="evaluate the checkpoint kept at step N (default: the latest; "
-                         "writes to RUN/eval-SPLIT-stepN)")
+                         "writes RUN/eval-SPLIT-stepN, plus any other difference)")
     _add_dataclass_flags(ev, EvalConfig)
 
     r = sub.add_parser("run", help="run a TOML experiment end to end (resumable)")
@@ -129,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generate(args) -> None:
     from .envs import get_task
+    from .fsutil import terminate_as_exit
     from .traces import GRAMMARS
     from .traces.suite import SuiteSpec, generate_suite, parse_shard
 
@@ -139,7 +151,8 @@ def _generate(args) -> None:
                      config=_given(args, task.Config, "task_"),
                      options=_given(args, GRAMMARS[args.task].Options, "opt_"),
                      seed=args.seed, sizes=sizes)
-    out = generate_suite(spec, args.out, shard=parse_shard(args.shard))
+    with terminate_as_exit():  # a `kill` removes the unfinished suite's temporaries too
+        out = generate_suite(spec, args.out, shard=parse_shard(args.shard))
     meta = json.loads((out / "meta.json").read_text())
     counts = ", ".join(f"{s} {v['examples']} rows" for s, v in meta["splits"].items())
     print(f"wrote {out}: {args.task}/{args.variant}, {counts}")
@@ -153,6 +166,8 @@ def _inspect(args) -> None:
 
     if args.rows < 0:
         raise UserError(f"--rows must be a non-negative integer, got {args.rows}.")
+    if args.context < 0:
+        raise UserError(f"--context must be a non-negative integer (0: the longest row), got {args.context}.")
     suite = open_suite(args.suite)
     meta = suite.meta
     print(f"suite {suite.path}")
@@ -214,14 +229,18 @@ def _export(args) -> None:
 
 
 def _train(args) -> None:
+    from .fsutil import terminate_as_exit
     from .train import TrainConfig, train
 
     cfg = TrainConfig.from_dict(_given(args, TrainConfig))
-    summary = train(args.suite, args.out, cfg, resume=args.resume)
+    with terminate_as_exit():  # a `kill` removes the temporaries of a checkpoint being written
+        summary = train(args.suite, args.out, cfg, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
+    loss = summary.get("final_loss")
     print(f"trained {args.out}: {summary['steps']} steps ({summary.get('examples_seen')} examples, "
-          f"{summary.get('supervised_tokens')} supervised tokens), final loss {summary['final_loss']:.4f}, "
+          f"{summary.get('supervised_tokens')} supervised tokens), final loss "
+          f"{'n/a' if loss is None else format(loss, '.4f')}, "
           f"{summary['train_seconds']:.1f}s on {summary['device']}")
 
 
@@ -229,7 +248,7 @@ def _eval(args) -> None:
     from .eval import EvalConfig, evaluate
 
     cfg = EvalConfig(**_given(args, EvalConfig))
-    m = evaluate(args.run, args.suite, cfg, args.out, step=args.step)
+    m = evaluate(args.run, args.suite, cfg, args.out, step=args.step, name_by_settings=True)
     def fmt(key):
         v = m[key]["value"]
         return "n/a" if v is None else f"{v:.3f}"
@@ -249,6 +268,7 @@ def _eval(args) -> None:
                   f"states {val('states_expanded', 'mean')}")
     for name, v in m.get("sampling", {}).items():
         print(f"  {name}: {v['value']:.3f} (n={v['n']})")
+    print(f"  wrote {m['eval_dir']}")
 
 
 def _run(args) -> None:

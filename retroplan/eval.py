@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,15 +26,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
+from . import __version__, checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
 from .device import resolve_device
 from .errors import require, require_field_types
-from .fsutil import atomic_path, sha256_file, write_json
+from .fsutil import atomic_path, json_line, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
-from .traces import chance_for, writes
+from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
 
@@ -69,18 +71,62 @@ class EvalConfig:
                 f"eval batch_size must be a positive integer, got {self.batch_size!r}.")
         require(isinstance(self.samples, int) and self.samples >= 1,
                 f"eval samples must be a positive integer, got {self.samples!r}.")
-        require(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
-                f"eval temperature must be a non-negative number, got {self.temperature!r}.")
+        require(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature >= 0,
+                f"eval temperature must be a finite non-negative number, got {self.temperature!r}.")
         require(self.samples == 1 or self.temperature > 0,
                 f"eval samples={self.samples} needs temperature > 0 (greedy decoding repeats itself).")
-        require(isinstance(self.tip_alpha, (int, float)) and self.tip_alpha >= 0,
-                f"eval tip_alpha must be a non-negative number, got {self.tip_alpha!r}.")
+        require(isinstance(self.tip_alpha, (int, float)) and math.isfinite(self.tip_alpha)
+                and self.tip_alpha >= 0,
+                f"eval tip_alpha must be a finite non-negative number, got {self.tip_alpha!r}.")
         require(self.lookahead in EVAL_MODES,
                 f"eval lookahead must be plain, model-goal or given-goal, got {self.lookahead!r}.")
 
     @property
     def uses_tip(self) -> bool:
         return self.tip_alpha > 0 and self.tip_beta > 0
+
+
+# settings that decide where and how fast an evaluation runs, never its numbers
+NO_RESULT_SETTINGS = ("device", "batch_size")
+
+
+def identity(run_dir: str | os.PathLike, suite_path: str | os.PathLike, cfg: EvalConfig,
+             step: int) -> dict:
+    """Everything that determines an evaluation's numbers: the suite (its meta.json digest,
+    which holds the digest of every file), the weights evaluated (the step and the digest of
+    its model file), every decoding setting but those of `NO_RESULT_SETTINGS` (split and limit
+    included) and the retroplan version. metrics.json records it; `retroplan run` reuses an
+    evaluation only when it equals what it would compute now."""
+    weights = Path(run_dir) / "checkpoints" / checkpoint.step_dir_name(step) / "model.safetensors"
+    return {"suite_meta_sha256": sha256_file(Path(suite_path) / "meta.json"),
+            "step": int(step), "model_sha256": sha256_file(weights),
+            "decoding": {k: v for k, v in asdict(cfg).items() if k not in NO_RESULT_SETTINGS},
+            "retroplan_version": __version__}
+
+
+def _hand_eval_name(cfg: EvalConfig, chosen_step: int | None, suite: Suite, own_suite: bool) -> str:
+    """`eval-SPLIT`, plus a part for every way this evaluation differs from the run's standard
+    one (latest step, own suite, default decoding): `eval-test-step500`, `eval-test-limit7`,
+    `eval-test-suite-NAME`, `eval-test-temperature1-samples4`. Only the standard evaluation
+    goes where `retroplan run` reads."""
+    parts = [f"eval-{cfg.split}"]
+    if chosen_step is not None:
+        parts.append(f"step{chosen_step}")
+    if not own_suite:
+        parts.append("suite-" + re.sub(r"[^A-Za-z0-9_.=+-]", "_", suite.path.name))
+    default = asdict(EvalConfig())
+    for key, value in asdict(cfg).items():
+        if key == "split" or key in NO_RESULT_SETTINGS or value == default[key]:
+            continue
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(name if value else f"no-{name}")
+        elif isinstance(value, str):
+            parts.append(f"{name}-{value}")
+        else:
+            parts.append(f"{name}{value:g}")
+    return "-".join(parts)
 
 
 def judge(suite: Suite, instances: dict, i: int, completion_ids) -> dict:
@@ -184,21 +230,48 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
 
 def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = None,
              cfg: EvalConfig | None = None, out: str | os.PathLike | None = None,
-             progress: bool = True, step: int | None = None) -> dict:
+             progress: bool = True, step: int | None = None, name_by_settings: bool = False) -> dict:
     """Evaluate the run's latest checkpoint (or its kept checkpoint at `step`) on a split;
-    writes metrics.json + records.jsonl into `out` (default RUN/eval-SPLIT, or
-    RUN/eval-SPLIT-stepN for a chosen step, so the final evaluation is never overwritten)
-    and returns the metrics; metrics.json records the step evaluated."""
+    writes metrics.json + records.jsonl into `out` and returns the metrics; metrics.json
+    records the step evaluated and `identity`, everything its numbers depend on.
+
+    Default `out`: RUN/eval-SPLIT, or RUN/eval-SPLIT-stepN for a chosen step (so the final
+    evaluation is never overwritten). With `name_by_settings` (the `eval` command) the
+    default folder names every way the evaluation differs from the standard one (another
+    suite, a limit, non-default decoding: see `_hand_eval_name`), so only the standard
+    evaluation lands in RUN/eval-SPLIT, where `retroplan run` reads.
+
+    Refused: a suite with another vocabulary, another task or another evaluated variant than
+    the run was trained for (its grammar would judge the model by the wrong format); the run's
+    own suite when its meta.json is no longer the one the run recorded; prompts that leave the
+    model no room to write within its context."""
     cfg = cfg or EvalConfig()
     cfg.validate()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     chosen = step
     model, run, step = checkpoint.load_model(run_dir, device, step=chosen)
-    suite = open_suite(suite_path or run["suite"])
+    trained_on = run.get("suite")
+    same_path = suite_path is None or (
+        isinstance(trained_on, str) and Path(suite_path).resolve() == Path(trained_on).resolve())
+    suite = open_suite(suite_path or trained_on)
+    recorded = run.get("suite_meta_sha256")
+    digest = sha256_file(suite.path / "meta.json")
+    own_suite = same_path or digest == recorded  # a byte-identical copy is the same suite
+    require(not same_path or recorded is None or digest == recorded,
+            f"suite {suite.path} is not the suite run {run_dir} was trained on: its meta.json "
+            "digest differs from the suite_meta_sha256 in run.json (the suite was replaced or "
+            "regenerated); evaluate the run on the suite it was trained on, or train it again.")
     require(suite.vocab.to_json() == run["vocab"],
             f"the checkpoint in {run_dir} was trained with a different vocabulary than suite "
             f"{suite.path} uses ({len(run['vocab'])} vs {len(suite.vocab)} tokens).")
+    trained_variant = components(str(run.get("variant", suite.name)))[0]
+    task = run.get("task", suite.meta["task"])
+    require(suite.meta["task"] == task and suite.variant == trained_variant,
+            f"suite {suite.path} holds {suite.meta['task']} rows of variant {suite.variant}, but run "
+            f"{run_dir} (trained on {task} {run.get('variant')}) writes variant {trained_variant} "
+            f"and is judged by its grammar; evaluate it on a {task} suite of variant "
+            f"{trained_variant} or of a mixture that starts with it.")
     require(not cfg.uses_tip or suite.variant in suite.grammar.STREAM_VARIANTS,
             f"the thought-switch penalty needs a stream variant; {suite.variant} has no thoughts to switch.")
     require(cfg.lookahead == "plain" or suite.variant == "lookahead",
@@ -209,11 +282,22 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     if cfg.limit:
         rows = rows[: cfg.limit]
     require(len(rows) > 0, f"split {cfg.split} of {suite.path} has no rows to evaluate.")
-    default_out = f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}"
-    out = Path(out) if out else run_dir / default_out
+    prefixes = eval_prefixes(suite, split, rows, cfg)
+    longest = max(int(split.prompt_len[r]) + len(prefixes[int(r)]) for r in rows)
+    context = model.cfg.block_size
+    require(longest < context,
+            f"split {cfg.split} of {suite.path} has prompts of up to {longest} tokens"
+            f"{' (forced prefix included)' if cfg.lookahead != 'plain' else ''}, and run {run_dir}'s "
+            f"model has a context of {context} tokens; it can evaluate only prompts shorter than "
+            f"{context} tokens, which leave it room to write its answer.")
+    if out:
+        out = Path(out)
+    elif name_by_settings:
+        out = run_dir / _hand_eval_name(cfg, chosen, suite, own_suite)
+    else:
+        out = run_dir / (f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}")
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device)
-    prefixes = eval_prefixes(suite, split, rows, cfg)
     generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes)
 
     difficulty = suite.task.difficulty(suite.config, split.instances)
@@ -258,23 +342,26 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
         metrics["sampling"] = _sampling_block(records, cfg.samples)
     metrics.update({"split": cfg.split, "step": step, "suite": str(suite.path),
                     "run": str(run_dir), "task": suite.meta["task"], "variant": suite.name,
-                    "task_config": suite.meta["config"], "decoding": asdict(cfg)})
+                    "task_config": suite.meta["config"], "decoding": asdict(cfg),
+                    "identity": identity(run_dir, suite.path, cfg, step)})
     metrics["writes"] = writes(suite.name)
     metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     out.mkdir(parents=True, exist_ok=True)
     # records first, then metrics.json, which names the records it summarises: a kill between
     # the two leaves an old metrics.json whose checksum no longer matches (see metrics_current)
-    text = "".join(json.dumps(r) + "\n" for r in records)
+    text = "".join(json_line(r) for r in records)
     metrics["records_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     with atomic_path(out / "records.jsonl") as tmp:
         tmp.write_text(text)
     write_json(out / "metrics.json", metrics)
-    return metrics
+    return dict(metrics, eval_dir=str(out))  # where it went (not in metrics.json: folders move)
 
 
-def metrics_current(eval_dir: Path) -> dict | None:
-    """The metrics of a finished evaluation in `eval_dir`, or None when there is none or its
-    records.jsonl is not the one it summarises (an evaluation killed between the two files)."""
+def metrics_current(eval_dir: Path, expected: dict | None = None) -> dict | None:
+    """The metrics of a finished evaluation in `eval_dir`, or None when there is none, when its
+    records.jsonl is not the one it summarises (an evaluation killed between the two files), or
+    when `expected` is given and is not the `identity` it recorded (another suite, step,
+    weights, decoding, limit or retroplan version: made by hand, or by an older version)."""
     metrics_path, records_path = eval_dir / "metrics.json", eval_dir / "records.jsonl"
     if not (metrics_path.is_file() and records_path.is_file()):
         return None
@@ -283,6 +370,8 @@ def metrics_current(eval_dir: Path) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     if metrics.get("records_sha256") != sha256_file(records_path):
+        return None
+    if expected is not None and metrics.get("identity") != expected:
         return None
     return metrics
 

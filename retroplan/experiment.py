@@ -2,8 +2,12 @@
 suite, train, evaluate; then `results.csv`, figures and `report.md`.
 
 Re-running the same command skips every finished piece (a suite whose meta.json checks out,
-a run with final.json, an evaluation whose metrics.json matches the run's last step) and
-resumes an interrupted training from its last checkpoint.
+a run with final.json, an evaluation whose recorded identity (suite digest, step, weights,
+decoding settings, split, limit, retroplan version) is what it would compute now) and resumes
+an interrupted training from its last checkpoint. The whole file is checked before any work
+(types of every entry, the devices asked for); an --out folder is reused by a file that differs
+from its experiment.toml only in settings that change no result (`NO_RESULT_KEYS`: name,
+description, devices, threads, compile, eval batch size), so such a setting can be fixed in place.
 
     name = "quick"
     task = "pathstar"
@@ -32,16 +36,17 @@ from pathlib import Path
 import torch
 
 from . import __version__, plots
+from .device import resolve_device
 from .envs import get_task, make_config
 from .errors import UserError, require
-from .eval import EvalConfig, evaluate, metrics_current
+from .eval import EvalConfig, evaluate, identity, metrics_current
 from .fsutil import write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .stats import mean_ci, wilson
 from .study import verdict_lines, verdict_table
 from .traces import check_variant, get_grammar, writes
 from .traces.suite import SuiteSpec, generate_suite, open_suite
-from .train import TrainConfig, plan_steps, train
+from .train import TrainConfig, plan_steps, resolve_precision, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
              "train", "eval", "study"}
@@ -67,6 +72,9 @@ def load_experiment(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}.")
     for key in ("name", "task", "variants"):
         require(key in exp, f"{path} needs a {key!r} entry.")
+    for key in ("name", "description", "task"):
+        require(key not in exp or isinstance(exp[key], str),
+                f"{path}: {key} must be a string, got {exp.get(key)!r}.")
     for key in ("sizes", "options", "train", "eval", "study"):
         require(isinstance(exp.get(key, {}), dict), f"{path}: {key} must be a table ([{key}]).")
     task = get_task(exp["task"])
@@ -75,8 +83,13 @@ def load_experiment(path: str | os.PathLike) -> dict:
             f"{path}: variants must be a non-empty list of names.")
     for v in variants:
         check_variant(exp["task"], v)
+    twice = [v for v in variants if variants.count(v) > 1]
+    if twice:
+        raise UserError(f"{path}: variants name {twice[0]!r} twice; each variant is one condition "
+                        "(more runs of it are more seeds).")
     seeds = exp.setdefault("seeds", [0])
-    require(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds),
+    require(isinstance(seeds, list) and seeds and all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
             f"{path}: seeds must be a non-empty list of non-negative integers.")
     require(len(set(seeds)) == len(seeds), f"{path}: seeds repeat a value.")
     conditions = exp.setdefault("conditions", [{}])
@@ -97,6 +110,9 @@ def load_experiment(path: str | os.PathLike) -> dict:
     bad = sorted(set(study) - _STUDY_KEYS)
     require(not bad, f"{path}: unknown study setting {bad[0] if bad else ''!r}; allowed: "
             f"{', '.join(sorted(_STUDY_KEYS))}.")
+    for key in ("baseline", "budget"):
+        require(isinstance(study.get(key, ""), str),
+                f"{path}: study {key} must be a string, got {study.get(key)!r}.")
     baseline = study.get("baseline", "optimal" if "optimal" in variants else variants[0])
     require(baseline in variants, f"{path}: the study baseline {baseline!r} is not one of the "
             f"variants ({', '.join(variants)}).")
@@ -135,11 +151,52 @@ def load_experiment(path: str | os.PathLike) -> dict:
         require(split in task.SPLITS, f"{path}: unknown eval split {split!r}; "
                 f"allowed: {', '.join(task.SPLITS)}.")
     exp["_splits"] = splits
+    # the devices asked for must exist here: found now, not after the first suite is generated
+    try:
+        for cfg in [exp["_train"], *exp["_train_by_variant"].values()]:
+            resolve_precision(cfg, resolve_device(cfg.device))
+        resolve_device(exp["_eval"].device)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     # the trace options are validated by SuiteSpec.resolve below, before any work
     for c in conditions:
         for v in variants:
             _spec(exp, c, v, seeds[0]).resolve()
     return exp
+
+
+# settings that decide where and how fast the work runs, never its results (and the report's
+# title and text): an experiment file that differs from the one in --out only in these is the
+# same experiment, so they can be fixed in place. (train.device / compile / threads are also
+# the settings `train --resume` lets differ.)
+NO_RESULT_KEYS = {"": ("name", "description"), "train": ("device", "compile", "threads"),
+                  "eval": ("device", "batch_size")}
+
+
+def experiment_identity(raw: dict) -> dict:
+    """A parsed experiment file without its `NO_RESULT_KEYS` (and tables they leave empty)."""
+    ident = {k: v for k, v in raw.items() if k not in NO_RESULT_KEYS[""]}
+    for table in ("train", "eval"):
+        if not isinstance(ident.get(table), dict):
+            continue
+        t = {k: v for k, v in ident[table].items() if k not in NO_RESULT_KEYS[table]}
+        if table == "train" and isinstance(t.get("by_variant"), dict):
+            t["by_variant"] = {v: ({k: x for k, x in o.items() if k not in NO_RESULT_KEYS["train"]}
+                                   if isinstance(o, dict) else o) for v, o in t["by_variant"].items()}
+        ident[table] = t
+        if not t:
+            del ident[table]
+    return ident
+
+
+def _same_experiment(old: bytes, new: bytes) -> bool:
+    if old == new:
+        return True
+    try:
+        return experiment_identity(tomllib.loads(old.decode())) == experiment_identity(
+            tomllib.loads(new.decode()))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
 
 
 def _label(values: dict) -> str:
@@ -174,8 +231,10 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     out = Path(out)
     source = Path(path).read_bytes()
     if (out / "experiment.toml").exists():
-        require((out / "experiment.toml").read_bytes() == source,
-                f"{out} holds results of a different experiment file; use another --out.")
+        require(_same_experiment((out / "experiment.toml").read_bytes(), source),
+                f"{out} holds results of a different experiment file (only name, description, "
+                "train device / compile / threads and eval device / batch_size may change in "
+                "place); use another --out.")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} exists and is not empty; use another --out.")
     out.mkdir(parents=True, exist_ok=True)
@@ -207,9 +266,14 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             baseline_seen[(label, seed)] = summary
         for split in exp["_splits"]:
             eval_cfg = replace(exp["_eval"], split=split)
-            metrics = metrics_current(run_dir / f"eval-{split}")
-            if metrics is None or metrics.get("step") != summary["steps"]:
-                metrics = evaluate(run_dir, suite_dir, eval_cfg, progress=progress)
+            eval_dir = run_dir / f"eval-{split}"
+            # reused only when everything its numbers depend on is what this run would use
+            metrics = metrics_current(eval_dir, identity(run_dir, suite_dir, eval_cfg, summary["steps"]))
+            if metrics is None:
+                if progress and (eval_dir / "metrics.json").exists():
+                    print(f"      {eval_dir.name} was made with other settings, or is unfinished: "
+                          "evaluating again", flush=True)
+                metrics = evaluate(run_dir, suite_dir, eval_cfg, out=eval_dir, progress=progress)
             # one panel per condition, or per condition and split when several are evaluated
             panel = label if len(exp["_splits"]) == 1 else f"{label} / {split}"
             row = {"condition": label, "split": split, "panel": panel, "variant": variant,

@@ -7,10 +7,13 @@ file, whatever moment the writer is killed at.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,8 +83,70 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(obj):
+    """`obj` with every non-finite float (NaN, +-Infinity: values that are undefined, such as
+    a mean of nothing) replaced by None, which JSON writes as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """retroplan's one JSON serializer: strict JSON (non-finite floats become null, so no
+    file ever holds NaN or Infinity, which strict parsers reject)."""
+    return json.dumps(_finite(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def json_line(obj) -> str:
+    """One line of a .jsonl file (keys in the order given), strict JSON, with its newline."""
+    return json_text(obj, indent=None, sort_keys=False) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, json_text(obj) + "\n")
+
+
+def refuse_symlink(path: str | os.PathLike) -> None:
+    """A path retroplan is about to write inside a run or suite must not be a symbolic link
+    (following one would write outside the folder)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link; retroplan writes only real files inside its "
+                        "folders, so remove the link (or replace it with the file).")
+
+
+def open_append(path: str | os.PathLike):
+    """Open `path` for appending text without following a symbolic link (refused)."""
+    refuse_symlink(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            refuse_symlink(path)  # it became a link in between
+        raise
+    return os.fdopen(fd, "a")
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """While inside, SIGTERM (what `kill` and job schedulers send) ends the process through
+    SystemExit, so the temporaries of an unfinished write are removed on the way out (only
+    SIGKILL leaves them, for the next run to delete)."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

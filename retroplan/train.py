@@ -35,7 +35,7 @@ from .batching import IGNORE, BatchOrder, budget_steps, collate
 from .device import resolve_device  # noqa: F401  (its old home; callers may import it from here)
 from .errors import UserError, require, require_field_types
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
-from .fsutil import sha256_file, write_json, write_text
+from .fsutil import json_line, open_append, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
 from .traces.suite import Suite, open_suite
 
@@ -90,6 +90,8 @@ class TrainConfig:
             require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v),
                     f"train {name} must be a non-negative number, got {v!r}.")
         require(self.lr > 0, f"train lr must be positive, got {self.lr!r}.")
+        require(self.min_lr <= self.lr,
+                f"train min_lr must be at most lr ({self.lr!r}), got {self.min_lr!r}.")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train beta1 and beta2 must be in [0, 1).")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
@@ -314,14 +316,25 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     description = _run_description(suite, cfg, model_cfg, dropped, cut)
 
     if main:  # only rank 0 checks and creates the run folder; the others wait for it
+        for name in RUN_FILES:  # never write through a link to somewhere outside the run
+            refuse_symlink(out / name)
         if out.exists() and (out / "run.json").exists():
             if not resume:
                 raise UserError(f"run folder {out} already exists; pass --resume to continue it or "
                                 "choose another --out.")
-            changed = _same_run(checkpoint.read_run(out), description)
+            old = checkpoint.read_run(out)
+            changed = _same_run(old, description)
             if changed:
                 raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
-        elif out.exists() and any(out.iterdir()) and not resume:
+            recorded = old.get("suite_meta_sha256")
+            require(recorded is None or recorded == description["suite_meta_sha256"],
+                    f"cannot resume {out}: it was trained on suite {old.get('suite')} (meta.json sha256 "
+                    f"{str(recorded)[:12]}...), and suite {suite.path} is another "
+                    f"({description['suite_meta_sha256'][:12]}...); resume with the suite it was trained on.")
+        elif out.exists() and any(not _our_temporary(p) for p in out.iterdir()):
+            if resume:
+                raise UserError(f"cannot resume {out}: it is not a run (it has no run.json); choose "
+                                "a run folder or a new --out.")
             raise UserError(f"output folder {out} exists and is not empty; choose another --out.")
         if not (out / "run.json").exists():
             out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +355,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         _trim_log(out / "train_log.jsonl", step)
         _trim_log(out / "curve.jsonl", step)
     if (out / "final.json").exists() and step >= cfg.steps:
-        return json.loads((out / "final.json").read_text())
+        return checkpoint._read_json(out / "final.json", "run summary")
 
     net = model
     if world > 1:
@@ -353,7 +366,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     autocast = _autocast(precision, device)
     order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed)
     no_loss = suite.grammar.no_loss_tokens(suite.vocab)
-    log = open(out / "train_log.jsonl", "a") if main else None
+    log = open_append(out / "train_log.jsonl") if main else None
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {suite.meta['variant']}", unit="step",
                disable=None if (progress and main) else True, leave=False)
     t0 = time.perf_counter() - float(state.get("train_seconds", 0.0))
@@ -362,7 +375,10 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     # each rank adds its slice to `pending`, summed over ranks at the steps they are written
     seen = {key: int(state.get(key, 0)) for key in COUNTERS}
     pending = np.zeros(len(COUNTERS), dtype=np.int64)
-    loss_value = float(state.get("loss", float("nan")))
+    loss_value = state.get("loss")  # None until a step is logged (null in JSON)
+    # the first step (1-based) whose loss was not finite, 0 while none; kept on the device
+    # (no synchronisation per step) and checked where the counters are summed
+    bad_step = torch.zeros((), dtype=torch.int64, device=device)
     kind = np.asarray(split.kind)
     keep = set(cfg.keep_steps)
     model.train()
@@ -377,6 +393,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 group["lr"] = lr_at(cfg, step)
             with autocast:
                 loss = masked_loss(net, x, y)
+            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss.detach()), step + 1, bad_step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -392,6 +409,12 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 for key, value in zip(COUNTERS, _sum_over_ranks(pending, world, device)):
                     seen[key] += int(value)
                 pending[:] = 0
+                diverged = _first_bad_step(bad_step, world)
+                if diverged:  # before anything is logged or saved: no NaN reaches a file
+                    raise UserError(
+                        f"training diverged: the loss was not finite (NaN or infinite) at step "
+                        f"{diverged}; lower lr (now {cfg.lr:g}) or raise warmup_steps, and train anew "
+                        f"(the last checkpoint, if any, is from before step {diverged}).")
             if logs:
                 loss_value = loss.item()
                 record = {"step": step, "loss": round(loss_value, 6), "lr": lr_at(cfg, step - 1),
@@ -399,17 +422,17 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 if cfg.eval_every and step % cfg.eval_every == 0 and main:
                     record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1)
                 if main:
-                    log.write(json.dumps(record) + "\n")
+                    log.write(json_line(record))
                     log.flush()
                 bar.set_postfix(loss=f"{loss_value:.3f}")
             if main and curves:  # before the checkpoint: a resumed run never misses a point
                 c0 = time.perf_counter()
                 point = curve_point(model, suite, curve, device)
                 model.train()
-                with open(out / "curve.jsonl", "a") as fh:
-                    fh.write(json.dumps({"step": step, "examples_seen": seen["examples_seen"],
-                                         "supervised_tokens": seen["supervised_tokens"],
-                                         "forward_examples": seen["forward_examples"], **point}) + "\n")
+                with open_append(out / "curve.jsonl") as fh:
+                    fh.write(json_line({"step": step, "examples_seen": seen["examples_seen"],
+                                        "supervised_tokens": seen["supervised_tokens"],
+                                        "forward_examples": seen["forward_examples"], **point}))
                 spent = time.perf_counter() - c0
                 curve_seconds += spent
                 t0 += spent  # the training clock leaves the curves out
@@ -440,6 +463,22 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
 
 COUNTERS = ("examples_seen", "forward_examples", "supervised_tokens", "tokens")
 # rows drawn; rows of suite kind 0; targets carrying loss; positions processed (padding included)
+RUN_FILES = ("run.json", "final.json", "train_log.jsonl", "curve.jsonl", "checkpoints",
+             "checkpoints/latest.json")  # what train writes in a run folder
+
+
+def _our_temporary(path: Path) -> bool:
+    """A temporary a killed writer of ours left (`.NAME.XXXX.tmp`), not the user's file."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _first_bad_step(bad_step: torch.Tensor, world: int) -> int:
+    """The first step whose loss was not finite on any rank (0: none)."""
+    if world > 1:
+        t = torch.where(bad_step == 0, torch.iinfo(torch.int64).max, bad_step)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return 0 if int(t) == torch.iinfo(torch.int64).max else int(t)
+    return int(bad_step)
 
 
 def _trim_log(path: Path, step: int) -> None:

@@ -164,11 +164,11 @@ def test_keep_steps_keeps_those_checkpoints_and_eval_step_evaluates_them(make_su
     from safetensors.torch import load_file
     saved = load_file(str(run / "checkpoints" / "step-0000007" / "model.safetensors"))
     assert all(bool((model.state_dict()[k] == v).all()) for k, v in saved.items())
-    # the CLI: eval --step 7 writes eval-test-step7 and leaves the final evaluation alone
+    # the CLI: eval --step 7 --limit 20 writes eval-test-step7-limit20, not the final evaluation
     final = evaluate(run, cfg=EvalConfig(batch_size=32, limit=20), progress=False)
     before = (run / "eval-test" / "metrics.json").read_text()
     assert main(["eval", str(run), "--step", "7", "--batch-size", "32", "--limit", "20"]) == 0
-    m = json.loads((run / "eval-test-step7" / "metrics.json").read_text())
+    m = json.loads((run / "eval-test-step7-limit20" / "metrics.json").read_text())
     assert m["step"] == 7 and final["step"] == 20 and m["n"] == 20
     assert (run / "eval-test" / "metrics.json").read_text() == before
     # a step that was not kept: one sentence naming the steps there are

@@ -38,7 +38,7 @@ def test_generate_inspect_export_train_eval(tmp_path, capsys):
     code, out, err = run_cli(capsys, "eval", tmp_path / "run", "--limit", 10)
     assert code == 0, err
     assert "(n=10)" in out and "accuracy" in out
-    assert (tmp_path / "run" / "eval-test" / "metrics.json").exists()
+    assert (tmp_path / "run" / "eval-test-limit10" / "metrics.json").exists()  # not where run reads
 
     code, out, _ = run_cli(capsys, "list")
     assert "retroplan/PathStar-v0" in out and "backward-stream" in out

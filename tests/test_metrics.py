@@ -36,42 +36,42 @@ def run(text, inst=STAR, variant="stream"):
 
 
 def test_a_necessary_backtrack():
-    _, st = run("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    _, st = run("at 0 1 2 dead back 0 3 4 goal ; 0 3 4 <eos>")
     assert (st.steps, st.moves, st.backtracks, st.invalid, st.redundant) == (5, 4, 1, 0, 0)
     assert (st.necessary, st.premature) == (1, 0)
     assert st.backtrack_depths["necessary"] == [2]
     assert st.entered == 5 and st.root_distance == 2 and st.thoughts == 2
     assert st.expanded == 3                 # moves left 0, 1 and 3; 2 is a dead end, 4 the goal
-    assert st.first_live_thought_end == 14  # "... go 3 go 4 goal" ends after token 14
-    assert st.tokens == 14                  # the stream's own tokens: "; 0 3 4" is not in T
+    assert st.first_live_thought_end == 10  # "... back 0 3 4 goal" ends after token 10
+    assert st.tokens == 10                  # the stream's own tokens: "; 0 3 4" is not in T
     assert not st.self_loop and st.false_goal == 0
 
 
 def test_a_premature_backtrack_and_the_underthinking_score():
-    parsed, st = run("at 0 go 3 dead back 0 go 1 go 2 dead ; 0 1 2 <eos>")
+    parsed, st = run("at 0 3 dead back 0 1 2 dead ; 0 1 2 <eos>")
     assert (st.premature, st.necessary) == (1, 0)       # 3 still had the live child 4
     assert st.backtrack_depths["premature"] == [1]
-    assert st.first_live_thought_end == 5                # the thought "go 3 dead" was live
-    assert st.tokens == 12                               # T: the stream, not "; 0 1 2"
+    assert st.first_live_thought_end == 4                # the thought "3 dead" was live
+    assert st.tokens == 9                                # T: the stream, not "; 0 1 2"
     block = summarize_behaviour([st], [False])
     assert block["premature_backtracks"] == {"value": 1.0, "n": 1}
     assert block["failed_with_premature"] == {"value": 1.0, "n": 1}
-    assert block["xi_ut"]["value"] == pytest.approx(1 - 5 / 12)
+    assert block["xi_ut"]["value"] == pytest.approx(1 - 4 / 9)
 
 
 def test_an_invalid_move_and_an_invalid_backtrack():
-    _, st = run("at 0 go 2 dead back 3 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    _, st = run("at 0 2 dead back 3 dead back 0 3 4 goal ; 0 3 4 <eos>")
     assert st.invalid_kinds == {"not_available": 1, "bad_backtrack": 1}  # 0->2; 3 never entered
     assert (st.steps, st.invalid, st.invalid_backtracks, st.necessary) == (5, 2, 1, 1)
     block = summarize_behaviour([st], [True])
     assert block["trace_validity"] == {"value": pytest.approx(3 / 5), "n": 5}
     # the stream is followed where it claims to be: after the illegal 0->2, 2->4 is judged from 2
-    _, st2 = run("at 0 go 2 go 4 goal ; 0 3 4 <eos>")
+    _, st2 = run("at 0 2 4 goal ; 0 3 4 <eos>")
     assert st2.invalid == 2
 
 
 def test_a_revisit_is_redundant_and_counts_as_wandering():
-    _, st = run("at 0 go 1 go 2 dead back 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    _, st = run("at 0 1 2 dead back 0 1 2 dead back 0 3 4 goal ; 0 3 4 <eos>")
     # re-entering 1, which a move had already left, is a re-expansion; stepping on to the dead
     # leaf 2 again is not (2 was never expanded): redundant = 1
     assert st.redundant == 1 and st.invalid == 0 and st.steps == 8
@@ -81,7 +81,7 @@ def test_a_revisit_is_redundant_and_counts_as_wandering():
 
 
 def test_a_self_loop():
-    _, st = run("at 0 go 1 back 0 go 1 back 0 go 1 back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    _, st = run("at 0 1 back 0 1 back 0 1 back 0 3 4 goal ; 0 3 4 <eos>")
     assert st.self_loop
     assert has_self_loop(["a", "b", "c"] * 3) and not has_self_loop(["a", "b", "c"] * 2)
     assert not has_self_loop(list("abcdefghi") * 2)
@@ -89,7 +89,7 @@ def test_a_self_loop():
 
 
 def test_a_false_goal_claim():
-    _, st = run("at 0 go 1 goal ; 0 1 <eos>")
+    _, st = run("at 0 1 goal ; 0 1 <eos>")
     assert st.false_goal == 1
 
 
@@ -99,28 +99,28 @@ def test_a_plan_that_differs_from_the_streams_path_is_not_faithful():
     class Suite:  # judge needs only these attributes
         task, grammar, vocab, variant, config = pathstar, graphs, VOCAB, "stream", CFG
 
-    faithful = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 go 1 go 4 goal ; 0 1 4 <eos>"))
-    other = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 go 1 go 4 goal ; 0 3 4 <eos>"))
+    faithful = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 1 4 goal ; 0 1 4 <eos>"))
+    other = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 1 4 goal ; 0 3 4 <eos>"))
     assert faithful["correct"] and faithful["faithful"]
     assert other["correct"] and not other["faithful"]
 
 
 def test_backward_streams_are_judged_along_reversed_edges():
-    _, st = run("at 4 from 3 from 0 start ; 0 3 4 <eos>", variant="backward-stream")
+    _, st = run("at 4 3 0 start ; 0 3 4 <eos>", variant="backward-stream")
     assert st.invalid == 0 and st.root_distance == 2 and st.false_goal == 0
-    _, bad = run("at 4 from 1 from 0 start ; 0 1 2 <eos>", variant="backward-stream")
+    _, bad = run("at 4 1 0 start ; 0 1 2 <eos>", variant="backward-stream")
     assert bad.invalid_kinds == {"not_available": 1}
 
 
 def test_efficiency_and_teacher_comparison():
-    _, model = run("at 0 go 3 go 4 goal ; 0 3 4 <eos>")
-    _, teacher = run("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>")
+    _, model = run("at 0 3 4 goal ; 0 3 4 <eos>")
+    _, teacher = run("at 0 1 2 dead back 0 3 4 goal ; 0 3 4 <eos>")
     block = summarize_behaviour([model], [True], [teacher])
     # a perfect trace expands d* states (the root and the states before the goal): 1
     assert block["efficiency_dstar_over_expanded"]["value"] == pytest.approx(1.0)
     assert block["states_teacher_over_model"]["value"] == pytest.approx(3 / 2)
     # Searchformer's ILR: teacher tokens / model tokens, > 1 when the model's trace is shorter
-    assert (teacher.tokens, model.tokens) == (14, 7)
+    assert (teacher.tokens, model.tokens) == (10, 5)
     assert block["ilr"]["value"] == pytest.approx(2.0)
 
 
@@ -145,15 +145,13 @@ def test_tip_penalises_switches_only_early_in_a_thought_with_a_legal_move_left()
     assert step() == (0.0, 0.0)             # before the stream
     step("at")
     assert step("0") == (-5.0, -5.0)        # at the root, no move yet, children left
-    step("go")
     assert step("1") == (-5.0, -5.0)        # one move in (< beta), 1 -> 2 still untried
-    step("go")
     assert step("2") == (0.0, 0.0)          # two moves: the thought is long enough
     step("dead")
     step("back")
     assert step("0") == (-5.0, -5.0)        # a new thought, 0 -> 3 untried
     oracle = TIPPenalty([tracker_for()], graphs.StreamTracker.switch_tokens, 5.0, 2, oracle=True)
-    hist = [VOCAB[w] for w in "at 0 go 1".split()]
+    hist = [VOCAB[w] for w in "at 0 1".split()]
     out = oracle(logits.clone(), torch.tensor([hist[:-1]]))
     out = oracle(logits.clone(), torch.tensor([hist]))
     assert float(out[0, graphs.DEAD_T]) == 0.0  # node 1 cannot reach the goal: no penalty
@@ -163,7 +161,7 @@ def test_tip_with_large_alpha_never_switches_while_penalised_and_alpha_zero_is_g
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=len(VOCAB), block_size=48, **PRESETS["tiny"]))
     prompt = torch.tensor([VOCAB.encode("<bos> 0 1 | 1 2 | 0 3 | 3 4 / 0 4 =")] * 4)
-    script = ["at", "0", "go"]  # make the model start a stream, then love switching thoughts
+    script = ["at", "0"]  # make the model start a stream, then love switching thoughts
 
     def eager_switcher(logits, generated):
         t = generated.shape[1]
@@ -212,8 +210,8 @@ class StreamSuite:  # judge needs only these attributes
 def test_faithful_accuracy_counts_unparseable_outputs_in_its_denominator():
     from retroplan.eval import judge, summarize
 
-    good = "at 0 go 3 go 4 goal ; 0 3 4 <eos>"
-    unfinished = "at 0 go 1 go 2 dead back 0 go 1 go 2"          # no <eos>
+    good = "at 0 3 4 goal ; 0 3 4 <eos>"
+    unfinished = "at 0 1 2 dead back 0 1 2"                      # no <eos>
     records = []
     for text in [good] * 4 + [unfinished] * 6:
         verdict = judge(StreamSuite, STAR, 0, VOCAB.encode(text))
@@ -229,27 +227,27 @@ def test_faithful_accuracy_counts_unparseable_outputs_in_its_denominator():
 def test_an_unfinished_stream_is_judged_as_far_as_it_goes_and_counts_as_failed():
     from retroplan.eval import judge
 
-    verdict = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 3 dead back 0 go 1 go 1 go 1 go"))
+    verdict = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 3 dead back 0 1 1 1 back"))
     st = verdict["behaviour"]
     assert verdict["plan"] is None and not verdict["correct"] and not verdict["faithful"]
     assert st is not None and not st.finished
-    # at 0 | go 3 | dead | back 0 (premature: 3 -> 4 untried) | go 1 | go 1 | go 1 (two invalid
-    # self-moves) | a cut-off "go" is dropped
+    # at 0 | 3 | dead | back 0 (premature: 3 -> 4 untried) | 1 | 1 | 1 (two invalid
+    # self-moves) | a cut-off "back" (no node after it) is dropped
     assert (st.moves, st.backtracks, st.premature, st.invalid) == (4, 1, 1, 2)
-    assert st.tokens == 13
+    assert st.tokens == 9
     block = summarize_behaviour([st], [verdict["correct"]])
     assert block["unfinished_streams"] == {"value": 1.0, "n": 1}
     assert block["failed_with_premature"] == {"value": 1.0, "n": 1}
-    assert block["xi_ut"] == {"value": pytest.approx(1 - 5 / 13), "n": 1}
+    assert block["xi_ut"] == {"value": pytest.approx(1 - 4 / 9), "n": 1}
     # garbage mid-stream: the events before it are kept, the plan is a failure
-    garbage = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 3 | go 4 goal ; 0 3 4 <eos>"))
+    garbage = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 3 | 4 goal ; 0 3 4 <eos>"))
     assert garbage["plan"] is None and garbage["behaviour"].moves == 1
 
 
 def test_xi_ut_counts_the_stream_only_and_a_single_thought_scores_zero():
     # one live thought that fails: T-hat = T, and the plan after `;` is not part of T
-    _, st = run("at 0 go 3 dead ; 0 3 <eos>")
-    assert st.thoughts == 1 and st.tokens == 5
+    _, st = run("at 0 3 dead ; 0 3 <eos>")
+    assert st.thoughts == 1 and st.tokens == 4
     block = summarize_behaviour([st], [False])
     assert block["xi_ut"] == {"value": 0.0, "n": 1}
 
@@ -257,7 +255,7 @@ def test_xi_ut_counts_the_stream_only_and_a_single_thought_scores_zero():
 def test_breadth_first_jumps_are_valid_and_not_redundant_or_backtracks():
     from retroplan.eval import judge
 
-    text = "at 0 go 1 at 0 go 3 at 1 go 4 goal ; 0 1 4 <eos>"
+    text = "at 0 1 at 0 3 at 1 4 goal ; 0 1 4 <eos>"
     parsed, st = run(text, inst=DIAMOND)
     assert [e[0] for e in parsed.events] == ["start", "go", "jump", "go", "jump", "go", "goal"]
     assert (st.steps, st.jumps, st.backtracks, st.invalid, st.redundant) == (5, 2, 0, 0, 0)
@@ -265,15 +263,15 @@ def test_breadth_first_jumps_are_valid_and_not_redundant_or_backtracks():
     verdict = judge(StreamSuite, DIAMOND, 0, VOCAB.encode(text))
     assert verdict["correct"] and verdict["faithful"]
     # a jump to a node never entered is invalid
-    _, bad = run("at 0 go 1 at 3 go 4 goal ; 0 3 4 <eos>", inst=DIAMOND)
+    _, bad = run("at 0 1 at 3 4 goal ; 0 3 4 <eos>", inst=DIAMOND)
     assert bad.invalid_kinds == {"bad_jump": 1}
 
 
 def test_stream_first_step_judges_the_streams_first_move():
     from retroplan.eval import judge
 
-    wrong_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 1 go 2 dead back 0 go 3 go 4 goal ; 0 3 4 <eos>"))  # noqa: E501
-    right_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 go 3 go 4 goal ; 0 3 4 <eos>"))
+    wrong_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 1 2 dead back 0 3 4 goal ; 0 3 4 <eos>"))
+    right_first = judge(StreamSuite, STAR, 0, VOCAB.encode("at 0 3 4 goal ; 0 3 4 <eos>"))
     assert wrong_first["first_step"] and not wrong_first["stream_first_step"]
     assert right_first["first_step"] and right_first["stream_first_step"]
 

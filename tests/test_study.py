@@ -59,3 +59,31 @@ def test_fewer_than_three_seeds_get_no_verdict_whatever_the_numbers(tmp_path):
     r = compare(var, base)
     assert r["p"] < 1e-20 and r["ci"][0] > 0.9
     assert r["verdict"] == "not judged: 2 training seeds (a claim needs >= 3)"
+
+
+def with_validity(d, model, teacher):
+    d.joinpath("metrics.json").write_text(json.dumps({
+        "behaviour": {"trace_validity": {"n": 10, "value": model}},
+        "teacher_behaviour": {"trace_validity": {"n": 10, "value": teacher}}}))
+    return d
+
+
+def test_a_stream_model_whose_streams_are_not_mostly_valid_gets_no_verdict(tmp_path):
+    # the stream model is right far more often, but writes valid steps only 43% of the time
+    # where its teacher writes 100%: its accuracy says nothing about streams
+    base = {s: eval_dir(tmp_path, f"b{s}", [False] * 50) for s in (0, 1, 2)}
+    invalid = {s: with_validity(eval_dir(tmp_path, f"v{s}", [True] * 50), 0.43, 1.0) for s in (0, 1, 2)}
+    r = compare(invalid, base)
+    assert r["p"] < 1e-20 and r["stream_validity"] == pytest.approx(0.43)
+    assert r["verdict"].startswith("not judged: streams not learned (validity 0.43, teacher's 1.00")
+    assert "0.430 (1.000)" in "\n".join(verdict_lines([{"condition": "c", "split": "test",
+                                                        "variant": "stream", "baseline": "optimal", **r}]))
+    # 0.95 of a teacher's 1.0, or 0.5 of a teacher that is itself at 0.5 (a corrupted stream
+    # judged on the instance's own graph), is mostly valid: the verdict comes from the numbers
+    valid = {s: with_validity(eval_dir(tmp_path, f"w{s}", [True] * 50), 0.95, 1.0) for s in (0, 1, 2)}
+    assert compare(valid, base)["verdict"] == "helps"
+    donor = {s: with_validity(eval_dir(tmp_path, f"x{s}", [True] * 50), 0.5, 0.5) for s in (0, 1, 2)}
+    assert compare(donor, base)["verdict"] == "helps"
+    # a forward writer has no stream: no validity, no gate
+    assert compare({s: eval_dir(tmp_path, f"y{s}", [True] * 50) for s in (0, 1, 2)},
+                   base)["stream_validity"] is None

@@ -65,10 +65,10 @@ def test_the_design_example_spelling():
     assert text("optimal") == [(prompt, "0 5 2 <eos>")]
     assert text("reverse") == [(prompt, "2 5 0 <eos>")]
     assert text("revfwd") == [(prompt, "2 5 0 ; 0 5 2 <eos>")]
-    assert text("backward-stream") == [(prompt, "at 2 from 5 from 0 start ; 0 5 2 <eos>")]
+    assert text("backward-stream") == [(prompt, "at 2 5 0 start ; 0 5 2 <eos>")]
     stream = text("stream")[0][1]
-    assert stream in ("at 0 go 3 go 7 dead back 0 go 5 go 2 goal ; 0 5 2 <eos>",
-                      "at 0 go 5 go 2 goal ; 0 5 2 <eos>")
+    assert stream in ("at 0 3 7 dead back 0 5 2 goal ; 0 5 2 <eos>",
+                      "at 0 5 2 goal ; 0 5 2 <eos>")
     assert text("revthink") == [
         (prompt, "0 5 2 <eos>"),  # exactly optimal's row
         ("<bos> [bq] 0 3 | 3 7 | 0 5 | 5 2 / 0 2 = 0 5 2 ;", "0 3 | 3 7 | 0 5 | 5 2 / start go go 2 = <eos>"),
@@ -129,13 +129,62 @@ def test_parser_reports_why_it_failed():
     enc = VOCAB.encode
     assert graphs.parse("optimal", enc("0 5 2"), VOCAB).error.startswith("no <eos>")
     assert "not a node" in graphs.parse("optimal", enc("0 go 2 <eos>"), VOCAB).error
-    assert "no `;`" in graphs.parse("stream", enc("at 0 go 5 go 2 goal 0 5 2 <eos>"), VOCAB).error
-    assert "begin with" in graphs.parse("stream", enc("go 5 ; 0 5 2 <eos>"), VOCAB).error
+    assert "no `;`" in graphs.parse("stream", enc("at 0 5 2 goal 0 5 2 <eos>"), VOCAB).error
+    assert "begin with" in graphs.parse("stream", enc("5 2 goal ; 0 5 2 <eos>"), VOCAB).error
     assert "never closed" in graphs.parse("lookahead", enc("0 <T> 2 5 2 <eos>"), VOCAB).error
-    ok = graphs.parse("stream", enc("at 0 go 3 dead back 0 go 5 go 2 goal ; 0 5 2 <eos>"), VOCAB)
+    ok = graphs.parse("stream", enc("at 0 3 dead back 0 5 2 goal ; 0 5 2 <eos>"), VOCAB)
     assert ok.plan == [0, 5, 2]
     assert ok.events == [("start", 0), ("go", 3), ("dead", -1), ("back", 0), ("go", 5), ("go", 2),
                          ("goal", -1)]
+
+
+def test_a_stream_move_is_the_bare_node_it_enters():
+    # edges 0>3 3>7 0>5 5>2, start 0, goal 2 (the design example): a move is written as the
+    # node it enters, no word before it, so the token before a move is the node it leaves
+    batch = {"edges": np.array([[[0, 3], [3, 7], [0, 5], [5, 2]]], dtype=np.int32),
+             "start": np.array([0], dtype=np.int32), "goal": np.array([2], dtype=np.int32),
+             "plan": np.array([[0, 5, 2]], dtype=np.int32), "plan_len": np.array([3], dtype=np.int32)}
+    cfg = pathstar.Config(degree=2, path_len=3, num_nodes=8)
+    vocab = graphs.make_vocab(cfg)
+
+    def completion(variant, seed):
+        ex = graphs.write_examples(pathstar, cfg, graphs.Options(), variant, seed, "train",
+                                   np.arange(1), batch)
+        ids = ex["tokens"][ex["prompt_len"][0]: ex["lengths"][0]].tolist()
+        assert graphs.GO_T not in ids and graphs.FROM not in ids
+        return vocab.decode(ids)
+
+    # the depth-first stream tries 0's two children in a random order: both spellings occur
+    assert {completion("stream", seed) for seed in range(20)} == {
+        "at 0 3 7 dead back 0 5 2 goal ; 0 5 2 <eos>", "at 0 5 2 goal ; 0 5 2 <eos>"}
+    assert completion("backward-stream", 0) == "at 2 5 0 start ; 0 5 2 <eos>"
+
+    # the parser reads a bare node (after the opening `at <node>`) as a move to it
+    enc = VOCAB.encode
+    fwd = graphs.parse("stream", enc("at 0 3 7 dead back 0 5 2 goal ; 0 5 2 <eos>"), VOCAB)
+    assert fwd.error is None and fwd.plan == [0, 5, 2] and graphs.stream_plan(fwd) == [0, 5, 2]
+    assert fwd.events == [("start", 0), ("go", 3), ("go", 7), ("dead", -1), ("back", 0), ("go", 5),
+                          ("go", 2), ("goal", -1)]
+    assert fwd.event_ends == [2, 3, 4, 5, 7, 8, 9, 10]  # a move is one token, `back 0` two
+    bwd = graphs.parse("backward-stream", enc("at 2 5 0 start ; 0 5 2 <eos>"), VOCAB)
+    assert bwd.error is None and bwd.events == [("start", 2), ("go", 5), ("go", 0), ("goal", -1)]
+    assert graphs.stream_plan(bwd) == [0, 5, 2]
+    # `at` and `back` must be followed by a node: cut off or followed by a word, they are refused
+    # (the events before them are kept)
+    for text in ("at 0 3 back ; 0 3 <eos>", "at 0 3 at ; 0 3 <eos>",
+                 "at 0 3 back dead ; 0 3 <eos>", "at 0 3 at goal ; 0 3 <eos>"):
+        parsed = graphs.parse("stream", enc(text), VOCAB)
+        assert parsed.plan is None and parsed.error == "stream token 3 must be followed by a node", text
+        assert parsed.events == [("start", 0), ("go", 3)]
+    unfinished = graphs.parse("stream", enc("at 0 3 back"), VOCAB)  # no <eos>: read as far as it goes
+    assert unfinished.plan is None and unfinished.events == [("start", 0), ("go", 3)]
+    # the old spelling with a `go` word is no stream any more
+    assert "not a stream word" in graphs.parse("stream", enc("at 0 go 3 goal ; 0 3 <eos>"), VOCAB).error
+    # the decoding-time tracker reads the same spelling
+    tracker = graphs.StreamTracker(walk=None)
+    for token in enc("at 0 3 7 dead back 0 5"):
+        tracker.feed(token)
+    assert (tracker.current, tracker.thought_moves, tracker.entered) == (5, 1, {0, 3, 7, 5})
 
 
 def test_same_spec_gives_byte_identical_suites(tmp_path):

@@ -177,10 +177,10 @@ def test_known_bad_graph_plans_are_rejected(plan, why):
     ("revfwd", "2 5 0 0 5 2 <eos>"),                                 # no `;`
     ("lookahead", "0 <T> 2 </T> <T> 5 2 <eos>"),                     # span never closed
     ("lookahead", "0 <T> 5 2 </T> <eos>"),                           # the plan is only in the span
-    ("stream", "at 0 go 5 go 2 goal ; 0 3 7 <eos>"),                 # right stream, wrong plan
-    ("stream", "go 5 go 2 goal ; 0 5 2 <eos>"),                      # stream without `at`
-    ("backward-stream", "at 2 from 5 from 0 start ; 2 5 0 <eos>"),   # plan written backwards
-    ("corrupted", "at 0 go 3 go 7 dead back 0 ; 0 2 <eos>"),         # non-edge after a stream
+    ("stream", "at 0 5 2 goal ; 0 3 7 <eos>"),                       # right stream, wrong plan
+    ("stream", "5 2 goal ; 0 5 2 <eos>"),                            # stream without `at`
+    ("backward-stream", "at 2 5 0 start ; 2 5 0 <eos>"),             # plan written backwards
+    ("corrupted", "at 0 3 7 dead back 0 ; 0 2 <eos>"),               # non-edge after a stream
 ])
 def test_known_bad_completions_are_rejected_by_judge(make_suite, variant, text):
     suite = open_suite(make_suite("pathstar", variant, {"degree": 2, "path_len": 3, "num_nodes": 8},
@@ -190,7 +190,7 @@ def test_known_bad_completions_are_rejected_by_judge(make_suite, variant, text):
     verdict = judge(suite, instances, 0, suite.vocab.encode(text))
     assert not verdict["correct"], verdict
     good = {"optimal": "0 5 2 <eos>", "reverse": "2 5 0 <eos>", "revfwd": "2 5 0 ; 0 5 2 <eos>",
-            "lookahead": "0 <T> 2 </T> 5 2 <eos>", "stream": "at 0 go 5 go 2 goal ; 0 5 2 <eos>",
-            "backward-stream": "at 2 from 5 from 0 start ; 0 5 2 <eos>",
-            "corrupted": "at 0 go 3 go 7 dead back 0 ; 0 5 2 <eos>"}[variant]
+            "lookahead": "0 <T> 2 </T> 5 2 <eos>", "stream": "at 0 5 2 goal ; 0 5 2 <eos>",
+            "backward-stream": "at 2 5 0 start ; 0 5 2 <eos>",
+            "corrupted": "at 0 3 7 dead back 0 ; 0 5 2 <eos>"}[variant]
     assert judge(suite, instances, 0, suite.vocab.encode(good))["correct"]  # the check can pass

@@ -94,10 +94,10 @@ def stream_row(degree: int, path_len: int, num_nodes: int, seed: int, split: str
         row += ([g.BAR] if k else []) + [g.NODE0 + u, g.NODE0 + v]
     row += [g.SLASH, g.NODE0 + start, g.NODE0 + goal, g.EQ]
     prompt_len = len(row)
-    words = {START: g.AT, GO: g.GO_T, BACK: g.BACK_T}
+    words = {START: [g.AT], GO: [], BACK: [g.BACK_T]}  # a move is the bare node
     for kind, node in events:
         if kind in words:
-            row += [words[kind], g.NODE0 + node]
+            row += words[kind] + [g.NODE0 + node]
         else:
             row.append(g.DEAD_T if kind == DEAD else g.GOAL_T)
     row += [g.SEMI] + [g.NODE0 + v for v in path] + [g.EOS]

@@ -5,8 +5,8 @@ Prompt      <bos> u v | u v | ... | u v / s g =          (edges in their shuffle
 optimal     p0 p1 ... pk <eos>
 reverse     pk ... p1 p0 <eos>
 revfwd      pk ... p0 ; p0 ... pk <eos>
-stream      at s go a go b dead back s go c ... goal ; p0 ... pk <eos>
-backward-stream   at g from x from y ... start ; p0 ... pk <eos>
+stream      at s a b dead back s c ... goal ; p0 ... pk <eos>   (a move: the bare node)
+backward-stream   at g x y ... start ; p0 ... pk <eos>
 revthink    Q -> plan (exactly `optimal`'s row) | [bq] Q plan ; -> Q' | [br] Q' -> layers ; answer
             (RevThink). Q' = `E / start go .. go g =` (k `go`s, k = the plan's moves): the
             backward question hides the start and asks which nodes reach g in k moves (shortest);
@@ -180,10 +180,9 @@ def _put_events(row, pos, events, n_events, backward):
             row[pos] = AT
             row[pos + 1] = NODE0 + events[j, 1]
             pos += 2
-        elif kind == GO:
-            row[pos] = FROM if backward else GO_T
-            row[pos + 1] = NODE0 + events[j, 1]
-            pos += 2
+        elif kind == GO:  # a bare node: the state it leaves is the token just before it
+            row[pos] = NODE0 + events[j, 1]
+            pos += 1
         elif kind == DEAD:
             row[pos] = DEAD_T
             pos += 1
@@ -472,7 +471,7 @@ def _events(ids: list[int], vocab_size: int, backward: bool):
     """(events, event_ends, error) of a stream's tokens, read as far as they go: reading stops
     at the first token that is not a stream word (error says which) or at a word cut off by
     the end; the events before it are kept, so an unfinished stream can still be judged."""
-    step, finish = (FROM, START_T) if backward else (GO_T, GOAL_T)
+    finish = START_T if backward else GOAL_T
     if len(ids) < 2 or ids[0] != AT or not NODE0 <= ids[1] < vocab_size:
         return [], [], "a stream must begin with `at <node>`"
     events: list[tuple[str, int]] = []
@@ -480,11 +479,14 @@ def _events(ids: list[int], vocab_size: int, backward: bool):
     pos = 0
     while pos < len(ids):
         t = ids[pos]
-        if t in (AT, step, BACK_T):
+        if NODE0 <= t < vocab_size and pos:  # a bare node is a move to it
+            events.append(("go", t - NODE0))
+            pos += 1
+        elif t in (AT, BACK_T):
             if pos + 1 >= len(ids) or not NODE0 <= ids[pos + 1] < vocab_size:
                 return events, ends, f"stream token {pos} must be followed by a node"
             # `at` begins a stream; later it is a breadth-first jump to a state entered before
-            name = {AT: "jump" if pos else "start", step: "go", BACK_T: "back"}[t]
+            name = {AT: "jump" if pos else "start", BACK_T: "back"}[t]
             events.append((name, ids[pos + 1] - NODE0))
             pos += 2
         elif t == DEAD_T:
@@ -592,16 +594,16 @@ class StreamTracker:
     def feed(self, token: int) -> None:
         if self._done:
             return
-        if self._pending is not None:
+        if self._pending is None and token >= NODE0 and self.current is not None:
+            self.current = token - NODE0  # a bare node: a move to it
+            self.entered.add(self.current)
+            self.thought_moves += 1
+        elif self._pending is not None:
             node = token - NODE0
             if self._pending == "at":  # the start, or a breadth-first jump (a thought switch)
                 if self.current is None:
                     self.entered = {node}
                 self.current, self.thought_moves = node, 0
-            elif self._pending == "go":
-                self.current = node
-                self.entered.add(node)
-                self.thought_moves += 1
             else:
                 self.current, self.thought_moves = node, 0
             self._pending = None
@@ -609,8 +611,6 @@ class StreamTracker:
             self._done = True
         elif token == AT:
             self._pending = "at"
-        elif token in (GO_T, FROM):
-            self._pending = "go"
         elif token == BACK_T:
             self._pending = "back"
 

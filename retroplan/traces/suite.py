@@ -1,7 +1,8 @@
 """A suite on disk: one task config, one trace variant, one seed, its splits.
 
     meta.json                  config, variant, options, seed, vocabulary, counts, version,
-                               and the sha256 of every other file
+                               the sha256 of every other file (`files`) and of its own
+                               content (`meta_sha256`, see `meta_digest`)
     {split}.tokens.npy         all token rows of the split, concatenated
     {split}.lengths.npy        tokens per row
     {split}.prompt_len.npy     prompt tokens per row (the loss is on the rest)
@@ -16,13 +17,21 @@ thread count; `merge_shards` puts the pieces of `--shard i/N` runs together into
 unsharded suite. Instances of
 `test` never occur in `val` or `train`, and those of `val` never in `train`: a colliding
 instance is redrawn with the next salt, the same way on every machine and shard.
+
+Opening a suite checks every file's checksum and meta.json's own digest (a suite written
+before the digest existed has none and is not refused for it); opening a split checks that
+every token id, length and row -> instance index is in range and that meta.json's counts
+are the arrays' (`SplitData._check`), so a recomputed checksum cannot smuggle in an index
+that would crash a reader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +47,7 @@ from . import check_variant, components, get_grammar
 FORMAT = "retroplan-suite/1"
 CHUNK = 8192  # instances per generation chunk (bounds memory for search event logs)
 _MAX_REDRAWS = 64
+MAX_SPLIT_SIZE = 10**9  # instances per split (instance indices, row offsets and disks stay sane)
 
 
 @dataclass
@@ -71,6 +81,8 @@ class SuiteSpec:
                     f"unknown split {split!r} for task {self.task}; allowed: {', '.join(task.SPLITS)}.")
             require(isinstance(count, int) and not isinstance(count, bool) and count >= 0,
                     f"the {split} size must be a non-negative integer, got {count!r}.")
+            require(count <= MAX_SPLIT_SIZE,
+                    f"the {split} size must be at most {MAX_SPLIT_SIZE:,} instances, got {count:,}.")
         return task, cfg, grammar, options
 
 
@@ -150,9 +162,13 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
     out = Path(out)
     order = _split_order(task, spec.sizes)
     total = sum(spec.sizes[s] for s in order)
+    if shard is not None:  # this piece's share of every split
+        total = sum(spec.sizes[s] * (shard[0] + 1) // shard[1] - spec.sizes[s] * shard[0] // shard[1]
+                    for s in order)
     bar = tqdm(total=total, desc=f"generate {spec.task}/{spec.variant}", unit="inst",
                disable=None if progress else True, leave=False)
     splits_meta = {}
+    done, written = 0, 0  # instances generated so far (all splits) and the bytes their rows took
     with atomic_dir(out) as tmp:
         for split in order:
             count = spec.sizes[split]
@@ -182,6 +198,9 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
                     stats["max_len"] = max(stats["max_len"], int(ex["lengths"].max(initial=0)))
                     stats["redrawn"] += redrawn
                     bar.update(idx.shape[0])
+                    done += idx.shape[0]
+                    written += sum(getattr(v, "nbytes", 0) for part in (ex, batch) for v in part.values())
+                    _require_space(out, tmp, written, done, total - done)
             for key, parts in inst_parts.items():
                 write_npy(tmp / f"{split}.inst.{key}.npy", np.concatenate(parts))
             if not inst_parts:  # an empty split still gets (empty) instance files
@@ -208,6 +227,19 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
     return out
 
 
+def _require_space(out: Path, tmp: Path, written: int, done: int, remaining: int) -> None:
+    """Refuse early when the instances still to generate would need more bytes (at the rate
+    of those generated so far) than the disk has free, rather than filling it."""
+    if remaining <= 0 or done <= 0:
+        return
+    needed = written * remaining // done
+    free = shutil.disk_usage(tmp).free
+    require(needed <= free,
+            f"No space left on device for suite {out}: the rest of it needs about "
+            f"{needed / 1e6:,.1f} MB and {free / 1e6:,.1f} MB are free; generate fewer instances "
+            "or free some space.")
+
+
 def write_rows(grammar, task, cfg, options, variant: str, seed: int, split: str,
                indices: np.ndarray, batch: dict, vocab) -> dict:
     """The grammar's rows for a variant; for a mixture `a+b+...`, train holds a's rows exactly
@@ -231,11 +263,23 @@ def write_rows(grammar, task, cfg, options, variant: str, seed: int, split: str,
     return {key: np.concatenate([p[key] for p in pieces]) for key in first}
 
 
+def meta_digest(meta: dict) -> str:
+    """The sha256 of meta.json's own content (canonical JSON: sorted keys, no spaces), leaving
+    out `files` (each file's checksum binds that file) and the digest itself. Stored as
+    `meta_sha256`, it makes a hand-edited meta.json (variant, config, counts, ...) an error."""
+    content = {k: v for k, v in meta.items() if k not in ("files", "meta_sha256")}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _seal(folder: Path, meta: dict) -> None:
-    """Finish a suite folder: preview.txt, then meta.json with every file's checksum."""
+    """Finish a suite folder: preview.txt, then meta.json with every file's checksum and its
+    own content's digest."""
+    meta.pop("meta_sha256", None)
     suite = Suite(folder, meta=meta, verify=False)
     write_text(folder / "preview.txt", suite.preview(rows_per_split=3))
     meta["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    meta["meta_sha256"] = meta_digest(meta)
     write_json(folder / "meta.json", meta)
 
 
@@ -259,7 +303,8 @@ def merge_shards(pieces: list[str | os.PathLike], out: str | os.PathLike) -> Pat
                 f"suite {suite.path} is piece {i} of {count}, but {first.path} is a piece of "
                 f"{first.meta['shard'][1]}.")
         for key in sorted(set(suite.meta) | set(first.meta)):
-            require(key in ("shard", "splits", "files") or suite.meta.get(key) == first.meta.get(key),
+            require(key in ("shard", "splits", "files", "meta_sha256")
+                    or suite.meta.get(key) == first.meta.get(key),
                     f"suite {suite.path} is a piece of another suite than {first.path} (its {key} differs).")
         require(i not in by_index, f"suites {by_index.get(i, suite).path} and {suite.path} are both "
                 f"piece {i} of {count}.")
@@ -269,7 +314,7 @@ def merge_shards(pieces: list[str | os.PathLike], out: str | os.PathLike) -> Pat
     require(not missing, f"piece {missing[0] if missing else 0} of {count} is missing; "
             "merge-shards needs every piece.")
     ordered = [by_index[i] for i in range(count)]
-    meta = {k: v for k, v in first.meta.items() if k not in ("files", "splits")}
+    meta = {k: v for k, v in first.meta.items() if k not in ("files", "splits", "meta_sha256")}
     meta["shard"] = None
     meta["splits"] = {}
     with atomic_dir(out) as tmp:
@@ -314,8 +359,11 @@ def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
 class SplitData:
     """One split of a suite: token rows (memory-mapped) and the instances they came from."""
 
-    def __init__(self, root: Path, split: str, files: list[str] | None = None):
-        """`files`: the suite's checksummed file names (meta.json); only those are read."""
+    def __init__(self, root: Path, split: str, files: list[str] | None = None,
+                 vocab_size: int | None = None, counts: dict | None = None):
+        """`files`: the suite's checksummed file names (meta.json); only those are read.
+        `vocab_size` and `counts` (meta.json's counts of the split), when given, are checked
+        against the arrays: every token id, length and row -> instance index in range."""
         def load(name):
             return _load_array(root / f"{split}.{name}.npy", mmap=True)
 
@@ -338,6 +386,47 @@ class SplitData:
         for name in names:
             if name.startswith(prefix) and name.endswith(".npy"):
                 self.instances[name[len(prefix): -4]] = _load_array(root / name)
+        self._check(root, vocab_size, counts)
+
+    def _check(self, root: Path, vocab_size: int | None, counts: dict | None) -> None:
+        """Every value the readers index with is in range (vectorised; the checksums have just
+        read these bytes, so this costs a pass over memory, not over the disk)."""
+        where = f"the {self.name} split of suite {root}"
+
+        def fail(what: str) -> None:
+            raise UserError(f"{where} has {what} (the suite is corrupt).")
+
+        def bounds(a: np.ndarray) -> tuple[int, int]:
+            return (int(a.min()), int(a.max())) if a.size else (0, -1)
+
+        n_inst = self.index.shape[0]
+        for key, value in self.instances.items():
+            if value.ndim == 0 or value.shape[0] != n_inst:
+                fail(f"{value.shape[0] if value.ndim else 'no'} instances in {self.name}.inst.{key}.npy "
+                     f"but {n_inst} in {self.name}.index.npy")
+        lo, hi = bounds(self.lengths)
+        if lo < 0:
+            fail(f"a negative row length ({lo})")
+        if (self.prompt_len < 0).any() or (self.prompt_len > self.lengths).any():
+            fail("a prompt length outside 0..its row's length")
+        lo, hi = bounds(self.instance)
+        if lo < 0 or hi >= n_inst:
+            fail(f"a row of instance {lo if lo < 0 else hi}, outside 0..{n_inst - 1}")
+        if (self.kind < 0).any():
+            fail("a negative row kind")
+        if (self.index < 0).any():
+            fail("a negative instance index")
+        if vocab_size is not None and self.tokens.size:
+            # one pass over the (memory-mapped) tokens where the dtype cannot hold negatives
+            lo, hi = (0, int(self.tokens.max())) if self.tokens.dtype.kind == "u" else bounds(self.tokens)
+            if lo < 0 or hi >= vocab_size:
+                fail(f"a token id {lo if lo < 0 else hi}, outside the vocabulary's 0..{vocab_size - 1}")
+        if counts is not None:
+            actual = {"instances": n_inst, "examples": len(self), "tokens": int(self.tokens.shape[0]),
+                      "max_len": max(0, bounds(self.lengths)[1])}
+            for key, value in actual.items():
+                if counts.get(key) != value:
+                    fail(f"{value} {key.replace('_', ' ')} where meta.json says {counts.get(key)}")
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
@@ -366,6 +455,10 @@ class Suite:
         unknown = [s for s in meta["splits"] if s not in self.task.SPLITS]
         require(not unknown, f"{self.path}/meta.json names a split {unknown[0] if unknown else ''!r} that "
                 f"{meta['task']} does not have (the suite is corrupt).")
+        if verify and "meta_sha256" in meta:  # suites written before the digest existed have none
+            require(meta["meta_sha256"] == meta_digest(meta),
+                    f"{self.path}/meta.json does not match its own checksum (meta_sha256): it was "
+                    "edited or is corrupt.")
         self.config = make_config(meta["task"], meta["config"])
         self.grammar = get_grammar(meta["task"])
         self.options = self.grammar.Options(**meta["options"])
@@ -396,7 +489,8 @@ class Suite:
                 f"suite {self.path} has no split {name!r}; it has: {', '.join(self.splits)}.")
         if name not in self._splits:
             files = self.meta.get("files")  # absent only while generate_suite is writing them
-            self._splits[name] = SplitData(self.path, name, list(files) if files else None)
+            self._splits[name] = SplitData(self.path, name, list(files) if files else None,
+                                           vocab_size=len(self.vocab), counts=self.meta["splits"][name])
         return self._splits[name]
 
     def max_len(self) -> int:
@@ -441,7 +535,9 @@ def read_meta(path: Path) -> dict:
         require(isinstance(meta.get(key), kind),
                 f"{meta_path} lacks a valid {key!r} field (the suite is corrupt).")
     for split, stats in meta["splits"].items():
-        require(isinstance(stats, dict) and all(isinstance(stats.get(k), int) for k in _SPLIT_STATS),
+        require(isinstance(stats, dict) and all(
+                    isinstance(stats.get(k), int) and not isinstance(stats.get(k), bool) and stats[k] >= 0
+                    for k in _SPLIT_STATS),
                 f"{meta_path} has no valid counts for split {split!r} (the suite is corrupt).")
     shard = meta.get("shard")
     require(shard is None or (isinstance(shard, list) and len(shard) == 2
