@@ -240,3 +240,18 @@ def test_the_answer_studies_run_end_to_end_at_smoke_size(tmp_path, name):
     verdicts = json.loads((tmp_path / "out" / "verdicts.json").read_text())
     assert len(verdicts) == 9 and all(v["seeds"] == 3 and v["n"] == 48 for v in verdicts)
     assert "optimal+reverse" in report and "optimal+stream" in report
+
+
+def test_every_json_file_a_study_writes_is_strict_json(study):
+    """No NaN or Infinity anywhere (strict parsers reject them): every .json and .jsonl file of a
+    study with stream variants (the demo's kinds of files: suites, runs, evaluations, records,
+    curves, results), read by a parser that refuses non-finite constants."""
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a JSON file"))
+
+    files = [p for p in study[1].rglob("*") if p.suffix in (".json", ".jsonl")]
+    assert len(files) > 20 and any(p.name == "records.jsonl" for p in files)
+    for path in files:
+        text = path.read_text()
+        for line in (text.splitlines() if path.suffix == ".jsonl" else [text]):
+            strict(line)
