@@ -172,16 +172,20 @@ def verify_files(ckpt: Path, state: dict, names=TENSOR_FILES) -> None:
                 "corrupt (or was changed).")
 
 
-def check_suite(run_dir: Path, run: dict, suite) -> None:
+def check_suite(run_dir: Path, run: dict, suite, action: str = "use") -> None:
     """Refuse `suite` (a `traces.suite.Suite`) unless its meta.json is the one the run in
-    `run_dir` (its run.json: `run`) was trained on, by the digest run.json recorded."""
+    `run_dir` (its run.json: `run`) was trained on, by the digest run.json recorded; `action`
+    ("resume with", "evaluate the run on", ...) is what the message tells the user to do
+    with the right suite."""
     recorded = run.get("suite_meta_sha256")
     if recorded is None:  # a run.json without it: nothing to compare
         return
     actual = sha256_file(suite.path / "meta.json")
     require(actual == recorded,
-            f"run {run_dir} was trained on a suite whose meta.json has sha256 {str(recorded)[:12]}..., "
-            f"and suite {suite.path} is another ({actual[:12]}...); use the suite it was trained on.")
+            f"suite {suite.path} is not the suite run {run_dir} was trained on: its meta.json "
+            f"digest differs from the suite_meta_sha256 in run.json ({actual[:12]}... vs "
+            f"{str(recorded)[:12]}...; the suite was replaced or regenerated); {action} the suite "
+            "it was trained on.")
 
 
 def load_training_state(ckpt: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:

@@ -255,13 +255,10 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     same_path = suite_path is None or (
         isinstance(trained_on, str) and Path(suite_path).resolve() == Path(trained_on).resolve())
     suite = open_suite(suite_path or trained_on)
-    recorded = run.get("suite_meta_sha256")
-    digest = sha256_file(suite.path / "meta.json")
-    own_suite = same_path or digest == recorded  # a byte-identical copy is the same suite
-    require(not same_path or recorded is None or digest == recorded,
-            f"suite {suite.path} is not the suite run {run_dir} was trained on: its meta.json "
-            "digest differs from the suite_meta_sha256 in run.json (the suite was replaced or "
-            "regenerated); evaluate the run on the suite it was trained on, or train it again.")
+    if same_path:
+        checkpoint.check_suite(run_dir, run, suite, "evaluate the run on")
+    # a byte-identical copy of the run's suite is the same suite
+    own_suite = same_path or sha256_file(suite.path / "meta.json") == run.get("suite_meta_sha256")
     require(suite.vocab.to_json() == run["vocab"],
             f"the checkpoint in {run_dir} was trained with a different vocabulary than suite "
             f"{suite.path} uses ({len(run['vocab'])} vs {len(suite.vocab)} tokens).")

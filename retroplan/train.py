@@ -326,11 +326,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             changed = _same_run(old, description)
             if changed:
                 raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
-            recorded = old.get("suite_meta_sha256")
-            require(recorded is None or recorded == description["suite_meta_sha256"],
-                    f"cannot resume {out}: it was trained on suite {old.get('suite')} (meta.json sha256 "
-                    f"{str(recorded)[:12]}...), and suite {suite.path} is another "
-                    f"({description['suite_meta_sha256'][:12]}...); resume with the suite it was trained on.")
+            checkpoint.check_suite(out, old, suite, "resume with")
         elif out.exists() and any(not _our_temporary(p) for p in out.iterdir()):
             if resume:
                 raise UserError(f"cannot resume {out}: it is not a run (it has no run.json); choose "

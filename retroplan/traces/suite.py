@@ -404,7 +404,7 @@ class SplitData:
             if value.ndim == 0 or value.shape[0] != n_inst:
                 fail(f"{value.shape[0] if value.ndim else 'no'} instances in {self.name}.inst.{key}.npy "
                      f"but {n_inst} in {self.name}.index.npy")
-        lo, hi = bounds(self.lengths)
+        lo, longest = bounds(self.lengths)
         if lo < 0:
             fail(f"a negative row length ({lo})")
         if (self.prompt_len < 0).any() or (self.prompt_len > self.lengths).any():
@@ -423,7 +423,7 @@ class SplitData:
                 fail(f"a token id {lo if lo < 0 else hi}, outside the vocabulary's 0..{vocab_size - 1}")
         if counts is not None:
             actual = {"instances": n_inst, "examples": len(self), "tokens": int(self.tokens.shape[0]),
-                      "max_len": max(0, bounds(self.lengths)[1])}
+                      "max_len": max(0, longest)}
             for key, value in actual.items():
                 if counts.get(key) != value:
                     fail(f"{value} {key.replace('_', ' ')} where meta.json says {counts.get(key)}")
