@@ -13,7 +13,7 @@ HAVE_GPU   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/d
 TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.4,torch==2.13.0)
 PIP_TORCH_ARGS ?=
 
-.PHONY: test test-fast demo bench lint clean
+.PHONY: test test-fast demo bench gpu-check lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_graphs.py
 	$(PY) benchmarks/bench_countdown.py
+
+# On one CUDA GPU (~10 min on an H100): trainer vs bare loop, MFU, KV-cache generation, and the
+# path-star and Countdown studies scaled to fit -> benchmarks/gpu_check.json + gpu_check.md.
+# Refuses without a GPU (`$(PY) benchmarks/gpu_check.py --allow-cpu` is a toy-sized smoke test).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check retroplan tests benchmarks experiments

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from timing import cpu_name  # benchmarks/timing.py (this folder is on sys.path)
 
 from retroplan import device as devices
 from retroplan.eval import EvalConfig, evaluate
@@ -35,16 +35,6 @@ from retroplan.train import TrainConfig, train
 
 QUICK = {"degree": 2, "path_len": 4, "num_nodes": 20}
 DEMO_OPT = dict(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def steps_per_second(suite, out: Path, preset: str, precision: str, steps: int, warmup: int,

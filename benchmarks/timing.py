@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import platform
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -22,3 +24,14 @@ def rows_per_second(make_rows, n: int, threads: int, repeats: int) -> float:
             make_rows(np.arange(lo, min(lo + CHUNK, n), dtype=np.int64))
         best = min(best, time.perf_counter() - t0)
     return n / best
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the machine line of every benchmark."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -10,3 +10,24 @@ __version__ = "0.1.0"
 if "NUMBA_CACHE_DIR" not in _os.environ and not _os.access(_os.path.dirname(__file__), _os.W_OK):
     _os.environ["NUMBA_CACHE_DIR"] = _os.path.join(
         _os.path.expanduser("~"), ".cache", "retroplan", "numba")
+
+# The Gymnasium ids, registered on `import retroplan` by entry-point strings: gymnasium imports
+# a task module only when `gymnasium.make` builds its env, so this pulls in no Numba kernel.
+# Each entry point wraps the env in a `TimeLimit` of its config's step limit (envs/rl.py).
+ENV_ENTRY_POINTS = {
+    "retroplan/PathStar-v0": "retroplan.envs.pathstar:make_env",
+    "retroplan/GraphPlan-v0": "retroplan.envs.graph:make_env",
+    "retroplan/Countdown-v0": "retroplan.envs.countdown:make_env",
+}
+
+
+def register_envs() -> None:
+    """Register the retroplan ids with Gymnasium (again: nothing happens)."""
+    import gymnasium
+
+    for env_id, entry_point in ENV_ENTRY_POINTS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point=entry_point)
+
+
+register_envs()

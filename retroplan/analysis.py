@@ -13,7 +13,7 @@ from pathlib import Path
 from . import checkpoint, plots
 from .errors import UserError, require
 from .eval import EvalConfig, evaluate, judge
-from .fsutil import write_text
+from .fsutil import path_from, write_text
 from .metrics import flatten_behaviour
 from .traces.suite import open_suite
 
@@ -41,7 +41,7 @@ def show_trace(source: str | os.PathLike, index: int, split: str = "test",
         records = _records(eval_dir)
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         split = metrics.get("split", split)
-        suite = open_suite(metrics["suite"])
+        suite = open_suite(path_from(eval_dir, metrics["suite"]))
         match = [r for r in records if r["row"] == index and r.get("sample", 0) == 0]
         require(bool(match), f"row {index} was not evaluated in {eval_dir} (it has rows "
                 f"{records[0]['row']}..{records[-1]['row']}).")
@@ -90,7 +90,7 @@ def sweep_tip(run_dir: str | os.PathLike, alphas: list[float], betas: list[int],
     grid = [(0.0, 0, False)] + [(float(a), int(b), g) for g in ([False, True] if oracle else [False])
                                 for a in alphas if a > 0 for b in betas]
     if len(grid) > 1:  # refuse a run without thoughts before the (long) greedy evaluation
-        suite = open_suite(checkpoint.read_run(run_dir).get("suite", ""))
+        suite = open_suite(checkpoint.run_suite(run_dir, checkpoint.read_run(run_dir)))
         require(suite.variant in suite.grammar.STREAM_VARIANTS,
                 f"the thought-switch penalty needs a stream variant ("
                 f"{', '.join(suite.grammar.STREAM_VARIANTS)}), and run {run_dir} was trained on "

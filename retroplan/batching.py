@@ -169,3 +169,43 @@ def budget_steps(split, batch_size: int, what: str, amount: int, *, seed: int = 
             return epoch * order.per_epoch + int(np.searchsorted(running, amount)) + 1
         seen = int(running[-1])
         epoch += 1
+
+
+# --- Batch widths under torch.compile -------------------------------------------------------
+# A batch is as wide as its longest row, and a model compiled for static shapes compiles one
+# graph per width. With `compile` on, the trainer asks `compile_widths` what to compile for:
+# where the run's batches have at most COMPILE_BUCKETS widths (path-star rows, Countdown plans:
+# 1 to 5 widths), exactly those, as static shapes, and a batch of a width not among them is padded
+# up to the next (`pad_to_bucket`: IGNORE targets, which causal attention never reads back, so the
+# loss is unchanged up to float rounding). Where there are more (search streams: hundreds), 8
+# buckets would pad most batches a long way, so the width is compiled as a dynamic dimension:
+# one graph, no padding.
+COMPILE_BUCKETS = 8
+
+
+def batch_widths(lengths: np.ndarray, order: BatchOrder, epoch: int, max_len: int) -> np.ndarray:
+    """The width `collate(..., max_len)` gives each batch of `order`'s `epoch`."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.array([min(int(lengths[b].max()), max_len) - 1 for b in order.epoch(epoch)],
+                    dtype=np.int64)
+
+
+def compile_widths(lengths: np.ndarray, order: BatchOrder, max_len: int,
+                   most: int = COMPILE_BUCKETS) -> list[int] | None:
+    """The batch widths to compile static graphs for: those of `order`'s first epoch and the
+    widest batch any epoch can draw, when that is at most `most` widths; else None (compile
+    the width as a dynamic dimension)."""
+    widest = min(int(np.asarray(lengths)[order.rows].max()), max_len) - 1
+    widths = set(batch_widths(lengths, order, 0, max_len).tolist()) | {widest}
+    return sorted(widths) if len(widths) <= most else None
+
+
+def pad_to_bucket(x: torch.Tensor, y: torch.Tensor, buckets: list[int], pad_id: int):
+    """`x`, `y` right-padded (pad_id, IGNORE) to the narrowest of `buckets` that holds them."""
+    width = x.shape[1]
+    target = next(b for b in buckets if b >= width)
+    if target == width:
+        return x, y
+    x = torch.nn.functional.pad(x, (0, target - width), value=pad_id)
+    y = torch.nn.functional.pad(y, (0, target - width), value=IGNORE)
+    return x, y

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError, require
-from .fsutil import atomic_dir, sha256_file, write_json
+from .fsutil import atomic_dir, path_from, sha256_file, write_json
 from .models import GPT, GPTConfig
 
 KEEP = 2  # step folders kept on disk
@@ -108,6 +108,12 @@ def latest_dir(run_dir: Path) -> Path | None:
 def read_run(run_dir: Path) -> dict:
     require(run_dir.is_dir(), f"run folder {run_dir} does not exist.")
     return _read_json(run_dir / "run.json", "run description")
+
+
+def run_suite(run_dir: Path, run: dict) -> Path:
+    """The suite a run was trained on (run.json stores it relative to the run folder)."""
+    require(isinstance(run.get("suite"), str), f"{run_dir}/run.json names no suite (corrupt).")
+    return path_from(run_dir, run["suite"])
 
 
 def available_steps(run_dir: Path) -> list[int]:

@@ -7,7 +7,9 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -47,10 +49,12 @@ def step_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from .envs import TASKS
     from .eval import EvalConfig
+    from .eval_hf import HFEvalConfig
     from .traces import GRAMMARS
     from .train import TrainConfig
 
     p = _Parser(prog="retroplan", description=__doc__)
+    p.add_argument("--version", action="version", version=f"retroplan {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate a suite (one task config, one trace variant)")
@@ -75,16 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--context", type=int, default=0, metavar="N",
                    help="report how many rows a context of N tokens would truncate (default: longest row)")
 
-    e = sub.add_parser("export", help="write a suite's rows as JSONL or Parquet")
+    e = sub.add_parser(
+        "export", help="write a suite's splits as a dataset folder (Parquet, JSONL or SoS files)",
+        description="Write a suite as a new dataset folder: one file per split (data/train-00000-of-"
+                    "00001.parquet, data/validation-..., ...; `val` is named `validation`), vocab.json "
+                    "and a dataset card README.md whose YAML header holds the provenance, so "
+                    "datasets.load_dataset('parquet', data_dir=OUT) returns the splits. --format sos: "
+                    "one Stream-of-Search data file per split (train.json, val.json, val_target.json, ...).")
     e.add_argument("suite")
     e.add_argument("--format", choices=("jsonl", "parquet", "sos"), default="jsonl",
                    help="sos: the fields and text of the Stream-of-Search data files (countdown)")
-    e.add_argument("--out", required=True, help="file to write (must not exist)")
+    e.add_argument("--out", required=True, help="new folder for the dataset (must not exist, or be empty)")
     e.add_argument("--split", default=None, help="only this split (default: all)")
     e.add_argument("--limit", type=int, default=0, help="at most N rows per split")
 
-    tr = sub.add_parser("train", help="train a model on a suite")
-    tr.add_argument("suite")
+    tr = sub.add_parser(
+        "train", help="train a model on a suite",
+        description="Train a model on a suite. `--resume` continues the run in --out with the "
+                    "settings it was started with (the suite and every flag; a flag given now "
+                    "overrides it where allowed); `--resume --steps N` continues it to N steps, a "
+                    "finished run too (the cosine schedule becomes an N-step one from there; "
+                    "run.json records the change).")
+    tr.add_argument("suite", nargs="?", default=None, help="the suite (with --resume: the run's own)")
     tr.add_argument("--out", required=True, help="run folder")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--keep-steps", dest="keep_steps", type=step_list, default=None, metavar="N,N,...",
@@ -111,9 +127,36 @@ def build_parser() -> argparse.ArgumentParser:
                          "writes RUN/eval-SPLIT-stepN, plus any other difference)")
     _add_dataclass_flags(ev, EvalConfig)
 
+    hf = sub.add_parser(
+        "eval-hf", help="evaluate a local Hugging Face causal LM on a suite's text prompts",
+        description="Prompt a local transformers causal LM with the suite's prompts as text (optionally "
+                    "after --shots solved train examples, one per line), cut what it writes at the first "
+                    "<eos> word or newline, map its words through the suite's vocabulary and judge them "
+                    "as `eval` does (docs/METRICS.md). Never downloads. Needs pip install "
+                    "'retroplan[hf]'. Default --out: ./eval-hf-MODEL-SUITE-SPLIT plus every non-default "
+                    "setting.")
+    hf.add_argument("model", help="a folder saved with save_pretrained, or a model name already in the "
+                                  "local Hugging Face cache")
+    hf.add_argument("suite")
+    hf.add_argument("--tokenizer", default=None,
+                    help="tokenizer folder or cached name (default: the model's)")
+    hf.add_argument("--out", default=None,
+                    help="folder for metrics.json and records.jsonl (default: see above)")
+    _add_dataclass_flags(hf, HFEvalConfig)
+
     r = sub.add_parser("run", help="run a TOML experiment end to end (resumable)")
     r.add_argument("experiment", help="an experiments/*.toml file")
     r.add_argument("--out", required=True, help="folder for suites, runs, results and report")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the file: a dotted key and a TOML value, e.g. "
+                        "--set train.steps=3000 --set seeds=[0,1,2] (part of the study's identity)")
+    r.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N pieces side by side in local processes, each with an equal share of "
+                        "the CPU cores or its own GPU when several are visible (default 1)")
+    r.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="ray: send the pieces to a Ray cluster as tasks (pip install 'retroplan[ray]')")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster address (e.g. auto, or host:6379); default: start a local Ray")
 
     m = sub.add_parser("merge-shards", help="put the pieces of a --shard generation together")
     m.add_argument("pieces", nargs="+", metavar="PIECE", help="suite folders made with --shard i/N")
@@ -133,6 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     tip.add_argument("--split", default="test")
     tip.add_argument("--limit", type=int, default=0, help="evaluate the first N instances (0: all)")
     tip.add_argument("--out", default=None, help="folder for the sweep (default RUN/tip-sweep)")
+
+    pr = sub.add_parser(
+        "probe", help="linear probes of the residual stream, layer by layer (arm, distance, live)",
+        description="Fit a linear probe per layer (0: after the embedding, k: after block k) on the "
+                    "activations of a run's latest checkpoint at held-out rows (teacher-forced), on half "
+                    "of the split's instances, and score it on the other half, next to the majority "
+                    "baseline and the same probe fitted on shuffled labels. Writes "
+                    "RUN/probe-TARGET-SPLIT/probe.json (docs/METRICS.md, Probes).")
+    pr.add_argument("run")
+    pr.add_argument("--target", required=True,
+                    help="arm: the first move at the last prompt token (pathstar, graph); distance: the "
+                         "plan node's distance to the goal (pathstar, graph); live: the goal is still "
+                         "reachable, at each move of a stream / backward-stream run")
+    pr.add_argument("--split", default="test", help="the held-out split to probe on (default test)")
+    pr.add_argument("--limit", type=int, default=0, help="the first N instances of the split (0: all)")
+    pr.add_argument("--seed", type=int, default=0,
+                    help="seed of the probe-train / held-out split of instances, the shuffled control and "
+                         "the bootstrap (default 0)")
+    pr.add_argument("--out", default=None, help="folder for probe.json (default RUN/probe-TARGET-SPLIT)")
+    pr.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N")
 
     sub.add_parser("list", help="list tasks, variants and model presets")
     return p
@@ -224,17 +287,31 @@ def _inspect(args) -> None:
 def _export(args) -> None:
     from .traces.export import export_suite
 
-    n = export_suite(args.suite, args.out, args.format, split=args.split, limit=args.limit)
-    print(f"wrote {n} rows to {args.out}")
+    counts = export_suite(args.suite, args.out, args.format, split=args.split, limit=args.limit)
+    per_split = ", ".join(f"{split} {n}" for split, n in counts.items())
+    print(f"wrote {sum(counts.values())} rows to {args.out} ({per_split}; retroplan's split names) "
+          f"with its dataset card {os.path.join(args.out, 'README.md')}")
 
 
 def _train(args) -> None:
     from .fsutil import terminate_as_exit
     from .train import TrainConfig, train
 
-    cfg = TrainConfig.from_dict(_given(args, TrainConfig))
+    given, suite = _given(args, TrainConfig), args.suite
+    run_json = Path(args.out) / "run.json"
+    if args.resume and run_json.is_file():  # the run's own settings, then what was given now
+        from . import checkpoint
+
+        run = checkpoint.read_run(Path(args.out))
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        given = {**{k: v for k, v in run.get("train", {}).items() if k in known}, **given}
+        suite = suite or checkpoint.run_suite(Path(args.out), run)
+    if suite is None:
+        raise UserError("train needs a suite (retroplan train SUITE --out RUN); only --resume of an "
+                        "existing run reads it from the run.")
+    cfg = TrainConfig.from_dict(given)
     with terminate_as_exit():  # a `kill` removes the temporaries of a checkpoint being written
-        summary = train(args.suite, args.out, cfg, resume=args.resume)
+        summary = train(suite, args.out, cfg, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     loss = summary.get("final_loss")
@@ -249,6 +326,18 @@ def _eval(args) -> None:
 
     cfg = EvalConfig(**_given(args, EvalConfig))
     m = evaluate(args.run, args.suite, cfg, args.out, step=args.step, name_by_settings=True)
+    _print_eval_summary(m)
+
+
+def _eval_hf(args) -> None:
+    from .eval_hf import HFEvalConfig, evaluate_hf
+
+    cfg = HFEvalConfig(**_given(args, HFEvalConfig))
+    _print_eval_summary(evaluate_hf(args.model, args.suite, cfg, args.out, tokenizer=args.tokenizer))
+
+
+def _print_eval_summary(m: dict) -> None:
+    """The lines `eval` and `eval-hf` print: accuracy block, model and teacher streams, sampling."""
     def fmt(key):
         v = m[key]["value"]
         return "n/a" if v is None else f"{v:.3f}"
@@ -274,7 +363,8 @@ def _eval(args) -> None:
 def _run(args) -> None:
     from .experiment import run_experiment
 
-    report = run_experiment(args.experiment, args.out)
+    report = run_experiment(args.experiment, args.out, workers=args.workers, backend=args.backend,
+                            address=args.address, overrides=args.overrides)
     print(f"report: {report}")
 
 
@@ -304,6 +394,16 @@ def _show_trace(args) -> None:
     print("wrote " + ", ".join(str(p) for p in written))
 
 
+def _probe(args) -> None:
+    from .probe import ProbeConfig, format_table, probe_run
+
+    cfg = ProbeConfig(target=args.target, split=args.split, limit=args.limit, seed=args.seed,
+                      device=args.device)
+    result = probe_run(args.run, cfg, args.out)
+    print(format_table(result), end="")
+    print(f"  wrote {result['probe_dir']}/probe.json")
+
+
 def _numbers(text: str, kind, flag: str) -> list:
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
@@ -322,8 +422,8 @@ def _sweep_tip(args) -> None:
 
 
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
-            "eval": _eval, "run": _run, "merge-shards": _merge_shards, "show-trace": _show_trace,
-            "sweep-tip": _sweep_tip, "list": _list}
+            "eval": _eval, "eval-hf": _eval_hf, "run": _run, "merge-shards": _merge_shards,
+            "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:

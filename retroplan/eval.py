@@ -31,7 +31,7 @@ from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
 from .device import resolve_device
 from .errors import require, require_field_types
-from .fsutil import atomic_path, json_line, sha256_file, write_json
+from .fsutil import atomic_path, json_line, path_for, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate
 from .traces import chance_for, components, writes
@@ -251,9 +251,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     device = resolve_device(cfg.device)
     chosen = step
     model, run, step = checkpoint.load_model(run_dir, device, step=chosen)
-    trained_on = run.get("suite")
-    same_path = suite_path is None or (
-        isinstance(trained_on, str) and Path(suite_path).resolve() == Path(trained_on).resolve())
+    trained_on = checkpoint.run_suite(run_dir, run)
+    same_path = suite_path is None or Path(suite_path).resolve() == trained_on.resolve()
     suite = open_suite(suite_path or trained_on)
     if same_path:
         checkpoint.check_suite(run_dir, run, suite, "evaluate the run on")
@@ -296,31 +295,57 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device)
     generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes)
+    completions = {}
+    for k, r in enumerate(rows):
+        for s in range(cfg.samples):
+            ids, logprob = generated[(int(r), s)]
+            fields = {"generated": suite.vocab.decode(ids),
+                      "lookahead": cfg.lookahead, "forced": suite.vocab.decode(prefixes[int(r)]),
+                      "generated_tokens": len(ids), "logprob": logprob,
+                      "tf_token_acc": float(tf[k, 0] / max(1, tf[k, 1])),
+                      "tf_first_token": bool(tf[k, 2]), "tf_exact": bool(tf[k, 3])}
+            completions[(int(r), s)] = (fields, prefixes[int(r)] + ids)  # forced + generated
+    records, metrics = judge_completions(suite, split, rows, completions, cfg.samples)
+    # paths relative to the evaluation's folder: a study folder moved whole still finds them
+    metrics.update({"split": cfg.split, "step": step, "suite": path_for(out, suite.path),
+                    "run": path_for(out, run_dir), "task": suite.meta["task"], "variant": suite.name,
+                    "task_config": suite.meta["config"], "decoding": asdict(cfg),
+                    "identity": identity(run_dir, suite.path, cfg, step)})
+    metrics["writes"] = writes(suite.name)
+    metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
+    write_evaluation(out, records, metrics)
+    return dict(metrics, eval_dir=str(out))  # where it went (not in metrics.json: folders move)
 
+
+def judge_completions(suite: Suite, split, rows, completions: dict, samples: int = 1,
+                      judge_one=judge) -> tuple[list[dict], dict]:
+    """Records and metrics for the completions of `rows` (kind-0 rows of `split`):
+    `completions[(row, sample)] = (fields, completion)`, where `fields` are the record's fields
+    that say how the completion was made (they follow row, sample, index, prompt and reference)
+    and `completion` is what `judge_one(suite, instances, i, completion)` judges (`judge`: the
+    suite token ids). The suite's own completion of every row is judged by `judge` too (the
+    teacher's behaviour). Metrics: `summarize`, the behaviour blocks and, for several samples,
+    pass@k and best-of-n; `eval` and `eval-hf` both count through here."""
     difficulty = suite.task.difficulty(suite.config, split.instances)
     records, stats, teacher_stats, teachers = [], [], [], []
-    for k, r in enumerate(rows):
+    for r in rows:
         i = int(split.instance[r])
         reference = split.completion(r)
         teacher = judge(suite, split.instances, i, reference)  # the suite's own trace
         teachers.append(teacher)
-        for s in range(cfg.samples):
-            ids, logprob = generated[(int(r), s)]
-            verdict = judge(suite, split.instances, i, prefixes[int(r)] + ids)  # forced + generated
+        for s in range(samples):
+            fields, completion = completions[(int(r), s)]
+            verdict = judge_one(suite, split.instances, i, completion)
             rec = {"row": int(r), "sample": s, "index": int(split.index[i]),
                    "prompt": suite.vocab.decode(split.prompt(r)),
-                   "reference": suite.vocab.decode(reference),
-                   "generated": suite.vocab.decode(ids),
-                   "lookahead": cfg.lookahead, "forced": suite.vocab.decode(prefixes[int(r)]),
-                   "generated_tokens": len(ids), "logprob": logprob,
-                   "tf_token_acc": float(tf[k, 0] / max(1, tf[k, 1])),
-                   "tf_first_token": bool(tf[k, 2]), "tf_exact": bool(tf[k, 3])}
+                   "reference": suite.vocab.decode(reference), **fields}
             rec.update({key: int(v[i]) for key, v in difficulty.items()})
             behaviour = verdict.pop("behaviour")
             rec.update(verdict)
             if teacher["behaviour"] is not None:
                 rec["teacher_tokens"] = teacher["behaviour"].tokens   # the stream's own tokens
                 rec["teacher_expanded"] = teacher["behaviour"].expanded
+                rec["teacher_correct"] = teacher["correct"]  # the teacher's own outcome
             if behaviour is not None:
                 rec["behaviour"] = behaviour.to_dict()
                 stats.append(behaviour)
@@ -335,14 +360,13 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     if streams:  # the teacher's streams, judged by the same code: the model's yardstick
         metrics["teacher_behaviour"] = summarize_behaviour([t["behaviour"] for t in streams],
                                                            [t["correct"] for t in streams])
-    if cfg.samples > 1:
-        metrics["sampling"] = _sampling_block(records, cfg.samples)
-    metrics.update({"split": cfg.split, "step": step, "suite": str(suite.path),
-                    "run": str(run_dir), "task": suite.meta["task"], "variant": suite.name,
-                    "task_config": suite.meta["config"], "decoding": asdict(cfg),
-                    "identity": identity(run_dir, suite.path, cfg, step)})
-    metrics["writes"] = writes(suite.name)
-    metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
+    if samples > 1:
+        metrics["sampling"] = _sampling_block(records, samples)
+    return records, metrics
+
+
+def write_evaluation(out: Path, records: list[dict], metrics: dict) -> None:
+    """records.jsonl, then metrics.json (with `records_sha256` added), into the folder `out`."""
     out.mkdir(parents=True, exist_ok=True)
     # records first, then metrics.json, which names the records it summarises: a kill between
     # the two leaves an old metrics.json whose checksum no longer matches (see metrics_current)
@@ -351,7 +375,6 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     with atomic_path(out / "records.jsonl") as tmp:
         tmp.write_text(text)
     write_json(out / "metrics.json", metrics)
-    return dict(metrics, eval_dir=str(out))  # where it went (not in metrics.json: folders move)
 
 
 def metrics_current(eval_dir: Path, expected: dict | None = None) -> dict | None:
@@ -399,6 +422,8 @@ def summarize(records: list[dict], difficulty_keys: list[str]) -> dict:
     def block(recs):
         swc = [r["correct"] * r["optimal_moves"] / max(len(r["plan"]) - 1, r["optimal_moves"])
                if r["correct"] and r["optimal_moves"] else 0.0 for r in recs]
+        # None where no teacher forcing was run (eval-hf): that metric is then null with n = 0
+        tf_token = [r["tf_token_acc"] for r in recs if r["tf_token_acc"] is not None]
         return {
             "accuracy": rate(r["correct"] for r in recs),
             "first_step_accuracy": rate(r["first_step"] for r in recs),
@@ -407,8 +432,8 @@ def summarize(records: list[dict], difficulty_keys: list[str]) -> dict:
             "faithful_accuracy": rate(r["faithful"] for r in recs),
             "stream_first_step_accuracy": rate(r["stream_first_step"] for r in recs),
             "parse_failures": rate(r["parse_error"] is not None for r in recs),
-            "tf_token_accuracy": {"value": sum(r["tf_token_acc"] for r in recs) / len(recs) if recs else None,
-                                  "n": len(recs)},
+            "tf_token_accuracy": {"value": sum(tf_token) / len(tf_token) if tf_token else None,
+                                  "n": len(tf_token)},
             "tf_first_token_accuracy": rate(r["tf_first_token"] for r in recs),
             "tf_sequence_accuracy": rate(r["tf_exact"] for r in recs),
             "mean_generated_tokens": (sum(r["generated_tokens"] for r in recs) / len(recs)) if recs else None,

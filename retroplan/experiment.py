@@ -22,14 +22,17 @@ description, devices, threads, compile, eval batch size), so such a setting can 
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import os
 import platform
 import re
+import shlex
 import time
 import tomllib
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -42,14 +45,16 @@ from .errors import UserError, require
 from .eval import EvalConfig, evaluate, identity, metrics_current
 from .fsutil import write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
+from .probe import check_probe_section, probe_study
+from .runner import check_runner, run_pieces
 from .stats import mean_ci, wilson
 from .study import verdict_lines, verdict_table
 from .traces import check_variant, get_grammar, writes
 from .traces.suite import SuiteSpec, generate_suite, open_suite
-from .train import TrainConfig, plan_steps, resolve_precision, train
+from .train import MACHINE_SETTINGS, TrainConfig, plan_steps, resolve_precision, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
-             "train", "eval", "study"}
+             "train", "eval", "study", "probe"}
 _STUDY_KEYS = {"baseline", "budget"}
 # what a study may hold equal between each variant and its baseline -> the run's counter
 BUDGETS = {"steps": "steps", "examples": "examples_seen", "forward_examples": "forward_examples",
@@ -60,13 +65,63 @@ METRICS = ("accuracy", "first_step_accuracy", "optimal_rate", "faithful_accuracy
            "tf_sequence_accuracy", "mean_generated_tokens")
 
 
-def load_experiment(path: str | os.PathLike) -> dict:
+def _toml_value(text: str):
+    """`--set` values are TOML (3000, 1e-3, [0, 1, 2], "dfs", true); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        require(_PLAIN_NAME.fullmatch(text) is not None,
+                f"--set value {text!r} is neither a TOML value nor a plain word; quote strings "
+                "(e.g. --set 'study.budget=\"examples\"').")
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """A copy of a parsed experiment file with each `KEY=VALUE` of `overrides` set: KEY is a
+    dotted path (`train.steps`, `seeds`, `conditions.0.degree`, `train.by_variant.stream.lr`);
+    a missing table is created, a list is indexed by position."""
+    exp = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        require(sep == "=" and key.strip() != "",
+                f"--set {item!r} must be KEY=VALUE (e.g. train.steps=3000).")
+        parts = key.strip().split(".")
+        node = exp
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                require(part.isdigit() and int(part) < len(node),
+                        f"--set {key}: {where} is not an index of a list of {len(node)}.")
+                part = int(part)
+            else:
+                require(isinstance(node, dict), f"--set {key}: {'.'.join(parts[:i])} is not a table.")
+            if last:
+                node[part] = _toml_value(text.strip())
+            else:
+                if isinstance(node, dict) and part not in node:
+                    node[part] = {}
+                node = node[part]
+    return exp
+
+
+def _parse_experiment(path: Path, text: str | bytes, overrides=()) -> dict:
+    try:
+        raw = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"experiment file {path} is not valid TOML: {exc}.") from None
+    return apply_overrides(raw, overrides)
+
+
+def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Parse and check an experiment file whole (with `--set KEY=VALUE` overrides applied)."""
     path = Path(path)
     require(path.is_file(), f"experiment file {path} does not exist.")
     try:
-        exp = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
         raise UserError(f"experiment file {path} is not valid TOML: {exc}.") from None
+    exp = _parse_experiment(path, text, overrides)
     unknown = sorted(set(exp) - _TOP_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}.")
@@ -151,6 +206,12 @@ def load_experiment(path: str | os.PathLike) -> dict:
         require(split in task.SPLITS, f"{path}: unknown eval split {split!r}; "
                 f"allowed: {', '.join(task.SPLITS)}.")
     exp["_splits"] = splits
+    require(isinstance(exp.get("probe", {}), dict), f"{path}: probe must be a table ([probe]).")
+    try:
+        exp["_probe"] = (check_probe_section(exp["probe"], exp["task"], variants)
+                         if "probe" in exp else None)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     # the devices asked for must exist here: found now, not after the first suite is generated
     try:
         for cfg in [exp["_train"], *exp["_train_by_variant"].values()]:
@@ -168,8 +229,9 @@ def load_experiment(path: str | os.PathLike) -> dict:
 # settings that decide where and how fast the work runs, never its results (and the report's
 # title and text): an experiment file that differs from the one in --out only in these is the
 # same experiment, so they can be fixed in place. (train.device / compile / threads are also
-# the settings `train --resume` lets differ.)
-NO_RESULT_KEYS = {"": ("name", "description"), "train": ("device", "compile", "threads"),
+# the settings `train --resume` lets differ.) [probe] only analyses the finished runs; each probe's
+# result records its own settings and is redone when they change.
+NO_RESULT_KEYS = {"": ("name", "description", "probe"), "train": MACHINE_SETTINGS,
                   "eval": ("device", "batch_size")}
 
 
@@ -189,14 +251,22 @@ def experiment_identity(raw: dict) -> dict:
     return ident
 
 
-def _same_experiment(old: bytes, new: bytes) -> bool:
-    if old == new:
+def _same_experiment(old: bytes, old_overrides: list[str], new: bytes, new_overrides: list[str]) -> bool:
+    if old == new and old_overrides == new_overrides:
         return True
     try:
-        return experiment_identity(tomllib.loads(old.decode())) == experiment_identity(
-            tomllib.loads(new.decode()))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return experiment_identity(_parse_experiment(Path(), old, old_overrides)) == experiment_identity(
+            _parse_experiment(Path(), new, new_overrides))
+    except UserError:
         return False
+
+
+OVERRIDES_FILE = "overrides.json"  # beside experiment.toml in --out: the run's --set list
+
+
+def stored_overrides(out: Path) -> list[str]:
+    path = out / OVERRIDES_FILE
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _label(values: dict) -> str:
@@ -226,54 +296,90 @@ def _suite_ready(path: Path, spec: SuiteSpec) -> bool:
     return True
 
 
-def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> Path:
-    exp = load_experiment(path)
+def run_piece(exp: dict, out: Path, label: str, variant: str, seed: int, amount: int | None = None,
+              progress: bool = True) -> dict:
+    """One run of a study: its suite (generated unless ready), training (resumed or skipped when
+    finished) and one evaluation per split (reused when current). `amount` is the baseline's
+    counter under a matched budget. Everything it makes lives in its own folders, so pieces may
+    run in any order and side by side. Returns {"summary": ..., "metrics": {split: ...}}."""
+    cond = exp["conditions"][exp["_labels"].index(label)]
+    name = f"{label}-{variant}-s{seed}"
+    spec = _spec(exp, cond, variant, seed)
+    suite_dir, run_dir = out / "suites" / name, out / "runs" / name
+    # what was already done and is reused as it is (the report says whether anything was)
+    reused = {"suite": _suite_ready(suite_dir, spec), "train": (run_dir / "final.json").exists(), "evals": 0}
+    if not reused["suite"]:
+        generate_suite(spec, suite_dir, progress=progress)
+    tcfg = TrainConfig(**dict(asdict(exp["_train_by_variant"][variant]), seed=seed))
+    if amount is not None:
+        # as many steps as it takes to see what the baseline saw (its own seed's run)
+        tcfg = replace(tcfg, steps=plan_steps(suite_dir, tcfg, exp["_budget"], amount))
+        tcfg.validate()
+    summary = train(suite_dir, run_dir, tcfg, resume=True, progress=progress)
+    metrics_by_split = {}
+    for split in exp["_splits"]:
+        eval_cfg = replace(exp["_eval"], split=split)
+        eval_dir = run_dir / f"eval-{split}"
+        # reused only when everything its numbers depend on is what this run would use
+        metrics = metrics_current(eval_dir, identity(run_dir, suite_dir, eval_cfg, summary["steps"]))
+        if metrics is None:
+            if progress and (eval_dir / "metrics.json").exists():
+                print(f"      {name}/{eval_dir.name} was made with other settings, or is unfinished: "
+                      "evaluating again", flush=True)
+            metrics = evaluate(run_dir, suite_dir, eval_cfg, out=eval_dir, progress=progress)
+        else:
+            reused["evals"] += 1
+        metrics_by_split[split] = metrics
+    return {"summary": summary, "metrics": metrics_by_split, "reused": reused}
+
+
+def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bool = True,
+                   workers: int = 1, backend: str = "local", address: str | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Run (or finish) the experiment in `path` into `out`. `workers` > 1 runs that many pieces
+    side by side (local processes, each with a share of the CPU cores or its own GPU);
+    `backend="ray"` sends them to a Ray cluster (`address`: None starts a local one). The
+    records are the same whatever runs them, given the same torch thread count per run.
+    `overrides` (`--set KEY=VALUE`) change the file's settings and are part of its identity."""
+    check_runner(workers, backend, address)
+    require(os.environ.get("WORLD_SIZE", "1") == "1",
+            f"retroplan run is one process per study (WORLD_SIZE={os.environ.get('WORLD_SIZE')}: "
+            "under torchrun every rank would race on the same suites); run it without torchrun, "
+            "with --workers N to run its pieces side by side.")
+    overrides = list(overrides)
+    exp = load_experiment(path, overrides)
     out = Path(out)
     source = Path(path).read_bytes()
     if (out / "experiment.toml").exists():
-        require(_same_experiment((out / "experiment.toml").read_bytes(), source),
-                f"{out} holds results of a different experiment file (only name, description, "
-                "train device / compile / threads and eval device / batch_size may change in "
-                "place); use another --out.")
+        require(_same_experiment((out / "experiment.toml").read_bytes(), stored_overrides(out),
+                                 source, overrides),
+                f"{out} holds results of a different experiment file or other --set overrides (only "
+                "name, description, train device / compile / threads and eval device / batch_size "
+                "may change in place); use another --out.")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} exists and is not empty; use another --out.")
     out.mkdir(parents=True, exist_ok=True)
     write_bytes(out / "experiment.toml", source)
+    if overrides:
+        write_json(out / OVERRIDES_FILE, overrides)
+    elif (out / OVERRIDES_FILE).exists():
+        (out / OVERRIDES_FILE).unlink()
     t_start = time.perf_counter()
-    rows, difficulty_points, stream_records = [], [], {}
     # the baseline first: under a matched budget every other variant's steps follow from it
     order = [exp["_baseline"]] + [v for v in exp["variants"] if v != exp["_baseline"]]
-    jobs = [(label, cond, variant, seed) for label, cond in zip(exp["_labels"], exp["conditions"])
-            for variant in order for seed in exp["seeds"]]
-    baseline_seen: dict[tuple[str, int], dict] = {}
-    for n, (label, cond, variant, seed) in enumerate(jobs, 1):
-        name = f"{label}-{variant}-s{seed}"
+    jobs = [(label, variant, seed) for label in exp["_labels"] for variant in order
+            for seed in exp["seeds"]]
+    results = run_pieces(exp, out, jobs, workers=workers, backend=backend, address=address,
+                         progress=progress)
+    rows, difficulty_points, stream_records = [], [], {}
+    failures: dict[tuple[str, str], Counter] = {}  # (condition, variant) -> failure kind -> count
+    for label, variant, seed in jobs:
+        cond = exp["conditions"][exp["_labels"].index(label)]
         spec = _spec(exp, cond, variant, seed)
-        suite_dir, run_dir = out / "suites" / name, out / "runs" / name
-        if progress:
-            print(f"[{n}/{len(jobs)}] {name}", flush=True)
-        if not _suite_ready(suite_dir, spec):
-            generate_suite(spec, suite_dir, progress=progress)
-        tcfg = TrainConfig(**dict(asdict(exp["_train_by_variant"][variant]), seed=seed))
-        budget = exp["_budget"]
-        if budget != "steps" and variant != exp["_baseline"]:
-            # as many steps as it takes to see what the baseline saw (its own seed's run)
-            amount = baseline_seen[(label, seed)][BUDGETS[budget]]
-            tcfg = replace(tcfg, steps=plan_steps(suite_dir, tcfg, budget, amount))
-            tcfg.validate()
-        summary = train(suite_dir, run_dir, tcfg, resume=True, progress=progress)
-        if variant == exp["_baseline"]:
-            baseline_seen[(label, seed)] = summary
+        run_dir = out / "runs" / f"{label}-{variant}-s{seed}"
+        summary = results[(label, variant, seed)]["summary"]
         for split in exp["_splits"]:
-            eval_cfg = replace(exp["_eval"], split=split)
-            eval_dir = run_dir / f"eval-{split}"
-            # reused only when everything its numbers depend on is what this run would use
-            metrics = metrics_current(eval_dir, identity(run_dir, suite_dir, eval_cfg, summary["steps"]))
-            if metrics is None:
-                if progress and (eval_dir / "metrics.json").exists():
-                    print(f"      {eval_dir.name} was made with other settings, or is unfinished: "
-                          "evaluating again", flush=True)
-                metrics = evaluate(run_dir, suite_dir, eval_cfg, out=eval_dir, progress=progress)
+            metrics = results[(label, variant, seed)]["metrics"][split]
             # one panel per condition, or per condition and split when several are evaluated
             panel = label if len(exp["_splits"]) == 1 else f"{label} / {split}"
             row = {"condition": label, "split": split, "panel": panel, "variant": variant,
@@ -301,15 +407,13 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                         correct = round((acc["value"] or 0) * acc["n"])
                         difficulty_points.append({"variant": variant, "key": key, "x": float(x),
                                                   "n": acc["n"], "correct": correct})
+                records = [json.loads(line) for line in
+                           (run_dir / f"eval-{split}" / "records.jsonl").read_text().splitlines()]
+                failures.setdefault((label, variant), Counter()).update(
+                    failure_kind(r["reason"]) for r in records
+                    if not r["correct"] and r.get("sample", 0) == 0)
                 if "teacher_behaviour" in metrics:
-                    records_path = run_dir / f"eval-{split}" / "records.jsonl"
-                    stream_records.setdefault(variant, []).extend(
-                        json.loads(line) for line in records_path.read_text().splitlines())
-            if progress:
-                acc = metrics["accuracy"]["value"]
-                print(f"      {split}: accuracy {acc:.3f} (n={metrics['n']}), first step "
-                      f"{metrics['first_step_accuracy']['value']:.3f}, teacher-forced tokens "
-                      f"{metrics['tf_token_accuracy']['value']:.3f}", flush=True)
+                    stream_records.setdefault(variant, []).extend(records)
     _write_csv(out / "results.csv", rows)
     figures = plots.accuracy_by_variant(rows, out / "accuracy",
                                         title=f"{exp['name']}: planning accuracy (what each model "
@@ -327,12 +431,29 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     figures += plots.accuracy_vs_difficulty(difficulty_points, out / "difficulty")
     figures += plots.behaviour_bars([r for r in rows if r["split"] == exp["_splits"][0]], out / "behaviour")
     figures += plots.trajectory_vs_stream(stream_records, out / "trajectories")
+    traces = _trace_examples(exp, out, jobs, results)
+    figures += traces
     verdicts = verdict_table(exp, out, exp["_baseline"])
     write_json(out / "verdicts.json", verdicts)
     report = out / "report.md"
     pngs = [f.name for f in figures if f.suffix == ".png"]
-    write_text(report, _report(exp, Path(path), out, rows, pngs, time.perf_counter() - t_start,
-                               verdicts))
+    sections = _failure_lines(exp, rows, failures) + _trace_lines(exp, out, traces)
+    if exp["_probe"]:  # linear probes of every run, one figure per condition and target
+        for label in exp["_labels"]:
+            run_dirs = {v: {seed: out / "runs" / f"{label}-{v}-s{seed}" for seed in exp["seeds"]}
+                        for v in exp["variants"]}
+            several = len(exp["_labels"]) > 1
+            probe_figures, probe_lines = probe_study(
+                exp["_probe"], run_dirs, out, title=f"{exp['name']}" + (f" / {label}" if several else ""),
+                progress=progress, name=f"probe-{label}" if several else "probe")
+            figures += probe_figures
+            if several:
+                probe_lines = [line.replace("## Probes", f"## Probes: {label}", 1) for line in probe_lines]
+            sections += probe_lines
+    reused = sum(1 for r in results.values() if r["reused"]["train"] or r["reused"]["suite"]
+                 or r["reused"]["evals"])
+    write_text(report, _report(exp, Path(path), out, overrides, rows, pngs, time.perf_counter() - t_start,
+                               verdicts, sections, reused))
     return report
 
 
@@ -356,7 +477,7 @@ def _curve(run_dir: Path) -> list[tuple[int, float]]:
     if log.exists():
         for line in log.read_text().splitlines():
             rec = json.loads(line)
-            points.append((rec["step"], rec["loss"]))
+            points.append((rec["supervised_tokens"], rec["loss"]))
     return points
 
 
@@ -383,7 +504,9 @@ def _fmt_rate(values: list[float], correct: int, n: int) -> str:
 
 
 FIGURE_CAPTIONS = {
-    "accuracy.png": "Planning accuracy by variant (bars: mean over seeds; dots: seeds). Only some "
+    "accuracy.png": "Planning accuracy by variant (bars: mean over seeds; whiskers: 95% interval, "
+                    "across seeds, or with one seed the Wilson interval over its instances; dots: "
+                    "seeds). Only some "
                     "variants plan forward at test time: the \"writes\" column of the table says "
                     "which; the chance line applies to those whose first decision is the forward "
                     "choice.",
@@ -392,8 +515,11 @@ FIGURE_CAPTIONS = {
                       "move is written last).",
     "difficulty.png": "Accuracy against difficulty.",
     "behaviour.png": "Search behaviour of the model's streams next to its teacher's.",
-    "trajectories.png": "States explored and tokens used per test instance, model vs teacher.",
-    "loss.png": "Training loss on completion tokens.",
+    "trajectories.png": "States explored and tokens used per test instance, model (o) vs teacher (x), "
+                        "each coloured by its own outcome; a marker's area grows with the instances "
+                        "at that point.",
+    "loss.png": "Training loss per supervised token against supervised tokens seen, so variants "
+                "whose completions differ in length are compared at equal supervision.",
     "accuracy_curves.png": "Verified generation accuracy on a fixed validation subset during "
                            "training, against optimizer steps and against supervised tokens (thick: "
                            "mean over seeds; thin: each seed).",
@@ -455,14 +581,72 @@ def _variant_notes(exp: dict) -> list[str]:
     return [f"{v}: {n}" for v, n in zip(exp["variants"], notes) if n]
 
 
-def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[str],
-            seconds: float, verdicts: list[dict]) -> str:
+def failure_kind(reason: str) -> str:
+    """A failed plan's reason with its instance's numbers taken out ("12->3 is not an edge" ->
+    "N->N is not an edge"), so failures of one kind count together."""
+    return re.sub(r"-?\d+", "N", reason) if reason else "no reason given"
+
+
+def _failure_lines(exp: dict, rows: list[dict], failures: dict[tuple[str, str], Counter]) -> list[str]:
+    """Why plans fail: the commonest kinds per condition and variant (first evaluated split, all
+    seeds), so a bar below chance explains itself."""
+    lines = ["## Why plans fail", "",
+             f"Failed plans of the {exp['_splits'][0]} split, all seeds together, by kind (the "
+             "grammar's or the replay's own reason, numbers replaced by N); the three commonest.", "",
+             "| condition | variant | failed | commonest kinds |", "|---|---|---|---|"]
+    first = [r for r in rows if r["split"] == exp["_splits"][0]]
+    for (label, variant), kinds in failures.items():
+        rs = [r for r in first if r["condition"] == label and r["variant"] == variant]
+        total = sum(r["n"] for r in rs)
+        failed = sum(kinds.values())
+        common = "; ".join(f"{n:,} × {kind}" for kind, n in kinds.most_common(3)) or "none"
+        lines.append(f"| {label} | {variant} | {failed:,} of {total:,} | {common} |")
+    return lines + [""]
+
+
+def _trace_examples(exp: dict, out: Path, jobs: list[tuple], results: dict) -> list[Path]:
+    """One `show-trace` figure per stream variant (first condition, first seed, first split):
+    the first instance the model failed, or row 0 when it failed none."""
+    from .analysis import show_trace
+
+    split, label, seed = exp["_splits"][0], exp["_labels"][0], exp["seeds"][0]
+    figures = []
+    for job in jobs:
+        if job[0] != label or job[2] != seed or "teacher_behaviour" not in results[job]["metrics"][split]:
+            continue
+        eval_dir = out / "runs" / f"{label}-{job[1]}-s{seed}" / f"eval-{split}"
+        rows = [json.loads(line) for line in (eval_dir / "records.jsonl").read_text().splitlines()]
+        index = next((r["row"] for r in rows if not r["correct"] and r.get("sample", 0) == 0), 0)
+        figures += show_trace(eval_dir, index, split, out=out / f"trace-{job[1]}-row{index}.png")
+    return figures
+
+
+def _trace_lines(exp: dict, out: Path, traces: list[Path]) -> list[str]:
+    pngs = [p for p in traces if p.suffix == ".png"]
+    if not pngs:
+        return []
+    split, label, seed = exp["_splits"][0], exp["_labels"][0], exp["seeds"][0]
+    lines = ["## A stream, drawn", "",
+             f"For each stream variant ({label}, seed {seed}, {split} split): the teacher's search tree "
+             "beside the model's on the first instance the model failed (row 0 when it failed none).", ""]
+    for png in pngs:
+        variant, row = png.stem[len("trace-"):].rsplit("-row", 1)
+        run = out / "runs" / f"{label}-{variant}-s{seed}"
+        lines += [f"![{png.stem}]({png.name})", "",
+                  f"`retroplan show-trace {run} --index {row} --split {split}`", ""]
+    return lines
+
+
+def _report(exp: dict, source: Path, out: Path, overrides: list[str], rows: list[dict], figures: list[str],
+            seconds: float, verdicts: list[dict], sections: list[str], reused: int) -> str:
     lines = [f"# {exp['name']}", ""]
     if exp.get("description"):
         lines += [exp["description"].strip(), ""]
     lines += ["Every accuracy below counts plans that were parsed by the task's grammar and replayed "
               "move by move in the task's environment.", "",
-              "## Reproduce", "", "```", f"retroplan run {source} --out {out}", "```", ""]
+              "## Reproduce", "", "```", "retroplan run " + " ".join(
+                  [shlex.quote(str(source)), "--out", shlex.quote(str(out))]
+                  + [f"--set {shlex.quote(o)}" for o in overrides]), "```", ""]
     lines += verdict_lines(verdicts)
     lines += ["## Results", ""]
     seeds = exp["seeds"]
@@ -500,8 +684,10 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
     notes = _variant_notes(exp)
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
-    lines += [""] + _behaviour_lines(exp, rows) + ["## Figures", ""]
+    lines += [""] + _behaviour_lines(exp, rows) + sections + ["## Figures", ""]
     for name in figures:
+        if name.startswith(("trace-", "probe")):  # drawn in their own sections above
+            continue
         lines += [f"![{name[:-4]}]({name})", "", FIGURE_CAPTIONS.get(name, ""), ""]
     lines += ["Teacher-forced accuracy feeds the reference prefix and asks for the next token; a "
               "model that scores high there but low when it generates its own plan has learned "
@@ -525,6 +711,8 @@ def _report(exp: dict, source: Path, out: Path, rows: list[dict], figures: list[
     lines += ["", "## Machine", "",
               f"retroplan {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
               f"{platform.machine()} with {os.cpu_count()} CPUs, GPU: {gpu}; whole run "
-              f"{seconds:.0f} s (pieces already done were skipped).", "",
+              f"{seconds:.0f} s" + (f" ({reused} of {len(rows) // len(exp['_splits'])} runs were "
+                                    "already done in part or whole, and were reused)." if reused else "."),
+              "",
               "## Experiment file", "", "```toml", source.read_text().strip(), "```", ""]
     return "\n".join(lines)

@@ -157,6 +157,18 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             os.fsync(f.fileno())
 
 
+def path_for(folder: str | os.PathLike, target: str | os.PathLike) -> str:
+    """`target` as a file inside `folder` stores it: relative to `folder`, so a folder of runs
+    and suites copied or moved together still finds its suites (read back with `path_from`)."""
+    return os.path.relpath(Path(target).resolve(), Path(folder).resolve())
+
+
+def path_from(folder: str | os.PathLike, stored: str) -> Path:
+    """A path stored by a file in `folder`: relative to `folder` (absolute ones, from before
+    paths were stored relative, as they are)."""
+    return Path(stored) if os.path.isabs(stored) else Path(folder) / stored
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

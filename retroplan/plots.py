@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .fsutil import atomic_path  # noqa: E402
-from .stats import mean_ci  # noqa: E402
+from .stats import mean_ci, wilson  # noqa: E402
 
 
 def save(fig, path: Path) -> list[Path]:
@@ -33,9 +33,11 @@ def _no_dates(ext: str) -> dict:
 
 def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
                         title: str = "Forward planning accuracy") -> list[Path]:
-    """One panel per condition: a bar per variant (mean over seeds, 95% interval), a dot per
-    seed, and the chance level where the task has one."""
+    """One panel per condition: a bar per variant (mean over seeds) with its 95% interval (a
+    t-interval across seeds; with one seed, the Wilson interval over its test instances), a dot
+    per seed, and the chance level where the task has one."""
     by_cond: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    counts: dict[tuple[str, str], tuple[int, int]] = {}  # (panel, variant) -> (right, n), one seed
     chance: dict[str, float] = {}
     variants: list[str] = []
     for r in rows:
@@ -43,6 +45,8 @@ def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
             continue
         panel = r.get("panel", r["condition"])
         by_cond[panel][r["variant"]].append(float(r[metric]))
+        if r.get("n") not in (None, ""):
+            counts[(panel, r["variant"])] = (round(float(r[metric]) * int(r["n"])), int(r["n"]))
         if r.get("chance") not in (None, ""):
             chance[panel] = float(r["chance"])
         if r["variant"] not in variants:
@@ -59,10 +63,14 @@ def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
                 continue
             m, lo, hi = mean_ci(vals)
             ax.bar(x, m, color=colors[x % 10], alpha=0.8, width=0.7)
-            if len(vals) > 1:
-                ax.errorbar(x, m, yerr=[[m - lo], [hi - m]], color="black", capsize=4, lw=1)
+            if len(vals) == 1 and (cond, variant) in counts:
+                lo, hi = wilson(*counts[(cond, variant)])
+            if len(vals) > 1 or (cond, variant) in counts:
+                ax.errorbar(x, m, yerr=[[max(0.0, m - lo)], [max(0.0, hi - m)]], color="black",
+                            capsize=4, lw=1)
             ax.scatter([x] * len(vals), vals, color="black", s=10, zorder=3)
-            ax.text(x, min(1.02, m + 0.03), f"{m:.2f}", ha="center", va="bottom", fontsize=8)
+            top = hi if (len(vals) > 1 or (cond, variant) in counts) and hi == hi else m  # above the whisker
+            ax.text(x, min(1.02, top + 0.02), f"{m:.2f}", ha="center", va="bottom", fontsize=8)
         if cond in chance:
             ax.axhline(chance[cond], color="gray", ls="--", lw=1, label=f"chance {chance[cond]:.2f}")
             ax.legend(loc="upper left", fontsize=7, frameon=False)
@@ -77,14 +85,16 @@ def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
 
 
 def learning_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> list[Path]:
-    """Training loss against step, one line per run."""
+    """Training loss per supervised token against supervised tokens seen, one line per run:
+    variants whose completions differ in length (a plan, a stream, a mixture) are compared at
+    the same amount of supervision rather than at the same step."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, points in curves.items():
         if points:
-            steps, losses = zip(*points)
-            ax.plot(steps, losses, label=label, lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (completion tokens)")
+            tokens, losses = zip(*points)
+            ax.plot(tokens, losses, label=label, lw=1)
+    ax.set_xlabel("supervised tokens seen (completion tokens that carry loss)")
+    ax.set_ylabel("training loss per supervised token")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
@@ -246,7 +256,10 @@ def trajectory_vs_stream(records_by_variant: dict[str, list[dict]], path: Path) 
         for who, key_tok, key_states, marker in (("teacher", "teacher_tokens", "teacher_expanded", "x"),
                                                  ("model", None, None, "o")):
             for solved, colour in ((True, "tab:green"), (False, "tab:red")):
-                sel = [r for r in recs if bool(r["correct"]) == solved]
+                # each side coloured by its own outcome (records from before `teacher_correct`
+                # was kept: the teacher's reference rows end in the right plan, so solved)
+                outcome = "correct" if who == "model" else "teacher_correct"
+                sel = [r for r in recs if bool(r.get(outcome, True)) == solved]
                 if who == "model":
                     xs = [r["behaviour"]["tokens"] for r in sel if "behaviour" in r]
                     ys = [r["behaviour"]["expanded"] for r in sel if "behaviour" in r]
@@ -270,8 +283,73 @@ def trajectory_vs_stream(records_by_variant: dict[str, list[dict]], path: Path) 
         legend = ax.legend(fontsize=6, frameon=False, loc="lower right")
         for handle in legend.legend_handles:
             handle.set_sizes([18])
-    fig.suptitle("Trajectories against streams (per test instance; colour = model's outcome;\n"
+    fig.suptitle("Trajectories against streams (per test instance; colour = each side's own outcome;\n"
                  "marker area grows with the number of instances at a point)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def probe_by_layer(curves: dict[str, list[list[dict]]], path: Path, title: str = "",
+                   ylabel: str = "held-out probe accuracy", chance: float | None = None,
+                   baseline_label: str = "baseline: majority class") -> list[Path]:
+    """Linear-probe score against layer (0: the embedding), one solid line per variant: the mean
+    over seeds with its 95% t-interval shaded (one seed: the run's own interval); dashed, the
+    baseline (`baseline_label`; one grey line when every run has the same); dotted,
+    the probe fitted on shuffled labels (the control); a grey dash-dot line at `chance`.
+    `curves`: variant -> per seed, the probe's per-layer entries (probe.json `layers`: layer,
+    value, ci, baseline, control)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    colors = plt.cm.tab10.colors
+    baselines = {round(float(layers[0]["baseline"]), 12) for runs in curves.values() for layers in runs
+                 if layers and layers[0].get("baseline") is not None}
+    shared_baseline = len(baselines) == 1
+    lowest = 0.0
+    for k, (variant, runs) in enumerate(curves.items()):
+        color = colors[k % 10]
+        n_layers = max((len(layers) for layers in runs), default=0)
+        xs, means, lows, highs, controls, bases = [], [], [], [], [], []
+        for layer in range(n_layers):
+            at = [layers[layer] for layers in runs if layer < len(layers)]
+            values = [e["value"] for e in at if e.get("value") is not None]
+            if not values:
+                continue
+            m, lo, hi = mean_ci(values)
+            if len(values) == 1 and at[0].get("ci") and None not in at[0]["ci"]:
+                lo, hi = at[0]["ci"]
+            xs.append(layer)
+            means.append(m)
+            lows.append(lo)
+            highs.append(hi)
+            controls.append(mean_ci([e.get("control") for e in at])[0])
+            bases.append(mean_ci([e.get("baseline") for e in at])[0])
+        if not xs:
+            continue
+        seeds = len(runs)
+        ax.plot(xs, means, color=color, lw=2, marker="o", ms=4,
+                label=f"{variant} ({seeds} seed{'s' if seeds > 1 else ''})")
+        ax.fill_between(xs, lows, highs, color=color, alpha=0.15, lw=0)
+        ax.plot(xs, controls, color=color, lw=1, ls=":")
+        if not shared_baseline:
+            ax.plot(xs, bases, color=color, lw=1, ls="--")
+        lowest = min([lowest] + [v for v in lows + controls if v == v])
+    if shared_baseline:
+        ax.axhline(next(iter(baselines)), color="gray", lw=1, ls="--")
+    if chance is not None:
+        ax.axhline(chance, color="gray", lw=1, ls="-.", label=f"chance {chance:.2f}")
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="black", ls="--", lw=1), Line2D([], [], color="black", ls=":", lw=1)]
+    labels += [baseline_label, "control: probe fitted on shuffled labels"]
+    ax.legend(handles, labels, fontsize=7, frameon=False, loc="best")
+    top = max(2, max((len(layers) for runs in curves.values() for layers in runs), default=1))
+    ax.set_xticks(range(top), ["emb"] + [str(k) for k in range(1, top)])
+    ax.set_xlabel("layer (residual stream after the embedding / after block k)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(max(-1.05, min(-0.02, lowest - 0.05)), 1.02)  # R² far below 0 is clipped
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save(fig, path)
 

@@ -2,6 +2,9 @@
 
 CPU (fp32, or bf16 autocast where the CPU has native BF16), one GPU (bf16 autocast, optional
 torch.compile), or several under `torchrun` (DDP; each rank takes its slice of every batch).
+Compiled, the model gets one static graph per batch width where the run's batches have few
+widths (a batch is padded up to one of them), else one graph with a dynamic width
+(`batching.compile_widths`); train_log.jsonl and final.json count the graphs compiled.
 The loss is next-token cross-entropy on the completion tokens only. Checkpoints every
 `checkpoint_every` steps, at every step of `keep_steps` (kept on disk) and at the end; a
 resumed run continues from the latest checkpoint and, on CPU, ends with exactly the weights
@@ -31,11 +34,11 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 from . import device as devices
-from .batching import IGNORE, BatchOrder, budget_steps, collate
+from .batching import IGNORE, BatchOrder, budget_steps, collate, compile_widths, pad_to_bucket
 from .device import resolve_device  # noqa: F401  (its old home; callers may import it from here)
 from .errors import UserError, require, require_field_types
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
-from .fsutil import json_line, open_append, refuse_symlink, sha256_file, write_json, write_text
+from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
 from .traces.suite import Suite, open_suite
 
@@ -69,6 +72,7 @@ class TrainConfig:
     keep_steps: list[int] = field(default_factory=list)  # checkpoints kept at these steps
     curve_every: int = 0            # val generation accuracy every N steps and at the end (0: off)
     curve_examples: int = 200       # ... on the first N forward rows of the val split
+    tensorboard: bool = False       # also log to RUN/tensorboard (pip install 'retroplan[tensorboard]')
 
     def validate(self) -> None:
         require_field_types(self, "train")
@@ -177,6 +181,23 @@ def _ddp() -> tuple[int, int]:
     return rank, world
 
 
+def compile_model(net, widths: list[int] | None):
+    """`torch.compile(net)` for batches of the given widths (static shapes: one graph each) or,
+    with None, of any width (a dynamic dimension: one graph). Dynamo's limit of graphs per
+    function (8) is raised, since earlier runs in this process (a study) hold graphs of other
+    widths; past the limit it would run the model uncompiled."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), 64))
+    return torch.compile(net, dynamic=widths is None)
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far (each recompile makes one)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
 def masked_loss(model, x, y) -> torch.Tensor:
     logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
@@ -205,11 +226,11 @@ def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: in
     return total / max(1, count)
 
 
-def _run_description(suite: Suite, cfg: TrainConfig, model_cfg: GPTConfig, dropped: int,
+def _run_description(suite: Suite, out: Path, cfg: TrainConfig, model_cfg: GPTConfig, dropped: int,
                      cut: int) -> dict:
     return {
         "retroplan_version": __version__,
-        "suite": str(suite.path.resolve()),
+        "suite": path_for(out, suite.path),  # relative: a study folder moved whole still finds it
         "suite_meta_sha256": sha256_file(suite.path / "meta.json"),
         "task": suite.meta["task"],
         "variant": suite.meta["variant"],
@@ -221,6 +242,11 @@ def _run_description(suite: Suite, cfg: TrainConfig, model_cfg: GPTConfig, dropp
     }
 
 
+# settings that decide where and how the run is watched or computed, never its numbers: they may
+# differ when a run is resumed (another machine, another thread count)
+MACHINE_SETTINGS = ("device", "compile", "threads", "tensorboard")
+
+
 def _same_run(old: dict, new: dict) -> str | None:
     """The first setting a resumed run would change, if any."""
     for key in ("task", "variant", "task_config", "vocab", "model", "long_examples"):
@@ -228,7 +254,7 @@ def _same_run(old: dict, new: dict) -> str | None:
             return key
     defaults = asdict(TrainConfig())  # a run made before a setting existed had its default
     for key, value in new["train"].items():
-        if key in ("device", "compile", "threads"):  # may differ between machines
+        if key in MACHINE_SETTINGS or key == "steps":  # steps: checked by train (a run may grow)
             continue
         if old.get("train", {}).get(key, defaults.get(key)) != value:
             return f"train.{key}"
@@ -302,6 +328,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     precision = resolve_precision(cfg, device)
+    board_writer = _tensorboard_writer() if cfg.tensorboard and main else None
 
     suite = open_suite(suite_path)
     require("train" in suite.splits and len(suite.split("train")) > 0,
@@ -313,7 +340,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     require(curve is None or len(curve) > 0,
             f"train curve_every needs forward rows in a val split, and suite {suite.path} has none.")
     model_cfg = cfg.model_config(len(suite.vocab), context)
-    description = _run_description(suite, cfg, model_cfg, dropped, cut)
+    description = _run_description(suite, out, cfg, model_cfg, dropped, cut)
 
     if main:  # only rank 0 checks and creates the run folder; the others wait for it
         for name in RUN_FILES:  # never write through a link to somewhere outside the run
@@ -327,6 +354,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             if changed:
                 raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
             checkpoint.check_suite(out, old, suite, "resume with")
+            _change_length(out, old, cfg)
         elif out.exists() and any(not _our_temporary(p) for p in out.iterdir()):
             if resume:
                 raise UserError(f"cannot resume {out}: it is not a run (it has no run.json); choose "
@@ -357,14 +385,21 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        net = torch.compile(net)
-    autocast = _autocast(precision, device)
     order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed)
+    widths = None  # with compile: the batch widths compiled for (None: any width, dynamic)
+    if cfg.compile:
+        widths = compile_widths(split.lengths, order, context + 1)
+        net = compile_model(net, widths)
+        graphs_before = compiled_graphs()
+    autocast = _autocast(precision, device)
     no_loss = suite.grammar.no_loss_tokens(suite.vocab)
     log = open_append(out / "train_log.jsonl") if main else None
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {suite.meta['variant']}", unit="step",
                disable=None if (progress and main) else True, leave=False)
+    # where the bar cannot draw (a SLURM or nohup log), a plain line at about 20 logged steps
+    plain_every = (cfg.log_every * max(1, math.ceil(cfg.steps / cfg.log_every / 20))
+                   if progress and main and bar.disable else 0)
+    board = board_writer(log_dir=str(out / "tensorboard")) if board_writer else None
     t0 = time.perf_counter() - float(state.get("train_seconds", 0.0))
     curve_seconds = float(state.get("curve_seconds", 0.0))
     # counters of the whole batch (every rank's slice), exact, carried on by a resumed run;
@@ -384,6 +419,10 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             x, y = collate(split, batch_rows, suite.vocab.pad_id, no_loss, context + 1)
             pending += (len(batch_rows), int((kind[batch_rows] == 0).sum()),
                         int((y != IGNORE).sum()), x.numel())
+            if widths:  # compiled for these widths only: pad up to one (counted above unpadded)
+                x, y = pad_to_bucket(x, y, widths, suite.vocab.pad_id)
+            if device.type == "cuda":  # from pinned memory the copy need not wait for the GPU
+                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
@@ -415,12 +454,23 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 loss_value = loss.item()
                 record = {"step": step, "loss": round(loss_value, 6), "lr": lr_at(cfg, step - 1),
                           **seen, "elapsed_s": round(time.perf_counter() - t0, 3)}
+                if cfg.compile:  # grows only when a batch of a new shape was compiled for
+                    record["compiled_graphs"] = compiled_graphs() - graphs_before
                 if cfg.eval_every and step % cfg.eval_every == 0 and main:
                     record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1)
                 if main:
                     log.write(json_line(record))
                     log.flush()
                 bar.set_postfix(loss=f"{loss_value:.3f}")
+                if plain_every and (step % plain_every == 0 or last):
+                    print(f"train {suite.meta['variant']} {out.name}: step {step}/{cfg.steps}, loss "
+                          f"{loss_value:.4f}, lr {record['lr']:.2e}, {record['elapsed_s']:.0f} s"
+                          + (f", val loss {record['val_loss']:.4f}" if "val_loss" in record else ""),
+                          flush=True)
+                if board is not None:
+                    for key in ("loss", "lr", "val_loss"):
+                        if key in record:
+                            board.add_scalar(f"train/{key}", record[key], step)
             if main and curves:  # before the checkpoint: a resumed run never misses a point
                 c0 = time.perf_counter()
                 point = curve_point(model, suite, curve, device)
@@ -429,6 +479,10 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                     fh.write(json_line({"step": step, "examples_seen": seen["examples_seen"],
                                         "supervised_tokens": seen["supervised_tokens"],
                                         "forward_examples": seen["forward_examples"], **point}))
+                if board is not None:
+                    for key, value in point.items():
+                        if isinstance(value, (int, float)) and not isinstance(value, bool):
+                            board.add_scalar(f"curve/{key}", value, step)
                 spent = time.perf_counter() - c0
                 curve_seconds += spent
                 t0 += spent  # the training clock leaves the curves out
@@ -441,6 +495,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         bar.close()
         if log:
             log.close()
+        if board is not None:
+            board.close()
     elapsed = time.perf_counter() - t0
     summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
                "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
@@ -449,6 +505,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                "dropped_long_rows": dropped, "cut_long_rows": cut}
     if cfg.curve_every:
         summary["curve_seconds"] = round(curve_seconds, 2)
+    if cfg.compile:
+        summary["compile"] = {"widths": widths or "dynamic", "graphs": compiled_graphs() - graphs_before}
     if main:
         write_json(out / "final.json", summary)
     if world > 1:
@@ -460,7 +518,39 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
 COUNTERS = ("examples_seen", "forward_examples", "supervised_tokens", "tokens")
 # rows drawn; rows of suite kind 0; targets carrying loss; positions processed (padding included)
 RUN_FILES = ("run.json", "final.json", "train_log.jsonl", "curve.jsonl", "checkpoints",
-             "checkpoints/latest.json")  # what train writes in a run folder
+             "checkpoints/latest.json", "tensorboard")  # what train writes in a run folder
+
+
+def _tensorboard_writer():
+    """TensorBoard's writer class (it logs into RUN/tensorboard; the JSONL logs stay the record
+    of truth), looked up before the run folder is touched."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("train tensorboard needs the optional extra: pip install "
+                        "'retroplan[tensorboard]'.") from None
+    return SummaryWriter
+
+
+def _change_length(out: Path, old: dict, cfg: TrainConfig) -> None:
+    """A resumed run asked for another number of steps (`train --resume --steps N`): continue it
+    to N. The first steps stay what they were; the cosine schedule is the one of an N-step run
+    from here on (so after a finished run's end the rate rises from min_lr to where an N-step
+    run would be, then decays to min_lr at N): an extended run is not a fresh N-step run, and
+    run.json says so in `length_changes`."""
+    before = old.get("train", {}).get("steps")
+    if before == cfg.steps:
+        return
+    latest = checkpoint.latest_dir(out)
+    done = checkpoint.read_state(latest)["step"] if latest is not None else 0
+    require(cfg.steps >= done, f"cannot resume {out} to {cfg.steps} steps: it has trained {done} "
+            f"already; --steps must be at least {done}.")
+    changed = dict(old, train=dict(old.get("train", {}), steps=cfg.steps))
+    changed["length_changes"] = old.get("length_changes", []) + [
+        {"at_step": done, "from_steps": before, "to_steps": cfg.steps}]
+    write_json(out / "run.json", changed)
+    if done < cfg.steps:  # no longer finished: its summary is written again at the new end
+        (out / "final.json").unlink(missing_ok=True)
 
 
 def _our_temporary(path: Path) -> bool:

@@ -186,6 +186,8 @@ CASES = [
      "has no split 'holdout'", None, None),
     ("export-over-a-user-file", ["export", "{tmp}/suite", "--out", "{tmp}/rows.jsonl"], "already exists",
      write("rows.jsonl", "mine\n"), None),
+    ("export-into-a-user-folder", ["export", "{tmp}/suite", "--out", "{tmp}/mine"], "already exists",
+     write("mine/notes.txt", "mine\n"), None),
     # --- train: flags
     ("train-no-suite", ["train", "{tmp}/nowhere", "--out", "{tmp}/new-run"], "does not exist", None, None),
     ("train-unknown-preset", TRAIN + ["--preset", "huge"], "unknown model preset 'huge'", None, None),

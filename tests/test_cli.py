@@ -29,8 +29,9 @@ def test_generate_inspect_export_train_eval(tmp_path, capsys):
     assert "[example: train row 0, kind 0]" in out
     assert "reverse: writes the backward plan (goal to start); after the reversed target of Bachmann" in out
 
-    code, out, _ = run_cli(capsys, "export", suite, "--out", tmp_path / "rows.jsonl", "--split", "test")
+    code, out, _ = run_cli(capsys, "export", suite, "--out", tmp_path / "rows", "--split", "test")
     assert code == 0 and "wrote 30 rows" in out
+    assert (tmp_path / "rows" / "data" / "test-00000-of-00001.jsonl").is_file()
 
     code, out, err = run_cli(capsys, "train", suite, "--out", tmp_path / "run", "--preset", "tiny",
                              "--steps", 10, "--batch-size", 8, "--checkpoint-every", 5)

@@ -524,9 +524,9 @@ def test_gymnasium_env_passes_check_env_and_plays_by_the_rules():
 
 def test_sos_export_has_their_fields_and_a_search_path_their_way(make_suite, tmp_path):
     suite_dir = make_suite("countdown", "optimal", {}, sizes=SIZES)
-    n = export_suite(suite_dir, tmp_path / "sos.json", "sos", split="test")
-    rows = json.loads((tmp_path / "sos.json").read_text())
-    assert n == len(rows) == 30
+    counts = export_suite(suite_dir, tmp_path / "sos", "sos", split="test")
+    rows = json.loads((tmp_path / "sos" / "test.json").read_text())
+    assert counts == {"test": 30} and len(rows) == 30
     reached = 0
     for row in rows:
         assert set(row) == {"nums", "target", "solution", "search_path", "optimal_path", "rating",
@@ -553,8 +553,10 @@ def test_sos_export_has_their_fields_and_a_search_path_their_way(make_suite, tmp
 
 def test_jsonl_rows_carry_numbers_target_solution_and_the_searcher(make_suite, tmp_path):
     suite_dir = make_suite("countdown", "stream", {}, sizes=SIZES)
-    export_suite(suite_dir, tmp_path / "rows.jsonl", "jsonl", split="val")
-    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    export_suite(suite_dir, tmp_path / "rows", "jsonl", split="val")
+    rows = (tmp_path / "rows" / "data" / "validation-00000-of-00001.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in rows]
+    assert len(rows) == SIZES["val"]
     for row in rows:
         assert {"numbers", "target", "solution", "prompt", "completion", "searcher", "found"} <= set(row)
         assert row["searcher"] in cs.STRATEGIES

@@ -1,6 +1,10 @@
 """Tasks: the generators build what their papers describe, reproducibly, and the Gymnasium
 envs keep the contract."""
 
+import copy
+import re
+import subprocess
+import sys
 from collections import deque
 
 import gymnasium as gym
@@ -178,3 +182,308 @@ def test_infeasible_distance_is_reported_not_looped_forever():
                        structure="strongly-connected")
     with pytest.raises(UserError, match="lower min_distance or out_degree"):
         graph.sample_instances(cfg, 0, "train", np.arange(2))
+
+
+# --------------------------------------------------------------- RL: masks, penalty, time limits
+
+
+def random_walk_success(edges, start, goal, num_nodes, max_steps):
+    """The oracle's chance that a walker who picks uniformly among the legal moves (the distinct
+    successors of its node) reaches the goal within `max_steps` moves; a node without out-edges
+    stops it. Exact: the walk's distribution, moved one step at a time, the goal absorbing."""
+    succ = {u: sorted({int(b) for a, b in edges if a == u}) for u in range(num_nodes)}
+    mass = np.zeros(num_nodes)
+    mass[start] = 1.0
+    reached = 0.0
+    for _ in range(max_steps):
+        after = np.zeros(num_nodes)
+        for u in np.flatnonzero(mass):
+            for v in succ[u]:
+                after[v] += mass[u] / len(succ[u])
+        reached += after[goal]
+        after[goal] = 0.0
+        mass = after
+    return reached
+
+
+def play_masked(env, rng, reset_with, check=None):
+    """One episode of the masked random agent from `env.reset(seed=reset_with)` (an int) or
+    `env.reset(options=reset_with)` (a dict); returns (reward total, last info)."""
+    if isinstance(reset_with, dict):
+        obs, info = env.reset(options=reset_with)
+    else:
+        obs, info = env.reset(seed=reset_with)
+    total, done = 0.0, False
+    while not done:
+        legal = np.flatnonzero(info["action_mask"].reshape(-1))
+        assert legal.size, "a running episode always offers a legal move"
+        flat = int(rng.choice(legal))
+        action = np.array(np.unravel_index(flat, info["action_mask"].shape)) if info["action_mask"].ndim > 1 \
+            else flat
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert not info["illegal"]
+        if check is not None:
+            check(obs)
+        total += reward
+        done = terminated or truncated
+    if terminated:  # the goal, no legal move left, or (Countdown) no number left to combine
+        assert not info["action_mask"].any()
+    if terminated and total == 0.0 and "edges" in obs:  # off the goal on a graph: stuck
+        assert info["stuck"]
+    return total, info
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("retroplan/PathStar-v0", {"degree": 3, "path_len": 4, "num_nodes": 20}),
+    ("retroplan/PathStar-v0", {"degree": 2, "path_len": 6, "num_nodes": 30}),
+    ("retroplan/GraphPlan-v0", {"num_nodes": 12, "out_degree": 2, "min_distance": 2, "max_distance": 4}),
+    ("retroplan/GraphPlan-v0", {"num_nodes": 14, "out_degree": 2, "min_distance": 2, "max_distance": 4,
+                                "structure": "balanced"}),
+])
+def test_masked_random_agent_reaches_the_goal_at_the_oracle_rate(env_id, kwargs):
+    """On each of 10 instances, 150 episodes of the masked random agent reach the goal as often as
+    the oracle predicts for that instance (within 4 standard errors). A mask that let an illegal
+    move through trips the `illegal` assert and ends episodes early; one that hid a legal move
+    moves an instance's rate (path-star, degree 3: to 0 or 1/2 instead of 1/3) by more than 4
+    standard errors. Per instance, because over random instances such a mistake can average out."""
+    env = gym.make(env_id, **kwargs)
+    n, limit = kwargs["num_nodes"], env.spec.max_episode_steps
+    assert limit == n
+    rng = np.random.default_rng(0)
+    episodes, all_successes, all_predicted = 150, 0, 0.0
+    for seed in range(10):
+        obs, _ = env.reset(seed=seed)
+        inst = {"edges": obs["edges"].tolist(), "start": int(obs["start"]), "goal": int(obs["goal"])}
+        p = random_walk_success(inst["edges"], inst["start"], inst["goal"], n, limit)
+        if env_id == "retroplan/PathStar-v0":
+            # the arms are chains: 1 / degree at the centre, then one legal move per node
+            assert p == pytest.approx(1 / kwargs["degree"])
+        successes = sum(play_masked(env, rng, {"instance": inst})[0] == 1.0 for _ in range(episodes))
+        assert abs(successes - episodes * p) <= 4 * np.sqrt(episodes * p * (1 - p)) + 1e-9, (seed, p)
+        all_successes += successes
+        all_predicted += episodes * p
+    print(f"{env_id} {kwargs}: {all_successes}/{10 * episodes} reached the goal, "
+          f"oracle predicts {all_predicted:.1f}")
+
+
+def countdown_random_play_success(numbers, target, operations):
+    """The oracle's chance that a player who picks uniformly among the legal (i, j, op) of the
+    current numbers ends on the target (plain Python arithmetic, not the env's code)."""
+    if len(numbers) == 1:
+        return float(numbers[0] == target)
+    outcomes = []
+    for i in range(len(numbers)):
+        for j in range(len(numbers)):
+            if i == j:
+                continue
+            hi, lo = max(numbers[i], numbers[j]), min(numbers[i], numbers[j])
+            results = {"+": numbers[i] + numbers[j], "*": numbers[i] * numbers[j], "-": hi - lo,
+                       "/": hi // lo if lo and hi % lo == 0 else None}
+            for sym in operations:
+                if results[sym] is not None:
+                    rest = [v for k, v in enumerate(numbers) if k not in (i, j)] + [results[sym]]
+                    outcomes.append(countdown_random_play_success(rest, target, operations))
+    return sum(outcomes) / len(outcomes) if outcomes else 0.0
+
+
+@pytest.mark.parametrize("flat_actions", [False, True])
+def test_masked_random_countdown_player_wins_at_the_oracle_rate(flat_actions):
+    env = gym.make("retroplan/Countdown-v0", n_inputs=3, max_input=12, min_target=4, max_target=30,
+                   flat_actions=flat_actions)
+    assert env.spec.max_episode_steps == 8
+    space = env.unwrapped.observation_space
+    rng = np.random.default_rng(1)
+    wins, predicted, variance = 0, 0.0, 0.0
+    for episode in range(600):
+        obs, _ = env.reset(seed=episode)
+        p = countdown_random_play_success(obs["numbers"].tolist(), int(obs["target"][0]), "+-*/")
+        predicted += p
+        variance += p * (1 - p)
+        total, info = play_masked(env, rng, episode, check=lambda o: space.contains(o))
+        assert space.contains(obs)
+        wins += total == 1.0
+    print(f"countdown flat={flat_actions}: {wins}/600 won, oracle predicts {predicted:.1f}")
+    assert abs(wins - predicted) <= 4 * np.sqrt(variance)
+
+
+def legal_by_stepping(env, action):
+    """Whether `action` is legal: step a copy of the env and read `info["illegal"]`."""
+    twin = copy.deepcopy(env)
+    return not twin.step(action)[4]["illegal"]
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("retroplan/PathStar-v0", {"degree": 3, "path_len": 4, "num_nodes": 12}),
+    ("retroplan/GraphPlan-v0", {"num_nodes": 10, "out_degree": 3, "min_distance": 2, "max_distance": 4}),
+])
+def test_graph_mask_marks_exactly_the_legal_moves(env_id, kwargs):
+    env = gym.make(env_id, **kwargs).unwrapped
+    rng = np.random.default_rng(2)
+    for episode in range(10):
+        obs, info = env.reset(seed=episode)
+        inst = {"edges": obs["edges"].tolist(), "start": int(obs["start"]), "goal": int(obs["goal"])}
+        done = False
+        while not done:
+            mask = info["action_mask"]
+            assert mask.dtype == bool and mask.shape == (kwargs["num_nodes"],)
+            assert np.array_equal(mask, env.action_masks())
+            assert set(np.flatnonzero(mask)) == set(digraph.successors(inst, int(obs["current"])))
+            assert [legal_by_stepping(env, a) for a in range(kwargs["num_nodes"])] == mask.tolist()
+            obs, _, terminated, truncated, info = env.step(int(rng.choice(np.flatnonzero(mask))))
+            done = terminated or truncated
+        assert not info["action_mask"].any() or truncated
+
+
+def test_countdown_mask_marks_exactly_the_legal_moves():
+    from retroplan.envs import countdown as cd
+
+    for config in ({"max_input": 20}, {"operations": "-/", "max_input": 30, "max_target": 20},
+                   {"operations": "/", "n_inputs": 3, "max_input": 12, "min_target": 1, "max_target": 3}):
+        env = gym.make("retroplan/Countdown-v0", **config).unwrapped
+        operations = env.config.operations
+        n = env.config.n_inputs
+        rng = np.random.default_rng(3)
+        for episode in range(6):
+            obs, info = env.reset(seed=episode)
+            done = False
+            while not done:
+                mask = info["action_mask"]
+                assert mask.dtype == bool and mask.shape == (n, n, 4)
+                numbers = [v for v in obs["numbers"].tolist() if v >= 0]
+                for i, j, op in np.ndindex(n, n, 4):
+                    assert mask[i, j, op] == legal_by_stepping(env, np.array([i, j, op])), (numbers, i, j, op)
+                    if mask[i, j, op]:  # the verifier agrees: the move written as SoS writes it is legal
+                        ok, result, first, second = cd.combine(np.int64(numbers[i]), np.int64(numbers[j]), op)
+                        step = cd.format_step(first, op, second, result)
+                        after, why = cd.apply_step(numbers, step, operations)
+                        assert after is not None, why
+                i, j, op = np.unravel_index(int(rng.choice(np.flatnonzero(mask))), mask.shape)
+                obs, _, terminated, truncated, info = env.step(np.array([i, j, op]))
+                done = terminated or truncated
+            assert not info["action_mask"].any()
+
+
+def test_no_legal_move_left_ends_the_episode():
+    env = gym.make("retroplan/Countdown-v0", operations="/", n_inputs=3, max_input=12, min_target=1,
+                   max_target=3)
+    _, info = env.reset(options={"instance": {"numbers": [4, 2, 3], "target": 1}})
+    assert sorted(map(tuple, np.argwhere(info["action_mask"]))) == [(0, 1, 3), (1, 0, 3)]  # only 4/2
+    obs, reward, terminated, truncated, info = env.step(np.array([0, 1, 3]))  # 4/2, then 3 and 2
+    assert obs["numbers"].tolist() == [3, 2, -1] and (reward, terminated, truncated) == (0.0, True, False)
+    assert info["stuck"] and not info["illegal"] and not info["action_mask"].any()
+
+
+def test_flat_countdown_actions_are_the_triples_in_order():
+    env = gym.make("retroplan/Countdown-v0", flat_actions=True).unwrapped
+    assert env.action_space == gym.spaces.Discrete(4 * 4 * 4)
+    _, info = env.reset(options={"instance": {"numbers": [12, 63, 96, 99], "target": 33}})
+    assert info["action_mask"].shape == (64,) and not info["action_mask"][(0 * 4 + 3) * 4 + 3]  # 99/12
+    # 99-96=3 (slots 2, 3, op 2), then 63/3 (slots 1, 2, op 3), then 12+21 (slots 0, 1, op 0)
+    for i, j, op in ((2, 3, 2), (1, 2, 3), (0, 1, 0)):
+        assert info["action_mask"][(i * 4 + j) * 4 + op]
+        obs, reward, terminated, _, info = env.step((i * 4 + j) * 4 + op)
+    assert reward == 1.0 and terminated and obs["numbers"].tolist() == [33, -1, -1, -1]
+
+
+def test_penalty_keeps_the_state_and_the_time_limit_ends_the_episode():
+    env = gym.make("retroplan/PathStar-v0", degree=2, path_len=3, num_nodes=8, illegal="penalty",
+                   illegal_penalty=0.25)
+    obs, info = env.reset(seed=0)
+    start, mask = int(obs["start"]), info["action_mask"]
+    non_edge = int(np.flatnonzero(~mask)[0])
+    obs2, reward, terminated, truncated, info2 = env.step(non_edge)
+    assert (reward, terminated, truncated, info2["illegal"]) == (-0.25, False, False, True)
+    assert int(obs2["current"]) == start and np.array_equal(info2["action_mask"], mask)
+    for step in range(2, 9):  # max_episode_steps = num_nodes = 8 moves in all
+        _, reward, terminated, truncated, info2 = env.step(non_edge)
+        assert reward == -0.25 and not terminated and truncated == (step == 8)
+    # legal moves still work after illegal ones
+    obs, _ = env.reset(seed=0)
+    env.step(non_edge)
+    inst = {"edges": obs["edges"].tolist(), "start": start, "goal": int(obs["goal"])}
+    plan = [int(obs["goal"])]
+    while plan[0] != start:
+        plan.insert(0, next(u for u, v in inst["edges"] if v == plan[0]))
+    for node in plan[1:]:
+        _, reward, terminated, _, info2 = env.step(node)
+    assert reward == 1.0 and terminated and not info2["illegal"]
+
+    cd_env = gym.make("retroplan/Countdown-v0", illegal="penalty")  # default penalty 0.1, 12 moves
+    obs, _ = cd_env.reset(options={"instance": {"numbers": [12, 63, 96, 99], "target": 33}})
+    for step in range(1, 13):
+        obs2, reward, terminated, truncated, info = cd_env.step(np.array([0, 3, 3]))  # 99/12: inexact
+        assert reward == -0.1 and info["illegal"] and info["reachable"] and not terminated
+        assert np.array_equal(obs2["numbers"], obs["numbers"]) and truncated == (step == 12)
+
+
+def test_max_steps_and_the_registered_time_limit():
+    from retroplan.envs import countdown as cd
+
+    for env_id, task, kwargs in (("retroplan/PathStar-v0", pathstar, {"num_nodes": 31}),
+                                 ("retroplan/GraphPlan-v0", graph, {}),
+                                 ("retroplan/Countdown-v0", cd, {"n_inputs": 5})):
+        env = gym.make(env_id, **kwargs)
+        assert env.spec.max_episode_steps == task.max_episode_steps(make_config(task.NAME, kwargs))
+        assert gym.make(env_id, max_steps=7, **kwargs).spec.max_episode_steps == 7
+    assert pathstar.max_episode_steps(pathstar.Config(num_nodes=31)) == 31
+    assert cd.max_episode_steps(cd.Config(n_inputs=5)) == 16
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("retroplan/PathStar-v0", {"illegal": "penalty", "illegal_penalty": 1}),
+    ("retroplan/GraphPlan-v0", {"structure": "balanced", "illegal": "penalty"}),
+    ("retroplan/Countdown-v0", {}),
+    ("retroplan/Countdown-v0", {"flat_actions": True, "illegal": "penalty", "n_inputs": 6, "max_input": 999}),
+])
+def test_every_env_passes_check_env_with_its_mask(env_id, kwargs):
+    env = gym.make(env_id, **kwargs)
+    check_env(env.unwrapped)
+    _, info = env.reset(seed=0)
+    assert np.array_equal(info["action_mask"], env.unwrapped.action_masks())
+    assert info["action_mask"].dtype == bool and info["action_mask"].any()
+    space, cfg = env.unwrapped.observation_space, env.unwrapped.config
+    if env_id == "retroplan/Countdown-v0":
+        assert space["numbers"].high.max() == max(cfg.max_input, 2) ** cfg.n_inputs
+        assert space["numbers"].high.max() < 2**63
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"illegal": "skip"}, "illegal must be one of end, penalty, got 'skip'."),
+    ({"illegal_penalty": -1}, "illegal_penalty must be a number >= 0, got -1."),
+    ({"illegal_penalty": "0.1"}, "illegal_penalty must be a number >= 0"),
+    ({"max_steps": 0}, "max_steps must be a positive integer"),
+])
+def test_bad_env_options_are_refused_with_a_sentence(kwargs, fragment):
+    for env_id in ("retroplan/PathStar-v0", "retroplan/Countdown-v0"):
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            gym.make(env_id, **kwargs)
+    with pytest.raises(UserError, match="flat_actions must be true or false"):
+        gym.make("retroplan/Countdown-v0", flat_actions="yes")
+    with pytest.raises(UserError, match="numbers must lie in 1..99"):
+        gym.make("retroplan/Countdown-v0").reset(
+            options={"instance": {"numbers": [1, 2, 3, 1000], "target": 33}})
+    with pytest.raises(UserError, match="edges of shape"):
+        gym.make("retroplan/PathStar-v0").reset(
+            options={"instance": {"edges": [[0, 1]], "start": 0, "goal": 1}})
+
+
+def test_import_retroplan_registers_the_envs_without_loading_them():
+    code = (
+        "import sys, retroplan, gymnasium\n"
+        "assert 'retroplan.envs' not in sys.modules and 'numba' not in sys.modules\n"
+        "env = gymnasium.make('retroplan/PathStar-v0')\n"
+        "obs, info = env.reset(seed=0)\n"
+        "assert info['action_mask'].sum() == 2 and env.spec.max_episode_steps == 50\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_registration_table_names_every_task():
+    import retroplan
+    from retroplan.envs import TASKS
+
+    assert retroplan.ENV_ENTRY_POINTS == {t.ENV_ID: f"{t.__name__}:make_env" for t in TASKS.values()}
+    for env_id in retroplan.ENV_ENTRY_POINTS:
+        assert gym.spec(env_id).entry_point == retroplan.ENV_ENTRY_POINTS[env_id]

@@ -89,7 +89,7 @@ def test_a_different_experiment_file_cannot_reuse_the_folder(study, tmp_path):
     _, out, _ = study
     other = tmp_path / "other.toml"
     other.write_text(TOML.replace("steps = 12", "steps = 13"))
-    with pytest.raises(UserError, match="different experiment file"):
+    with pytest.raises(UserError, match="different experiment"):
         run_experiment(other, out, progress=False)
 
 
@@ -101,8 +101,9 @@ def test_show_trace_draws_teacher_and_model_side_by_side(study, tmp_path, capsys
     # the 12-step model writes no parseable stream: its panel shows the text it wrote
     written = show_trace(run / "eval-test", 0, out=tmp_path / "text.png")
     assert [p.suffix for p in written] == [".png", ".svg"] and written[0].stat().st_size > 10000
-    # an eval whose model streams parse: copy it and let the "model" write a detour stream
-    ev = tmp_path / "eval"
+    # an eval whose model streams parse: copy it (beside the original, where its relative path to
+    # the suite holds) and let the "model" write a detour stream
+    ev = run / "eval-test-detour"
     shutil.copytree(run / "eval-test", ev)
     records = [json.loads(line) for line in (ev / "records.jsonl").read_text().splitlines()]
     ref = records[0]["reference"].split()
@@ -110,6 +111,7 @@ def test_show_trace_draws_teacher_and_model_side_by_side(study, tmp_path, capsys
     records[0]["generated"] = f"at {centre} dead back {centre} " + " ".join(ref[2:])
     (ev / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     written = show_trace(ev, 0, out=tmp_path / "tree.png")
+    shutil.rmtree(ev)
     assert written[0].stat().st_size > 10000
     assert main(["show-trace", str(out / "suites" / "d3-backward-stream-s0"), "--index", "2",
                  "--out", str(tmp_path / "suite-tree.png")]) == 0
@@ -255,3 +257,78 @@ def test_every_json_file_a_study_writes_is_strict_json(study):
         text = path.read_text()
         for line in (text.splitlines() if path.suffix == ".jsonl" else [text]):
             strict(line)
+
+
+def test_set_overrides_dotted_keys_with_toml_values():
+    from retroplan.experiment import apply_overrides
+
+    raw = {"seeds": [0], "train": {"steps": 12}, "conditions": [{"degree": 2}, {"degree": 3}]}
+    got = apply_overrides(raw, ["train.steps=3000", "seeds=[0, 1, 2]", "conditions.1.degree=4",
+                                "study.budget=examples", "train.lr=1e-3", 'eval.split="val"'])
+    assert got == {"seeds": [0, 1, 2], "train": {"steps": 3000, "lr": 1e-3},
+                   "conditions": [{"degree": 2}, {"degree": 4}],
+                   "study": {"budget": "examples"}, "eval": {"split": "val"}}
+    assert raw["train"] == {"steps": 12}  # the parsed file itself is left alone
+    for bad, message in [("train.steps", "must be KEY=VALUE"), ("conditions.5.degree=3", "not an index"),
+                         ("seeds.x=1", "not an index"), ("train.steps.x=1", "is not a table"),
+                         ("name=two words", "neither a TOML value")]:
+        with pytest.raises(UserError, match=message):
+            apply_overrides(raw, [bad])
+
+
+def test_set_overrides_are_part_of_the_study_identity(tmp_path, capsys):
+    toml = tmp_path / "one.toml"
+    toml.write_text(TOML.replace('["optimal", "stream", "backward-stream"]', '["optimal"]')
+                    .replace("seeds = [0, 1]", "seeds = [0]"))
+    out = tmp_path / "out"
+    assert main(["run", str(toml), "--out", str(out), "--set", "train.steps=6",
+                 "--set", "conditions=[{label='d2', degree=2, path_len=3, num_nodes=10}]"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["condition"], r["steps"]) for r in rows] == [("d2", "6")]
+    assert "--set train.steps=6" in (out / "report.md").read_text()
+    final = out / "runs" / "d2-optimal-s0" / "final.json"
+    stamp = final.stat().st_mtime_ns
+    # the same overrides reuse the folder; other ones (or none) are another experiment
+    run_experiment(toml, out, progress=False, overrides=[
+        "train.steps=6", "conditions=[{label='d2', degree=2, path_len=3, num_nodes=10}]"])
+    assert final.stat().st_mtime_ns == stamp
+    for overrides in ([], ["train.steps=7"]):
+        with pytest.raises(UserError, match="different experiment"):
+            run_experiment(toml, out, progress=False, overrides=overrides)
+
+
+def test_run_under_torchrun_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TOML)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="WORLD_SIZE=2"):
+        run_experiment(toml, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    from retroplan import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"retroplan {__version__}"
+
+
+def test_a_study_folder_moved_elsewhere_still_finds_its_suites(study, tmp_path, monkeypatch):
+    import shutil
+
+    _, out, _ = study
+    run = json.loads((out / "runs" / "d3-stream-s0" / "run.json").read_text())
+    metrics = json.loads((out / "runs" / "d3-stream-s0" / "eval-test" / "metrics.json").read_text())
+    # stored relative to the folder that holds them, never to where `run` was started
+    assert run["suite"] == "../../suites/d3-stream-s0"
+    assert (metrics["suite"], metrics["run"]) == ("../../../suites/d3-stream-s0", "..")
+    moved = tmp_path / "elsewhere" / "study"
+    shutil.copytree(out, moved)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # neither the old folder nor the new one
+    pngs = show_trace(moved / "runs" / "d3-stream-s0", index=0, out=tmp_path / "t.png")
+    assert pngs[0].stat().st_size > 5000
+    assert main(["eval", str(moved / "runs" / "d3-stream-s0"), "--limit", "3"]) == 0
+    assert (moved / "runs" / "d3-stream-s0" / "eval-test-limit3" / "metrics.json").exists()

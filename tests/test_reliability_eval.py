@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from retroplan import checkpoint
 from retroplan.cli import main
 from retroplan.errors import UserError
 from retroplan.experiment import run_experiment
@@ -177,7 +178,7 @@ def test_eval_on_prompts_longer_than_the_models_context_is_refused(q, tmp_path, 
 
 def test_eval_refuses_the_runs_suite_when_it_was_replaced(q, tmp_path, capsys):
     run = q / "runs" / "d2-optimal-s0"
-    suite = Path(json.loads((run / "run.json").read_text())["suite"])
+    suite = checkpoint.run_suite(run, json.loads((run / "run.json").read_text()))
     own = tmp_path / "own-suite"
     shutil.copytree(suite, own)  # the suite the run names, replaced by a suite of another seed
     shutil.rmtree(suite)

@@ -254,15 +254,19 @@ def independent_replay(row):
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_exported_pathstar_rows_replay_in_an_independent_checker(make_suite, tmp_path, fmt):
     suite_dir = make_suite("pathstar", "revfwd", {"degree": 3, "path_len": 5})
-    out = tmp_path / f"rows.{fmt}"
-    n = export_suite(suite_dir, out, fmt)
-    if fmt == "jsonl":
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-    else:
-        import pyarrow.parquet as pq
+    out = tmp_path / f"rows-{fmt}"
+    counts = export_suite(suite_dir, out, fmt)
+    rows = []
+    for split in ("train", "validation", "test"):  # one file per split
+        path = out / "data" / f"{split}-00000-of-00001.{fmt}"
+        if fmt == "jsonl":
+            rows += [json.loads(line) for line in path.read_text().splitlines()]
+        else:
+            import pyarrow.parquet as pq
 
-        rows = pq.read_table(out).to_pylist()
-    assert n == len(rows) == 300 + 40 + 60
+            rows += pq.read_table(path).to_pylist()
+    assert counts == {"train": 300, "val": 40, "test": 60}
+    assert len(rows) == 300 + 40 + 60
     for row in rows:
         assert independent_replay(row), row
         # the completion text is the variant's: the reversed plan, then the plan

@@ -3,8 +3,6 @@ Gymnasium env; `TASKS` maps the task names used everywhere (CLI, TOML, suites) t
 
 from __future__ import annotations
 
-import gymnasium as gym
-
 from ..errors import UserError, require
 from . import countdown, graph, pathstar
 
@@ -28,6 +26,4 @@ def make_config(task_name: str, values: dict):
     return cfg
 
 
-for _task in TASKS.values():
-    if _task.ENV_ID not in gym.registry:
-        gym.register(id=_task.ENV_ID, entry_point=f"{_task.__name__}:Env")
+# The Gymnasium ids are registered by `import retroplan` (retroplan/__init__.py: ENV_ENTRY_POINTS).

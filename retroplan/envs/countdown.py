@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass
 
 import gymnasium as gym
@@ -34,6 +35,7 @@ from numba import njit, prange
 
 from .. import rng
 from ..errors import UserError, require
+from . import rl
 from .splits import split_stream
 
 NAME = "countdown"
@@ -707,74 +709,182 @@ def _undo(goal: int, a: int, operations: str) -> list[int]:
 # --------------------------------------------------------------------------- Gymnasium
 
 
+def max_value(cfg: Config) -> int:
+    """An upper bound on every number a game of this config can hold: max(max_input, 2) ** n_inputs
+    (a + b and a * b of values <= B**i and B**j stay <= B**(i + j) when B >= 2; - and / only
+    shrink). At most 999**6 < 2**63."""
+    return max(cfg.max_input, 2) ** cfg.n_inputs
+
+
+def max_episode_steps(cfg: Config) -> int:
+    """Moves before a Countdown episode is truncated: 4 (n_inputs - 1), the n_inputs - 1 moves of
+    every game plus room for 3 (n_inputs - 1) illegal ones with `illegal="penalty"` (with
+    `illegal="end"` a game always ends first)."""
+    return 4 * (cfg.n_inputs - 1)
+
+
 class Env(gym.Env):
     """`retroplan/Countdown-v0`: combine the numbers into the target.
 
     Observation: `numbers` (n slots; the list after each move, as SoS keeps it: the two used
-    numbers removed, the result appended; empty slots are -1) and `target`. Action
-    (i, j, op): combine the numbers in slots i and j with op (0 +, 1 *, 2 larger-smaller,
-    3 exact larger/smaller). Reward 1 when the last number is the target; the episode ends when
-    one number is left. An illegal action (same or empty slot, inexact division, an operation
-    the config leaves out) ends the episode with reward 0 and `info["illegal"] = True`.
-    `info["reachable"]` is the oracle's R(s) for the new numbers.
+    numbers removed, the result appended; empty slots are -1; values in 0..`max_value(cfg)`) and
+    `target` (in min_target..max_target).
+
+    Action (i, j, op), `MultiDiscrete([n, n, 4])`: combine the numbers in slots i and j with
+    operation code op, the codes of `OP_SYMBOLS`:
+
+        0  +   a + b
+        1  *   a * b
+        2  -   larger - smaller
+        3  /   larger / smaller, only when exact
+
+    (i, j) and (j, i) are the same move. With `flat_actions=True` the action is one integer
+    (i * n + j) * 4 + op in `Discrete(n * n * 4)` (what MaskablePPO needs: its MultiDiscrete masks
+    are per dimension and cannot say which pairs are legal).
+
+    Reward 1 when the last number is the target; the episode ends when one number is left, or,
+    with `info["stuck"] = True` and reward 0, when no legal move is left (possible only with
+    `operations="/"`). An illegal action (same or empty slot, inexact division or by zero, an
+    operation the config leaves out) sets `info["illegal"] = True` and, with `illegal="end"`
+    (default), ends the episode with reward 0; with `illegal="penalty"` it gives reward
+    `-illegal_penalty` and leaves the numbers as they were. Truncated after `max_steps` moves
+    (default `max_episode_steps(cfg)`). `info["reachable"]` is the oracle's R(s) for the numbers
+    now (False after an illegal move with `illegal="end"`). `info["action_mask"]` /
+    `action_masks()`: bool, shape (n, n, 4) (flat: (n * n * 4,)), True exactly at the legal
+    (i, j, op); all False once the episode has ended. See `envs/rl.py`.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def __init__(self, render_mode: str | None = None, **config):
+    def __init__(self, render_mode: str | None = None, illegal: str = "end",
+                 illegal_penalty: float = rl.DEFAULT_ILLEGAL_PENALTY, max_steps: int | None = None,
+                 flat_actions: bool = False, **config):
         self.config = Config(**config)
         self.config.validate()
+        rl.check_options(illegal, illegal_penalty, max_steps)
+        require(isinstance(flat_actions, bool), f"flat_actions must be true or false, got {flat_actions!r}.")
+        self.illegal = illegal
+        self.illegal_penalty = float(illegal_penalty)
+        self.max_steps = max_episode_steps(self.config) if max_steps is None else max_steps
+        self.flat_actions = flat_actions
         n = self.config.n_inputs
         self.observation_space = spaces.Dict({
-            "numbers": spaces.Box(-1, VALUE_LIMIT, shape=(n,), dtype=np.int64),
-            "target": spaces.Box(0, VALUE_LIMIT, shape=(1,), dtype=np.int64),
+            "numbers": spaces.Box(-1, max_value(self.config), shape=(n,), dtype=np.int64),
+            "target": spaces.Box(self.config.min_target, self.config.max_target, shape=(1,), dtype=np.int64),
         })
-        self.action_space = spaces.MultiDiscrete([n, n, 4])
+        self.action_space = spaces.Discrete(n * n * 4) if flat_actions else spaces.MultiDiscrete([n, n, 4])
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}.")
         self.render_mode = render_mode
         self._numbers: list[int] = []
         self._target = 0
+        self._moves = 0
+        self._over = False
+        self._reachable = False
+        self._allowed = np.array([c in self.config.operations for c in OP_SYMBOLS])
 
     def _obs(self):
         slots = self._numbers + [-1] * (self.config.n_inputs - len(self._numbers))
         return {"numbers": np.array(slots, dtype=np.int64),
                 "target": np.array([self._target], dtype=np.int64)}
 
+    def _joint_mask(self) -> np.ndarray:
+        """bool (n, n, 4): [i, j, op] is True when combining slots i and j with op is legal."""
+        n = self.config.n_inputs
+        mask = np.zeros((n, n, 4), dtype=bool)
+        m = len(self._numbers)
+        if self._over or m < 2:
+            return mask
+        values = np.array(self._numbers, dtype=np.int64)
+        hi, lo = np.maximum.outer(values, values), np.minimum.outer(values, values)
+        pair = ~np.eye(m, dtype=bool)
+        exact = (lo != 0) & (hi % np.where(lo == 0, 1, lo) == 0)
+        legal = {ADD: pair, MUL: pair, SUB: pair, DIV: pair & exact}
+        for op, where in legal.items():
+            if self._allowed[op]:
+                mask[:m, :m, op] = where
+        return mask
+
+    def action_masks(self) -> np.ndarray:
+        """bool, True where an action is legal now: shape (n, n, 4), or (n * n * 4,) with flat_actions."""
+        mask = self._joint_mask()
+        return mask.reshape(-1) if self.flat_actions else mask
+
+    def _info(self, illegal: bool | None = None, stuck: bool = False) -> dict:
+        info = {"reachable": self._reachable, "action_mask": self.action_masks()}
+        if illegal is not None:
+            info["illegal"] = illegal
+            info["stuck"] = stuck
+        return info
+
+    def _decode(self, action) -> tuple[int, int, int]:
+        if self.flat_actions:
+            pair, op = divmod(int(action), 4)
+            i, j = divmod(pair, self.config.n_inputs)
+            return i, j, op
+        i, j, op = (int(x) for x in action)
+        return i, j, op
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        cfg = self.config
         if options and "instance" in options:
             given = options["instance"]
             numbers = [int(x) for x in given["numbers"]]
-            require(len(numbers) == self.config.n_inputs,
-                    f"the instance has {len(numbers)} numbers; this env takes {self.config.n_inputs}.")
-            self._numbers, self._target = numbers, int(given["target"])
+            target = int(given["target"])
+            require(len(numbers) == cfg.n_inputs,
+                    f"the instance has {len(numbers)} numbers; this env takes {cfg.n_inputs}.")
+            require(all(cfg.min_input <= x <= cfg.max_input for x in numbers)
+                    and cfg.min_target <= target <= cfg.max_target,
+                    f"the instance's numbers must lie in {cfg.min_input}..{cfg.max_input} and its target "
+                    f"in {cfg.min_target}..{cfg.max_target} (this env's config), got {numbers} and {target}.")
+            self._numbers, self._target = numbers, target
         else:
             instance_seed = int(self.np_random.integers(0, 2**62))
-            batch = sample_instances(self.config, instance_seed, "env", np.arange(1))
+            batch = rl.sample_one(sys.modules[__name__], cfg, instance_seed)
             self._numbers, self._target = batch["numbers"][0].tolist(), int(batch["target"][0])
-        return self._obs(), {"reachable": reachable(self._numbers, self._target, self.config.operations)}
+        self._moves = 0
+        self._over = False
+        self._reachable = reachable(self._numbers, self._target, cfg.operations)
+        return self._obs(), self._info()
+
+    def _legal(self, i: int, j: int, op: int) -> tuple[bool, int]:
+        m = len(self._numbers)
+        if not (0 <= i < m and 0 <= j < m and 0 <= op < 4) or i == j or not self._allowed[op]:
+            return False, 0
+        ok, result, _, _ = combine(np.int64(self._numbers[i]), np.int64(self._numbers[j]), op)
+        return bool(ok), int(result)
 
     def step(self, action):
-        i, j, op = (int(x) for x in action)
-        m = len(self._numbers)
-        illegal = {"illegal": True, "reachable": False}
-        if i == j or i >= m or j >= m or OP_SYMBOLS[op] not in self.config.operations:
-            return self._obs(), 0.0, True, False, illegal
-        ok, result, _, _ = combine(np.int64(self._numbers[i]), np.int64(self._numbers[j]), op)
+        i, j, op = self._decode(action)
+        self._moves += 1
+        out_of_moves = self._moves >= self.max_steps
+        ok, result = self._legal(i, j, op)
         if not ok:
-            return self._obs(), 0.0, True, False, illegal
-        self._numbers = [v for k, v in enumerate(self._numbers) if k not in (i, j)] + [int(result)]
+            if self.illegal == "end":
+                self._over = True
+                self._reachable = False
+                return self._obs(), 0.0, True, False, self._info(illegal=True)
+            return self._obs(), -self.illegal_penalty, False, out_of_moves, self._info(illegal=True)
+        self._numbers = [v for k, v in enumerate(self._numbers) if k not in (i, j)] + [result]
+        self._reachable = reachable(self._numbers, self._target, self.config.operations)
         done = len(self._numbers) == 1
         reward = 1.0 if done and self._numbers[0] == self._target else 0.0
-        info = {"illegal": False,
-                "reachable": reachable(self._numbers, self._target, self.config.operations)}
-        return self._obs(), reward, done, False, info
+        stuck = not done and not self._joint_mask().any()
+        self._over = done or stuck
+        truncated = not self._over and out_of_moves
+        return self._obs(), reward, self._over, truncated, self._info(illegal=False, stuck=stuck)
 
     def render(self):
         if self.render_mode == "ansi":
             return f"numbers {self._numbers} -> target {self._target}"
         return None
+
+
+def make_env(**kwargs):
+    """The registered entry point of `retroplan/Countdown-v0`: `Env(**kwargs)` in a `TimeLimit`
+    of its `max_steps` (see `envs/rl.py`)."""
+    return rl.with_time_limit(Env(**kwargs))
 
 
 def max_rating_nodes(n: int) -> int:

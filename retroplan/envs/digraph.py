@@ -21,6 +21,8 @@ from gymnasium import spaces
 from numba import njit, prange
 
 from .. import rng
+from ..errors import require
+from . import rl
 
 INSTANCE_FIELDS = ("edges", "start", "goal", "plan", "plan_len")
 
@@ -270,26 +272,44 @@ class _EnvInstance:
     goal: int
 
 
+def max_episode_steps(cfg) -> int:
+    """Moves before a graph-task episode is truncated: `num_nodes` (a walk that enters no node
+    twice needs at most num_nodes - 1; the rest is room for illegal moves with
+    `illegal="penalty"`)."""
+    return cfg.num_nodes
+
+
 class DigraphEnv(gym.Env):
     """Walk from the start to the goal of one graph instance.
 
     Observation: the instance (`edges`, `start`, `goal`) and the `current` node.
-    Action: the next node. Reward 1 on reaching the goal (the episode ends); a move along a
-    non-edge ends the episode with reward 0 and `info["illegal"] = True`; the episode is
-    truncated after `num_nodes` moves.
+    Action: the next node (`Discrete(num_nodes)`). Reward 1 on reaching the goal (the episode
+    ends). A move to a node without out-edges other than the goal ends the episode with reward 0
+    and `info["stuck"] = True` (no legal move is left). A move along a non-edge sets
+    `info["illegal"] = True` and, with `illegal="end"` (default), ends the episode with reward 0;
+    with `illegal="penalty"` it gives reward `-illegal_penalty` and leaves the walker where it
+    was. The episode is truncated after `max_steps` moves (default `num_nodes`).
+    `info["action_mask"]` / `action_masks()`: bool (num_nodes,), True at the current node's
+    successors (all False once the episode has ended). See `envs/rl.py`.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
     task = None  # the task module; set by subclasses
 
-    def __init__(self, render_mode: str | None = None, **config):
+    def __init__(self, render_mode: str | None = None, illegal: str = "end",
+                 illegal_penalty: float = rl.DEFAULT_ILLEGAL_PENALTY, max_steps: int | None = None,
+                 **config):
         self.config = self.task.Config(**config)
         self.config.validate()
+        rl.check_options(illegal, illegal_penalty, max_steps)
+        self.illegal = illegal
+        self.illegal_penalty = float(illegal_penalty)
+        self.max_steps = max_episode_steps(self.config) if max_steps is None else max_steps
         n = self.config.num_nodes
-        num_edges = self.task.num_edges(self.config)
+        self._num_edges = self.task.num_edges(self.config)
         self.observation_space = spaces.Dict(
             {
-                "edges": spaces.Box(0, n - 1, shape=(num_edges, 2), dtype=np.int64),
+                "edges": spaces.Box(0, n - 1, shape=(self._num_edges, 2), dtype=np.int64),
                 "start": spaces.Discrete(n),
                 "goal": spaces.Discrete(n),
                 "current": spaces.Discrete(n),
@@ -302,7 +322,10 @@ class DigraphEnv(gym.Env):
         self._inst = None
         self._current = 0
         self._moves = 0
+        self._over = False
         self._edge_set: set[tuple[int, int]] = set()
+        self._succ_start = np.zeros(n + 1, dtype=np.int64)  # CSR: successors of u are
+        self._succ = np.zeros(0, dtype=np.int64)             # _succ[_succ_start[u]:_succ_start[u + 1]]
 
     def _obs(self):
         return {
@@ -312,32 +335,68 @@ class DigraphEnv(gym.Env):
             "current": np.int64(self._current),
         }
 
+    def _successors(self, node: int) -> np.ndarray:
+        return self._succ[self._succ_start[node]:self._succ_start[node + 1]]
+
+    def action_masks(self) -> np.ndarray:
+        """bool (num_nodes,): True where a move from the current state is legal."""
+        mask = np.zeros(self.config.num_nodes, dtype=bool)
+        if not self._over:
+            mask[self._successors(self._current)] = True
+        return mask
+
+    def _info(self, illegal: bool | None = None, stuck: bool = False) -> dict:
+        info = {"action_mask": self.action_masks()}
+        if illegal is not None:
+            info["illegal"] = illegal
+            info["stuck"] = stuck
+        return info
+
+    def _given_instance(self, given) -> _EnvInstance:
+        n = self.config.num_nodes
+        edges = np.asarray(given["edges"], dtype=np.int64)
+        require(edges.shape == (self._num_edges, 2),
+                f"the instance has edges of shape {edges.shape}; this env takes ({self._num_edges}, 2).")
+        start, goal = int(given["start"]), int(given["goal"])
+        require(bool(np.all((edges >= 0) & (edges < n))) and 0 <= start < n and 0 <= goal < n,
+                f"the instance's nodes must lie in 0..{n - 1} (num_nodes={n}).")
+        return _EnvInstance(edges, start, goal)
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if options and "instance" in options:
-            given = options["instance"]
-            inst = _EnvInstance(np.asarray(given["edges"], dtype=np.int64), int(given["start"]),
-                                int(given["goal"]))
+            inst = self._given_instance(options["instance"])
         else:
             instance_seed = int(self.np_random.integers(0, 2**62))
-            batch = self.task.sample_instances(self.config, instance_seed, "env", np.arange(1))
+            batch = rl.sample_one(self.task, self.config, instance_seed)
             inst = _EnvInstance(batch["edges"][0].astype(np.int64), int(batch["start"][0]),
                                 int(batch["goal"][0]))
         self._inst = inst
         self._edge_set = {(int(u), int(v)) for u, v in inst.edges}
+        pairs = np.array(sorted(self._edge_set), dtype=np.int64).reshape(-1, 2)  # distinct, by source
+        self._succ = pairs[:, 1].copy()
+        self._succ_start = np.searchsorted(pairs[:, 0], np.arange(self.config.num_nodes + 1))
         self._current = inst.start
         self._moves = 0
-        return self._obs(), {}
+        self._over = False
+        return self._obs(), self._info()
 
     def step(self, action):
         action = int(action)
         self._moves += 1
+        out_of_moves = self._moves >= self.max_steps
         if (self._current, action) not in self._edge_set:
-            return self._obs(), 0.0, True, False, {"illegal": True}
+            if self.illegal == "end":
+                self._over = True
+                return self._obs(), 0.0, True, False, self._info(illegal=True)
+            return self._obs(), -self.illegal_penalty, False, out_of_moves, self._info(illegal=True)
         self._current = action
         reached = action == self._inst.goal
-        truncated = not reached and self._moves >= self.config.num_nodes
-        return self._obs(), 1.0 if reached else 0.0, reached, truncated, {"illegal": False}
+        stuck = not reached and self._successors(action).shape[0] == 0
+        self._over = reached or stuck
+        truncated = not self._over and out_of_moves
+        reward = 1.0 if reached else 0.0
+        return self._obs(), reward, self._over, truncated, self._info(illegal=False, stuck=stuck)
 
     def render(self):
         if self.render_mode == "ansi":

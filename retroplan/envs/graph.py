@@ -42,7 +42,7 @@ from numba import njit, prange
 
 from .. import rng
 from ..errors import UserError, require
-from . import digraph
+from . import digraph, rl
 from .splits import split_stream
 
 NAME = "graph"
@@ -481,6 +481,13 @@ class Env(digraph.DigraphEnv):
     task = sys.modules[__name__]
 
 
+def make_env(**kwargs):
+    """The registered entry point of `retroplan/GraphPlan-v0`: `Env(**kwargs)` in a `TimeLimit`
+    of its `max_steps` (see `envs/rl.py`)."""
+    return rl.with_time_limit(Env(**kwargs))
+
+
+max_episode_steps = digraph.max_episode_steps
 fingerprints = digraph.fingerprints
 instance_at = digraph.instance_at
 replay_plan = digraph.replay_plan

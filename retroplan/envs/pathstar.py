@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from .. import rng
 from ..errors import require
-from . import digraph
+from . import digraph, rl
 from .splits import split_stream
 
 NAME = "pathstar"
@@ -120,6 +120,13 @@ class Env(digraph.DigraphEnv):
     task = sys.modules[__name__]
 
 
+def make_env(**kwargs):
+    """The registered entry point of `retroplan/PathStar-v0`: `Env(**kwargs)` in a `TimeLimit`
+    of its `max_steps` (see `envs/rl.py`)."""
+    return rl.with_time_limit(Env(**kwargs))
+
+
+max_episode_steps = digraph.max_episode_steps
 fingerprints = digraph.fingerprints
 instance_at = digraph.instance_at
 replay_plan = digraph.replay_plan

@@ -19,16 +19,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import require
+from ..errors import UserError, require
 
-# Sizes from a CPU demo up to ~25M parameters. `paper` is the path-star model of
-# Bachmann & Nagarajan (2024): 6 layers, width 384, 6 heads.
+# Sizes from a CPU demo up to ~85M parameters. `paper` is the path-star model of
+# Bachmann & Nagarajan (2024): 6 layers, width 384, 6 heads. `gpt2-small` has GPT-2 small's
+# shape (12 layers, width 768, 12 heads): ~85M parameters with these tasks' vocabularies of
+# at most ~1,000 tokens (GPT-2's 124M count its 50,257-token embedding); the GPU throughput
+# benchmark trains it at a context of 1,024 (benchmarks/bench_train.py).
 PRESETS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64),
     "small": dict(n_layer=4, n_head=4, n_embd=128),
     "base": dict(n_layer=4, n_head=4, n_embd=256),
     "paper": dict(n_layer=6, n_head=6, n_embd=384),
     "medium": dict(n_layer=8, n_head=8, n_embd=512),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768),
 }
 
 
@@ -101,7 +105,10 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer, :, :, cache.pos: cache.pos + T] = v
             k = cache.k[layer, :, :, : cache.pos + T]
             v = cache.v[layer, :, :, : cache.pos + T]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+        # causal from position 0 (training, prefill); a cached step's one token sees all. Not
+        # `T > 1`: under torch.compile a symbolic width would break the graph there.
+        causal = cache is None or cache.pos == 0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
@@ -161,9 +168,10 @@ class GPT(nn.Module):
         """Logits for every position of `idx` (B, T). With a cache, `idx` continues it."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        require(start + T <= self.cfg.block_size,
-                f"sequence of {start + T} tokens is longer than the model's context of "
-                f"{self.cfg.block_size}.")
+        if start + T > self.cfg.block_size:  # the message only here: formatting the length
+            # (a symbolic size under torch.compile) would fix it and recompile every new width
+            raise UserError(f"sequence of {start + T} tokens is longer than the model's context of "
+                            f"{self.cfg.block_size}.")
         cos, sin = self.rope_cos[start: start + T], self.rope_sin[start: start + T]
         x = self.drop(self.tok_emb(idx))
         for i, block in enumerate(self.blocks):

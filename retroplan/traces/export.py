@@ -1,31 +1,80 @@
-"""Export a suite's rows for other tools: JSONL or Parquet, one row per example, or (Countdown)
-the Stream-of-Search data-file format.
+"""Export a suite as a dataset folder for other tools: Parquet or JSONL (one row per example,
+laid out for Hugging Face `datasets`), or (Countdown) the Stream-of-Search data-file format.
 
-Every JSONL/Parquet row carries the task's fields (graph tasks: `edges` as [[u, v], ...],
-`start`, `goal`, `plan` the forward reference node list; countdown: `numbers`, `target`,
-`solution` the reference forward plan as `"a op b=c"` strings), the difficulty fields, the
-split, the instance `index`, the revthink `kind`, the `prompt` / `completion` text of the
-variant, and, where the grammar names it, the `searcher` behind the row (countdown: the SoS
-strategy of a stream, `backward`, or `optimal` for the oracle) and, for stream variants, the plan
-the row's own search `found` (empty when it found none).
+`export SUITE --out DIR` builds the new folder DIR (under a temporary name, renamed when
+complete):
 
-`sos` (countdown only): a JSON array with one object per instance holding the fields of the
-SoS data files, `nums`, `target`, `solution`, `search_path`, `optimal_path`, `rating`,
-`search_type`, `heuristic`, with `search_path` in their text (`Current State: ...`,
-`Exploring Operation: ...`, ...): the suite's stream search (its `searcher` option, `mix` by
-default) re-run for each instance from (seed, split, index), so SoS's training code can read
-any Countdown suite.
+    README.md                               the dataset card: a YAML header with the provenance
+                                            (task, variant, config, options, seed, sizes,
+                                            vocabulary, retroplan version, licence, the suite's
+                                            meta_sha256, the commands that regenerate it) and
+                                            its `configs:` (split -> file), then the fields
+    vocab.json                              the token list (position = token id)
+    data/{split}-00000-of-00001.parquet     parquet: one file per split; the same provenance
+                                            as JSON in the schema metadata (key `retroplan`)
+    data/{split}-00000-of-00001.jsonl       jsonl: one file per split
+    {split}.json                            sos: one SoS data file per split
+
+Split names follow Hugging Face's where they differ (`SPLIT_NAMES`: retroplan's `val` is
+`validation`); the held-out ones keep their names (`val_target`, `test_target`). The sos files
+keep retroplan's names, which are SoS's own (`train`, `val`, `val_target`). So
+`datasets.load_dataset("parquet", data_dir=DIR)` (or `"json"`, or `load_dataset(DIR)`) returns
+a DatasetDict with one split per file, and held-out rows never share a file with training rows.
+A split with no rows gets no file (`datasets` cannot load an empty one); the card lists it.
+The row fields are described in `ROW_FIELDS` and `SOS_FIELDS`, which every card repeats.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
+from .. import __version__
 from ..errors import UserError, require
-from ..fsutil import atomic_path
+from ..fsutil import atomic_dir, json_line, json_text, write_text
 from .suite import open_suite
+
+FORMATS = ("jsonl", "parquet", "sos")
+SPLIT_NAMES = {"val": "validation"}  # retroplan split -> Hugging Face split; the others keep theirs
+LICENSE = "MIT"
+VOCAB_FILE = "vocab.json"
+METADATA_KEY = "retroplan"  # the Parquet schema-metadata key holding the provenance (JSON)
+
+ROW_FIELDS = """\
+Every row carries the task's fields (graph tasks: `edges` as [[u, v], ...], `start`, `goal`,
+`plan` the forward reference node list; countdown: `numbers`, `target`, `solution` the reference
+forward plan as `"a op b=c"` strings), the difficulty fields, the `split` (retroplan's name:
+`val` for the `validation` split), the `row` within the split, the instance `index` (the
+instance is a pure function of seed, split and index), the row `kind` (revthink: 0 forward,
+1 backward question, 2 backward reasoning; a mixture `a+b+...`: 0 for a's rows, 1 for b's
+(written with `[b]` after `<bos>`), ...; 0 elsewhere), the `prompt` / `completion` text of
+the variant (tokens separated by spaces; the training loss is on the completion only), and,
+where the grammar names it, the `searcher` behind the row (countdown: the SoS strategy of a
+stream, `backward`, or `optimal` for the oracle) and, for stream variants, the plan the row's
+own search `found` (empty when it found none)."""
+
+SOS_FIELDS = """\
+One object per instance holding the fields of the Stream-of-Search data files: `nums`,
+`target`, `solution`, `search_path`, `optimal_path`, `rating`, `search_type`, `heuristic`, with
+`search_path` in their text (`Current State: ...`, `Exploring Operation: ...`, ...): the suite's
+stream search (its `searcher` option, `mix` by default) re-run for each instance from (seed,
+split, index), so SoS's training code can read any Countdown suite: its config's `data_dir` is
+this folder and `train_file`, `val_file`, `val_target_file` are `train.json`, `val.json`,
+`val_target.json`."""
+
+
+def hf_split(split: str) -> str:
+    """The Hugging Face name of a retroplan split."""
+    return SPLIT_NAMES.get(split, split)
+
+
+def data_file(fmt: str, split: str) -> str:
+    """Where a split's rows go inside the export folder."""
+    if fmt == "sos":
+        return f"{split}.json"
+    return f"data/{hf_split(split)}-00000-of-00001.{fmt}"
 
 
 def iter_rows(suite, split: str | None = None, limit: int = 0):
@@ -44,7 +93,7 @@ def iter_rows(suite, split: str | None = None, limit: int = 0):
 
 
 def sos_rows(suite, split: str | None = None, limit: int = 0):
-    """Countdown instances as Stream-of-Search data-file rows (see the module docstring)."""
+    """Countdown instances as Stream-of-Search data-file rows (see `SOS_FIELDS`)."""
     import numpy as np
 
     from ..envs import countdown as cd
@@ -83,39 +132,249 @@ def sos_rows(suite, split: str | None = None, limit: int = 0):
                    "heuristic": f"{'sum' if name_of == 'dfs-full' else name_of.split('-')[1]}_heuristic"}
 
 
+# --------------------------------------------------------------------------- provenance
+
+
+def _flag(name: str, value) -> list[str]:
+    """`--name value` as `retroplan generate` reads it (booleans: `--name` / `--no-name`)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    text = str(value)
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+
+
+def regenerate_commands(suite, fmt: str, split: str | None, limit: int, out: Path) -> list[str]:
+    """The shell commands that make this export again: generate the suite (whose meta.json
+    then has the same meta_sha256), then export it the same way."""
+    meta = suite.meta
+    name = suite.path.name
+    generate = ["retroplan", "generate", meta["task"], "--variant", meta["variant"],
+                "--seed", str(meta["seed"])]
+    for s in suite.task.SPLITS:  # a split the suite lacks (a TOML's sizes) is made empty here
+        generate += _flag(s, meta["sizes"].get(s, 0))
+    for key, value in meta["config"].items():
+        generate += _flag(key, value)
+    for key, value in meta["options"].items():
+        generate += _flag(key, value)
+    if meta.get("shard"):
+        generate += ["--shard", f"{meta['shard'][0]}/{meta['shard'][1]}"]
+    generate += ["--out", name]
+    export = ["retroplan", "export", name, "--format", fmt]
+    if split:
+        export += ["--split", split]
+    if limit:
+        export += ["--limit", str(limit)]
+    export += ["--out", out.name]
+    return [shlex.join(generate), shlex.join(export)]
+
+
+def provenance(suite, fmt: str, split: str | None, limit: int, counts: dict[str, int],
+               out: Path) -> dict:
+    """What the export is and how to make it again: the card's YAML and the Parquet metadata."""
+    meta = suite.meta
+    stats = meta["splits"]
+    return {
+        "task": meta["task"],
+        "variant": meta["variant"],
+        "config": meta["config"],
+        "options": meta["options"],
+        "seed": meta["seed"],
+        "format": fmt,
+        "splits": {s: {"name": s if fmt == "sos" else hf_split(s),
+                       "file": data_file(fmt, s) if counts[s] else None,
+                       "rows": counts[s],
+                       "suite_rows": stats[s]["examples"],
+                       "suite_instances": stats[s]["instances"]} for s in counts},
+        "limit": limit,
+        "vocabulary": {"size": len(meta["vocab"]), "file": VOCAB_FILE},
+        "retroplan_version": meta.get("retroplan_version"),
+        "exported_by": f"retroplan {__version__}",
+        "suite_meta_sha256": meta.get("meta_sha256"),
+        "license": LICENSE,
+        "regenerate": regenerate_commands(suite, fmt, split, limit, out),
+    }
+
+
+def _yaml(obj: dict, indent: int = 0) -> list[str]:
+    """A mapping as block YAML, every leaf written as JSON (which YAML reads as it is)."""
+    lines = []
+    pad = "  " * indent
+    for key, value in obj.items():
+        if isinstance(value, dict) and value:
+            lines.append(f"{pad}{key}:")
+            lines += _yaml(value, indent + 1)
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            lines.append(f"{pad}{key}:")
+            lines += [f"{pad}- {json.dumps(v)}" for v in value]
+        else:
+            lines.append(f"{pad}{key}: {json.dumps(value)}")
+    return lines
+
+
+def dataset_card(prov: dict, columns: list[str]) -> str:
+    """README.md: the YAML header Hugging Face reads (licence, `configs:` naming each split's
+    file) with the provenance under `retroplan:`, then a short description of the data."""
+    fmt = prov["format"]
+    written = {s: v for s, v in prov["splits"].items() if v["file"]}
+    title = f"retroplan {prov['task']} / {prov['variant']}"
+    header = ["---", f"license: {LICENSE.lower()}", f"pretty_name: {json.dumps(title)}",
+              "task_categories:", "- text-generation",
+              "tags:", "- synthetic", "- planning", "- retroplan",
+              "configs:", "- config_name: default", "  data_files:"]
+    for info in written.values():
+        header += [f"  - split: {info['name']}", f"    path: {info['file']}"]
+    header += [f"{METADATA_KEY}:"] + _yaml(prov, 1) + ["---", ""]
+    rows = ["| split | retroplan split | file | rows | suite rows | suite instances |",
+            "|---|---|---|---:|---:|---:|"]
+    for s, info in prov["splits"].items():
+        rows.append(f"| {info['name']} | {s} | {info['file'] or '(none: no rows)'} | {info['rows']} | "
+                    f"{info['suite_rows']} | {info['suite_instances']} |")
+    if fmt == "sos":
+        load = ("datasets.load_dataset(\"json\", data_files={\"train\": \"train.json\", ...})  "
+                "# as SoS's train.py does")
+        fields = SOS_FIELDS
+    else:
+        builder = "parquet" if fmt == "parquet" else "json"
+        load = f"datasets.load_dataset({builder!r}, data_dir=THIS_FOLDER)  # or load_dataset(THIS_FOLDER)"
+        fields = ROW_FIELDS
+    body = [
+        f"# {title} (seed {prov['seed']})",
+        "",
+        "Synthetic planning-task data generated by retroplan (no personal or third-party data), "
+        f"under the {LICENSE} licence of the retroplan project. Every row is a pure function of "
+        "the task config, the trace variant and options, the seed, the split and the instance "
+        "index; the suite it came from has `meta_sha256` "
+        f"`{prov['suite_meta_sha256']}`.",
+        "",
+        *rows,
+        "",
+        ("Split names are retroplan's, which are SoS's (`train`, `val`, `val_target`)." if fmt == "sos"
+         else "Split names: retroplan's `val` is Hugging Face's `validation`; the others keep their names.")
+        + " Held-out splits (`test`, and Countdown's held-out targets `val_target`, `test_target`) "
+        "never share a file, or an instance, with `train`."
+        + (f" At most {prov['limit']} per split were exported (`--limit`)." if prov["limit"] else "")
+        + " A split with no rows has no file.",
+        "",
+        "```python",
+        "import datasets",
+        load,
+        "```",
+        "",
+        "## Fields",
+        "",
+        f"Columns: {', '.join(f'`{c}`' for c in columns)}." if columns else "No rows.",
+        "",
+        fields,
+        "",
+        f"Token ids: `{VOCAB_FILE}` lists the {prov['vocabulary']['size']} tokens of the suite's "
+        "vocabulary (position = id)" + ("; the SoS text above is SoS's, not written in them."
+                                       if fmt == "sos" else
+                                       "; `prompt` and `completion` hold the tokens, separated by spaces."),
+        "",
+        "## Provenance",
+        "",
+        "The YAML header's `retroplan:` section" + (
+            " (also in every Parquet file's schema metadata, key `retroplan`, as JSON)"
+            if fmt == "parquet" else "")
+        + " records the task, variant, config, options, seed, sizes and versions. To make this "
+        "export again:",
+        "",
+        "```",
+        *prov["regenerate"],
+        "```",
+        "",
+    ]
+    return "\n".join(header + body)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _parquet_tables(suite, names: list[str], limit: int) -> dict:
+    """One pyarrow table per split, all with one schema (a column that is empty in one split,
+    such as `found`, gets the other splits' type)."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise UserError("parquet export needs pyarrow: pip install 'retroplan[parquet]'.") from None
+    tables = {name: pa.Table.from_pylist(list(iter_rows(suite, name, limit))) for name in names}
+    filled = [t.schema for t in tables.values() if t.num_rows]
+    if not filled:
+        return tables
+    schema = pa.unify_schemas(filled, promote_options="permissive")
+    return {name: t.cast(schema) if t.num_rows else t for name, t in tables.items()}
+
+
 def export_suite(suite_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "jsonl",
-                 split: str | None = None, limit: int = 0) -> int:
-    """Write the rows; returns how many. `out` must not exist yet."""
-    require(fmt in ("jsonl", "parquet", "sos"),
-            f"unknown export format {fmt!r}; allowed: jsonl, parquet, sos.")
+                 split: str | None = None, limit: int = 0) -> dict[str, int]:
+    """Write the suite's splits (or one) as the new dataset folder `out` (see the module
+    docstring); returns the rows written per split (retroplan's split names). `out` must not
+    exist, or be an empty folder (which is put back if the export fails)."""
+    require(fmt in FORMATS, f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}.")
     require(isinstance(limit, int) and limit >= 0, f"--limit must be a non-negative integer, got {limit!r}.")
     out = Path(out)
-    require(not out.exists(), f"{out} already exists; choose another --out.")
+    empty_folder = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+    require(empty_folder or not (out.exists() or out.is_symlink()),
+            f"{out} already exists; export writes a new folder there, so choose another --out.")
     suite = open_suite(suite_path)
     if split:
         suite.split(split)  # a clear error for an unknown split
-    count = 0
-    if fmt == "sos":
-        with atomic_path(out) as tmp, open(tmp, "w") as f:
-            f.write("[")
-            for row in sos_rows(suite, split, limit):
-                f.write(("," if count else "") + "\n" + json.dumps(row, indent=4))
-                count += 1
-            f.write("\n]\n")
-        return count
-    rows = iter_rows(suite, split, limit)
-    if fmt == "jsonl":
-        with atomic_path(out) as tmp, open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-                count += 1
-        return count
+    require(fmt != "sos" or suite.meta["task"] == "countdown",
+            f"the sos format is Countdown's (Stream of Search); this suite is {suite.meta['task']}.")
+    names = [split] if split else [s for s in suite.task.SPLITS if s in suite.splits]
+    if empty_folder:
+        out.rmdir()  # atomic_dir renames the finished folder onto this name
     try:
-        import pyarrow as pa
+        with atomic_dir(out) as tmp:
+            return _write(suite, tmp, fmt, names, split, limit, out)
+    except BaseException:
+        if empty_folder:
+            out.mkdir(exist_ok=True)
+        raise
+
+
+def _write(suite, tmp: Path, fmt: str, names: list[str], split: str | None, limit: int,
+           out: Path) -> dict[str, int]:
+    """The export's files, written into the folder `tmp` (renamed onto `out` when complete)."""
+    counts: dict[str, int] = {}
+    columns: list[str] = []
+    if fmt == "parquet":
         import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError("parquet export needs pyarrow: pip install 'retroplan[parquet]'.") from None
-    table = pa.Table.from_pylist(list(rows))
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
-    return table.num_rows
+
+        tables = _parquet_tables(suite, names, limit)
+        counts = {name: t.num_rows for name, t in tables.items()}
+        prov = provenance(suite, fmt, split, limit, counts, out)
+        metadata = {METADATA_KEY: json_text(prov, indent=None, sort_keys=False)}
+        for name, table in tables.items():
+            if table.num_rows:
+                columns = columns or table.column_names
+                (tmp / "data").mkdir(exist_ok=True)
+                pq.write_table(table.replace_schema_metadata(metadata), tmp / data_file(fmt, name))
+    else:
+        for name in names:
+            rows = sos_rows(suite, name, limit) if fmt == "sos" else iter_rows(suite, name, limit)
+            path = tmp / data_file(fmt, name)
+            path.parent.mkdir(exist_ok=True)
+            count = 0
+            with open(path, "w") as f:
+                if fmt == "sos":  # SoS's files: one JSON array, indented as theirs
+                    f.write("[")
+                for row in rows:
+                    columns = columns or list(row)
+                    if fmt == "sos":
+                        f.write(("," if count else "") + "\n" + json.dumps(row, indent=4))
+                    else:
+                        f.write(json_line(row))
+                    count += 1
+                if fmt == "sos":
+                    f.write("\n]\n")
+            counts[name] = count
+            if not count:  # datasets cannot load an empty file; the card lists the split
+                path.unlink()
+        if (tmp / "data").is_dir() and not any((tmp / "data").iterdir()):
+            (tmp / "data").rmdir()
+        prov = provenance(suite, fmt, split, limit, counts, out)
+    write_text(tmp / VOCAB_FILE, json_text(suite.meta["vocab"], indent=None) + "\n")
+    write_text(tmp / "README.md", dataset_card(prov, columns))
+    return counts

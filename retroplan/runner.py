@@ -1,0 +1,204 @@
+"""Where a study's runs execute: one after another in this process, side by side in local
+processes (`retroplan run --workers N`), or as tasks on a Ray cluster (`--backend ray`).
+
+A piece (`experiment.run_piece`: suite, training, evaluations of one variant x seed x
+condition) writes only inside its own folders and is resumable, so pieces can run in any order
+and in parallel; the parent gathers what each returns and writes the results and the report as
+a serial run would. Under a matched budget the baselines run first (every other piece's steps
+follow from its baseline's counters), then the rest.
+
+Numbers: torch's CPU kernels round differently with different thread counts, so a run made with
+1 thread and one made with 2 differ in the last bits of their weights (and, rarely, in a
+generated token). Pieces therefore get a fixed thread count: `threads_per_run` cores each
+(an equal share of the cores with --workers, 1 per Ray task). With the same count, local
+processes, Ray tasks and a serial run write identical records (tests/test_runner.py). A
+serial run leaves torch's default (all cores) unless [train] threads says otherwise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from .errors import UserError, require
+
+BACKENDS = ("local", "ray")
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_run(workers: int) -> int:
+    """Torch CPU threads for each of `workers` runs side by side on this machine's cores."""
+    return max(1, cpu_cores() // workers)
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _phases(exp: dict, jobs: list[tuple]) -> list[list[tuple]]:
+    if exp["_budget"] == "steps":
+        return [jobs]
+    return [[j for j in jobs if j[1] == exp["_baseline"]], [j for j in jobs if j[1] != exp["_baseline"]]]
+
+
+def _amount(exp: dict, results: dict, job: tuple) -> int | None:
+    from .experiment import BUDGETS
+
+    label, variant, seed = job
+    if exp["_budget"] == "steps" or variant == exp["_baseline"]:
+        return None
+    return results[(label, exp["_baseline"], seed)]["summary"][BUDGETS[exp["_budget"]]]
+
+
+def _done_line(n: int, total: int, job: tuple, result: dict, seconds: float | None = None) -> str:
+    label, variant, seed = job
+    parts = []
+    for split, m in result["metrics"].items():
+        parts.append(f"{split}: accuracy {m['accuracy']['value']:.3f} (n={m['n']}), first step "
+                     f"{m['first_step_accuracy']['value']:.3f}, teacher-forced tokens "
+                     f"{m['tf_token_accuracy']['value']:.3f}")
+    took = f" [{seconds:.0f} s]" if seconds is not None else ""
+    return f"[{n}/{total}] {label}-{variant}-s{seed} done{took}: " + "; ".join(parts)
+
+
+def check_runner(workers: int, backend: str, address: str | None) -> None:
+    require(backend in BACKENDS, f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}.")
+    require(isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1,
+            f"--workers must be a positive integer, got {workers!r}.")
+    require(backend == "local" or workers == 1,
+            "--workers sizes the local pool; with --backend ray the cluster decides how many run "
+            "at once (leave --workers out).")
+    require(address is None or backend == "ray", "--address is for --backend ray only.")
+
+
+def run_pieces(exp: dict, out: Path, jobs: list[tuple], workers: int = 1, backend: str = "local",
+               address: str | None = None, progress: bool = True) -> dict[tuple, dict]:
+    """Run every (label, variant, seed) piece of `jobs`; returns piece -> run_piece's result."""
+    check_runner(workers, backend, address)
+    results: dict[tuple, dict] = {}
+    done = 0
+    for phase in _phases(exp, jobs):
+        todo = [(job, _amount(exp, results, job)) for job in phase]
+        if backend == "ray":
+            finished = _run_ray(out, todo, address, progress)
+        elif workers == 1:
+            finished = _run_here(exp, out, todo, done, len(jobs), progress)
+        else:
+            finished = _run_pool(out, todo, workers, progress)
+        for job, result, seconds in finished:
+            results[job] = result
+            done += 1
+            if progress and (backend == "ray" or workers > 1):
+                print(_done_line(done, len(jobs), job, result, seconds), flush=True)
+    return results
+
+
+def _run_here(exp: dict, out: Path, todo: list, done: int, total: int, progress: bool):
+    from .experiment import run_piece
+
+    for n, (job, amount) in enumerate(todo, done + 1):
+        label, variant, seed = job
+        if progress:
+            print(f"[{n}/{total}] {label}-{variant}-s{seed}", flush=True)
+        result = run_piece(exp, out, label, variant, seed, amount, progress=progress)
+        if progress:
+            print("      " + _done_line(n, total, job, result).split(": ", 1)[1], flush=True)
+        yield job, result, None
+
+
+def run_piece_in_worker(out: str, job: tuple, amount: int | None, threads: int) -> tuple:
+    """A piece in a fresh process (a pool worker or a Ray task): the experiment is read back from
+    `out`/experiment.toml (the file `run` just wrote), so only names cross the process boundary."""
+    import torch
+
+    from .experiment import load_experiment, run_piece, stored_overrides
+    from .fsutil import terminate_as_exit
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    out = Path(out)
+    exp = load_experiment(out / "experiment.toml", stored_overrides(out))
+    with terminate_as_exit():  # a `kill` (or the pool's terminate) removes this piece's temporaries
+        result = run_piece(exp, out, *job, amount, progress=False)
+    return job, result, time.perf_counter() - t0
+
+
+def _init_worker(gpus) -> None:
+    # one GPU per worker when several are visible: set before this process first touches CUDA
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+
+
+def _run_pool(out: Path, todo: list, workers: int, progress: bool):
+    n_gpus = _visible_gpus()
+    ctx = multiprocessing.get_context("spawn")  # no forked torch / Numba state
+    gpus = None
+    if n_gpus > 1:
+        gpus = ctx.Queue()
+        for i in range(workers):
+            gpus.put(i % n_gpus)
+    threads = threads_per_run(workers)
+    if progress:
+        where = f"{min(workers, n_gpus)} GPUs" if n_gpus > 1 else f"{threads} CPU thread(s) each"
+        print(f"running {len(todo)} pieces on {workers} local workers ({where})", flush=True)
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(gpus,))
+    try:
+        pending = [pool.apply_async(run_piece_in_worker, (str(out.resolve()), job, amount, threads))
+                   for job, amount in todo]
+        while pending:
+            ready = [p for p in pending if p.ready()]
+            for p in ready:
+                pending.remove(p)
+                yield p.get()  # re-raises a piece's error here (the finally stops the others)
+            if not ready:
+                time.sleep(0.2)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _run_ray(out: Path, todo: list, address: str | None, progress: bool):
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--backend ray needs the optional extra: pip install 'retroplan[ray]'.") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {k: os.environ[k] for k in ("NUMBA_CACHE_DIR",)
+                                               if k in os.environ}})
+        except ConnectionError as exc:
+            raise UserError(f"could not reach the Ray cluster at {address!r}: {exc}") from None
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        # one GPU per task where the cluster has GPUs; otherwise one CPU core (1 torch thread),
+        # so Ray packs as many runs per node as it has cores
+        task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=0)(run_piece_in_worker)
+        if progress:
+            print(f"running {len(todo)} pieces as Ray tasks ({'1 GPU' if gpus else '1 CPU core'} "
+                  f"each; cluster: {ray.cluster_resources()})", flush=True)
+        refs = [task.remote(str(out.resolve()), job, amount, 1) for job, amount in todo]
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            try:
+                yield ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:  # a piece's own error, as a serial run gives it
+                if isinstance(getattr(exc, "cause", None), UserError):
+                    raise exc.cause from None
+                raise
+    finally:
+        if started_here:
+            ray.shutdown()

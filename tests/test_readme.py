@@ -1,0 +1,83 @@
+"""The README's tour runs as written: every command of its command-line block, in order, from
+the README text itself (so the two cannot drift apart), then its Python example. Lines marked
+`GPU-sized` are studies sized for a GPU: their experiment files are checked, not run."""
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_gpt2
+
+from retroplan.cli import main
+from retroplan.experiment import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _block_after(marker: str, fence: str = "```") -> str:
+    start = README.index(marker)
+    open_at = README.index(fence, start)
+    body_at = README.index("\n", open_at) + 1
+    return README[body_at: README.index("```", body_at)]
+
+
+def tour_commands() -> list[tuple[str, bool]]:
+    """(command, gpu_sized) for each command of the tour: continuation lines joined, comments
+    dropped (a comment that says `GPU-sized` marks its command)."""
+    commands, current = [], ""
+    for line in _block_after("**Command line.**").splitlines():
+        current += line.rstrip().removesuffix("\\") + " "
+        if line.rstrip().endswith("\\"):
+            continue
+        if shlex.split(current, comments=True):
+            commands.append((current.strip(), "GPU-sized" in current))
+        elif commands and "GPU-sized" in current:  # a comment line under its command
+            commands[-1] = (commands[-1][0], True)
+        current = ""
+    return commands
+
+
+def test_the_tour_is_parsed_into_commands():
+    commands = tour_commands()
+    assert len(commands) >= 15
+    assert all(shlex.split(c, comments=True)[0] == "retroplan" for c, _ in commands)
+    names = [shlex.split(c, comments=True)[1] for c, _ in commands]
+    # pieces before they are merged, runs before they are evaluated
+    assert names.index("generate") < names.index("merge-shards") < names.index("eval-hf")
+    assert names.index("train") < names.index("eval") < names.index("show-trace")
+    assert [c for c, gpu in commands if gpu] and not all(gpu for _, gpu in commands)
+
+
+@pytest.mark.slow
+def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    pytest.importorskip("ray")
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    monkeypatch.chdir(tmp_path)
+    for command, gpu_sized in tour_commands():
+        argv = shlex.split(command, comments=True)[1:]
+        if gpu_sized:  # sized for a GPU: its file must load (every entry checked), not run here
+            assert argv[0] == "run"
+            load_experiment(argv[1])
+            continue
+        if argv[0] == "eval-hf" and not Path(argv[1]).exists():
+            # the tour's stand-in for the reader's own model: a random GPT-2 over the suite's words
+            save_tiny_gpt2(argv[2], Path(argv[1]))
+        if argv == ["--version"]:
+            with pytest.raises(SystemExit) as exit_info:
+                main(argv)
+            assert exit_info.value.code == 0, command
+            continue
+        assert main(argv) == 0, f"{command}\n{capsys.readouterr().err}"
+    assert (tmp_path / "ds-reverse" / "README.md").exists()
+    assert (tmp_path / "runs" / "quick-short" / "report.md").exists()
+    # the Python example, as a reader would paste it
+    code = _block_after("**Python**", "```python")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "'n': 200" in done.stdout
