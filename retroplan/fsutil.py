@@ -164,9 +164,13 @@ def path_for(folder: str | os.PathLike, target: str | os.PathLike) -> str:
 
 
 def path_from(folder: str | os.PathLike, stored: str) -> Path:
-    """A path stored by a file in `folder`: relative to `folder` (absolute ones, from before
-    paths were stored relative, as they are)."""
-    return Path(stored) if os.path.isabs(stored) else Path(folder) / stored
+    """A path stored by a file in `folder`: relative to `folder`. Files written before paths
+    were stored so hold absolute paths, or paths relative to where the command ran: those are
+    read as they are when nothing lies at the folder-relative place."""
+    if os.path.isabs(stored):
+        return Path(stored)
+    inside = Path(folder) / stored
+    return inside if inside.exists() or not Path(stored).exists() else Path(stored)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

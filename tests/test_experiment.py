@@ -3,6 +3,7 @@ behaviour (`show-trace`, `sweep-tip`)."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -332,3 +333,16 @@ def test_a_study_folder_moved_elsewhere_still_finds_its_suites(study, tmp_path, 
     assert pngs[0].stat().st_size > 5000
     assert main(["eval", str(moved / "runs" / "d3-stream-s0"), "--limit", "3"]) == 0
     assert (moved / "runs" / "d3-stream-s0" / "eval-test-limit3" / "metrics.json").exists()
+
+
+def test_paths_stored_before_they_were_relative_are_still_read(tmp_path, monkeypatch):
+    from retroplan.fsutil import path_for, path_from
+
+    (tmp_path / "study" / "suites" / "s").mkdir(parents=True)
+    (tmp_path / "study" / "runs" / "r").mkdir(parents=True)
+    run = tmp_path / "study" / "runs" / "r"
+    assert path_for(run, tmp_path / "study" / "suites" / "s") == "../../suites/s"
+    assert path_from(run, "../../suites/s").resolve() == (tmp_path / "study" / "suites" / "s")
+    assert path_from(run, str(tmp_path / "study" / "suites" / "s")) == tmp_path / "study" / "suites" / "s"
+    monkeypatch.chdir(tmp_path)  # an old file's path, relative to where its command ran
+    assert path_from(run, "study/suites/s") == Path("study/suites/s")
