@@ -298,7 +298,7 @@ def probe_by_layer(curves: dict[str, list[list[dict]]], path: Path, title: str =
     the probe fitted on shuffled labels (the control); a grey dash-dot line at `chance`.
     `curves`: variant -> per seed, the probe's per-layer entries (probe.json `layers`: layer,
     value, ci, baseline, control)."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(8.4, 3.8))
     colors = plt.cm.tab10.colors
     baselines = {round(float(layers[0]["baseline"]), 12) for runs in curves.values() for layers in runs
                  if layers and layers[0].get("baseline") is not None}
@@ -341,7 +341,8 @@ def probe_by_layer(curves: dict[str, list[list[dict]]], path: Path, title: str =
     handles, labels = ax.get_legend_handles_labels()
     handles += [Line2D([], [], color="black", ls="--", lw=1), Line2D([], [], color="black", ls=":", lw=1)]
     labels += [baseline_label, "control: probe fitted on shuffled labels"]
-    ax.legend(handles, labels, fontsize=7, frameon=False, loc="best")
+    # beside the axes: with many variants a legend inside would cover the lines
+    ax.legend(handles, labels, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top = max(2, max((len(layers) for runs in curves.values() for layers in runs), default=1))
     ax.set_xticks(range(top), ["emb"] + [str(k) for k in range(1, top)])
     ax.set_xlabel("layer (residual stream after the embedding / after block k)")
