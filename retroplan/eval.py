@@ -114,8 +114,19 @@ def _hand_eval_name(cfg: EvalConfig, chosen_step: int | None, suite: Suite, own_
     if chosen_step is not None:
         parts.append(f"step{chosen_step}")
     if not own_suite:
-        parts.append("suite-" + re.sub(r"[^A-Za-z0-9_.=+-]", "_", suite.path.name))
-    default = asdict(EvalConfig())
+        parts.append("suite-" + folder_word(suite.path.name))
+    return "-".join(parts + setting_parts(cfg, EvalConfig()))
+
+
+def folder_word(text: str) -> str:
+    """`text` with every character a folder name should not hold replaced by `_`."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)
+
+
+def setting_parts(cfg, default) -> list[str]:
+    """A name part for every setting of the dataclass `cfg` that differs from `default`'s, but
+    the split and the `NO_RESULT_SETTINGS` (`limit7`, `temperature1`, `no-NAME`, `NAME-value`)."""
+    parts, default = [], asdict(default)
     for key, value in asdict(cfg).items():
         if key == "split" or key in NO_RESULT_SETTINGS or value == default[key]:
             continue
@@ -126,7 +137,7 @@ def _hand_eval_name(cfg: EvalConfig, chosen_step: int | None, suite: Suite, own_
             parts.append(f"{name}-{value}")
         else:
             parts.append(f"{name}{value:g}")
-    return "-".join(parts)
+    return parts
 
 
 def judge(suite: Suite, instances: dict, i: int, completion_ids) -> dict:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from . import __version__
 from .device import resolve_device
 from .errors import UserError, require, require_field_types
-from .eval import NO_RESULT_SETTINGS, judge, judge_completions, write_evaluation
+from .eval import NO_RESULT_SETTINGS, folder_word, judge, judge_completions, setting_parts, write_evaluation
 from .fsutil import path_for, sha256_file
 from .rng import SplitMixPy
 from .traces import chance_for, writes
@@ -310,15 +310,9 @@ def identity(model_dir: Path, tokenizer_dir: Path, suite: Suite, cfg: HFEvalConf
 def default_out(model_dir: Path, suite: Suite, cfg: HFEvalConfig) -> Path:
     """`eval-hf-MODEL-SUITE-SPLIT` in the working folder, plus a part for every setting that is
     not the default (`-shots2-seed1`, `-limit7`, ...), as `eval` names its hand evaluations."""
-    def clean(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)
-
-    parts = ["eval-hf", clean(model_dir.resolve().name), clean(suite.path.resolve().name), cfg.split]
-    default = asdict(HFEvalConfig())
-    for key, value in asdict(cfg).items():
-        if key != "split" and key not in NO_RESULT_SETTINGS and value != default[key]:
-            parts.append(f"{key.replace('_', '-')}{value:g}")
-    return Path("-".join(parts))
+    parts = ["eval-hf", folder_word(model_dir.resolve().name), folder_word(suite.path.resolve().name),
+             cfg.split]
+    return Path("-".join(parts + setting_parts(cfg, HFEvalConfig())))
 
 
 def _refuse_another_evaluation(out: Path, expected: dict) -> None:

@@ -373,6 +373,7 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                          progress=progress)
     rows, difficulty_points, stream_records = [], [], {}
     failures: dict[tuple[str, str], Counter] = {}  # (condition, variant) -> failure kind -> count
+    drawn: list[tuple[str, int]] = []  # (stream variant, row) of the streams the report draws
     for label, variant, seed in jobs:
         cond = exp["conditions"][exp["_labels"].index(label)]
         spec = _spec(exp, cond, variant, seed)
@@ -409,11 +410,14 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                                                   "n": acc["n"], "correct": correct})
                 records = [json.loads(line) for line in
                            (run_dir / f"eval-{split}" / "records.jsonl").read_text().splitlines()]
+                failed = [r for r in records if not r["correct"] and r.get("sample", 0) == 0]
                 failures.setdefault((label, variant), Counter()).update(
-                    failure_kind(r["reason"]) for r in records
-                    if not r["correct"] and r.get("sample", 0) == 0)
+                    failure_kind(r["reason"]) for r in failed)
                 if "teacher_behaviour" in metrics:
                     stream_records.setdefault(variant, []).extend(records)
+                    if (label, seed) == (exp["_labels"][0], exp["seeds"][0]):
+                        # drawn: the first instance the model failed (row 0 when it failed none)
+                        drawn.append((variant, failed[0]["row"] if failed else 0))
     _write_csv(out / "results.csv", rows)
     figures = plots.accuracy_by_variant(rows, out / "accuracy",
                                         title=f"{exp['name']}: planning accuracy (what each model "
@@ -431,8 +435,8 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     figures += plots.accuracy_vs_difficulty(difficulty_points, out / "difficulty")
     figures += plots.behaviour_bars([r for r in rows if r["split"] == exp["_splits"][0]], out / "behaviour")
     figures += plots.trajectory_vs_stream(stream_records, out / "trajectories")
-    traces = _trace_examples(exp, out, jobs, results)
-    figures += traces
+    traces = _draw_streams(exp, out, drawn)
+    figures += [path for _, _, paths in traces for path in paths]
     verdicts = verdict_table(exp, out, exp["_baseline"])
     write_json(out / "verdicts.json", verdicts)
     report = out / "report.md"
@@ -445,10 +449,9 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             several = len(exp["_labels"]) > 1
             probe_figures, probe_lines = probe_study(
                 exp["_probe"], run_dirs, out, title=f"{exp['name']}" + (f" / {label}" if several else ""),
-                progress=progress, name=f"probe-{label}" if several else "probe")
+                progress=progress, name=f"probe-{label}" if several else "probe",
+                heading=f"Probes: {label}" if several else "Probes")
             figures += probe_figures
-            if several:
-                probe_lines = [line.replace("## Probes", f"## Probes: {label}", 1) for line in probe_lines]
             sections += probe_lines
     reused = sum(1 for r in results.values() if r["reused"]["train"] or r["reused"]["suite"]
                  or r["reused"]["evals"])
@@ -604,33 +607,26 @@ def _failure_lines(exp: dict, rows: list[dict], failures: dict[tuple[str, str], 
     return lines + [""]
 
 
-def _trace_examples(exp: dict, out: Path, jobs: list[tuple], results: dict) -> list[Path]:
-    """One `show-trace` figure per stream variant (first condition, first seed, first split):
-    the first instance the model failed, or row 0 when it failed none."""
+def _draw_streams(exp: dict, out: Path, drawn: list[tuple[str, int]]) -> list[tuple[str, int, list[Path]]]:
+    """One `show-trace` figure per (stream variant, row) of `drawn` (first condition, first seed,
+    first split): (variant, row, its PNG and SVG)."""
     from .analysis import show_trace
 
     split, label, seed = exp["_splits"][0], exp["_labels"][0], exp["seeds"][0]
-    figures = []
-    for job in jobs:
-        if job[0] != label or job[2] != seed or "teacher_behaviour" not in results[job]["metrics"][split]:
-            continue
-        eval_dir = out / "runs" / f"{label}-{job[1]}-s{seed}" / f"eval-{split}"
-        rows = [json.loads(line) for line in (eval_dir / "records.jsonl").read_text().splitlines()]
-        index = next((r["row"] for r in rows if not r["correct"] and r.get("sample", 0) == 0), 0)
-        figures += show_trace(eval_dir, index, split, out=out / f"trace-{job[1]}-row{index}.png")
-    return figures
+    return [(variant, row, show_trace(out / "runs" / f"{label}-{variant}-s{seed}" / f"eval-{split}", row,
+                                      split, out=out / f"trace-{variant}-row{row}.png"))
+            for variant, row in drawn]
 
 
-def _trace_lines(exp: dict, out: Path, traces: list[Path]) -> list[str]:
-    pngs = [p for p in traces if p.suffix == ".png"]
-    if not pngs:
+def _trace_lines(exp: dict, out: Path, traces: list[tuple[str, int, list[Path]]]) -> list[str]:
+    if not traces:
         return []
     split, label, seed = exp["_splits"][0], exp["_labels"][0], exp["seeds"][0]
     lines = ["## A stream, drawn", "",
              f"For each stream variant ({label}, seed {seed}, {split} split): the teacher's search tree "
              "beside the model's on the first instance the model failed (row 0 when it failed none).", ""]
-    for png in pngs:
-        variant, row = png.stem[len("trace-"):].rsplit("-row", 1)
+    for variant, row, paths in traces:
+        png = next(p for p in paths if p.suffix == ".png")
         run = out / "runs" / f"{label}-{variant}-s{seed}"
         lines += [f"![{png.stem}]({png.name})", "",
                   f"`retroplan show-trace {run} --index {row} --split {split}`", ""]

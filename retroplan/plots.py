@@ -61,15 +61,15 @@ def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
             vals = by_cond[cond].get(variant, [])
             if not vals:
                 continue
-            m, lo, hi = mean_ci(vals)
-            ax.bar(x, m, color=colors[x % 10], alpha=0.8, width=0.7)
-            if len(vals) == 1 and (cond, variant) in counts:
+            m, lo, hi = mean_ci(vals)  # one seed: lo = hi = m
+            if len(vals) == 1 and (cond, variant) in counts:  # ... then its instances' interval
                 lo, hi = wilson(*counts[(cond, variant)])
-            if len(vals) > 1 or (cond, variant) in counts:
+            ax.bar(x, m, color=colors[x % 10], alpha=0.8, width=0.7)
+            if hi > lo:
                 ax.errorbar(x, m, yerr=[[max(0.0, m - lo)], [max(0.0, hi - m)]], color="black",
                             capsize=4, lw=1)
             ax.scatter([x] * len(vals), vals, color="black", s=10, zorder=3)
-            top = hi if (len(vals) > 1 or (cond, variant) in counts) and hi == hi else m  # above the whisker
+            top = hi if hi > lo else m  # the value above its whisker
             ax.text(x, min(1.02, top + 0.02), f"{m:.2f}", ha="center", va="bottom", fontsize=8)
         if cond in chance:
             ax.axhline(chance[cond], color="gray", ls="--", lw=1, label=f"chance {chance[cond]:.2f}")

@@ -652,7 +652,7 @@ def _cell(values: list[float | None], own_ci: list | None) -> str:
 
 
 def probe_study(settings: dict, run_dirs: dict[str, dict[int, Path]], out: Path, title: str,
-                progress: bool, name: str = "probe") -> tuple[list[Path], list[str]]:
+                progress: bool, name: str = "probe", heading: str = "Probes") -> tuple[list[Path], list[str]]:
     """Probe every run of a study (variant -> seed -> run folder) for every target of
     `settings` (from `check_probe_section`), reusing each RUN/probe-TARGET-SPLIT/probe.json whose
     identity is current. Writes one figure per target, OUT/NAME_TARGET.png and .svg
@@ -661,7 +661,7 @@ def probe_study(settings: dict, run_dirs: dict[str, dict[int, Path]], out: Path,
     target). Variants that cannot give a target (`live` without a stream) are named, not probed."""
     out = Path(out)
     figures: list[Path] = []
-    lines = ["## Probes", "",
+    lines = [f"## {heading}", "",
              "Linear probes of the residual stream (layer 0: after the embedding; layer k: after "
              "block k), fitted on half of the held-out instances and scored on the other half "
              "(docs/METRICS.md, Probes). Cells: mean over seeds [95% t-interval], or with one seed "

@@ -60,15 +60,10 @@ def _amount(exp: dict, results: dict, job: tuple) -> int | None:
     return results[(label, exp["_baseline"], seed)]["summary"][BUDGETS[exp["_budget"]]]
 
 
-def _done_line(n: int, total: int, job: tuple, result: dict, seconds: float | None = None) -> str:
-    label, variant, seed = job
-    parts = []
-    for split, m in result["metrics"].items():
-        parts.append(f"{split}: accuracy {m['accuracy']['value']:.3f} (n={m['n']}), first step "
+def _metrics_line(result: dict) -> str:
+    return "; ".join(f"{split}: accuracy {m['accuracy']['value']:.3f} (n={m['n']}), first step "
                      f"{m['first_step_accuracy']['value']:.3f}, teacher-forced tokens "
-                     f"{m['tf_token_accuracy']['value']:.3f}")
-    took = f" [{seconds:.0f} s]" if seconds is not None else ""
-    return f"[{n}/{total}] {label}-{variant}-s{seed} done{took}: " + "; ".join(parts)
+                     f"{m['tf_token_accuracy']['value']:.3f}" for split, m in result["metrics"].items())
 
 
 def check_runner(workers: int, backend: str, address: str | None) -> None:
@@ -99,7 +94,9 @@ def run_pieces(exp: dict, out: Path, jobs: list[tuple], workers: int = 1, backen
             results[job] = result
             done += 1
             if progress and (backend == "ray" or workers > 1):
-                print(_done_line(done, len(jobs), job, result, seconds), flush=True)
+                label, variant, seed = job
+                print(f"[{done}/{len(jobs)}] {label}-{variant}-s{seed} done [{seconds:.0f} s]: "
+                      + _metrics_line(result), flush=True)
     return results
 
 
@@ -112,7 +109,7 @@ def _run_here(exp: dict, out: Path, todo: list, done: int, total: int, progress:
             print(f"[{n}/{total}] {label}-{variant}-s{seed}", flush=True)
         result = run_piece(exp, out, label, variant, seed, amount, progress=progress)
         if progress:
-            print("      " + _done_line(n, total, job, result).split(": ", 1)[1], flush=True)
+            print("      " + _metrics_line(result), flush=True)
         yield job, result, None
 
 
