@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 from retroplan.envs import digraph, graph, make_config
+from retroplan.events import Event
 from retroplan.metrics import analyse_stream
-from retroplan.searchers import EVENT_NAMES
 from retroplan.searchers.graph_search import run_search
 
 
@@ -36,7 +36,7 @@ def measure(structure: str, n_inst: int) -> None:
     assert (found["path_len"] > 0).all(), "the teacher DFS missed a goal"
     premature = necessary = 0
     for i in range(n_inst):
-        events = [(EVENT_NAMES[int(k)], int(p)) for k, p in found["events"][i, : found["n_events"][i]]]
+        events = [(Event(int(k)), int(p)) for k, p in found["events"][i, : found["n_events"][i]]]
         st = analyse_stream(events, [], digraph.Walk(cfg, batch, i))
         premature += st.premature
         necessary += st.necessary

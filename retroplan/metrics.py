@@ -1,9 +1,10 @@
 """Behaviour metrics of a search stream, judged step by step against the task's oracle.
 docs/METRICS.md defines every number; the same code judges a model's stream and the teacher's.
 
-A parsed stream is a list of events `(name, payload)` or `(name, payload, written)`:
-start, go, back, jump, dead, goal. The task's `Walk` says what a `go` payload means (the
-state the stream claims to reach, and why the move is illegal if it is), which state a
+A parsed stream is a list of events `(event, payload)` or `(event, payload, written)`, with
+`event` one of `events.Event`: START, GO, BACK, JUMP, DEAD, GOAL (TRY is Countdown's tape
+only). The task's `Walk` says what a GO payload means (the state the stream claims to reach,
+and why the move is illegal if it is), which state a
 `back`/`jump` payload names, the legal successors of a state, R(s) (`live`) and d*(s)
 (`distance`). `written=False` marks an event the grammar implies without tokens of its own
 (Countdown: the return to the parent after a dead single number).
@@ -31,6 +32,8 @@ Definitions used here:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+from .events import Event
 
 SELF_LOOP_MAX_PERIOD = 8
 SELF_LOOP_REPEATS = 3
@@ -114,18 +117,18 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int | No
         st.invalid_kinds[kind] = st.invalid_kinds.get(kind, 0) + 1
 
     for k, event in enumerate(events):
-        name, payload = event[0], event[1]
+        kind, payload = event[0], event[1]
         written = event[2] if len(event) > 2 else True
         end = event_ends[k] if k < len(event_ends) else n_tokens
-        if name in ("back", "jump") and written:  # an implied return is no thought switch
+        if kind in (Event.BACK, Event.JUMP) and written:  # an implied return is no thought switch
             in_thought = live_thought_open = False
         elif live_thought_open:
             st.first_live_thought_end = end
-        if name == "start":
+        if kind == Event.START:
             if k != 0 or payload != root:
                 st.steps += 1
                 bad("wrong_start")
-        elif name == "go":
+        elif kind == Event.GO:
             st.steps += 1
             st.moves += 1
             state, why = walk.go(current, payload)
@@ -153,7 +156,7 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int | No
                 parent[state] = current
             path.append(state)
             current = state
-        elif name == "jump":
+        elif kind == Event.JUMP:
             st.steps += 1
             st.jumps += 1
             target = walk.back_target(payload)
@@ -163,7 +166,7 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int | No
                 current = target
             else:
                 bad("bad_jump")
-        elif name == "back":
+        elif kind == Event.BACK:
             st.steps += 1
             st.backtracks += 1
             st.written_backtracks += bool(written)
@@ -190,9 +193,9 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int | No
                     st.tree.append((current, target, "invalid_back"))
                     path = _path_to(parent, target)
                     current = target
-        elif name == "dead":
+        elif kind == Event.DEAD:
             st.dead_ends.append(current)
-        elif name == "goal" and not walk.is_goal(current):
+        elif kind == Event.GOAL and not walk.is_goal(current):
             st.false_goal += 1
     st.entered = len(entered)
     st.expanded = len(expanded)

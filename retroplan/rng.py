@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .errors import require
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -18,6 +20,16 @@ _M2 = np.uint64(0x94D049BB133111EB)
 STREAM_INSTANCE = 1
 STREAM_SEARCH = 2
 STREAM_TRACE = 3
+
+# Fixed forever: changing an id (or stream_key) changes every suite ever generated.
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "env": 3, "val_target": 4, "test_target": 5}
+
+
+def stream_key(purpose: int, split: str) -> int:
+    """The random stream of one purpose (STREAM_INSTANCE, STREAM_SEARCH, STREAM_TRACE) in one
+    split: the only place a stream number is built."""
+    require(split in SPLIT_IDS, f"unknown split {split!r}; allowed: {', '.join(SPLIT_IDS)}.")
+    return (purpose << 8) | SPLIT_IDS[split]
 
 
 @njit(cache=True, inline="always")

@@ -16,6 +16,7 @@ import re
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import independent_replay
 from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,8 +26,10 @@ from retroplan.envs import countdown as cd
 from retroplan.envs import make_config
 from retroplan.errors import UserError
 from retroplan.eval import judge
+from retroplan.events import Event
 from retroplan.searchers import countdown_reference as ref
 from retroplan.searchers import countdown_search as cs
+from retroplan.traces import common
 from retroplan.traces import countdown as grammar
 from retroplan.traces.export import export_suite
 from retroplan.traces.suite import open_suite
@@ -60,26 +63,6 @@ def brute_force_values(nums):
                     if lo and hi % lo == 0:
                         out.add(hi // lo)
     return out
-
-
-def independent_replay(numbers, target, plan) -> bool:
-    """A plan checked from its text alone: `a op b=c` steps, each number used once."""
-    pool = list(numbers)
-    for step in plan:
-        m = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", step)
-        if not m:
-            return False
-        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-        for v in (a, b):
-            if v not in pool:
-                return False
-            pool.remove(v)
-        true = {"+": a + b, "*": a * b, "-": a - b if a >= b else None,
-                "/": a // b if b and a >= b and a % b == 0 else None}[op]
-        if true != c:
-            return False
-        pool.append(c)
-    return pool == [target]
 
 
 # --------------------------------------------------------------- config and sampler
@@ -254,7 +237,7 @@ def test_every_found_plan_replays_and_dfs_respects_the_sos_prune(searcher):
             tape = out["tape"][out["offsets"][i]: out["offsets"][i + 1]].tolist()
             p = 0
             while p < len(tape):
-                if tape[p] == cs.EV_TRY:
+                if tape[p] == Event.TRY:
                     m = tape[p + 6]
                     state = tape[p + 7: p + 7 + m]
                     if heur == cs.HEUR_SUM:
@@ -270,7 +253,7 @@ def tape_kinds(tape):
     kinds, p = [], 0
     while p < len(tape):
         kinds.append(tape[p])
-        p += 7 + tape[p + 6] if tape[p] == cs.EV_TRY else 2 + tape[p + 1]
+        p += 7 + tape[p + 6] if tape[p] == Event.TRY else 2 + tape[p + 1]
     return kinds
 
 
@@ -279,7 +262,7 @@ def test_a_search_stops_at_its_try_budget():
     full = cs.run_search(CFG, batch, "dfs-sum", 0, "train", np.arange(200))
     out = cs.run_search(CFG, batch, "dfs-sum", 0, "train", np.arange(200), max_tries=3)
     for i in range(200):
-        tries = tape_kinds(out["tape"][out["offsets"][i]: out["offsets"][i + 1]].tolist()).count(cs.EV_TRY)
+        tries = tape_kinds(out["tape"][out["offsets"][i]: out["offsets"][i + 1]].tolist()).count(Event.TRY)
         assert tries <= 3
     assert out["found"].mean() < full["found"].mean()
 
@@ -335,8 +318,8 @@ def test_revthink_forward_rows_are_optimal_rows_and_its_backward_rows_are_real_t
     batch = cd.sample_instances(CFG, 2, "train", indices)
     optimal = rows_of("optimal", batch, indices, seed=2)
     rows = rows_of("revthink", batch, indices, seed=2)
-    assert [(p, c) for p, c, k in rows if k == grammar.KIND_FWD] == [(p, c) for p, c, _ in optimal]
-    assert [k for _, _, k in rows] == [grammar.KIND_FWD, grammar.KIND_BQ, grammar.KIND_BR] * 200
+    assert [(p, c) for p, c, k in rows if k == common.KIND_FWD] == [(p, c) for p, c, _ in optimal]
+    assert [k for _, _, k in rows] == [common.KIND_FWD, common.KIND_BQ, common.KIND_BR] * 200
     asked_an_input = 0
     for i in range(200):
         inst = cd.instance_at(batch, i)
@@ -445,7 +428,7 @@ def test_every_variant_parses_back_to_a_correct_faithful_plan(make_suite, varian
     for split in suite.splits:
         data = suite.split(split)
         for r in range(len(data)):
-            if data.kind[r] != grammar.KIND_FWD:
+            if data.kind[r] != common.KIND_FWD:
                 continue
             i = int(data.instance[r])
             inst = cd.instance_at(data.instances, i)

@@ -13,8 +13,8 @@ from gymnasium.utils.env_checker import check_env
 from retroplan.cli import main
 from retroplan.envs import digraph, graph, make_config
 from retroplan.errors import UserError
+from retroplan.events import Event
 from retroplan.metrics import analyse_stream
-from retroplan.searchers import EVENT_NAMES
 from retroplan.searchers.graph_search import run_search
 from retroplan.traces.suite import SuiteSpec, generate_suite
 
@@ -84,7 +84,7 @@ def test_teacher_dfs_backtracks_are_a_mix_of_necessary_and_premature():
         assert np.all(out["path_len"] > 0)  # the teacher finds the goal on every instance
         premature = necessary = 0
         for i in range(300):
-            events = [(EVENT_NAMES[int(k)], int(p)) for k, p in out["events"][i, : out["n_events"][i]]]
+            events = [(Event(int(k)), int(p)) for k, p in out["events"][i, : out["n_events"][i]]]
             stats = analyse_stream(events, [], digraph.Walk(cfg, batch, i), 0)
             premature += stats.premature
             necessary += stats.necessary

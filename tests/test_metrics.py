@@ -6,9 +6,12 @@ import torch
 
 from retroplan.decoding import TIPPenalty, pass_at_k
 from retroplan.envs import digraph, pathstar
+from retroplan.events import Event
 from retroplan.metrics import analyse_stream, has_self_loop, summarize_behaviour
 from retroplan.models import GPT, PRESETS, GPTConfig, generate
 from retroplan.traces import graphs
+
+START, GO, BACK, GOAL, JUMP = Event.START, Event.GO, Event.BACK, Event.GOAL, Event.JUMP
 
 CFG = pathstar.Config(degree=2, path_len=3, num_nodes=8)
 VOCAB = graphs.make_vocab(CFG)
@@ -257,7 +260,7 @@ def test_breadth_first_jumps_are_valid_and_not_redundant_or_backtracks():
 
     text = "at 0 1 at 0 3 at 1 4 goal ; 0 1 4 <eos>"
     parsed, st = run(text, inst=DIAMOND)
-    assert [e[0] for e in parsed.events] == ["start", "go", "jump", "go", "jump", "go", "goal"]
+    assert [e[0] for e in parsed.events] == [START, GO, JUMP, GO, JUMP, GO, GOAL]
     assert (st.steps, st.jumps, st.backtracks, st.invalid, st.redundant) == (5, 2, 0, 0, 0)
     assert st.thoughts == 3 and st.expanded == 2    # moves left 0 and 1
     verdict = judge(StreamSuite, DIAMOND, 0, VOCAB.encode(text))
@@ -279,7 +282,6 @@ def test_stream_first_step_judges_the_streams_first_move():
 def _re_expansions(events: np.ndarray, n_events: int) -> int:
     """Straight from a searcher's raw event log: GO events into a node that some earlier GO
     already left (the searcher expanding a node a second time)."""
-    from retroplan.searchers import BACK, GO, JUMP, START
 
     left, current, count = set(), None, 0
     for kind, node in events[:n_events].tolist():
@@ -308,9 +310,8 @@ def test_teacher_streams_are_valid_faithful_and_wander_as_the_searcher_does(task
     batch = task.sample_instances(cfg, 3, "test", indices)
     rows = graphs.write_examples(task, cfg, options, variant, 3, "test", indices, batch)
     vocab = graphs.make_vocab(cfg)
-    from retroplan.envs.splits import split_stream
     raw = graph_search.run_search(batch, cfg.num_nodes, graphs.depth_limit(task, cfg), searcher, order, 3,
-                                  indices, stream_salt=split_stream("test") & 0xFF)
+                                  indices, split="test")
 
     class Suite:
         grammar = graphs

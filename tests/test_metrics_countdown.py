@@ -7,9 +7,12 @@ import torch
 
 from retroplan.decoding import TIPPenalty
 from retroplan.envs import countdown as cd
+from retroplan.events import Event
 from retroplan.metrics import analyse_stream, summarize_behaviour
 from retroplan.searchers import countdown_search as cs
 from retroplan.traces import countdown as g
+
+START, GO, DEAD, BACK, GOAL, JUMP = Event.START, Event.GO, Event.DEAD, Event.BACK, Event.GOAL, Event.JUMP
 
 CFG = cd.Config(n_inputs=3)
 VOCAB = g.make_vocab(CFG)
@@ -101,8 +104,8 @@ def test_a_bfs_frontier_switch_is_a_jump_not_a_backtrack():
     text = ("at 2 3 5 try 2 + 3 = 5 : 5 5 try 2 * 3 = 6 : 5 6 go 5 6 try 6 - 5 = 1 : 1 dead "
             "go 5 5 try 5 + 5 = 10 : 10 goal " + PLAN)
     parsed, st = run(text)
-    assert [e[0] for e in parsed.events] == ["start", "go", "go", "dead", "jump", "go", "go", "goal"]
-    assert parsed.events[4] == ("jump", (2, 3, 5), True)   # written: the `go 5 5` word makes it
+    assert [e[0] for e in parsed.events] == [START, GO, GO, DEAD, JUMP, GO, GO, GOAL]
+    assert parsed.events[4] == (JUMP, (2, 3, 5), True)   # written: the `go 5 5` word makes it
     assert (st.jumps, st.backtracks, st.invalid, st.redundant) == (1, 0, 0, 0)
     assert st.thoughts == 2 and st.expanded == 3
     assert g.stream_plan(parsed) == parsed.plan == ["2+3=5", "5+5=10"]
@@ -113,8 +116,8 @@ def test_after_a_dead_number_the_return_to_its_parent_is_implied():
     text = ("at 2 3 5 try 2 * 3 = 6 : 5 6 go 5 6 try 6 - 5 = 1 : 1 dead try 5 + 6 = 11 : 11 dead "
             "back 2 3 5 try 2 + 3 = 5 : 5 5 go 5 5 try 5 + 5 = 10 : 10 goal " + PLAN)
     parsed, st = run(text)
-    backs = [e for e in parsed.events if e[0] == "back"]
-    assert backs == [("back", (5, 6), False), ("back", (2, 3, 5), True)]
+    backs = [e for e in parsed.events if e[0] == BACK]
+    assert backs == [(BACK, (5, 6), False), (BACK, (2, 3, 5), True)]
     assert (st.backtracks, st.written_backtracks) == (2, 1)
 
 
@@ -124,23 +127,23 @@ def test_an_unfinished_stream_keeps_the_events_it_can_read():
     for cut_off in (" try 5 * 5 = 2", " try 5 * 5", " try"):   # the cut last word is dropped
         parsed = g.parse("stream", VOCAB.encode(stream + cut_off), VOCAB)
         assert parsed.plan is None and parsed.error.startswith("no <eos>")
-        assert [e[0] for e in parsed.events] == ["start", "go"] and parsed.event_ends[-1] == read
+        assert [e[0] for e in parsed.events] == [START, GO] and parsed.event_ends[-1] == read
     # cut right after `go 5 5`: that word may still grow (`go 5 5 7`), so it is dropped too
-    assert [e[0] for e in g.parse("stream", VOCAB.encode(stream), VOCAB).events] == ["start"]
+    assert [e[0] for e in g.parse("stream", VOCAB.encode(stream), VOCAB).events] == [START]
     # a `try` closed by `goal` is whole even at the cut; so is a word a non-word token ends
     parsed = g.parse("stream", VOCAB.encode(stream + " try 5 + 5 = 10 : 10 goal"), VOCAB)
-    assert [e[0] for e in parsed.events][-2:] == ["go", "goal"] and parsed.plan is None
+    assert [e[0] for e in parsed.events][-2:] == [GO, GOAL] and parsed.plan is None
     assert g.stream_plan(parsed) == ["2+3=5", "5+5=10"]
     garbage = g.parse("stream", VOCAB.encode(stream + " , , try 5 + 5 = 10 : 10 goal " + PLAN), VOCAB)
     assert garbage.plan is None and "not a stream word" in garbage.error
-    assert [e[0] for e in garbage.events] == ["start", "go"] and garbage.event_ends[-1] == read
+    assert [e[0] for e in garbage.events] == [START, GO] and garbage.event_ends[-1] == read
     no_semi = g.parse("stream", VOCAB.encode(stream + " try 5 + 5 = 10 : 10 goal <eos>"), VOCAB)
-    assert no_semi.plan is None and "no `;`" in no_semi.error and no_semi.events[-1][0] == "goal"
+    assert no_semi.plan is None and "no `;`" in no_semi.error and no_semi.events[-1][0] == GOAL
     bad_plan = g.parse("stream", VOCAB.encode(stream + " ; 2 + <eos>"), VOCAB)
     assert bad_plan.plan is None and len(bad_plan.events) == 2
     back = g.parse("backward-stream", VOCAB.encode("at 2 3 5 -> 10 try 10 = 5 + 5 : 2 3 -> 5 go 2 3 -> 5 try 5 = 2"),  # noqa: E501
                    VOCAB)
-    assert back.backward and [e[0] for e in back.events] == ["start", "go"]
+    assert back.backward and [e[0] for e in back.events] == [START, GO]
 
 
 def test_an_unfinished_stream_is_judged_as_a_failed_trace():
@@ -160,7 +163,7 @@ def _tape_records(tape):
     p = 0
     while p < len(tape):
         kind = tape[p]
-        if kind == cs.EV_TRY:
+        if kind == Event.TRY:
             m = tape[p + 6]
             yield kind, tape[p + 5], tuple(tape[p + 7: p + 7 + m])
             p += 7 + m
@@ -179,13 +182,13 @@ def search_counts(tape, backward):
 
     current, tried_from, backs, again = None, set(), 0, 0
     for kind, _outcome, state in _tape_records(tape):
-        if kind == cs.EV_TRY:
+        if kind == Event.TRY:
             tried_from.add(current)
-        elif kind == cs.EV_GO:
+        elif kind == GO:
             again += key(state) in tried_from
             current = key(state)
         else:
-            backs += kind == cs.EV_BACK
+            backs += kind == BACK
             current = key(state)
     return backs, again
 
@@ -211,7 +214,7 @@ def test_every_teacher_stream_is_valid_faithful_and_wanders_as_its_search_does(s
         assert st.tokens == completion.index(g.SEMI)       # every stream token is in the last event
         tape = search["tape"][search["offsets"][r]: search["offsets"][r + 1]].tolist()
         backs, again = search_counts(tape, backward)
-        assert st.written_backtracks == backs == sum(w[0] == "back" for w in parsed.words)
+        assert st.written_backtracks == backs == sum(w[0] == BACK for w in parsed.words)
         assert st.redundant == again, (searcher, r)      # wandering = the search's re-expansions
         if searcher.startswith("bfs") or searcher == "dfs-full":
             assert again == 0   # these never expand a state twice

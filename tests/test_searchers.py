@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retroplan.envs import digraph, graph, pathstar
-from retroplan.searchers import BACK, DEAD, GO, GOAL, JUMP, START
+from retroplan.events import Event
 from retroplan.searchers.graph_search import run_search
 
 
@@ -16,30 +16,30 @@ def check_log(events, n, edges, start, goal, path, backward=False, ancestor_back
     if backward:
         edge_set = {(v, u) for u, v in edge_set}
         start, goal = goal, start
-    assert events[0][0] == START and events[0][1] == start
+    assert events[0][0] == Event.START and events[0][1] == start
     stack = [start]
     visited = {start}
     for kind, node in events[1:n]:
-        if kind == GO:
+        if kind == Event.GO:
             assert (stack[-1], node) in edge_set
             stack.append(int(node))
             visited.add(int(node))
-        elif kind == BACK:
+        elif kind == Event.BACK:
             if ancestor_backtracks:
                 assert node in stack
                 stack = stack[: stack.index(node) + 1]
             else:
                 assert node in visited
                 stack = [node]  # BFS jumps: only the endpoint matters below
-        elif kind == JUMP:  # breadth-first switch to a node entered elsewhere in the tree
+        elif kind == Event.JUMP:  # breadth-first switch to a node entered elsewhere in the tree
             assert not ancestor_backtracks and node in visited
             stack = [node]
-        elif kind == DEAD:
+        elif kind == Event.DEAD:
             pass
         else:
-            assert kind == GOAL
+            assert kind == Event.GOAL
             assert stack[-1] == goal
-    assert events[n - 1][0] == GOAL
+    assert events[n - 1][0] == Event.GOAL
     found = [int(x) for x in path]
     if backward:
         found = found[::-1]
@@ -90,7 +90,8 @@ def test_pathstar_dfs_explores_whole_wrong_arms_and_backward_search_never_backtr
     batch = pathstar.sample_instances(cfg, 0, "train", np.arange(400))
     fwd = run_search(batch, 40, 4, "dfs", "random", 0, np.arange(400))
     back = run_search(batch, 40, 4, "backward", "random", 0, np.arange(400))
-    dead_ends = np.array([(fwd["events"][i, : fwd["n_events"][i], 0] == DEAD).sum() for i in range(400)])
+    dead_ends = np.array([(fwd["events"][i, : fwd["n_events"][i], 0] == Event.DEAD).sum()
+                          for i in range(400)])
     # random arm order: the goal arm is tried 1st..4th equally often -> 1.5 dead ends on average
     assert abs(dead_ends.mean() - 1.5) < 0.15
     assert set(np.unique(dead_ends)) == {0, 1, 2, 3}

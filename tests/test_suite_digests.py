@@ -47,8 +47,8 @@ def _cases() -> dict[str, SuiteSpec]:
                                                           {"searcher": searcher}, 5, COUNTDOWN_SIZES)
     cases["countdown-corrupted-dfs-full"] = SuiteSpec("countdown", "corrupted", {}, {"searcher": "dfs-full"},
                                                       5, COUNTDOWN_SIZES)
-    cases["countdown-5-numbers"] = SuiteSpec("countdown", "stream", {"n_inputs": 5, "operations": "+-*"}, {}, 2,
-                                             {"train": 6, "val": 2, "test": 2})
+    cases["countdown-5-numbers"] = SuiteSpec("countdown", "stream", {"n_inputs": 5, "operations": "+-*"},
+                                             {}, 2, {"train": 6, "val": 2, "test": 2})
     cases["pathstar-optimal+reverse"] = SuiteSpec("pathstar", "optimal+reverse", {}, {}, 9, SMALL)
     cases["graph-optimal+stream+lookahead"] = SuiteSpec("graph", "optimal+stream+lookahead", {}, {}, 9, SMALL)
     cases["countdown-stream+backward-stream"] = SuiteSpec("countdown", "stream+backward-stream", {}, {}, 9,

@@ -14,7 +14,7 @@ from retroplan.batching import IGNORE, collate
 from retroplan.envs import pathstar
 from retroplan.errors import UserError
 from retroplan.eval import EvalConfig, evaluate, judge
-from retroplan.traces import graphs
+from retroplan.traces import common, graphs
 from retroplan.traces.suite import SuiteSpec, generate_suite, open_suite
 from retroplan.train import TrainConfig, train
 
@@ -220,7 +220,7 @@ def test_revthink_forward_rows_are_byte_identical_to_optimal_rows(task, tmp_path
             for v in ("optimal", "revthink")}
     for split in sizes:
         opt, rev = made["optimal"].split(split), made["revthink"].split(split)
-        fwd = np.flatnonzero(rev.kind == graphs.KIND_FWD)
+        fwd = np.flatnonzero(rev.kind == common.KIND_FWD)
         assert len(fwd) == len(opt)
         for r_opt, r_rev in enumerate(fwd):
             assert rev.row(r_rev).tobytes() == opt.row(r_opt).tobytes()
@@ -240,7 +240,7 @@ def test_revthink_backward_rows_read_as_documented_and_the_oracle_accepts_them(m
     widths = []
     for r in range(len(data)):
         kind = int(data.kind[r])
-        if kind == graphs.KIND_FWD:
+        if kind == common.KIND_FWD:
             continue
         i = int(data.instance[r])
         inst = suite.task.instance_at(data.instances, i)
@@ -251,7 +251,7 @@ def test_revthink_backward_rows_read_as_documented_and_the_oracle_accepts_them(m
         assert dist[s] == k  # the forward answer is as short as the oracle says
         backward_q = f"{question} / start {' '.join(['go'] * k)} {g} ="
         prompt, completion = dec(data.prompt(r)), dec(data.completion(r))
-        if kind == graphs.KIND_BQ:  # question + forward answer -> backward question
+        if kind == common.KIND_BQ:  # question + forward answer -> backward question
             assert prompt == f"<bos> [bq] {question} / {s} {g} = {' '.join(map(str, plan))} ;"
             assert completion == f"{backward_q} <eos>"
             continue
@@ -283,7 +283,7 @@ def test_revthink_drops_backward_rows_of_inconsistent_instances():
     ex = graphs.write_examples(pathstar, cfg, graphs.Options(), "revthink", 0, "train",
                                np.arange(2), batch)
     assert ex["instance"].tolist() == [0, 0, 0, 1]
-    assert ex["kind"].tolist() == [graphs.KIND_FWD, graphs.KIND_BQ, graphs.KIND_BR, graphs.KIND_FWD]
+    assert ex["kind"].tolist() == [common.KIND_FWD, common.KIND_BQ, common.KIND_BR, common.KIND_FWD]
 
 
 # --------------------------------------------------------------------------- backward-stream

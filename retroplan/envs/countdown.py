@@ -36,7 +36,6 @@ from numba import njit, prange
 from .. import rng
 from ..errors import UserError, require
 from . import rl
-from .splits import split_stream
 
 NAME = "countdown"
 ENV_ID = "retroplan/Countdown-v0"
@@ -414,7 +413,8 @@ def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
             f"{cfg.max_target - cfg.min_target + 1} targets; holding out 10% leaves none for "
             f"{split}; use at least 10 targets or give {split} size 0.")
     abort = np.zeros(1, dtype=np.int64)
-    _sample(np.uint64(seed), split_stream(split), indices, salts, targets, k, cfg.min_input,
+    stream = rng.stream_key(rng.STREAM_INSTANCE, split)
+    _sample(np.uint64(seed), stream, indices, salts, targets, k, cfg.min_input,
             cfg.max_input, ops_mask(cfg), MAX_DRAWS, batch["numbers"], batch["target"],
             batch["plan"], batch["draws"], abort)
     if abort[0]:

@@ -43,7 +43,6 @@ from numba import njit, prange
 from .. import rng
 from ..errors import UserError, require
 from . import digraph, rl
-from .splits import split_stream
 
 NAME = "graph"
 ENV_ID = "retroplan/GraphPlan-v0"
@@ -456,7 +455,7 @@ def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
         "plan_len": np.empty(n, dtype=np.int32),
     }
     out = (batch["edges"], batch["start"], batch["goal"], batch["plan"], batch["plan_len"])
-    stream = split_stream(split)
+    stream = rng.stream_key(rng.STREAM_INSTANCE, split)
     if cfg.structure == "dead-ends":
         _sample_dead_ends(np.uint64(seed), stream, indices, salts, cfg.num_nodes, cfg.out_degree,
                           dead_nodes(cfg), cfg.min_distance, cfg.max_distance, *out)

@@ -17,7 +17,6 @@ from numba import njit, prange
 from .. import rng
 from ..errors import require
 from . import digraph, rl
-from .splits import split_stream
 
 NAME = "pathstar"
 ENV_ID = "retroplan/PathStar-v0"
@@ -109,7 +108,8 @@ def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
         "plan": np.empty((n, cfg.path_len), dtype=np.int32),
         "plan_len": np.full(n, cfg.path_len, dtype=np.int32),
     }
-    _sample(np.uint64(seed), split_stream(split), indices, salts, cfg.degree, cfg.path_len,
+    stream = rng.stream_key(rng.STREAM_INSTANCE, split)
+    _sample(np.uint64(seed), stream, indices, salts, cfg.degree, cfg.path_len,
             cfg.num_nodes, batch["edges"], batch["start"], batch["goal"], batch["plan"])
     return batch
 

@@ -15,7 +15,7 @@ import heapq
 
 from .. import rng
 from ..envs import countdown as cd
-from ..envs.splits import split_stream
+from ..events import Event
 from . import countdown_search as cs
 
 SplitMix = rng.SplitMixPy  # the same bits as the Numba kernels, in plain Python
@@ -65,7 +65,7 @@ def sample(cfg: cd.Config, seed: int, split: str, index: int, salt: int = 0, ran
     if targets is None:
         targets = cd.split_targets(cfg, split).tolist()
     if rand is None:
-        below = SplitMix(seed, split_stream(split), index, salt).randbelow
+        below = SplitMix(seed, rng.stream_key(rng.STREAM_INSTANCE, split), index, salt).randbelow
     else:
         below = rand.randrange
     ops = _ops(cfg.operations)
@@ -122,7 +122,7 @@ class _Budget(Exception):
 def dfs(nums, target, heur, ops, max_tries):
     """SoS's DFS. Returns (tape, plan or None)."""
     factors = _factors(target)
-    tape = [cs.EV_START, len(nums), *nums]
+    tape = [Event.START, len(nums), *nums]
     tries = [0]
 
     def visit(vals, path):
@@ -133,17 +133,17 @@ def dfs(nums, target, heur, ops, max_tries):
                 raise _Budget
             if len(child) == 1:
                 goal = step[3] == target
-                tape.extend([cs.EV_TRY, *step, cs.OUT_GOAL if goal else cs.OUT_DEAD, 1, step[3]])
+                tape.extend([Event.TRY, *step, cs.OUT_GOAL if goal else cs.OUT_DEAD, 1, step[3]])
                 if goal:
                     return path + [step]
                 continue
-            tape.extend([cs.EV_TRY, *step, cs.OUT_OPEN, len(child), *child])
-            tape.extend([cs.EV_GO, len(child), *child])
+            tape.extend([Event.TRY, *step, cs.OUT_OPEN, len(child), *child])
+            tape.extend([Event.GO, len(child), *child])
             found = visit(child, path + [step])
             if found is not None:
                 return found
             if k < len(kids) - 1:  # back here for the next child
-                tape.extend([cs.EV_BACK, len(vals), *vals])
+                tape.extend([Event.BACK, len(vals), *vals])
         return None
 
     try:
@@ -156,7 +156,7 @@ def dfs_full(nums, target, ops, max_tries):
     """The complete forward DFS: children by the sum heuristic, no heuristic prune; a child
     whose number multiset was entered before is skipped, and of a two-number node only the
     first (nearest) result is tried. Returns (tape, plan or None)."""
-    tape = [cs.EV_START, len(nums), *nums]
+    tape = [Event.START, len(nums), *nums]
     seen = {tuple(sorted(nums))}
     tries = [0]
 
@@ -175,20 +175,20 @@ def dfs_full(nums, target, ops, max_tries):
                 raise _Budget
             if len(child) == 1:
                 goal = step[3] == target
-                tape.extend([cs.EV_TRY, *step, cs.OUT_GOAL if goal else cs.OUT_DEAD, 1, step[3]])
+                tape.extend([Event.TRY, *step, cs.OUT_GOAL if goal else cs.OUT_DEAD, 1, step[3]])
                 if goal:
                     return path + [step]
                 return None  # the result nearest the target missed: every other one misses
 
             seen.add(tuple(sorted(child)))
-            tape.extend([cs.EV_TRY, *step, cs.OUT_OPEN, len(child), *child])
-            tape.extend([cs.EV_GO, len(child), *child])
+            tape.extend([Event.TRY, *step, cs.OUT_OPEN, len(child), *child])
+            tape.extend([Event.GO, len(child), *child])
             found = visit(child, path + [step])
             if found is not None:
                 return found
             k = fresh(kids, k + 1)
             if k < len(kids):  # back here for the next fresh child
-                tape.extend([cs.EV_BACK, len(vals), *vals])
+                tape.extend([Event.BACK, len(vals), *vals])
         return None
 
     try:
@@ -201,7 +201,7 @@ def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
     """SoS's beam search (tries kept children in a random order, skips states, number
     multisets, already expanded). Returns (tape, plan or None)."""
     factors = _factors(target)
-    tape = [cs.EV_START, len(nums), *nums]
+    tape = [Event.START, len(nums), *nums]
     vals, parent, step = [list(nums)], [-1], [None]
     heap = [(0, 0)]
     closed = set()
@@ -214,7 +214,7 @@ def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
                 continue
             closed.add(state)
             if u != 0:
-                tape.extend([cs.EV_GO, len(vals[u]), *vals[u]])
+                tape.extend([Event.GO, len(vals[u]), *vals[u]])
             if len(vals[u]) == 1:
                 continue
             kept = _children(vals[u], target, heur, ops, factors, False)[:beam]
@@ -228,14 +228,14 @@ def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
                 parent.append(u)
                 step.append(move)
                 if len(child) == 1 and move[3] == target:
-                    tape.extend([cs.EV_TRY, *move, cs.OUT_GOAL, 1, move[3]])
+                    tape.extend([Event.TRY, *move, cs.OUT_GOAL, 1, move[3]])
                     plan = []
                     while v != 0:
                         plan.append(step[v])
                         v = parent[v]
                     return tape, plan[::-1]
                 outcome = cs.OUT_DEAD if len(child) == 1 else cs.OUT_OPEN
-                tape.extend([cs.EV_TRY, *move, outcome, len(child), *child])
+                tape.extend([Event.TRY, *move, outcome, len(child), *child])
                 heapq.heappush(heap, (h, v))
     return tape, None
 
@@ -243,7 +243,7 @@ def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
 def mix_search(nums, target, cfg: cd.Config, seed: int, split: str, index: int, max_tries: int = 10_000,
                searcher: str = "mix"):
     """The `mix` strategy, or the forward `searcher` named: (strategy code, tape, plan or None)."""
-    rand = SplitMix(seed, (rng.STREAM_SEARCH << 8) | (split_stream(split) & 0xFF), index, 0)
+    rand = SplitMix(seed, rng.stream_key(rng.STREAM_SEARCH, split), index, 0)
     draw = rand.randbelow(20)
     if searcher == "mix":
         code = 0 if draw < 5 else (1 if draw < 10 else 2 + draw - 10)
@@ -288,7 +288,7 @@ def stream_tokens(nums, target, tape, plan) -> list[int]:
     p = 0
     while p < len(tape):
         kind = tape[p]
-        if kind == cs.EV_TRY:
+        if kind == Event.TRY:
             x, op, y, r, outcome, m = tape[p + 1: p + 7]
             out += [g.TRY, *_number(x), g.OP0 + op, *_number(y), g.EQ, *_number(r), g.COLON]
             for v in tape[p + 7: p + 7 + m]:
@@ -298,7 +298,7 @@ def stream_tokens(nums, target, tape, plan) -> list[int]:
             p += 7 + m
         else:
             m = tape[p + 1]
-            out.append(g.AT if kind == cs.EV_START else (g.GO if kind == cs.EV_GO else g.BACK))
+            out.append(g.AT if kind == Event.START else (g.GO if kind == Event.GO else g.BACK))
             for v in tape[p + 2: p + 2 + m]:
                 out += _number(v)
             p += 2 + m

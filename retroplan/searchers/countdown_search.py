@@ -29,15 +29,15 @@ the nearest factor >= 2 of the target):
   like (a+b)*(c-d) are out of its reach.
 - `optimal`: the oracle's solution, no search (`envs.countdown.solve`).
 
-Event tape (int64, per instance): records of
-    START  [0, m, s_1..s_m]                          the search starts at the numbers s
-    TRY    [1, first, op, second, result, outcome, m, s_1..s_m]
+Event tape (int64, per instance): records of (the first entry is an `events.Event` code)
+    START  [START, m, s_1..s_m]                      the search starts at the numbers s
+    TRY    [TRY, first, op, second, result, outcome, m, s_1..s_m]
                                                      an operation from the current node giving
                                                      the child s; outcome 0 open, 1 goal, 2 dead
                                                      (a single number that is not the target)
-    GO     [2, m, s_1..s_m]                          move to the generated, not yet expanded
+    GO     [GO, m, s_1..s_m]                            move to the generated, not yet expanded
                                                      node s (the earliest generated such node)
-    BACK   [3, m, s_1..s_m]                          return to the ancestor s (DFS)
+    BACK   [BACK, m, s_1..s_m]                          return to the ancestor s (DFS)
 Backward states are written as the unused inputs followed by the subgoal (m counts both), and
 a backward TRY's (first, op, second, result) is the forward step `first op second = result`
 with result the current subgoal. Searches stop after `max_tries` TRY events (no solution).
@@ -50,10 +50,9 @@ from numba import njit, prange
 
 from .. import rng
 from ..envs import countdown as cd
-from ..envs.splits import split_stream
 from ..errors import require
+from ..events import Event
 
-EV_START, EV_TRY, EV_GO, EV_BACK = 0, 1, 2, 3
 OUT_OPEN, OUT_GOAL, OUT_DEAD = 0, 1, 2
 HEUR_SUM, HEUR_MULT = 0, 1
 HEURISTICS = ("sum", "mult")
@@ -102,7 +101,7 @@ def mix_choice(seed: int, split: str, index: int) -> str:
 
 
 def _search_stream(split: str) -> int:
-    return (rng.STREAM_SEARCH << 8) | (split_stream(split) & 0xFF)
+    return rng.stream_key(rng.STREAM_SEARCH, split)
 
 
 # --------------------------------------------------------------------------- tape
@@ -127,7 +126,7 @@ def _put_state(tape, pos, kind, vals, m):
 
 @njit(cache=True)
 def _put_try(tape, pos, first, op, second, result, outcome, vals, m):
-    pos = _put(tape, pos, EV_TRY)
+    pos = _put(tape, pos, Event.TRY)
     pos = _put(tape, pos, first)
     pos = _put(tape, pos, op)
     pos = _put(tape, pos, second)
@@ -238,7 +237,7 @@ def _put_row(tape, pos, kind, vals, row, m):
 
 @njit(cache=True, inline="always")
 def _put_try_row(tape, pos, first, op, second, result, outcome, vals, row, m):
-    pos = _put(tape, pos, EV_TRY)
+    pos = _put(tape, pos, Event.TRY)
     pos = _put(tape, pos, first)
     pos = _put(tape, pos, op)
     pos = _put(tape, pos, second)
@@ -274,7 +273,7 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
     path = np.empty((n, 4), dtype=np.int64)
     for s in range(n):
         vals[0, s] = nums[s]
-    pos = _put_row(tape, 0, EV_START, vals, 0, n)
+    pos = _put_row(tape, 0, Event.START, vals, 0, n)
     n_kids[0] = _children(vals, 0, n, target, heur, mask, factors, True, kx, kop, ky, kr, ki, kj, kh, order,
                           0)
     d = 0
@@ -300,7 +299,7 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
                     return pos, True
                 continue
             pos = _put_try_row(tape, pos, x, op, y, r, OUT_OPEN, vals, d + 1, m - 1)
-            pos = _put_row(tape, pos, EV_GO, vals, d + 1, m - 1)
+            pos = _put_row(tape, pos, Event.GO, vals, d + 1, m - 1)
             d += 1
             n_kids[d] = _children(vals, d, m - 1, target, heur, mask, factors, True, kx, kop, ky, kr, ki, kj,
                                   kh, order, d)
@@ -313,7 +312,7 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
             if a < 0:
                 return pos, False
             d = a
-            pos = _put_row(tape, pos, EV_BACK, vals, d, n - d)
+            pos = _put_row(tape, pos, Event.BACK, vals, d, n - d)
 
 
 # --------------------------------------------------------------------------- complete DFS
@@ -381,7 +380,7 @@ def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
     _, slot = _key_slot(table, keys, key_m, 0)
     table[slot] = 0
     seen = 1
-    pos = _put_row(tape, 0, EV_START, vals, 0, n)
+    pos = _put_row(tape, 0, Event.START, vals, 0, n)
     n_kids[0] = _children(vals, 0, n, target, HEUR_SUM, mask, factors, False, kx, kop, ky, kr, ki, kj, kh,
                           order, 0)
     d = 0
@@ -413,7 +412,7 @@ def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
                 next_kid[d] = n_kids[d]
                 continue
             pos = _put_try_row(tape, pos, x, op, y, r, OUT_OPEN, vals, d + 1, m - 1)
-            pos = _put_row(tape, pos, EV_GO, vals, d + 1, m - 1)
+            pos = _put_row(tape, pos, Event.GO, vals, d + 1, m - 1)
             d += 1
             n_kids[d] = _children(vals, d, m - 1, target, HEUR_SUM, mask, factors, False, kx, kop, ky, kr, ki,
                                   kj, kh, order, d)
@@ -427,7 +426,7 @@ def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
             if a < 0:
                 return pos, False
             d = a
-            pos = _put_row(tape, pos, EV_BACK, vals, d, n - d)
+            pos = _put_row(tape, pos, Event.BACK, vals, d, n - d)
 
 
 # --------------------------------------------------------------------------- BFS (SoS beam)
@@ -559,7 +558,7 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
     node_h[0] = 0
     nodes = 1
     heap_size = _heap_push(heap, 0, 0, node_h)
-    pos = _put_state(tape, 0, EV_START, nums, n)
+    pos = _put_state(tape, 0, Event.START, nums, n)
     tries = 0
     while heap_size > 0:
         taken = 0
@@ -572,7 +571,7 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
                 continue  # this state (number multiset) was expanded already
             m = node_m[u]
             if u != 0:
-                pos = _put_row(tape, pos, EV_GO, node_vals, u, m)
+                pos = _put_row(tape, pos, Event.GO, node_vals, u, m)
             if m == 1:
                 continue
             count = _children(node_vals, u, m, target, heur, mask, factors, False, kx, kop, ky, kr, ki, kj,
@@ -733,7 +732,7 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
     for s in range(n):
         where[0, s] = s
     goal[0] = target
-    pos = _put_state(tape, 0, EV_START, _show(unused[0], n, goal[0], shown), n + 1)
+    pos = _put_state(tape, 0, Event.START, _show(unused[0], n, goal[0], shown), n + 1)
     n_kids[0] = _backward_children(unused[0], where[0], n, goal[0], mask, kx[0], kop[0], ky[0], kr[0],
                                    kp[0], ksub[0], kh[0], order[0])
     d = 0
@@ -766,7 +765,7 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
                 continue
             child = _show(unused[d + 1], k - 1, goal[d + 1], shown)
             pos = _put_try(tape, pos, kx[d, c], kop[d, c], ky[d, c], kr[d, c], OUT_OPEN, child, k)
-            pos = _put_state(tape, pos, EV_GO, child, k)
+            pos = _put_state(tape, pos, Event.GO, child, k)
             d += 1
             n_kids[d] = _backward_children(unused[d], where[d], k - 1, goal[d], mask, kx[d], kop[d], ky[d],
                                            kr[d], kp[d], ksub[d], kh[d], order[d])
@@ -778,7 +777,7 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
             if a < 0:
                 return pos, False
             d = a
-            pos = _put_state(tape, pos, EV_BACK, _show(unused[d], n - d, goal[d], shown), n - d + 1)
+            pos = _put_state(tape, pos, Event.BACK, _show(unused[d], n - d, goal[d], shown), n - d + 1)
 
 
 # --------------------------------------------------------------------------- batch driver

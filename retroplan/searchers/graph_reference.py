@@ -9,15 +9,14 @@ what the kernels produce (tests/test_graph_reference.py).
 from __future__ import annotations
 
 from .. import rng as nrng
-from ..envs.splits import SPLIT_IDS
+from ..events import Event
 from ..rng import SplitMixPy as Rng
 from ..traces import graphs as g
-from . import BACK, DEAD, GO, GOAL, START
 
 
 def sample_pathstar(degree: int, path_len: int, num_nodes: int, seed: int, split: str, index: int):
     """(edges, start, goal, plan) of one instance, as `pathstar.sample_instances` draws it."""
-    r = Rng(seed, (nrng.STREAM_INSTANCE << 8) | SPLIT_IDS[split], index, 0)
+    r = Rng(seed, nrng.stream_key(nrng.STREAM_INSTANCE, split), index, 0)
     arm = path_len - 1
     n_edges = degree * arm
     labels = list(range(num_nodes))
@@ -54,10 +53,10 @@ def dfs(edges, start: int, goal: int, limit: int, r: Rng):
     best = {start: 0}
     path = [start]
     todo = [children(start)]
-    events = [(START, start)]
+    events = [(Event.START, start)]
     while True:
         if path[-1] == goal:
-            events.append((GOAL, -1))
+            events.append((Event.GOAL, -1))
             return events, path
         depth = len(path) - 1
         moved = False
@@ -67,12 +66,12 @@ def dfs(edges, start: int, goal: int, limit: int, r: Rng):
                 best[v] = depth + 1
                 path.append(v)
                 todo.append(children(v))
-                events.append((GO, v))
+                events.append((Event.GO, v))
                 moved = True
                 break
         if moved:
             continue
-        events.append((DEAD, -1))
+        events.append((Event.DEAD, -1))
         while len(path) > 1:
             path.pop()
             todo.pop()
@@ -81,24 +80,24 @@ def dfs(edges, start: int, goal: int, limit: int, r: Rng):
                 break
         else:
             return events, []
-        events.append((BACK, path[-1]))
+        events.append((Event.BACK, path[-1]))
 
 
 def stream_row(degree: int, path_len: int, num_nodes: int, seed: int, split: str, index: int):
     """(tokens, prompt length) of the `stream` row of one instance."""
     edges, start, goal, _ = sample_pathstar(degree, path_len, num_nodes, seed, split, index)
-    r = Rng(seed, (nrng.STREAM_SEARCH << 8) | SPLIT_IDS[split], index, 0)
+    r = Rng(seed, nrng.stream_key(nrng.STREAM_SEARCH, split), index, 0)
     events, path = dfs(edges, start, goal, path_len - 1, r)
     row = [g.BOS]
     for k, (u, v) in enumerate(edges):
         row += ([g.BAR] if k else []) + [g.NODE0 + u, g.NODE0 + v]
     row += [g.SLASH, g.NODE0 + start, g.NODE0 + goal, g.EQ]
     prompt_len = len(row)
-    words = {START: [g.AT], GO: [], BACK: [g.BACK_T]}  # a move is the bare node
+    words = {Event.START: [g.AT], Event.GO: [], Event.BACK: [g.BACK_T]}  # a move is the bare node
     for kind, node in events:
         if kind in words:
             row += words[kind] + [g.NODE0 + node]
         else:
-            row.append(g.DEAD_T if kind == DEAD else g.GOAL_T)
+            row.append(g.DEAD_T if kind == Event.DEAD else g.GOAL_T)
     row += [g.SEMI] + [g.NODE0 + v for v in path] + [g.EOS]
     return row, prompt_len

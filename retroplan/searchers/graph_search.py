@@ -22,7 +22,7 @@ from numba import njit, prange
 from .. import rng
 from ..envs import digraph
 from ..errors import require
-from . import BACK, DEAD, GO, GOAL, JUMP, START
+from ..events import Event
 
 SEARCHERS = ("dfs", "bfs", "backward")
 ORDERS = ("random", "distance")
@@ -90,14 +90,14 @@ def _dfs_one(src, dst, start, goal, n, limit, order_code, state, events, path):
     best_depth[start] = 0
     depth = 0
     path[0] = start
-    events[0, 0] = START
+    events[0, 0] = Event.START
     events[0, 1] = start
     ne = 1
     n_children[0] = _child_order(ptr, adj, start, dist_goal, order_code, state, buf)
     children[0, : n_children[0]] = buf[: n_children[0]]
     while True:
         if path[depth] == goal:
-            events[ne, 0] = GOAL
+            events[ne, 0] = Event.GOAL
             events[ne, 1] = -1
             return ne + 1, depth + 1
         moved = False
@@ -108,7 +108,7 @@ def _dfs_one(src, dst, start, goal, n, limit, order_code, state, events, path):
                 best_depth[v] = depth + 1
                 depth += 1
                 path[depth] = v
-                events[ne, 0] = GO
+                events[ne, 0] = Event.GO
                 events[ne, 1] = v
                 ne += 1
                 m = _child_order(ptr, adj, v, dist_goal, order_code, state, buf)
@@ -119,7 +119,7 @@ def _dfs_one(src, dst, start, goal, n, limit, order_code, state, events, path):
                 break
         if moved:
             continue
-        events[ne, 0] = DEAD
+        events[ne, 0] = Event.DEAD
         events[ne, 1] = -1
         ne += 1
         # back to the deepest node on the path that still has a successor worth entering
@@ -132,7 +132,7 @@ def _dfs_one(src, dst, start, goal, n, limit, order_code, state, events, path):
                     break
         if not found:  # nothing within the depth limit reaches the goal
             return ne, 0
-        events[ne, 0] = BACK
+        events[ne, 0] = Event.BACK
         events[ne, 1] = path[depth]
         ne += 1
 
@@ -149,7 +149,7 @@ def _bfs_one(src, dst, start, goal, n, order_code, state, events, path):
     queue[0] = start
     seen[start] = True
     ne = 0
-    events[ne, 0] = START
+    events[ne, 0] = Event.START
     events[ne, 1] = start
     ne += 1
     cur = start
@@ -158,15 +158,15 @@ def _bfs_one(src, dst, start, goal, n, order_code, state, events, path):
         head += 1
         if u != start:
             if parent[u] != cur:
-                events[ne, 0] = JUMP
+                events[ne, 0] = Event.JUMP
                 events[ne, 1] = parent[u]
                 ne += 1
-            events[ne, 0] = GO
+            events[ne, 0] = Event.GO
             events[ne, 1] = u
             ne += 1
             cur = u
         if u == goal:
-            events[ne, 0] = GOAL
+            events[ne, 0] = Event.GOAL
             events[ne, 1] = -1
             ne += 1
             length = 0
@@ -213,7 +213,7 @@ def _run(searcher_code, order_code, edges, start, goal, n, limit, seed, stream, 
 
 
 def run_search(batch: dict, num_nodes: int, limit: int, searcher: str, order: str, seed: int,
-               indices: np.ndarray, stream_salt: int = 0) -> dict:
+               indices: np.ndarray, split: str = "train") -> dict:
     """Run `searcher` on every instance of `batch`; DFS searches go at most `limit` moves deep.
 
     Returns `events` (N, max_events, 2) of which row i holds `n_events[i]`, `path`
@@ -232,7 +232,7 @@ def run_search(batch: dict, num_nodes: int, limit: int, searcher: str, order: st
         "path": np.empty((n, num_nodes), dtype=np.int32),
         "path_len": np.zeros(n, dtype=np.int32),
     }
-    stream = (rng.STREAM_SEARCH << 8) | stream_salt
+    stream = rng.stream_key(rng.STREAM_SEARCH, split)
     _run(SEARCHERS.index(searcher), ORDERS.index(order), batch["edges"], batch["start"],
          batch["goal"], num_nodes, limit, np.uint64(seed), stream,
          np.ascontiguousarray(indices, dtype=np.int64), out["events"], out["n_events"],

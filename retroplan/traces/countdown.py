@@ -48,15 +48,27 @@ from numba import njit, prange
 
 from .. import rng
 from ..envs import countdown as cd
-from ..envs.splits import split_stream
 from ..errors import require
+from ..events import Event
 from ..searchers import countdown_search as cs
-from .graphs import KIND_BQ, KIND_BR, KIND_FWD, Parsed, example_rows
+from .common import (
+    BACKWARD_STREAM,
+    CORRUPTED,
+    KIND_BQ,
+    KIND_BR,
+    KIND_FWD,
+    OPTIMAL,
+    REVERSE,
+    REVFWD,
+    REVTHINK,
+    STREAM,
+    STREAM_VARIANTS,
+    VARIANT_CODE,
+    VARIANTS,
+    Parsed,
+    example_rows,
+)
 from .vocab import MIX_TOKENS, Vocab, forced_open
-
-VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink", "lookahead",
-            "corrupted")
-STREAM_VARIANTS = ("stream", "backward-stream", "corrupted")
 
 _WORDS = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->", "?", "_", "at",
           "try", "go", "back", "goal", "dead", "none", "[bq]", "[br]", "<T>", "</T>"]
@@ -67,7 +79,6 @@ OP0 = PLUS            # token of operation code op is OP0 + op (the order of cd.
 NUM0 = len(STRUCTURE)
 NUMBER_TOKENS = 1000  # integers 0..999; larger ones in base-1000 groups
 
-_CODE = {v: k for k, v in enumerate(VARIANTS)}
 DONOR_SALT = 1 << 40  # `corrupted`: a salt no dedup redraw reaches, so donors are fresh instances
 
 
@@ -182,7 +193,7 @@ def _put_tape(buf, pos, tape, lo, hi, backward):
     p = lo
     while p < hi:
         kind = tape[p]
-        if kind == cs.EV_TRY:
+        if kind == Event.TRY:
             outcome, m = tape[p + 5], tape[p + 6]
             pos = _put(buf, pos, TRY)
             pos = _put_step(buf, pos, tape[p + 1: p + 5], backward)
@@ -195,7 +206,7 @@ def _put_tape(buf, pos, tape, lo, hi, backward):
             p += 7 + m
         else:
             m = tape[p + 1]
-            pos = _put(buf, pos, AT if kind == cs.EV_START else (GO if kind == cs.EV_GO else BACK))
+            pos = _put(buf, pos, AT if kind == Event.START else (GO if kind == Event.GO else BACK))
             pos = _put_node(buf, pos, tape, p + 2, m, backward)
             p += 2 + m
     return pos
@@ -218,7 +229,7 @@ def _count_tape(tape, lo, hi, backward):
     count = 0
     p = lo
     while p < hi:
-        if tape[p] == cs.EV_TRY:
+        if tape[p] == Event.TRY:
             m = tape[p + 6]
             count += 4 + _number_len(tape[p + 1]) + _number_len(tape[p + 3]) + _number_len(tape[p + 4])
             count += 1 if tape[p + 5] != cs.OUT_OPEN else 0
@@ -251,7 +262,7 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
     """One example; returns (length, prompt length). `buf` of length 0 only measures.
     `span`: lookahead's (cut d, first span step k, last span step L), d < 0 for a plain row."""
     pos = _put(buf, 0, BOS)
-    if code == 5 and kind != KIND_FWD:  # revthink's backward objectives; forward rows = optimal's
+    if code == REVTHINK and kind != KIND_FWD:  # revthink's backward objectives; forward rows = optimal's
         pos = _put(buf, pos, BQ if kind == KIND_BQ else BR)
         if kind == KIND_BR:
             pos = _put_question(buf, pos, q_nums, q_target)
@@ -262,25 +273,25 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
     else:
         pos = _put_question(buf, pos, nums, target)
     prompt = pos
-    if code == 0:
+    if code == OPTIMAL:
         pos = _put_plan(buf, pos, plan, False)
-    elif code == 1:
+    elif code == REVERSE:
         pos = _put_plan(buf, pos, plan, True)
-    elif code == 2:
+    elif code == REVFWD:
         pos = _put_plan(buf, pos, plan, True)
         pos = _put(buf, pos, SEMI)
         pos = _put_plan(buf, pos, plan, False)
-    elif code == 3 or code == 4 or code == 7:  # stream, backward-stream, corrupted (a donor's tape)
+    elif code == STREAM or code == BACKWARD_STREAM or code == CORRUPTED:  # corrupted: a donor's tape
         if buf.shape[0] == 0:
-            pos += _count_tape(tape, lo, hi, code == 4)
+            pos += _count_tape(tape, lo, hi, code == BACKWARD_STREAM)
         else:
-            pos = _put_tape(buf, pos, tape, lo, hi, code == 4)
+            pos = _put_tape(buf, pos, tape, lo, hi, code == BACKWARD_STREAM)
         pos = _put(buf, pos, SEMI)
         if found:
             pos = _put_plan(buf, pos, plan, False)
         else:
             pos = _put(buf, pos, NONE)
-    elif code == 5:
+    elif code == REVTHINK:
         if kind == KIND_FWD:
             pos = _put_plan(buf, pos, plan, False)
         elif kind == KIND_BQ:
@@ -471,7 +482,7 @@ def backward_questions(cfg, seed: int, split: str, indices: np.ndarray, batch: d
     out = {"numbers": np.zeros((n_inst, n), dtype=np.int64), "target": np.zeros(n_inst, dtype=np.int64),
            "plan": np.zeros((n_inst, n - 1, 4), dtype=np.int64), "ok": np.zeros(n_inst, dtype=np.bool_)}
     _backward_questions(batch["numbers"], batch["target"], batch["plan"], cd.ops_mask(cfg), np.uint64(seed),
-                        (rng.STREAM_TRACE << 8) | (split_stream(split) & 0xFF),
+                        rng.stream_key(rng.STREAM_TRACE, split),
                         np.ascontiguousarray(indices, dtype=np.int64), out["numbers"], out["target"],
                         out["plan"], out["ok"])
     return out
@@ -501,7 +512,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
         donors = cd.sample_instances(cfg, seed, split, indices, salts=np.full(n_inst, DONOR_SALT, np.int64))
         result = cs.run_search(cfg, donors, options.searcher, seed, split, indices, options.max_tries)
         tape, tape_off = result["tape"], result["offsets"]
-    trace_stream = (rng.STREAM_TRACE << 8) | (split_stream(split) & 0xFF)
+    trace_stream = rng.stream_key(rng.STREAM_TRACE, split)
     spans = np.full((n_inst, 3), -1, dtype=np.int64)
     if variant == "lookahead":
         _lookahead_spans(np.uint64(seed), trace_stream, indices, n - 1, float(options.lookahead_p), spans)
@@ -514,7 +525,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     rows = row_inst.shape[0]
     lengths = np.zeros(rows, dtype=np.int32)
     prompt_len = np.zeros(rows, dtype=np.int32)
-    args = (_CODE[variant], row_inst, row_kind, batch["numbers"], batch["target"], plan, found, tape,
+    args = (VARIANT_CODE[variant], row_inst, row_kind, batch["numbers"], batch["target"], plan, found, tape,
             tape_off, q_nums, q_target, q_plan, spans)
     offsets = np.zeros(rows + 1, dtype=np.int64)
     _write_rows(*args, offsets, np.zeros(0, dtype=np.int32), lengths, prompt_len)
@@ -531,12 +542,12 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
 
 
 class Try(NamedTuple):
-    """A parsed `try`: the step as `a op b=c`, the numbers it leads to, and `open` / `goal` /
-    `dead`. Backward states are (unused inputs, subgoal)."""
+    """A parsed `try`: the step as `a op b=c`, the numbers it leads to, and its outcome:
+    Event.GOAL, Event.DEAD or None (open). Backward states are (unused inputs, subgoal)."""
 
     step: str
     state: tuple
-    outcome: str
+    outcome: Event | None
 
 
 class _ParseError(Exception):
@@ -624,9 +635,9 @@ class _Reader:
 
 @dataclass
 class CountdownParsed(Parsed):
-    """`Parsed`, plus the stream's own words: ("start", state), ("try", Try), ("go", state),
-    ("back", state). `events` holds the same stream in the metrics' vocabulary (see
-    `_metric_events`)."""
+    """`Parsed`, plus the stream's own words: (Event.START, state), (Event.TRY, Try),
+    (Event.GO, state), (Event.BACK, state). `events` holds the same stream as the metrics judge
+    it (see `_metric_events`)."""
 
     words: list = field(default_factory=list)
 
@@ -651,7 +662,7 @@ def _words(r: _Reader, backward: bool, terminated: bool) -> tuple[list, list[int
         try:
             if not words:
                 r.expect(AT, "at the start of a stream")
-                word = ("start", r.state(backward))
+                word = (Event.START, r.state(backward))
             else:
                 t = r.peek()
                 r.pos += 1
@@ -659,20 +670,20 @@ def _words(r: _Reader, backward: bool, terminated: bool) -> tuple[list, list[int
                     step = r.step(backward)
                     r.expect(COLON, "before the state a try leads to")
                     state = r.state(backward)
-                    outcome = "open"
+                    outcome = None
                     if r.peek() in (GOAL, DEAD):
-                        outcome = "goal" if r.peek() == GOAL else "dead"
+                        outcome = Event.GOAL if r.peek() == GOAL else Event.DEAD
                         r.pos += 1
-                    word = ("try", Try(step, state, outcome))
+                    word = (Event.TRY, Try(step, state, outcome))
                 elif t in (GO, BACK):
-                    word = ("go" if t == GO else "back", r.state(backward))
+                    word = (Event.GO if t == GO else Event.BACK, r.state(backward))
                 else:
                     raise _ParseError(f"token {start}: not a stream word")
         except _ParseError as exc:
             if r.pos >= len(r.ids) and not terminated:
                 return words, ends, None  # a word cut off by the end
             return words, ends, str(exc)
-        closed = word[0] == "try" and word[1].outcome != "open"
+        closed = word[0] == Event.TRY and word[1].outcome is not None
         if r.done() and not terminated and not closed:
             break  # the last word may have been cut
         words.append(word)
@@ -692,26 +703,26 @@ class _Node:
 
 
 def _walk(words, strict: bool = True):
-    """Replay stream words: yields (name, payload, current node after it, node it created or
+    """Replay stream words: yields (event, payload, current node after it, node it created or
     reached). `go S` reaches the earliest generated node with numbers S not yet entered, `back
     S` the ancestor with numbers S. strict: a move to a node that does not exist raises
     _ParseError; otherwise `go` makes a stand-in node (step None) and `back` goes to any entered
     node with those numbers (or stays)."""
     nodes: list[_Node] = []
     current = None
-    for name, payload in words:
-        if name == "start":
+    for event, payload in words:
+        if event == Event.START:
             current = _Node(payload, None, None, "0")
             nodes = [current]
-            yield name, payload, current, current
+            yield event, payload, current, current
         elif current is None:
             raise _ParseError("a stream must start with `at`")
-        elif name == "try":
+        elif event == Event.TRY:
             child = _Node(payload.state, current, payload.step, f"{current.ident},{current.kids}")
             current.kids += 1
             nodes.append(child)
-            yield name, payload, current, child
-        elif name == "go":
+            yield event, payload, current, child
+        elif event == Event.GO:
             target = next((x for x in nodes if not x.entered and x.state == payload), None)
             if target is None:
                 if strict:
@@ -720,7 +731,7 @@ def _walk(words, strict: bool = True):
                 nodes.append(target)
             target.entered = True
             current = target
-            yield name, payload, current, target
+            yield event, payload, current, target
         else:
             node = current
             while node is not None and node.state != payload:
@@ -730,7 +741,7 @@ def _walk(words, strict: bool = True):
                     raise _ParseError(f"`back` to {payload}, which is not an ancestor")
                 node = next((x for x in reversed(nodes) if x.entered and x.state == payload), current)
             current = node
-            yield name, payload, current, node
+            yield event, payload, current, node
 
 
 def _key(state, backward: bool):
@@ -738,7 +749,7 @@ def _key(state, backward: bool):
 
 
 def _metric_events(words, ends, backward: bool) -> tuple[list, list[int]]:
-    """The stream in the metrics' vocabulary (metrics.py), as (name, payload, written) events:
+    """The stream as the metrics judge it (metrics.py), as (event, payload, written) triples:
     - a `try` followed by `go` to the node it generated is one GO (a DFS descent); a `try` of a
       single number is a GO, then `goal` or `dead`; a `try` whose node is not entered at once is
       a generation, not a move (BFS);
@@ -763,41 +774,41 @@ def _metric_events(words, ends, backward: bool) -> tuple[list, list[int]]:
         if here is parent or parent is None:
             return
         if here in leaves and here.parent is parent:
-            events.append(("back", parent.state, False))
+            events.append((Event.BACK, parent.state, False))
         else:
-            events.append(("jump", parent.state, written))
+            events.append((Event.JUMP, parent.state, written))
         out_ends.append(before)
         here = parent
 
     k = 0
     while k < len(items):
-        name, payload, current, node = items[k]
+        event, payload, current, node = items[k]
         end = ends[k]
         before = ends[k - 1] if k else 0
-        if name == "start":
-            events.append(("start", _key(payload, backward), True))
+        if event == Event.START:
+            events.append((Event.START, _key(payload, backward), True))
             out_ends.append(end)
             here = node
-        elif name == "try":
+        elif event == Event.TRY:
             settle(node.parent, before, False)
             following = items[k + 1] if k + 1 < len(items) else None
-            if payload.outcome != "open":
-                events += [("go", Move(payload.step, payload.state), True), (payload.outcome, -1, True)]
+            if payload.outcome is not None:
+                events += [(Event.GO, Move(payload.step, payload.state), True), (payload.outcome, -1, True)]
                 out_ends += [end, end]
                 leaves.add(node)
                 here = node
-            elif following is not None and following[0] == "go" and following[3] is node:
-                events.append(("go", Move(payload.step, payload.state), True))
+            elif following is not None and following[0] == Event.GO and following[3] is node:
+                events.append((Event.GO, Move(payload.step, payload.state), True))
                 out_ends.append(ends[k + 1])
                 here = node
                 k += 1
-        elif name == "go":
+        elif event == Event.GO:
             settle(node.parent, before, True)
-            events.append(("go", Move(node.step, payload), True))
+            events.append((Event.GO, Move(node.step, payload), True))
             out_ends.append(end)
             here = node
         else:
-            events.append(("back", payload, True))
+            events.append((Event.BACK, payload, True))
             out_ends.append(end)
             here = node
         k += 1
@@ -875,21 +886,19 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
             steps = r.plan(reverse=variant == "reverse")
             if not r.done():
                 raise _ParseError(f"token {r.pos}: unexpected after the plan")
-            if variant == "reverse":
-                return CountdownParsed(steps[::-1], reverse_plan=steps)
-            return CountdownParsed(steps)
+            return CountdownParsed(steps[::-1] if variant == "reverse" else steps)
         # revfwd
         if SEMI not in ids:
             raise _ParseError("no `;` before the plan")
         cut = ids.index(SEMI)
         head, tail = _Reader(ids[:cut], len(vocab)), _Reader(ids[cut + 1:], len(vocab))
-        back = head.plan(reverse=True)
+        head.plan(reverse=True)  # must be readable, though eval judges the plan
         if not head.done():
             raise _ParseError(f"token {head.pos}: unexpected after the reversed plan")
         plan = tail.plan(reverse=False)
         if not tail.done():
             raise _ParseError(f"token {cut + 1 + tail.pos}: unexpected after the plan")
-        return CountdownParsed(plan, reverse_plan=back)
+        return CountdownParsed(plan)
     except _ParseError as exc:
         return CountdownParsed(None, error=str(exc))
 
@@ -927,8 +936,8 @@ def stream_plan(parsed: Parsed) -> list[str] | None:
     if not words:
         return None
     try:
-        for name, payload, _, node in _walk(words):
-            if name == "try" and payload.outcome == "goal":
+        for event, payload, _, node in _walk(words):
+            if event == Event.TRY and payload.outcome == Event.GOAL:
                 steps = _path_steps(node)
                 return steps[::-1] if parsed.backward else steps
     except _ParseError:
@@ -957,20 +966,20 @@ def sos_search_path(words, target: int, bfs: bool) -> str:
 
     previous = None
     reached = False
-    for name, payload, current, node in _walk(words):
-        if name == "start":
+    for event, payload, current, node in _walk(words):
+        if event == Event.START:
             lines.append(state_line(node))
-        elif name == "try":
-            if not bfs and previous == "dead":
+        elif event == Event.TRY:
+            if not bfs and previous == Event.DEAD:
                 lines += [f"Moving to Node #{current.ident}", state_line(current)]
             lines.append(f"Exploring Operation: {payload.step}, "
                          f"Resulting Numbers: {_sos_list(payload.state)}")
             value = payload.state[0]
-            if payload.outcome == "goal":
+            if payload.outcome == Event.GOAL:
                 lines.append(f"{value},{target} equal: Goal Reached")
                 reached = True
                 break
-            if payload.outcome == "dead":
+            if payload.outcome == Event.DEAD:
                 lines.append(f"{value},{target} unequal: No Solution")
             else:
                 lines.append(f"Generated Node #{node.ident}: {target}:{_sos_list(payload.state)} "
@@ -979,7 +988,7 @@ def sos_search_path(words, target: int, bfs: bool) -> str:
             continue
         else:
             lines += [f"Moving to Node #{node.ident}", state_line(node)]
-        previous = name
+        previous = event
     if bfs and not reached:
         lines.append("No solution found.")
     return "\n".join(lines) + "\n"

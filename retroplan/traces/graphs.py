@@ -26,21 +26,33 @@ with the reference shortest plan.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from numba import njit, prange
 
 from .. import rng
 from ..envs import digraph
-from ..envs.splits import split_stream
 from ..errors import require
-from ..searchers import BACK, DEAD, GO, JUMP, START, graph_search
+from ..events import Event
+from ..searchers import graph_search
+from .common import (
+    BACKWARD_STREAM,
+    CORRUPTED,
+    KIND_BQ,
+    KIND_BR,
+    OPTIMAL,
+    REVERSE,
+    REVFWD,
+    REVTHINK,
+    STREAM,
+    STREAM_VARIANTS,
+    VARIANT_CODE,
+    VARIANTS,
+    Parsed,
+    example_rows,
+)
 from .vocab import MIX_TOKENS, Vocab, forced_open
-
-VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink",
-            "lookahead", "corrupted")
-STREAM_VARIANTS = ("stream", "backward-stream", "corrupted")
 
 _WORDS = ["<pad>", "<bos>", "<eos>", "|", "/", "=", ";", "at", "go", "from", "dead", "back",
           "goal", "start", "[bq]", "[br]", "<T>", "</T>"]
@@ -49,8 +61,6 @@ _WORDS = ["<pad>", "<bos>", "<eos>", "|", "/", "=", ";", "at", "go", "from", "de
 STRUCTURE = _WORDS + MIX_TOKENS   # then the node labels
 NODE0 = len(STRUCTURE)
 
-# revthink example kinds (the `kind` array of a suite split)
-KIND_FWD, KIND_BQ, KIND_BR = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -176,21 +186,21 @@ def _put_nodes(row, pos, nodes, n, backwards):
 def _put_events(row, pos, events, n_events, backward):
     for j in range(n_events):
         kind = events[j, 0]
-        if kind == START:
+        if kind == Event.START:
             row[pos] = AT
             row[pos + 1] = NODE0 + events[j, 1]
             pos += 2
-        elif kind == GO:  # a bare node: the state it leaves is the token just before it
+        elif kind == Event.GO:  # a bare node: the state it leaves is the token just before it
             row[pos] = NODE0 + events[j, 1]
             pos += 1
-        elif kind == DEAD:
+        elif kind == Event.DEAD:
             row[pos] = DEAD_T
             pos += 1
-        elif kind == BACK:
+        elif kind == Event.BACK:
             row[pos] = BACK_T
             row[pos + 1] = NODE0 + events[j, 1]
             pos += 2
-        elif kind == JUMP:  # a breadth-first switch: `at t` again, mid-stream
+        elif kind == Event.JUMP:  # a breadth-first switch: `at t` again, mid-stream
             row[pos] = AT
             row[pos + 1] = NODE0 + events[j, 1]
             pos += 2
@@ -212,35 +222,35 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
         n = answer_len[i]
         row[0] = BOS
         pos = 1
-        if code == 5 and kind == KIND_BQ:  # revthink: question + its answer -> backward question
+        if code == REVTHINK and kind == KIND_BQ:  # revthink: question + its answer -> backward question
             row[pos] = BQ
             pos = _put_question(row, pos + 1, edges[i], s, g)
             pos = _put_nodes(row, pos, answer[i], n, False)
             row[pos] = SEMI
             pos += 1
-        elif code == 5 and kind == KIND_BR:  # revthink: backward question -> its answer
+        elif code == REVTHINK and kind == KIND_BR:  # revthink: backward question -> its answer
             row[pos] = BR
             pos = _put_backward_question(row, pos + 1, edges[i], g, n - 1)
         else:  # every forward row, revthink's included: exactly `optimal`'s prompt
             pos = _put_question(row, pos, edges[i], s, g)
         prompt_len[r] = pos
-        if code == 0:  # optimal
+        if code == OPTIMAL:
             pos = _put_nodes(row, pos, answer[i], n, False)
-        elif code == 1:  # reverse
+        elif code == REVERSE:
             pos = _put_nodes(row, pos, answer[i], n, True)
-        elif code == 2:  # revfwd
+        elif code == REVFWD:
             pos = _put_nodes(row, pos, answer[i], n, True)
             row[pos] = SEMI
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
-        elif code == 3 or code == 7:  # stream, corrupted (events of a donor instance)
+        elif code == STREAM or code == CORRUPTED:  # corrupted: the events of a donor instance
             pos = _put_events(row, pos, events[i], n_events[i], False)
             row[pos] = SEMI
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
-        elif code == 4:  # backward-stream
+        elif code == BACKWARD_STREAM:
             pos = _put_events(row, pos, events[i], n_events[i], True)
             row[pos] = SEMI
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
-        elif code == 5:
+        elif code == REVTHINK:
             if kind == KIND_BQ:
                 pos = _put_backward_question(row, pos, edges[i], g, n - 1)
             elif kind == KIND_BR:
@@ -294,7 +304,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     if variant in ("stream", "backward-stream"):
         searcher = "backward" if variant == "backward-stream" else options.stream_searcher
         found = graph_search.run_search(batch, cfg.num_nodes, limit, searcher, options.child_order,
-                                        seed, indices, stream_salt=split_stream(split) & 0xFF)
+                                        seed, indices, split=split)
         assert found["path_len"].min() > 0, "a complete search missed a reachable goal"
         events, n_events = found["events"], found["n_events"]
         answer, answer_len = found["path"], found["path_len"]
@@ -304,7 +314,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
                                        salts=np.full(n_inst, _DONOR_SALT, dtype=np.int64))
         found = graph_search.run_search(donors, cfg.num_nodes, limit, options.stream_searcher,
                                         options.child_order, seed, indices,
-                                        stream_salt=split_stream(split) & 0xFF)
+                                        split=split)
         events, n_events = found["events"], found["n_events"]
     keep = None
     if variant == "revthink" and split == "train":  # RevThink keeps consistent examples only
@@ -317,9 +327,9 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     out = np.empty((row_inst.shape[0], width), dtype=np.int32)  # only row[:total_len] is read
     prompt_len = np.zeros(row_inst.shape[0], dtype=np.int32)
     total_len = np.zeros(row_inst.shape[0], dtype=np.int32)
-    _write_rows(VARIANTS.index(variant), row_inst, row_kind, batch["edges"], batch["start"],
+    _write_rows(VARIANT_CODE[variant], row_inst, row_kind, batch["edges"], batch["start"],
                 batch["goal"], answer, answer_len, events, n_events, np.uint64(seed),
-                (rng.STREAM_TRACE << 8) | (split_stream(split) & 0xFF), indices,
+                rng.stream_key(rng.STREAM_TRACE, split), indices,
                 float(options.lookahead_p), cfg.num_nodes, out, prompt_len, total_len)
     offsets = np.zeros(row_inst.shape[0] + 1, dtype=np.int64)
     np.cumsum(total_len, out=offsets[1:])
@@ -332,21 +342,6 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
         "instance": row_inst,
         "kind": row_kind,
     }
-
-
-def example_rows(variant: str, split: str, n_inst: int,
-                 keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(row -> instance, row kind): revthink trains on three examples per instance (fwd, bq,
-    br) and evaluates forward only; every other variant has one row per instance. `keep`
-    (revthink, per instance): False drops that instance's two backward rows."""
-    if variant == "revthink" and split == "train":
-        rows = np.repeat(np.arange(n_inst, dtype=np.int64), 3)
-        kinds = np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst)
-        if keep is not None:
-            chosen = (kinds == KIND_FWD) | np.repeat(np.asarray(keep, dtype=bool), 3)
-            rows, kinds = rows[chosen], kinds[chosen]
-        return rows, kinds
-    return np.arange(n_inst, dtype=np.int64), np.zeros(n_inst, dtype=np.int8)
 
 
 @njit(cache=True, parallel=True)
@@ -412,21 +407,6 @@ def variant_note(task_name: str, variant: str) -> str | None:
 # --------------------------------------------------------------------------- parser
 
 
-@dataclass
-class Parsed:
-    """What a completion says. `plan` is the forward plan (None when unparseable, with the
-    reason in `error`); `events` are the search events of stream variants as
-    (name, node) pairs with name in start/go/dead/back/goal; `backward` marks a backward
-    stream (its `go` steps move to predecessors)."""
-
-    plan: list[int] | None
-    events: list[tuple[str, int]] = field(default_factory=list)
-    backward: bool = False
-    reverse_plan: list[int] | None = None
-    error: str | None = None
-    event_ends: list[int] = field(default_factory=list)  # completion tokens up to each event's end
-
-
 def _nodes(ids: list[int], vocab_size: int, what: str) -> list[int]:
     out = []
     for pos, t in enumerate(ids):
@@ -474,26 +454,26 @@ def _events(ids: list[int], vocab_size: int, backward: bool):
     finish = START_T if backward else GOAL_T
     if len(ids) < 2 or ids[0] != AT or not NODE0 <= ids[1] < vocab_size:
         return [], [], "a stream must begin with `at <node>`"
-    events: list[tuple[str, int]] = []
+    events: list[tuple[Event, int]] = []
     ends: list[int] = []
     pos = 0
     while pos < len(ids):
         t = ids[pos]
         if NODE0 <= t < vocab_size and pos:  # a bare node is a move to it
-            events.append(("go", t - NODE0))
+            events.append((Event.GO, t - NODE0))
             pos += 1
         elif t in (AT, BACK_T):
             if pos + 1 >= len(ids) or not NODE0 <= ids[pos + 1] < vocab_size:
                 return events, ends, f"stream token {pos} must be followed by a node"
             # `at` begins a stream; later it is a breadth-first jump to a state entered before
-            name = {AT: "jump" if pos else "start", BACK_T: "back"}[t]
-            events.append((name, ids[pos + 1] - NODE0))
+            event = {AT: Event.JUMP if pos else Event.START, BACK_T: Event.BACK}[t]
+            events.append((event, ids[pos + 1] - NODE0))
             pos += 2
         elif t == DEAD_T:
-            events.append(("dead", -1))
+            events.append((Event.DEAD, -1))
             pos += 1
         elif t == finish:
-            events.append(("goal", -1))
+            events.append((Event.GOAL, -1))
             pos += 1
         else:
             return events, ends, f"stream token {pos} is not a stream word"
@@ -509,24 +489,24 @@ def stream_plan(parsed: Parsed) -> list[int] | None:
         return None
     path: list[int] = []
     parent: dict[int, int | None] = {}
-    for name, node in parsed.events:
-        if name == "start":
+    for event, node in parsed.events:
+        if event == Event.START:
             path, parent = [node], {node: None}
-        elif name == "go":
+        elif event == Event.GO:
             parent[node] = path[-1] if path else None
             path.append(node)
-        elif name == "back":
+        elif event == Event.BACK:
             if node not in path:
                 return None
             path = path[: path.index(node) + 1]
-        elif name == "jump":
+        elif event == Event.JUMP:
             if node not in parent:
                 return None
             path = [node]
             while parent.get(path[-1]) is not None and len(path) <= len(parent):
                 path.append(parent[path[-1]])
             path = path[::-1]
-        elif name == "goal":
+        elif event == Event.GOAL:
             break
     return path[::-1] if parsed.backward else path
 
@@ -552,13 +532,13 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
             return Parsed(_nodes(_strip_lookahead(ids, size), size, "plan"))
         if variant == "reverse":
             back = _nodes(ids, size, "reversed plan")
-            return Parsed(back[::-1], reverse_plan=back)
+            return Parsed(back[::-1])
         if variant == "revfwd":
             if SEMI not in ids:
                 raise _ParseError("no `;` before the plan")
             cut = ids.index(SEMI)
-            return Parsed(_nodes(ids[cut + 1:], size, "plan"),
-                          reverse_plan=_nodes(ids[:cut], size, "reversed plan"))
+            _nodes(ids[:cut], size, "reversed plan")  # must be readable, though eval judges the plan
+            return Parsed(_nodes(ids[cut + 1:], size, "plan"))
     except _ParseError as exc:
         return Parsed(None, error=str(exc))
     # stream variants: the events are kept even when the rest is unreadable
