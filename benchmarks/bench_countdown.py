@@ -3,7 +3,7 @@
 What is timed is one problem end to end: the target drawn, inputs redrawn until an exhaustive
 search finds a solution, the `mix` strategy drawn, its search run, and the `stream` row written
 as tokens. The Numba kernels (1 thread, then 2) are measured against the plain-Python
-implementation of the same algorithm (retroplan/searchers/countdown_reference.py), in this
+implementation of the same algorithm (retroplan/reference/countdown.py), in this
 process, on the same seed and instance indices; the two must give the same tokens, byte for
 byte, or the benchmark fails. The first-call compile time is measured separately, in fresh
 processes with an empty Numba cache and with a warm one.
@@ -27,7 +27,7 @@ import numpy as np
 from timing import rows_per_second  # benchmarks/timing.py (this folder is on sys.path)
 
 from retroplan.envs import countdown as cd
-from retroplan.searchers import countdown_reference as ref
+from retroplan.reference import countdown as ref
 from retroplan.traces import countdown as grammar
 from retroplan.traces.suite import CHUNK
 

@@ -3,7 +3,7 @@
 One instance end to end: the graph drawn (labels, arms, shuffled edges, goal arm), the
 depth-limited DFS with random child order run, and the `stream` row written as tokens. The
 Numba kernels (1 thread, then 2) against the plain-Python re-derivation of the same algorithm
-(retroplan/searchers/graph_reference.py), in this process, same seed and indices; the first
+(retroplan/reference/digraph.py), in this process, same seed and indices; the first
 1,000 rows must be identical or the benchmark fails. Compile time is the first call's cost in
 this process (the Numba cache folder decides whether it compiles or loads).
 
@@ -21,15 +21,15 @@ import numpy as np
 from timing import rows_per_second  # benchmarks/timing.py (this folder is on sys.path)
 
 from retroplan.envs import pathstar
-from retroplan.searchers.graph_reference import stream_row
-from retroplan.traces import graphs
+from retroplan.reference.digraph import stream_row
+from retroplan.traces import digraphs
 
 SEED = 2024
 
 
 def numba_rows(cfg, indices):
     batch = pathstar.sample_instances(cfg, SEED, "train", indices)
-    return graphs.write_examples(pathstar, cfg, graphs.Options(), "stream", SEED, "train", indices, batch)
+    return digraphs.write_examples(pathstar, cfg, digraphs.Options(), "stream", SEED, "train", indices, batch)
 
 
 def main() -> None:

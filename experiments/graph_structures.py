@@ -11,7 +11,7 @@ import numpy as np
 from retroplan.envs import digraph, graph, make_config
 from retroplan.events import Event
 from retroplan.metrics import analyse_stream
-from retroplan.searchers.graph_search import run_search
+from retroplan.searchers.digraph_search import run_search
 
 
 def measure(structure: str, n_inst: int) -> None:

@@ -50,7 +50,7 @@ def show_trace(source: str | os.PathLike, index: int, split: str = "test",
     require(isinstance(index, int) and 0 <= index < len(data),
             f"--index must be between 0 and {len(data) - 1} for split {split}, got {index}.")
     i = int(data.instance[index])
-    label = getattr(suite.task, "state_label", str)
+    label = suite.task.state_label
     panels = []
     teacher = judge(suite, data.instances, i, data.completion(index))
     require(teacher["behaviour"] is not None,

@@ -238,11 +238,11 @@ def _inspect(args) -> None:
           f"vocabulary {len(meta['vocab'])} tokens  retroplan {meta['retroplan_version']}")
     print(f"  config  {json.dumps(meta['config'], sort_keys=True)}")
     print(f"  options {json.dumps(meta['options'], sort_keys=True)}")
-    for line in getattr(suite.task, "describe", lambda cfg: [])(suite.config):
+    for line in suite.task.describe(suite.config):
         print(f"  {line}")
     for part in components(suite.name):
         print(f"  {part}: writes the {writes(part)}; after {CITES.get(part, '?')}")
-        note = getattr(suite.grammar, "variant_note", lambda task, v: None)(meta["task"], part)
+        note = suite.grammar.variant_note(meta["task"], part)
         if note:
             print(f"    note: {note}")
     splits = [args.split] if args.split else suite.splits
@@ -258,9 +258,9 @@ def _inspect(args) -> None:
         print(f"  {name}: {st['instances']} instances, {st['examples']} rows, {st['tokens']} tokens, "
               f"length mean {mean:.1f} median {median:.0f} max {st['max_len']}; "
               f"{over} rows ({over / max(n, 1):.2%}) longer than a context of {context}")
-        summary = getattr(suite.task, "split_summary", None)
+        summary = suite.task.split_summary(suite.config, data.instances)
         if summary is not None:
-            print(f"    {summary(suite.config, data.instances)}")
+            print(f"    {summary}")
     if "train" in suite.splits and len(suite.split("train")):
         # one readable example of each kind of training row (revthink's three objectives, a
         # mixture's components) and, for lookahead, one with a <T> span: checkable by hand

@@ -33,7 +33,7 @@ from .device import resolve_device
 from .errors import require, require_field_types
 from .fsutil import atomic_path, json_line, path_for, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
-from .models import generate
+from .models import generate_with_logprobs
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
@@ -229,9 +229,9 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
                 hook = TIPPenalty([suite.grammar.StreamTracker(w) for w in walks],
                                   suite.grammar.StreamTracker.switch_tokens, cfg.tip_alpha,
                                   cfg.tip_beta, cfg.tip_oracle)
-            new, logprob = generate(model, prompts, model.cfg.block_size - plen, eos,
-                                    logits_hook=hook, temperature=cfg.temperature, top_k=cfg.top_k,
-                                    generator=gen, return_logprobs=True)
+            new, logprob = generate_with_logprobs(
+                model, prompts, model.cfg.block_size - plen, eos, logits_hook=hook,
+                temperature=cfg.temperature, top_k=cfg.top_k, generator=gen)
             for (r, s), ids, lp in zip(chunk, new.cpu().tolist(), logprob.cpu().tolist()):
                 out[(r, s)] = (ids[: ids.index(eos) + 1] if eos in ids else ids, lp)
             bar.update(len(chunk))

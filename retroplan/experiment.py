@@ -579,8 +579,7 @@ def _behaviour_lines(exp: dict, rows: list[dict]) -> list[str]:
 def _variant_notes(exp: dict) -> list[str]:
     """What a reader must know about a variant on this task (e.g. no search in it)."""
     grammar = get_grammar(exp["task"])
-    note_of = getattr(grammar, "variant_note", None)
-    notes = [note_of(exp["task"], v) for v in exp["variants"]] if note_of else []
+    notes = [grammar.variant_note(exp["task"], v) for v in exp["variants"]]
     return [f"{v}: {n}" for v, n in zip(exp["variants"], notes) if n]
 
 

@@ -86,10 +86,11 @@ from .batching import collate
 from .device import resolve_device
 from .envs import digraph, get_task
 from .errors import require
+from .events import Event
 from .fsutil import path_for, sha256_file, write_json
 from .stats import mean_ci, wilson
 from .traces import components
-from .traces import graphs as graph_grammar
+from .traces import digraphs as graph_grammar
 from .traces.suite import Suite, open_suite
 
 TARGETS = ("arm", "distance", "live")
@@ -227,9 +228,9 @@ def _live_positions(suite: Suite, split, r: int, i: int):
     outcome_ids = {suite.vocab.ids[w] for w in OUTCOME_WORDS if w in suite.vocab.ids}
     current = walk.root
     for k, event in enumerate(parsed.events):
-        name, payload = event[0], event[1]
+        kind, payload = event[0], event[1]
         written = event[2] if len(event) > 2 else True
-        if name == "go":
+        if kind == Event.GO:
             state, _ = walk.go(current, payload)
             if state is None:
                 continue
@@ -242,7 +243,7 @@ def _live_positions(suite: Suite, split, r: int, i: int):
                 while position > prompt_len and int(row[position]) in outcome_ids:
                     position -= 1
                 yield position, int(walk.live(current))
-        elif name in ("back", "jump"):
+        elif kind in (Event.BACK, Event.JUMP):
             target = walk.back_target(payload)
             if target is not None:
                 current = target
@@ -556,9 +557,8 @@ def probe_run(run_dir: str | os.PathLike, cfg: ProbeConfig, out: str | os.PathLi
                                    device, progress)
     regression = cfg.target in REGRESSION_TARGETS
     result = probe_layers(features, positions.labels, positions.instance, regression, cfg.seed)
-    chance = None
-    if cfg.target == "arm" and task == "pathstar":
-        chance = 1.0 / suite.config.degree
+    # the arm's chance is the task's chance of a forward guess (path-star: 1/degree; graph: none)
+    chance = suite.task.chance(suite.config) if cfg.target == "arm" else None
     result.update({"target": cfg.target, "where": TARGET_WHERE[cfg.target], "chance": chance,
                    "task": task, "variant": suite.name, "run": path_for(out, run_dir),
                    "suite": path_for(out, suite.path),

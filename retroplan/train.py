@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -35,7 +36,6 @@ from tqdm import tqdm
 from . import __version__, checkpoint
 from . import device as devices
 from .batching import IGNORE, BatchOrder, budget_steps, collate, compile_widths, pad_to_bucket
-from .device import resolve_device  # noqa: F401  (its old home; callers may import it from here)
 from .errors import UserError, require, require_field_types
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
@@ -150,7 +150,7 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
 def _autocast(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    return _null()
+    return nullcontext()
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -181,6 +181,25 @@ def _ddp() -> tuple[int, int]:
     return rank, world
 
 
+def _ddp_device(cfg: TrainConfig, world: int) -> torch.device:
+    """The device this rank trains on: `cfg.device`, and under torchrun on CUDA the rank's own
+    GPU (LOCAL_RANK), made the current one."""
+    device = devices.resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _ddp_wrap(model: GPT, device: torch.device, world: int):
+    """The module the training step calls: `model` itself, or under torchrun `model` wrapped in
+    DistributedDataParallel (which averages the gradients over the ranks)."""
+    if world == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def compile_model(net, widths: list[int] | None):
     """`torch.compile(net)` for batches of the given widths (static shapes: one graph each) or,
     with None, of any width (a dynamic dimension: one graph). Dynamo's limit of graphs per
@@ -201,7 +220,7 @@ def compiled_graphs() -> int:
 def masked_loss(model, x, y) -> torch.Tensor:
     logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                           ignore_index=-100)
+                           ignore_index=IGNORE)
 
 
 @torch.no_grad()
@@ -220,8 +239,8 @@ def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: in
         x, y = x.to(device), y.to(device)
         logits = model(x).float()
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
-                                 ignore_index=-100, reduction="sum").item()
-        count += int((y != -100).sum())
+                                 ignore_index=IGNORE, reduction="sum").item()
+        count += int((y != IGNORE).sum())
     model.train(was_training)
     return total / max(1, count)
 
@@ -323,10 +342,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     main = rank == 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = devices.resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
+    device = _ddp_device(cfg, world)
     precision = resolve_precision(cfg, device)
     board_writer = _tensorboard_writer() if cfg.tensorboard and main else None
 
@@ -343,26 +359,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     description = _run_description(suite, out, cfg, model_cfg, dropped, cut)
 
     if main:  # only rank 0 checks and creates the run folder; the others wait for it
-        for name in RUN_FILES:  # never write through a link to somewhere outside the run
-            refuse_symlink(out / name)
-        if out.exists() and (out / "run.json").exists():
-            if not resume:
-                raise UserError(f"run folder {out} already exists; pass --resume to continue it or "
-                                "choose another --out.")
-            old = checkpoint.read_run(out)
-            changed = _same_run(old, description)
-            if changed:
-                raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
-            checkpoint.check_suite(out, old, suite, "resume with")
-            _change_length(out, old, cfg)
-        elif out.exists() and any(not _our_temporary(p) for p in out.iterdir()):
-            if resume:
-                raise UserError(f"cannot resume {out}: it is not a run (it has no run.json); choose "
-                                "a run folder or a new --out.")
-            raise UserError(f"output folder {out} exists and is not empty; choose another --out.")
-        if not (out / "run.json").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "run.json", description)
+        _open_run_folder(out, description, suite, cfg, resume)
     if world > 1:
         torch.distributed.barrier()
     ckpt = checkpoint.latest_dir(out)
@@ -370,21 +367,11 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
     optimizer = _make_optimizer(model, cfg, device)
-    step = 0
-    state: dict = {}  # a resumed run carries on its counters from the checkpoint
-    if ckpt is not None:
-        state = checkpoint.load_training_state(ckpt, model, optimizer)
-        step = int(state["step"])
-    if main:
-        _trim_log(out / "train_log.jsonl", step)
-        _trim_log(out / "curve.jsonl", step)
+    step, state = _resume(out, ckpt, model, optimizer, main)
     if (out / "final.json").exists() and step >= cfg.steps:
         return checkpoint._read_json(out / "final.json", "run summary")
 
-    net = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    net = _ddp_wrap(model, device, world)
     order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed)
     widths = None  # with compile: the batch widths compiled for (None: any width, dynamic)
     if cfg.compile:
@@ -532,6 +519,51 @@ def _tensorboard_writer():
     return SummaryWriter
 
 
+def _open_run_folder(out: Path, description: dict, suite: Suite, cfg: TrainConfig,
+                     resume: bool) -> None:
+    """Rank 0's checks of the run folder `out` before training, then run.json written for a new
+    run. A folder with a run.json is resumed only with `resume`, and only when it was the same
+    run (`_same_run`) on the same suite (a changed step count is recorded: `_change_length`); any
+    other non-empty folder is refused. No file of the run may be a symlink."""
+    for name in RUN_FILES:  # never write through a link to somewhere outside the run
+        refuse_symlink(out / name)
+    if out.exists() and (out / "run.json").exists():
+        if not resume:
+            raise UserError(f"run folder {out} already exists; pass --resume to continue it or "
+                            "choose another --out.")
+        old = checkpoint.read_run(out)
+        changed = _same_run(old, description)
+        if changed:
+            raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
+        checkpoint.check_suite(out, old, suite, "resume with")
+        _change_length(out, old, cfg)
+    elif out.exists() and any(not _our_temporary(p) for p in out.iterdir()):
+        if resume:
+            raise UserError(f"cannot resume {out}: it is not a run (it has no run.json); choose "
+                            "a run folder or a new --out.")
+        raise UserError(f"output folder {out} exists and is not empty; choose another --out.")
+    if not (out / "run.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run.json", description)
+
+
+def _resume(out: Path, ckpt: Path | None, model: GPT, optimizer: torch.optim.Optimizer,
+            main: bool) -> tuple[int, dict]:
+    """(step, state) a run starts from: those of the checkpoint `ckpt`, whose weights and
+    optimizer moments are loaded into `model` and `optimizer` (state carries the counters, the
+    clocks and the last loss on), or (0, {}) for a new run (`ckpt` None). Rank 0 cuts
+    train_log.jsonl and curve.jsonl back to that step (lines a killed run wrote after it)."""
+    step = 0
+    state: dict = {}
+    if ckpt is not None:
+        state = checkpoint.load_training_state(ckpt, model, optimizer)
+        step = int(state["step"])
+    if main:
+        _trim_log(out / "train_log.jsonl", step)
+        _trim_log(out / "curve.jsonl", step)
+    return step, state
+
+
 def _change_length(out: Path, old: dict, cfg: TrainConfig) -> None:
     """A resumed run asked for another number of steps (`train --resume --steps N`): continue it
     to N. The first steps stay what they were; the cosine schedule is the one of an N-step run
@@ -580,11 +612,3 @@ def _trim_log(path: Path, step: int) -> None:
         if isinstance(rec, dict) and rec.get("step", 0) <= step:
             kept.append(line)
     write_text(path, "".join(k + "\n" for k in kept))
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -1,4 +1,5 @@
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,61 @@ def save_tiny_gpt2(suite_path, folder):
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+def assert_same_files(a: Path, b: Path) -> None:
+    """The folders `a` and `b` hold files of the same names with the same bytes (not recursive)."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
+
+
+# ------------------------------------------------ an independent replay of a Countdown plan
+# Written in plain Python from the task's rules alone (DESIGN.md), sharing no code with
+# retroplan: inputs form a multiset; a step `a op b=c` takes two numbers that are still there
+# (each input used once, intermediate results usable once), with op one of + * - (larger minus
+# smaller) and / (exact, larger by smaller), and puts c back, where c must be the true result;
+# the plan is right when exactly one number is left and it is the target.
+
+OPERATIONS = {"+": lambda a, b: a + b, "*": lambda a, b: a * b,
+              "-": lambda a, b: a - b if a >= b else None,
+              "/": lambda a, b: a // b if b and a >= b and a % b == 0 else None}
+
+
+def read_step(step: str):
+    """`a op b=c` -> (a, op, b, c) with ASCII digits only, or None."""
+    if not isinstance(step, str) or step.count("=") != 1:
+        return None
+    left, result = (part.strip() for part in step.split("="))
+    for symbol in OPERATIONS:
+        if symbol in left:
+            a, _, b = left.partition(symbol)
+            a, b = a.strip(), b.strip()
+            parts = (a, b, result)
+            if all(p and p.isascii() and p.isdigit() for p in parts):
+                return int(a), symbol, int(b), int(result)
+    return None
+
+
+def independent_replay(numbers, target: int, plan, operations: str = "+-*/") -> bool:
+    """Whether the Countdown `plan` (a list of `a op b=c` steps) turns `numbers` into `target`."""
+    if not plan:
+        return False
+    pool = Counter(int(n) for n in numbers)
+    for step in plan:
+        parsed = read_step(step)
+        if parsed is None:
+            return False
+        a, symbol, b, c = parsed
+        if symbol not in operations:
+            return False
+        pool[a] -= 1
+        pool[b] -= 1
+        if pool[a] < 0 or pool[b] < 0:  # not there (any more): reused or never available
+            return False
+        if OPERATIONS[symbol](a, b) != c:  # wrong, inexact, or larger from smaller
+            return False
+        pool[c] += 1
+    left = [n for n, k in pool.items() for _ in range(k)]
+    return left == [target]

@@ -27,7 +27,7 @@ from retroplan.envs import make_config
 from retroplan.errors import UserError
 from retroplan.eval import judge
 from retroplan.events import Event
-from retroplan.searchers import countdown_reference as ref
+from retroplan.reference import countdown as ref
 from retroplan.searchers import countdown_search as cs
 from retroplan.traces import common
 from retroplan.traces import countdown as grammar

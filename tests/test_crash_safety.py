@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_same_files
 from safetensors.torch import load_file
 
 from retroplan import checkpoint
@@ -103,13 +104,6 @@ def assert_nothing_corrupt(root: Path) -> None:
         step_dir = checkpoint.latest_dir(pointer.parent.parent)
         for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
             assert (step_dir / name).is_file(), step_dir / name
-
-
-def assert_same_files(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for name in names:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
 
 
 def assert_same_tensors(a: Path, b: Path) -> None:

@@ -7,9 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import assert_same_files
 
 from retroplan.cli import main
 from retroplan.envs import TASKS
@@ -23,13 +23,6 @@ SMALL_CONFIGS = {"pathstar": {"degree": 3, "path_len": 4, "num_nodes": 30},
 
 def small_sizes(task, train=200, held_out=20) -> dict:
     return {split: (train if split == "train" else held_out) for split in TASKS[task].SPLITS}
-
-
-def assert_same_files(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for name in names:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

@@ -1,11 +1,11 @@
 """The Numba path-star sampler, DFS and stream writer agree token for token with a plain-Python
-re-derivation (retroplan/searchers/graph_reference.py): the speed benchmark compares like with
+re-derivation (retroplan/reference/digraph.py): the speed benchmark compares like with
 like, and the kernels do what their docstrings say."""
 
 import numpy as np
 import pytest
 
-from retroplan.searchers.graph_reference import stream_row
+from retroplan.reference.digraph import stream_row
 from retroplan.traces.suite import open_suite
 
 

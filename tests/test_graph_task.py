@@ -15,7 +15,7 @@ from retroplan.envs import digraph, graph, make_config
 from retroplan.errors import UserError
 from retroplan.events import Event
 from retroplan.metrics import analyse_stream
-from retroplan.searchers.graph_search import run_search
+from retroplan.searchers.digraph_search import run_search
 from retroplan.traces.suite import SuiteSpec, generate_suite
 
 

@@ -9,12 +9,12 @@ from retroplan.envs import digraph, pathstar
 from retroplan.events import Event
 from retroplan.metrics import analyse_stream, has_self_loop, summarize_behaviour
 from retroplan.models import GPT, PRESETS, GPTConfig, generate
-from retroplan.traces import graphs
+from retroplan.traces import digraphs
 
 START, GO, BACK, GOAL, JUMP = Event.START, Event.GO, Event.BACK, Event.GOAL, Event.JUMP
 
 CFG = pathstar.Config(degree=2, path_len=3, num_nodes=8)
-VOCAB = graphs.make_vocab(CFG)
+VOCAB = digraphs.make_vocab(CFG)
 
 
 def instances(edges, start, goal):
@@ -32,7 +32,7 @@ DIAMOND = instances([[0, 1], [1, 4], [0, 3], [3, 4]], 0, 4)
 
 def run(text, inst=STAR, variant="stream"):
     ids = VOCAB.encode(text)
-    parsed = graphs.parse(variant, ids, VOCAB)
+    parsed = digraphs.parse(variant, ids, VOCAB)
     assert parsed.error is None, parsed.error
     walk = digraph.Walk(CFG, inst, 0, backward=parsed.backward)
     return parsed, analyse_stream(parsed.events, parsed.event_ends, walk)
@@ -100,7 +100,7 @@ def test_a_plan_that_differs_from_the_streams_path_is_not_faithful():
     from retroplan.eval import judge
 
     class Suite:  # judge needs only these attributes
-        task, grammar, vocab, variant, config = pathstar, graphs, VOCAB, "stream", CFG
+        task, grammar, vocab, variant, config = pathstar, digraphs, VOCAB, "stream", CFG
 
     faithful = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 1 4 goal ; 0 1 4 <eos>"))
     other = judge(Suite, DIAMOND, 0, VOCAB.encode("at 0 1 4 goal ; 0 3 4 <eos>"))
@@ -131,11 +131,11 @@ def test_efficiency_and_teacher_comparison():
 
 
 def tracker_for(inst=STAR):
-    return graphs.StreamTracker(digraph.Walk(CFG, inst, 0))
+    return digraphs.StreamTracker(digraph.Walk(CFG, inst, 0))
 
 
 def test_tip_penalises_switches_only_early_in_a_thought_with_a_legal_move_left():
-    tip = TIPPenalty([tracker_for()], graphs.StreamTracker.switch_tokens, alpha=5.0, beta=2)
+    tip = TIPPenalty([tracker_for()], digraphs.StreamTracker.switch_tokens, alpha=5.0, beta=2)
     logits = torch.zeros(1, len(VOCAB))
     history = []
 
@@ -143,7 +143,7 @@ def test_tip_penalises_switches_only_early_in_a_thought_with_a_legal_move_left()
         if token is not None:
             history.append(VOCAB[token])
         out = tip(logits.clone(), torch.tensor([history], dtype=torch.long).reshape(1, -1))
-        return float(out[0, graphs.DEAD_T]), float(out[0, graphs.BACK_T])
+        return float(out[0, digraphs.DEAD_T]), float(out[0, digraphs.BACK_T])
 
     assert step() == (0.0, 0.0)             # before the stream
     step("at")
@@ -153,11 +153,20 @@ def test_tip_penalises_switches_only_early_in_a_thought_with_a_legal_move_left()
     step("dead")
     step("back")
     assert step("0") == (-5.0, -5.0)        # a new thought, 0 -> 3 untried
-    oracle = TIPPenalty([tracker_for()], graphs.StreamTracker.switch_tokens, 5.0, 2, oracle=True)
-    hist = [VOCAB[w] for w in "at 0 1".split()]
-    out = oracle(logits.clone(), torch.tensor([hist[:-1]]))
-    out = oracle(logits.clone(), torch.tensor([hist]))
-    assert float(out[0, graphs.DEAD_T]) == 0.0  # node 1 cannot reach the goal: no penalty
+
+    def penalties(hook, words):
+        """Feed `words` one decoding step at a time (the hook sees each new last token once,
+        as in generate) and return the DEAD logit after each."""
+        ids = [VOCAB[w] for w in words.split()]
+        return [float(hook(logits.clone(), torch.tensor([ids[:t]], dtype=torch.long).reshape(1, -1))
+                      [0, digraphs.DEAD_T]) for t in range(1, len(ids) + 1)]
+
+    plain = TIPPenalty([tracker_for()], digraphs.StreamTracker.switch_tokens, 5.0, 2)
+    oracle = TIPPenalty([tracker_for()], digraphs.StreamTracker.switch_tokens, 5.0, 2, oracle=True)
+    # after `at`, `at 0`, `at 0 1`: the tracker stands on 0, then on 1 with 1 -> 2 untried
+    assert penalties(plain, "at 0 1") == [0.0, -5.0, -5.0]
+    # the oracle gate: 0 reaches the goal (penalised), 1 cannot (no penalty)
+    assert penalties(oracle, "at 0 1") == [0.0, -5.0, 0.0]
 
 
 def test_tip_with_large_alpha_never_switches_while_penalised_and_alpha_zero_is_greedy():
@@ -174,11 +183,11 @@ def test_tip_with_large_alpha_never_switches_while_penalised_and_alpha_zero_is_g
         elif t == len(script):
             logits[:, VOCAB["1"]] += 1e4
         else:
-            logits[:, graphs.DEAD_T] += 50
+            logits[:, digraphs.DEAD_T] += 50
         return logits
 
     trackers = [tracker_for() for _ in range(4)]
-    tip = TIPPenalty(trackers, graphs.StreamTracker.switch_tokens, alpha=1e6, beta=3)
+    tip = TIPPenalty(trackers, digraphs.StreamTracker.switch_tokens, alpha=1e6, beta=3)
     out = generate(model, prompt, 20, VOCAB.eos_id, logits_hook=lambda lg, g: tip(eager_switcher(lg, g), g))
     checker = [tracker_for() for _ in range(4)]
     penalised_somewhere = False
@@ -186,11 +195,11 @@ def test_tip_with_large_alpha_never_switches_while_penalised_and_alpha_zero_is_g
         for token in row:
             if tr.should_penalise(3, False):
                 penalised_somewhere = True
-                assert token not in graphs.StreamTracker.switch_tokens
+                assert token not in digraphs.StreamTracker.switch_tokens
             tr.feed(token)
     assert penalised_somewhere
     plain = generate(model, prompt, 20, VOCAB.eos_id, logits_hook=eager_switcher)
-    zero = TIPPenalty([tracker_for() for _ in range(4)], graphs.StreamTracker.switch_tokens, 0.0, 3)
+    zero = TIPPenalty([tracker_for() for _ in range(4)], digraphs.StreamTracker.switch_tokens, 0.0, 3)
     same = generate(model, prompt, 20, VOCAB.eos_id, logits_hook=lambda lg, g: zero(eager_switcher(lg, g), g))
     assert torch.equal(plain, same)
     assert not torch.equal(plain, out)
@@ -207,7 +216,7 @@ def test_pass_at_k():
 
 
 class StreamSuite:  # judge needs only these attributes
-    task, grammar, vocab, variant, config = pathstar, graphs, VOCAB, "stream", CFG
+    task, grammar, vocab, variant, config = pathstar, digraphs, VOCAB, "stream", CFG
 
 
 def test_faithful_accuracy_counts_unparseable_outputs_in_its_denominator():
@@ -300,21 +309,22 @@ def _re_expansions(events: np.ndarray, n_events: int) -> int:
 def test_teacher_streams_are_valid_faithful_and_wander_as_the_searcher_does(task_name, searcher, order):
     from retroplan.envs import get_task
     from retroplan.eval import judge
-    from retroplan.searchers import graph_search
+    from retroplan.searchers import digraph_search
 
     task = get_task(task_name)
     cfg = task.Config()
-    options = graphs.Options(stream_searcher="dfs" if searcher == "backward" else searcher, child_order=order)
+    options = digraphs.Options(stream_searcher="dfs" if searcher == "backward" else searcher,
+                               child_order=order)
     variant = "backward-stream" if searcher == "backward" else "stream"
     indices = np.arange(150)
     batch = task.sample_instances(cfg, 3, "test", indices)
-    rows = graphs.write_examples(task, cfg, options, variant, 3, "test", indices, batch)
-    vocab = graphs.make_vocab(cfg)
-    raw = graph_search.run_search(batch, cfg.num_nodes, graphs.depth_limit(task, cfg), searcher, order, 3,
-                                  indices, split="test")
+    rows = digraphs.write_examples(task, cfg, options, variant, 3, "test", indices, batch)
+    vocab = digraphs.make_vocab(cfg)
+    raw = digraph_search.run_search(batch, cfg.num_nodes, task.depth_limit(cfg), searcher, order, 3,
+                                    indices, split="test")
 
     class Suite:
-        grammar = graphs
+        grammar = digraphs
     Suite.task, Suite.config, Suite.vocab, Suite.variant = task, cfg, vocab, variant
     offsets = np.concatenate([[0], np.cumsum(rows["lengths"])])
     steps = invalid = redundant = expected_redundant = 0

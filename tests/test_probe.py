@@ -22,7 +22,7 @@ from retroplan.probe import (
     split_instances,
     target_positions,
 )
-from retroplan.traces import graphs
+from retroplan.traces import digraphs
 from retroplan.traces.suite import open_suite
 from retroplan.train import TrainConfig, train
 
@@ -126,7 +126,7 @@ def test_labels_come_from_the_instances(make_suite):
     split = stream.split("test")
     live = target_positions(stream, split, np.arange(len(split)), "live")
     for row, token, label in zip(live.rows, live.tokens, live.labels):
-        node = int(split.row(row)[token]) - graphs.NODE0
+        node = int(split.row(row)[token]) - digraphs.NODE0
         plan = split.instances["plan"][split.instance[row]].tolist()
         assert node >= 0 and label == int(node in plan[1:])
     assert 0 < live.labels.mean() < 1

@@ -5,7 +5,7 @@ import pytest
 
 from retroplan.envs import digraph, graph, pathstar
 from retroplan.events import Event
-from retroplan.searchers.graph_search import run_search
+from retroplan.searchers.digraph_search import run_search
 
 
 def check_log(events, n, edges, start, goal, path, backward=False, ancestor_backtracks=True):

@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 
 from retroplan.envs import digraph, pathstar
 from retroplan.errors import UserError
-from retroplan.traces import graphs
+from retroplan.events import Event
+from retroplan.traces import common, digraphs
 from retroplan.traces.export import export_suite
 from retroplan.traces.suite import SuiteSpec, generate_suite, open_suite
 
-VOCAB = graphs.make_vocab(pathstar.Config(num_nodes=50))
+START, GO, DEAD, BACK, GOAL = Event.START, Event.GO, Event.DEAD, Event.BACK, Event.GOAL
+
+VOCAB = digraphs.make_vocab(pathstar.Config(num_nodes=50))
 
 
 def rows_of(suite, split):
@@ -23,7 +26,7 @@ def rows_of(suite, split):
             for r in range(len(data))]
 
 
-@pytest.mark.parametrize("variant", graphs.VARIANTS)
+@pytest.mark.parametrize("variant", digraphs.VARIANTS)
 @pytest.mark.parametrize("task,config", [("pathstar", {"degree": 3, "path_len": 4, "num_nodes": 30}),
                                          ("graph", {"num_nodes": 12, "out_degree": 2})])
 def test_every_variant_parses_back_to_a_correct_plan(make_suite, task, config, variant):
@@ -32,15 +35,15 @@ def test_every_variant_parses_back_to_a_correct_plan(make_suite, task, config, v
         data = suite.split(split)
         for prompt, completion, i, kind in rows_of(suite, split):
             assert prompt[0] == suite.vocab.bos_id and completion[-1] == suite.vocab.eos_id
-            if kind != graphs.KIND_FWD:
+            if kind != common.KIND_FWD:
                 continue
-            parsed = graphs.parse(variant, completion, suite.vocab)
+            parsed = digraphs.parse(variant, completion, suite.vocab)
             assert parsed.error is None, parsed.error
             inst = suite.task.instance_at(data.instances, i)
             ok, why = digraph.replay_plan(inst, parsed.plan)
             assert ok, why
             if variant in ("stream", "backward-stream"):
-                assert graphs.stream_plan(parsed) == parsed.plan  # faithful
+                assert digraphs.stream_plan(parsed) == parsed.plan  # faithful
             if variant in ("optimal", "reverse", "revfwd", "revthink", "lookahead", "corrupted"):
                 assert parsed.plan == inst["plan"]
 
@@ -51,10 +54,10 @@ def test_the_design_example_spelling():
              "start": np.array([0], dtype=np.int32), "goal": np.array([2], dtype=np.int32),
              "plan": np.array([[0, 5, 2]], dtype=np.int32), "plan_len": np.array([3], dtype=np.int32)}
     cfg = pathstar.Config(degree=2, path_len=3, num_nodes=8)
-    vocab = graphs.make_vocab(cfg)
+    vocab = digraphs.make_vocab(cfg)
 
     def text(variant):
-        ex = graphs.write_examples(pathstar, cfg, graphs.Options(lookahead_p=1.0), variant, 0,
+        ex = digraphs.write_examples(pathstar, cfg, digraphs.Options(lookahead_p=1.0), variant, 0,
                                    "train", np.arange(1), batch)
         toks = ex["tokens"]
         offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
@@ -83,9 +86,9 @@ def test_lookahead_marks_about_the_asked_share_and_carries_no_loss_on_the_open_t
     suite = open_suite(make_suite("pathstar", "lookahead", {"degree": 2, "path_len": 5},
                                   sizes={"train": 2000, "val": 10, "test": 10}))
     data = suite.split("train")
-    opened = np.mean([graphs.T_OPEN in data.completion(r) for r in range(len(data))])
+    opened = np.mean([digraphs.T_OPEN in data.completion(r) for r in range(len(data))])
     assert abs(opened - 0.5) < 0.05
-    assert graphs.no_loss_tokens(suite.vocab) == [graphs.T_OPEN]
+    assert digraphs.no_loss_tokens(suite.vocab) == [digraphs.T_OPEN]
 
 
 def test_corrupted_streams_belong_to_other_instances(make_suite):
@@ -93,7 +96,7 @@ def test_corrupted_streams_belong_to_other_instances(make_suite):
     data = suite.split("train")
     mismatched = 0
     for r in range(len(data)):
-        parsed = graphs.parse("corrupted", data.completion(r), suite.vocab)
+        parsed = digraphs.parse("corrupted", data.completion(r), suite.vocab)
         inst = suite.task.instance_at(data.instances, int(data.instance[r]))
         mismatched += parsed.events[0][1] != inst["start"]
         assert digraph.replay_plan(inst, parsed.plan)[0]
@@ -103,39 +106,39 @@ def test_corrupted_streams_belong_to_other_instances(make_suite):
 def test_revthink_trains_on_three_kinds_and_tests_forward_only(make_suite):
     suite = open_suite(make_suite("pathstar", "revthink", {"degree": 2}))
     assert np.array_equal(np.bincount(suite.split("train").kind), [300, 300, 300])
-    assert np.all(suite.split("test").kind == graphs.KIND_FWD)
+    assert np.all(suite.split("test").kind == common.KIND_FWD)
 
 
 @settings(max_examples=300, deadline=None)
-@given(variant=st.sampled_from(graphs.VARIANTS),
+@given(variant=st.sampled_from(digraphs.VARIANTS),
        ids=st.lists(st.integers(min_value=-5, max_value=len(VOCAB) + 5), max_size=40))
 def test_parser_never_raises_on_arbitrary_tokens(variant, ids):
-    parsed = graphs.parse(variant, ids, VOCAB)
+    parsed = digraphs.parse(variant, ids, VOCAB)
     assert (parsed.plan is None) == (parsed.error is not None)
     if parsed.plan is not None:
         assert all(0 <= n < 50 for n in parsed.plan)
 
 
 @settings(max_examples=200, deadline=None)
-@given(variant=st.sampled_from(graphs.VARIANTS),
-       words=st.lists(st.sampled_from(graphs.STRUCTURE[3:] + ["0", "1", "2", "7"]), max_size=25))
+@given(variant=st.sampled_from(digraphs.VARIANTS),
+       words=st.lists(st.sampled_from(digraphs.STRUCTURE[3:] + ["0", "1", "2", "7"]), max_size=25))
 def test_parser_never_raises_on_grammar_like_tokens(variant, words):
     ids = [VOCAB[w] for w in words] + [VOCAB.eos_id]
-    parsed = graphs.parse(variant, ids, VOCAB)
+    parsed = digraphs.parse(variant, ids, VOCAB)
     assert (parsed.plan is None) == (parsed.error is not None)
 
 
 def test_parser_reports_why_it_failed():
     enc = VOCAB.encode
-    assert graphs.parse("optimal", enc("0 5 2"), VOCAB).error.startswith("no <eos>")
-    assert "not a node" in graphs.parse("optimal", enc("0 go 2 <eos>"), VOCAB).error
-    assert "no `;`" in graphs.parse("stream", enc("at 0 5 2 goal 0 5 2 <eos>"), VOCAB).error
-    assert "begin with" in graphs.parse("stream", enc("5 2 goal ; 0 5 2 <eos>"), VOCAB).error
-    assert "never closed" in graphs.parse("lookahead", enc("0 <T> 2 5 2 <eos>"), VOCAB).error
-    ok = graphs.parse("stream", enc("at 0 3 dead back 0 5 2 goal ; 0 5 2 <eos>"), VOCAB)
+    assert digraphs.parse("optimal", enc("0 5 2"), VOCAB).error.startswith("no <eos>")
+    assert "not a node" in digraphs.parse("optimal", enc("0 go 2 <eos>"), VOCAB).error
+    assert "no `;`" in digraphs.parse("stream", enc("at 0 5 2 goal 0 5 2 <eos>"), VOCAB).error
+    assert "begin with" in digraphs.parse("stream", enc("5 2 goal ; 0 5 2 <eos>"), VOCAB).error
+    assert "never closed" in digraphs.parse("lookahead", enc("0 <T> 2 5 2 <eos>"), VOCAB).error
+    ok = digraphs.parse("stream", enc("at 0 3 dead back 0 5 2 goal ; 0 5 2 <eos>"), VOCAB)
     assert ok.plan == [0, 5, 2]
-    assert ok.events == [("start", 0), ("go", 3), ("dead", -1), ("back", 0), ("go", 5), ("go", 2),
-                         ("goal", -1)]
+    assert ok.events == [(START, 0), (GO, 3), (DEAD, -1), (BACK, 0), (GO, 5), (GO, 2),
+                         (GOAL, -1)]
 
 
 def test_a_stream_move_is_the_bare_node_it_enters():
@@ -145,13 +148,13 @@ def test_a_stream_move_is_the_bare_node_it_enters():
              "start": np.array([0], dtype=np.int32), "goal": np.array([2], dtype=np.int32),
              "plan": np.array([[0, 5, 2]], dtype=np.int32), "plan_len": np.array([3], dtype=np.int32)}
     cfg = pathstar.Config(degree=2, path_len=3, num_nodes=8)
-    vocab = graphs.make_vocab(cfg)
+    vocab = digraphs.make_vocab(cfg)
 
     def completion(variant, seed):
-        ex = graphs.write_examples(pathstar, cfg, graphs.Options(), variant, seed, "train",
+        ex = digraphs.write_examples(pathstar, cfg, digraphs.Options(), variant, seed, "train",
                                    np.arange(1), batch)
         ids = ex["tokens"][ex["prompt_len"][0]: ex["lengths"][0]].tolist()
-        assert graphs.GO_T not in ids and graphs.FROM not in ids
+        assert digraphs.GO_T not in ids and digraphs.FROM not in ids
         return vocab.decode(ids)
 
     # the depth-first stream tries 0's two children in a random order: both spellings occur
@@ -161,27 +164,27 @@ def test_a_stream_move_is_the_bare_node_it_enters():
 
     # the parser reads a bare node (after the opening `at <node>`) as a move to it
     enc = VOCAB.encode
-    fwd = graphs.parse("stream", enc("at 0 3 7 dead back 0 5 2 goal ; 0 5 2 <eos>"), VOCAB)
-    assert fwd.error is None and fwd.plan == [0, 5, 2] and graphs.stream_plan(fwd) == [0, 5, 2]
-    assert fwd.events == [("start", 0), ("go", 3), ("go", 7), ("dead", -1), ("back", 0), ("go", 5),
-                          ("go", 2), ("goal", -1)]
+    fwd = digraphs.parse("stream", enc("at 0 3 7 dead back 0 5 2 goal ; 0 5 2 <eos>"), VOCAB)
+    assert fwd.error is None and fwd.plan == [0, 5, 2] and digraphs.stream_plan(fwd) == [0, 5, 2]
+    assert fwd.events == [(START, 0), (GO, 3), (GO, 7), (DEAD, -1), (BACK, 0), (GO, 5),
+                          (GO, 2), (GOAL, -1)]
     assert fwd.event_ends == [2, 3, 4, 5, 7, 8, 9, 10]  # a move is one token, `back 0` two
-    bwd = graphs.parse("backward-stream", enc("at 2 5 0 start ; 0 5 2 <eos>"), VOCAB)
-    assert bwd.error is None and bwd.events == [("start", 2), ("go", 5), ("go", 0), ("goal", -1)]
-    assert graphs.stream_plan(bwd) == [0, 5, 2]
+    bwd = digraphs.parse("backward-stream", enc("at 2 5 0 start ; 0 5 2 <eos>"), VOCAB)
+    assert bwd.error is None and bwd.events == [(START, 2), (GO, 5), (GO, 0), (GOAL, -1)]
+    assert digraphs.stream_plan(bwd) == [0, 5, 2]
     # `at` and `back` must be followed by a node: cut off or followed by a word, they are refused
     # (the events before them are kept)
     for text in ("at 0 3 back ; 0 3 <eos>", "at 0 3 at ; 0 3 <eos>",
                  "at 0 3 back dead ; 0 3 <eos>", "at 0 3 at goal ; 0 3 <eos>"):
-        parsed = graphs.parse("stream", enc(text), VOCAB)
+        parsed = digraphs.parse("stream", enc(text), VOCAB)
         assert parsed.plan is None and parsed.error == "stream token 3 must be followed by a node", text
-        assert parsed.events == [("start", 0), ("go", 3)]
-    unfinished = graphs.parse("stream", enc("at 0 3 back"), VOCAB)  # no <eos>: read as far as it goes
-    assert unfinished.plan is None and unfinished.events == [("start", 0), ("go", 3)]
+        assert parsed.events == [(START, 0), (GO, 3)]
+    unfinished = digraphs.parse("stream", enc("at 0 3 back"), VOCAB)  # no <eos>: read as far as it goes
+    assert unfinished.plan is None and unfinished.events == [(START, 0), (GO, 3)]
     # the old spelling with a `go` word is no stream any more
-    assert "not a stream word" in graphs.parse("stream", enc("at 0 go 3 goal ; 0 3 <eos>"), VOCAB).error
+    assert "not a stream word" in digraphs.parse("stream", enc("at 0 go 3 goal ; 0 3 <eos>"), VOCAB).error
     # the decoding-time tracker reads the same spelling
-    tracker = graphs.StreamTracker(walk=None)
+    tracker = digraphs.StreamTracker(walk=None)
     for token in enc("at 0 3 7 dead back 0 5"):
         tracker.feed(token)
     assert (tracker.current, tracker.thought_moves, tracker.entered) == (5, 1, {0, 3, 7, 5})
@@ -201,7 +204,8 @@ def test_same_spec_gives_byte_identical_suites(tmp_path):
 
 
 def test_no_test_instance_is_in_train_even_when_collisions_are_likely(tmp_path):
-    # 3 arms of 1 node among 5 labels: only 5*4*3*2/3! * ... few distinct graphs, many clashes
+    # 2 arms of 1 node (degree 2, path_len 2) among 6 labels: only 6 * C(5, 2) * 2 = 120
+    # distinct instances (centre, leaf pair, goal), so 200 train draws clash with val and test
     spec = SuiteSpec("pathstar", "optimal", {"degree": 2, "path_len": 2, "num_nodes": 6}, {}, 0,
                      {"train": 200, "val": 5, "test": 5})
     suite = open_suite(generate_suite(spec, tmp_path / "s", progress=False))

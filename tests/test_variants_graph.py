@@ -14,19 +14,19 @@ from retroplan.batching import IGNORE, collate
 from retroplan.envs import pathstar
 from retroplan.errors import UserError
 from retroplan.eval import EvalConfig, evaluate, judge
-from retroplan.traces import common, graphs
+from retroplan.traces import common, digraphs
 from retroplan.traces.suite import SuiteSpec, generate_suite, open_suite
 from retroplan.train import TrainConfig, train
 
 PS = pathstar.Config(degree=3, path_len=6, num_nodes=40)
-PS_VOCAB = graphs.make_vocab(PS)
+PS_VOCAB = digraphs.make_vocab(PS)
 
 
 def lookahead_rows(p: float, n: int = 4000, seed: int = 0, indices=None):
     """(plan, completion words) of `lookahead` rows for instances `indices` of path-star."""
     indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
     batch = pathstar.sample_instances(PS, seed, "train", indices)
-    ex = graphs.write_examples(pathstar, PS, graphs.Options(lookahead_p=p), "lookahead", seed,
+    ex = digraphs.write_examples(pathstar, PS, digraphs.Options(lookahead_p=p), "lookahead", seed,
                                "train", indices, batch)
     offsets = np.concatenate([[0], np.cumsum(ex["lengths"])])
     out = []
@@ -99,27 +99,27 @@ def test_lookahead_rows_are_a_function_of_seed_and_index():
 def test_lookahead_masks_the_loss_on_the_open_token_only(make_suite):
     suite = open_suite(make_suite("pathstar", "lookahead", {"degree": 2, "path_len": 5}))
     data = suite.split("train")
-    rows = np.array([r for r in range(len(data)) if graphs.T_OPEN in data.completion(r)][:32])
-    x, y = collate(data, rows, suite.vocab.pad_id, graphs.no_loss_tokens(suite.vocab))
+    rows = np.array([r for r in range(len(data)) if digraphs.T_OPEN in data.completion(r)][:32])
+    x, y = collate(data, rows, suite.vocab.pad_id, digraphs.no_loss_tokens(suite.vocab))
     targets = np.stack([np.pad(data.row(r)[1:], (0, y.shape[1] - len(data.row(r)) + 1),
                                constant_values=-7) for r in rows])
     y = y.numpy()
-    assert np.all(y[targets == graphs.T_OPEN] == IGNORE)
-    assert np.all(y[targets == graphs.T_CLOSE] == graphs.T_CLOSE)  # </T> keeps its loss
-    assert (targets == graphs.T_CLOSE).sum() == len(rows)
+    assert np.all(y[targets == digraphs.T_OPEN] == IGNORE)
+    assert np.all(y[targets == digraphs.T_CLOSE] == digraphs.T_CLOSE)  # </T> keeps its loss
+    assert (targets == digraphs.T_CLOSE).sum() == len(rows)
 
 
 def test_eval_prefix_per_mode():
     inst = {"goal": np.array([7, 2], dtype=np.int32)}
-    goal = graphs.NODE0 + 2
-    assert graphs.eval_prefix("lookahead", "plain", inst, 1, PS_VOCAB) == []
-    assert graphs.eval_prefix("lookahead", "model-goal", inst, 1, PS_VOCAB) == [graphs.T_OPEN]
-    assert graphs.eval_prefix("lookahead", "given-goal", inst, 1, PS_VOCAB) == [
-        graphs.T_OPEN, goal, graphs.T_CLOSE]
-    assert PS_VOCAB.decode(graphs.eval_prefix("lookahead", "given-goal", inst, 0, PS_VOCAB)) == "<T> 7 </T>"
-    assert graphs.eval_prefix("optimal", "plain", inst, 0, PS_VOCAB) == []
+    goal = digraphs.NODE0 + 2
+    assert digraphs.eval_prefix("lookahead", "plain", inst, 1, PS_VOCAB) == []
+    assert digraphs.eval_prefix("lookahead", "model-goal", inst, 1, PS_VOCAB) == [digraphs.T_OPEN]
+    assert digraphs.eval_prefix("lookahead", "given-goal", inst, 1, PS_VOCAB) == [
+        digraphs.T_OPEN, goal, digraphs.T_CLOSE]
+    assert PS_VOCAB.decode(digraphs.eval_prefix("lookahead", "given-goal", inst, 0, PS_VOCAB)) == "<T> 7 </T>"
+    assert digraphs.eval_prefix("optimal", "plain", inst, 0, PS_VOCAB) == []
     with pytest.raises(UserError, match="needs a lookahead suite"):
-        graphs.eval_prefix("optimal", "given-goal", inst, 0, PS_VOCAB)
+        digraphs.eval_prefix("optimal", "given-goal", inst, 0, PS_VOCAB)
 
 
 @pytest.mark.parametrize("mode,generated", [
@@ -129,10 +129,10 @@ def test_eval_prefix_per_mode():
     ("given-goal", "0 5 2 <eos>"),
 ])
 def test_the_parser_recovers_the_plan_in_every_inference_mode(mode, generated):
-    vocab = graphs.make_vocab(pathstar.Config(degree=2, path_len=3, num_nodes=8))
+    vocab = digraphs.make_vocab(pathstar.Config(degree=2, path_len=3, num_nodes=8))
     inst = {"goal": np.array([2], dtype=np.int32)}
-    ids = graphs.eval_prefix("lookahead", mode, inst, 0, vocab) + vocab.encode(generated)
-    parsed = graphs.parse("lookahead", ids, vocab)
+    ids = digraphs.eval_prefix("lookahead", mode, inst, 0, vocab) + vocab.encode(generated)
+    parsed = digraphs.parse("lookahead", ids, vocab)
     assert parsed.error is None and parsed.plan == [0, 5, 2]
 
 
@@ -143,8 +143,8 @@ def test_the_parser_recovers_the_plan_in_every_inference_mode(mode, generated):
     ("<T> 2 0 5 2 <eos>", "<T> never closed"),
 ])
 def test_the_lookahead_parser_takes_one_span_of_nodes(text, why):
-    vocab = graphs.make_vocab(pathstar.Config(degree=2, path_len=3, num_nodes=8))
-    assert graphs.parse("lookahead", vocab.encode(text), vocab).error == why
+    vocab = digraphs.make_vocab(pathstar.Config(degree=2, path_len=3, num_nodes=8))
+    assert digraphs.parse("lookahead", vocab.encode(text), vocab).error == why
 
 
 def test_a_bad_lookahead_mode_is_one_sentence():
@@ -279,8 +279,8 @@ def test_revthink_drops_backward_rows_of_inconsistent_instances():
              "start": np.array([0, 0], dtype=np.int32), "goal": np.array([2, 7], dtype=np.int32),
              "plan": np.array([[0, 5, 2], [0, 5, 7]], dtype=np.int32),  # the second is no path
              "plan_len": np.array([3, 3], dtype=np.int32)}
-    assert graphs.revthink_consistent(batch, cfg.num_nodes).tolist() == [True, False]
-    ex = graphs.write_examples(pathstar, cfg, graphs.Options(), "revthink", 0, "train",
+    assert digraphs.revthink_consistent(batch, cfg.num_nodes).tolist() == [True, False]
+    ex = digraphs.write_examples(pathstar, cfg, digraphs.Options(), "revthink", 0, "train",
                                np.arange(2), batch)
     assert ex["instance"].tolist() == [0, 0, 0, 1]
     assert ex["kind"].tolist() == [common.KIND_FWD, common.KIND_BQ, common.KIND_BR, common.KIND_FWD]
@@ -293,14 +293,14 @@ def test_backward_stream_searches_on_graph_but_not_on_pathstar(make_suite):
     for task, searches in (("pathstar", False), ("graph", True)):
         suite = open_suite(make_suite(task, "backward-stream", SMALL[task]))
         data = suite.split("train")
-        backtracks = sum(int(np.isin(data.completion(r), [graphs.BACK_T, graphs.DEAD_T]).sum())
+        backtracks = sum(int(np.isin(data.completion(r), [digraphs.BACK_T, digraphs.DEAD_T]).sum())
                          for r in range(len(data)))
         assert (backtracks > 0) == searches, task
-    assert graphs.variant_note("pathstar", "backward-stream") == (
+    assert digraphs.variant_note("pathstar", "backward-stream") == (
         "no search on path-star: the backward direction is a chain")
-    assert graphs.variant_note("graph", "backward-stream") is None
-    assert graphs.variant_note("pathstar", "stream") is None
-    assert "chain" in graphs.variant_note("pathstar", "revthink")
+    assert digraphs.variant_note("graph", "backward-stream") is None
+    assert digraphs.variant_note("pathstar", "stream") is None
+    assert "chain" in digraphs.variant_note("pathstar", "revthink")
 
 
 def test_an_experiment_sets_the_lookahead_mode_in_its_eval_table(tmp_path):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from retroplan.envs import digraph
 from retroplan.eval import judge
-from retroplan.traces import graphs
+from retroplan.traces import digraphs
 from retroplan.traces.suite import open_suite
 
 GRAPH_CONFIGS = {"pathstar": {"degree": 3, "path_len": 4, "num_nodes": 20},
@@ -81,7 +81,7 @@ def model_outputs(draw, suite, data):
         return i, ids
     ids = [int(t) for t in data.completion(r)]
     nodes = sorted({int(u) for e in data.instances["edges"][i] for u in e})
-    useful = [graphs.NODE0 + n for n in nodes] + list(range(graphs.NODE0))
+    useful = [digraphs.NODE0 + n for n in nodes] + list(range(digraphs.NODE0))
     for _ in range(draw(st.integers(0, 3))):
         op = draw(st.sampled_from(["drop", "insert", "replace", "swap"]))
         pos = draw(st.integers(0, max(0, len(ids) - 1)))
@@ -97,7 +97,7 @@ def model_outputs(draw, suite, data):
     return i, ids
 
 
-@pytest.mark.parametrize("variant", graphs.VARIANTS)
+@pytest.mark.parametrize("variant", digraphs.VARIANTS)
 @pytest.mark.parametrize("task", sorted(GRAPH_CONFIGS))
 def test_every_plan_judge_accepts_is_accepted_by_an_independent_replay(make_suite, task, variant):
     suite = open_suite(make_suite(task, variant, GRAPH_CONFIGS[task],

@@ -1,68 +1,22 @@
 """The Countdown verifier cannot be fooled and cannot be crashed (see tests/test_verifier.py
 for the graph tasks).
 
-The judge here is an independent replay written in this file in plain Python from the task's
-rules alone (DESIGN.md): inputs form a multiset; a step `a op b=c` takes two numbers that are
-still there (each input used once, intermediate results usable once), with op one of + * -
-(larger minus smaller) and / (exact, larger by smaller), and puts c back, where c must be the
-true result; the plan is right when exactly one number is left and it is the target.
+The judge here is an independent replay written in plain Python from the task's rules alone
+(DESIGN.md), in tests/conftest.py (`independent_replay`, shared with tests/test_countdown.py):
+inputs form a multiset; a step `a op b=c` takes two numbers that are still there (each input
+used once, intermediate results usable once), with op one of + * - (larger minus smaller) and /
+(exact, larger by smaller), and puts c back, where c must be the true result; the plan is right
+when exactly one number is left and it is the target.
 """
 
-from collections import Counter
-
 import pytest
+from conftest import OPERATIONS, independent_replay
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-cd = pytest.importorskip("retroplan.envs.countdown")
-
-from retroplan.envs import TASKS  # noqa: E402
-from retroplan.eval import judge  # noqa: E402
-from retroplan.traces.suite import open_suite  # noqa: E402
-
-# --------------------------------------------------------------- the independent replay
-
-OPERATIONS = {"+": lambda a, b: a + b, "*": lambda a, b: a * b,
-              "-": lambda a, b: a - b if a >= b else None,
-              "/": lambda a, b: a // b if b and a >= b and a % b == 0 else None}
-
-
-def read_step(step: str):
-    """`a op b=c` -> (a, op, b, c) with ASCII digits only, or None."""
-    if not isinstance(step, str) or step.count("=") != 1:
-        return None
-    left, result = (part.strip() for part in step.split("="))
-    for symbol in OPERATIONS:
-        if symbol in left:
-            a, _, b = left.partition(symbol)
-            a, b = a.strip(), b.strip()
-            parts = (a, b, result)
-            if all(p and p.isascii() and p.isdigit() for p in parts):
-                return int(a), symbol, int(b), int(result)
-    return None
-
-
-def independent_replay(numbers, target: int, plan, operations: str = "+-*/") -> bool:
-    if not plan:
-        return False
-    pool = Counter(int(n) for n in numbers)
-    for step in plan:
-        parsed = read_step(step)
-        if parsed is None:
-            return False
-        a, symbol, b, c = parsed
-        if symbol not in operations:
-            return False
-        pool[a] -= 1
-        pool[b] -= 1
-        if pool[a] < 0 or pool[b] < 0:  # not there (any more): reused or never available
-            return False
-        if OPERATIONS[symbol](a, b) != c:  # wrong, inexact, or larger from smaller
-            return False
-        pool[c] += 1
-    left = [n for n, k in pool.items() for _ in range(k)]
-    return left == [target]
-
+from retroplan.envs import countdown as cd
+from retroplan.eval import judge
+from retroplan.traces.suite import open_suite
 
 # --------------------------------------------------------------- known bad plans
 
@@ -181,7 +135,6 @@ def plan_from_text(variant: str, words: list[str]) -> list[str] | None:
     return steps[::-1] if reverse_first else steps
 
 
-@pytest.mark.skipif("countdown" not in TASKS, reason="the countdown task is not registered")
 @pytest.mark.parametrize("variant", ["optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink"])
 def test_every_countdown_plan_judge_accepts_is_accepted_by_an_independent_replay(make_suite, variant):
     suite = open_suite(make_suite("countdown", variant, {},

@@ -19,6 +19,12 @@ and `/` larger first, and the result goes to the end of the number list. A batch
 
 Every value stays exact: inputs are at most 999 and there are at most 6, so no intermediate
 value reaches 1000**6 < 2**63.
+
+The rule of the game is here once: `combine` (apply a move) and `undo` (undo one) for the Numba
+kernels, `step_value` and `undo_subgoals` for plain Python (the verifier `replay_plan`, the
+metrics' `Walk`). So is RevThink's backward question (`backward_questions`: the target and one
+input swap places, and the plan is inverted), a fact about an instance that the trace writer
+only spells out.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from gymnasium import spaces
 from numba import njit, prange
 
 from .. import rng
-from ..errors import UserError, require
+from ..errors import UserError, require, require_field_types
 from . import rl
 
 NAME = "countdown"
@@ -65,10 +71,7 @@ class Config:
     held_out_seed: int = 0      # which 10% of the targets are held out (a fixed seeded choice)
 
     def validate(self) -> None:
-        for name in ("n_inputs", "min_input", "max_input", "min_target", "max_target", "held_out_seed"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool),
-                    f"countdown {name} must be an integer, got {value!r}.")
+        require_field_types(self, "countdown")
         require(MIN_INPUTS <= self.n_inputs <= MAX_INPUTS,
                 f"countdown n_inputs must be between {MIN_INPUTS} and {MAX_INPUTS}, got {self.n_inputs}.")
         require(1 <= self.min_input <= self.max_input <= MAX_INPUT_VALUE,
@@ -156,6 +159,17 @@ def _pair_tables():
 PAIR_I, PAIR_J = _pair_tables()
 
 
+# The Countdown rule lives here, once for Numba and once for plain Python:
+#   Numba:        `combine` applies a move (the solver, the sampler, the searchers, RevThink's
+#                 inversion), `undo` undoes one (the solver's last-move check `_needed`, the
+#                 backward search)
+#   plain Python: `step_value` applies a written step, `undo_subgoals` undoes one (the verifier
+#                 `apply_step` / `replay_plan` and the metrics' `Walk`; Python integers, so no
+#                 value cap)
+# retroplan/reference/countdown.py has its own `combine` on purpose: it is the independent
+# twin the tests compare the kernels with, so it must not share their code.
+
+
 @njit(cache=True, inline="always")
 def combine(a, b, op):
     """Apply operation `op` to a and b as SoS does. Returns (legal, result, first, second),
@@ -174,15 +188,64 @@ def combine(a, b, op):
     return False, 0, hi, lo
 
 
+# The six ways to undo a move whose result t and one operand a are known: the unknown operand x
+# is either operand of + * - / (as SoS writes - and /, the larger number first). UNDO_OP[form] is
+# the form's operation.
+(X_PLUS_A, X_TIMES_A, X_MINUS_A, A_MINUS_X, X_OVER_A, A_OVER_X) = range(6)
+UNDO_OP = np.array([ADD, MUL, SUB, SUB, DIV, DIV], dtype=np.int64)
+UNDO_FORMS = 6
+
+
 @njit(cache=True, inline="always")
-def child_state(src, m, i, j, r, dst):
-    """dst[:m-1] = src[:m] without positions i and j, then r (the result goes last, as in SoS)."""
+def undo(t, a, form):
+    """The operand x for which the move `form` on {x, a} is legal and gives t, or -1 when there
+    is none (or x would pass VALUE_LIMIT). With a = 0, `x * 0 = 0` holds for every x, which one
+    value cannot say: -1 (callers that need it handle it)."""
+    if form == X_PLUS_A:
+        return t - a if t >= a else -1
+    if form == X_TIMES_A:
+        return t // a if a != 0 and t % a == 0 else -1
+    if form == X_MINUS_A:
+        return t + a
+    if form == A_MINUS_X:
+        return a - t if a >= t else -1
+    if form == X_OVER_A:
+        return t * a if a >= 1 and t >= 1 and t <= VALUE_LIMIT // a else -1
+    return a // t if t >= 1 and a >= 1 and a % t == 0 else -1
+
+
+@njit(cache=True, inline="always")
+def child_state(vals, row, m, i, j, r, dst, drow):
+    """dst[drow, :m-1] = vals[row, :m] without positions i and j, then r (the result goes last,
+    as in SoS). Rows of 2-D arrays rather than row views: a view costs reference counting in
+    the hot loops of the solver and the searchers."""
     k = 0
     for t in range(m):
         if t != i and t != j:
-            dst[k] = src[t]
+            dst[drow, k] = vals[row, t]
             k += 1
-    dst[k] = r
+    dst[drow, k] = r
+
+
+@njit(cache=True, inline="always")
+def _next_move(vals, kid, d, m, mask):
+    """The next legal move from depth d of a solver's search, in SoS's order (pairs i < j of the
+    current list, then + * - /; `kid[d]` counts the moves tried): writes the child's numbers at
+    depth d + 1 and returns (True, first, op, second, result), or (False, 0, 0, 0, 0) when no move
+    is left."""
+    while kid[d] < 4 * (m * (m - 1) // 2):
+        p = kid[d] >> 2
+        op = kid[d] & 3
+        kid[d] += 1
+        if not (mask >> op) & 1:
+            continue
+        i, j = PAIR_I[m, p], PAIR_J[m, p]
+        ok, r, x, y = combine(vals[d, i], vals[d, j], op)
+        if ok:
+            child_state(vals, d, m, i, j, r, vals, d + 1)
+            return True, np.int64(x), np.int64(op), np.int64(y), np.int64(r)
+    zero = np.int64(0)
+    return False, zero, zero, zero, zero
 
 
 @njit(cache=True)
@@ -217,27 +280,15 @@ def solutions(nums, target, mask, first_only, steps_out, vals, kid, path):
                             return count
             d -= 1
             continue
-        moved = False
-        while kid[d] < 4 * (m * (m - 1) // 2):
-            p = kid[d] >> 2
-            op = kid[d] & 3
-            kid[d] += 1
-            if not (mask >> op) & 1:
-                continue
-            i, j = PAIR_I[m, p], PAIR_J[m, p]
-            ok, r, x, y = combine(vals[d, i], vals[d, j], op)
-            if not ok:
-                continue
-            child_state(vals[d], m, i, j, r, vals[d + 1])
+        moved, x, op, y, r = _next_move(vals, kid, d, m, mask)
+        if moved:
             path[d, 0] = x
             path[d, 1] = op
             path[d, 2] = y
             path[d, 3] = r
             d += 1
             kid[d] = 0
-            moved = True
-            break
-        if not moved:
+        else:
             d -= 1
     return count
 
@@ -245,30 +296,15 @@ def solutions(nums, target, mask, first_only, steps_out, vals, kid, path):
 @njit(cache=True, inline="always")
 def _needed(z, t, mask, need):
     """The values r for which a legal move on {r, z} gives t; -1 when any r does (0 * r = 0)."""
+    if (mask >> MUL) & 1 and z == 0 and t == 0:
+        return -1
     k = 0
-    if (mask >> ADD) & 1 and t >= z:
-        need[k] = t - z
-        k += 1
-    if (mask >> MUL) & 1:
-        if z == 0:
-            if t == 0:
-                return -1
-        elif t % z == 0:
-            need[k] = t // z
-            k += 1
-    if (mask >> SUB) & 1:
-        need[k] = z + t
-        k += 1
-        if z >= t:
-            need[k] = z - t
-            k += 1
-    if (mask >> DIV) & 1 and z >= 1 and t >= 1:
-        if t <= VALUE_LIMIT // z:
-            need[k] = t * z       # r / z = t
-            k += 1
-        if t >= 2 and z % t == 0:
-            need[k] = z // t      # z / r = t
-            k += 1
+    for form in range(UNDO_FORMS):
+        if (mask >> UNDO_OP[form]) & 1:
+            r = undo(t, z, form)
+            if r >= 0:
+                need[k] = r
+                k += 1
     return k
 
 
@@ -306,23 +342,10 @@ def solvable(nums, target, mask, vals, kid, need):
                 return True
             d -= 1
             continue
-        moved = False
-        while kid[d] < 4 * (m * (m - 1) // 2):
-            p = kid[d] >> 2
-            op = kid[d] & 3
-            kid[d] += 1
-            if not (mask >> op) & 1:
-                continue
-            i, j = PAIR_I[m, p], PAIR_J[m, p]
-            ok, r, _, _ = combine(vals[d, i], vals[d, j], op)
-            if not ok:
-                continue
-            child_state(vals[d], m, i, j, r, vals[d + 1])
+        if _next_move(vals, kid, d, m, mask)[0]:
             d += 1
             kid[d] = 0
-            moved = True
-            break
-        if not moved:
+        else:
             d -= 1
     return False
 
@@ -385,6 +408,161 @@ def _fingerprints(numbers, target):
         for s in range(nums.shape[0]):
             h = rng.mix64(h ^ np.uint64(nums[s]))
         out[k] = h
+    return out
+
+
+# --------------------------------------------------------------------------- RevThink's backward question
+
+
+@njit(cache=True)
+def _replay_ok(nums, target, steps, mask):
+    """Replay `steps` on the multiset `nums` (each step legal, allowed and written as `combine`
+    writes it): a backward question is kept only if its plan replays to its target."""
+    pool = nums.copy()
+    size = pool.shape[0]
+    for s in range(steps.shape[0]):
+        x, op, y, r = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        if not (mask >> op) & 1:
+            return False
+        ok, value, first, second = combine(x, y, op)
+        if not ok or value != r or first != x or second != y:
+            return False
+        for operand in (x, y):
+            hit = -1
+            for t in range(size):
+                if pool[t] == operand:
+                    hit = t
+                    break
+            if hit < 0:
+                return False
+            pool[hit] = pool[size - 1]
+            size -= 1
+        pool[size] = r
+        size += 1
+    return size == 1 and pool[0] == target
+
+
+@njit(cache=True)
+def _invert(nums, target, plan, k, mask, q_plan):
+    """RevThink's backward problem for input k: inputs with nums[k] replaced by the target,
+    target nums[k]. Writes its plan (the forward steps off k's path, then the path's steps
+    undone from the top) into q_plan; False when an undo is not a legal move (0 involved).
+    Each undo is written as the inverse forward move (u + w = v is undone as v - w = u) and
+    checked with `combine`, not computed with `undo`: the plan must replay as legal moves, and
+    an undo `undo` allows need not be one (0 * w = 0 undoes to 0, but `0 / w` is no move)."""
+    n = nums.shape[0]
+    total = 2 * n - 1
+    value = np.empty(total, dtype=np.int64)
+    left = np.full(total, -1, dtype=np.int64)
+    right = np.full(total, -1, dtype=np.int64)
+    op_of = np.zeros(total, dtype=np.int64)
+    parent = np.full(total, -1, dtype=np.int64)
+    avail = np.empty(n, dtype=np.int64)
+    for s in range(n):
+        value[s] = nums[s]
+        avail[s] = s
+    size = n
+    for s in range(n - 1):  # replay with provenance: which node each operand is
+        a = -1
+        for t in range(size):
+            if value[avail[t]] == plan[s, 0]:
+                a = t
+                break
+        b = -1
+        for t in range(size):
+            if t != a and value[avail[t]] == plan[s, 2]:
+                b = t
+                break
+        if a < 0 or b < 0:
+            return False
+        u = n + s
+        value[u] = plan[s, 3]
+        left[u], right[u], op_of[u] = avail[a], avail[b], plan[s, 1]
+        parent[avail[a]] = u
+        parent[avail[b]] = u
+        kept = 0
+        for t in range(size):
+            if t != a and t != b:
+                avail[kept] = avail[t]
+                kept += 1
+        avail[kept] = u
+        size = kept + 1
+    on_path = np.zeros(total, dtype=np.bool_)
+    v = k
+    while v >= 0:
+        on_path[v] = True
+        v = parent[v]
+    q = 0
+    for s in range(n - 1):
+        if not on_path[n + s]:
+            q_plan[q, :] = plan[s, :]
+            q += 1
+    cur = target
+    v = total - 1
+    while v != k:
+        u_first = on_path[left[v]]
+        u = left[v] if u_first else right[v]
+        w = value[right[v]] if u_first else value[left[v]]
+        op = op_of[v]
+        if op == ADD:      # v = u + w
+            a, inv, b = cur, SUB, w
+        elif op == MUL:    # v = u * w
+            a, inv, b = cur, DIV, w
+        elif op == SUB:    # v = u - w, or v = w - u
+            a, inv, b = (cur, ADD, w) if u_first else (w, SUB, cur)
+        else:              # v = u / w, or v = w / u
+            a, inv, b = (cur, MUL, w) if u_first else (w, DIV, cur)
+        if not (mask >> inv) & 1:
+            return False
+        ok, nxt, first, second = combine(a, b, inv)
+        if not ok or nxt != value[u]:
+            return False
+        q_plan[q, 0], q_plan[q, 1], q_plan[q, 2], q_plan[q, 3] = first, inv, second, nxt
+        q += 1
+        cur = nxt
+        v = u
+    return True
+
+
+@njit(cache=True, parallel=True)
+def _backward_questions(numbers, target, plan, mask, seed, stream, indices, q_nums, q_target, q_plan, q_ok):
+    n = numbers.shape[1]
+    for i in prange(numbers.shape[0]):
+        state = rng.new_state(seed, stream, indices[i], 0)
+        order = np.arange(n)
+        rng.shuffle(state, order)
+        q_ok[i] = False
+        for t in range(2 * n):  # first the inputs that differ from the target (else Q' = Q)
+            k = order[t % n]
+            if (numbers[i, k] == target[i]) != (t >= n):
+                continue
+            q_nums[i, :] = numbers[i, :]
+            q_nums[i, k] = target[i]
+            q_target[i] = numbers[i, k]
+            if _invert(numbers[i], target[i], plan[i], k, mask, q_plan[i]) and _replay_ok(
+                    q_nums[i], q_target[i], q_plan[i], mask):
+                q_ok[i] = True
+                break
+        if not q_ok[i]:  # no input can be asked for (zeros everywhere): ask the question itself
+            q_nums[i, :] = numbers[i, :]
+            q_target[i] = target[i]
+            q_plan[i, :, :] = plan[i, :, :]
+
+
+def backward_questions(cfg: Config, seed: int, split: str, indices: np.ndarray, batch: dict) -> dict:
+    """RevThink's backward question Q' and its plan for every instance (instances `indices` of
+    `split`): the target becomes an input, in the place of one input (chosen at random, from
+    the trace stream, among those unlike the target), and that input the target. Its plan
+    inverts the forward plan along that input's path, and is replayed before it is kept.
+    Returns `numbers`, `target`, `plan` and `ok` (False: no input could be asked for, and Q'
+    is the question itself)."""
+    n_inst, n = batch["numbers"].shape
+    out = {"numbers": np.zeros((n_inst, n), dtype=np.int64), "target": np.zeros(n_inst, dtype=np.int64),
+           "plan": np.zeros((n_inst, n - 1, 4), dtype=np.int64), "ok": np.zeros(n_inst, dtype=np.bool_)}
+    _backward_questions(batch["numbers"], batch["target"], batch["plan"], ops_mask(cfg), np.uint64(seed),
+                        rng.stream_key(rng.STREAM_TRACE, split),
+                        np.ascontiguousarray(indices, dtype=np.int64), out["numbers"], out["target"],
+                        out["plan"], out["ok"])
     return out
 
 
@@ -487,36 +665,58 @@ def reachable(numbers, target: int, operations: str = "+-*/") -> bool:
 _STEP = re.compile(r"\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*", re.ASCII)  # ASCII digits only
 
 
+def parse_step(step) -> tuple[int, str, int, int] | None:
+    """(a, op symbol, b, c) of a step written `a op b=c` (spaces allowed), or None."""
+    match = _STEP.fullmatch(step) if isinstance(step, str) else None
+    if match is None:
+        return None
+    return int(match[1]), match[2], int(match[3]), int(match[4])
+
+
+def step_value(a: int, sym: str, b: int) -> tuple[int | None, str]:
+    """The plain-Python `combine` for a written step: (the value of `a sym b`, "") when it is a
+    legal Countdown move as written (- and / larger first, / exact), else (None, why not)."""
+    if sym == "+":
+        return a + b, ""
+    if sym == "*":
+        return a * b, ""
+    if a < b:
+        return None, ("subtracts the larger number from the smaller" if sym == "-"
+                      else "divides the smaller number by the larger")
+    if sym == "-":
+        return a - b, ""
+    if b == 0:
+        return None, "divides by zero"
+    if a % b:
+        return None, "divides inexactly"
+    return a // b, ""
+
+
+def _take(numbers, operands) -> tuple[list, int | None]:
+    """(numbers without one copy of each operand, None), or (_, the first operand missing)."""
+    pool = list(numbers)
+    for operand in operands:
+        if operand not in pool:
+            return pool, operand
+        pool.remove(operand)
+    return pool, None
+
+
 def apply_step(numbers: list[int], step, operations: str = "+-*/") -> tuple[list[int] | None, str]:
     """Apply one step (`"a op b=c"`) to the multiset `numbers`. Returns (numbers after the step,
     "") or (None, why it is illegal). Exact integer arithmetic; plain Python on purpose."""
-    match = _STEP.fullmatch(step) if isinstance(step, str) else None
-    if match is None:
+    parsed = parse_step(step)
+    if parsed is None:
         return None, f"{step!r} is not of the form a op b=c"
-    a, sym, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+    a, sym, b, c = parsed
     if sym not in operations:
         return None, f"{step} uses {sym}, which this task does not allow"
-    pool = list(numbers)
-    for operand in (a, b):
-        if operand not in pool:
-            return None, f"{step} uses {operand}, which is not available (numbers left: {sorted(numbers)})"
-        pool.remove(operand)
-    if sym == "+":
-        value = a + b
-    elif sym == "*":
-        value = a * b
-    elif sym == "-":
-        if a < b:
-            return None, f"{step} subtracts the larger number from the smaller"
-        value = a - b
-    else:
-        if a < b:
-            return None, f"{step} divides the smaller number by the larger"
-        if b == 0:
-            return None, f"{step} divides by zero"
-        if a % b:
-            return None, f"{step} divides inexactly"
-        value = a // b
+    pool, missing = _take(numbers, (a, b))
+    if missing is not None:
+        return None, f"{step} uses {missing}, which is not available (numbers left: {sorted(numbers)})"
+    value, why = step_value(a, sym, b)
+    if value is None:
+        return None, f"{step} {why}"
     if c != value:
         return None, f"{step} is wrong: {a}{sym}{b} is {value}"
     return pool + [c], ""
@@ -604,32 +804,23 @@ class Walk:
         claimed = self._claimed(move.state)
         if claimed is None:
             return None, "not_a_state"
-        match = _STEP.fullmatch(move.step) if isinstance(move.step, str) else None
-        if match is None:
+        parsed = parse_step(move.step)
+        if parsed is None:
             return claimed, "not_available"
-        a, sym, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+        a, sym, b, c = parsed
         if self.backward:
             unused, goal = current
             subgoal = claimed[1]
             if c != goal or subgoal not in (a, b):
                 return claimed, "not_available"
-            used = b if subgoal == a else a
-            if used not in unused:
-                return claimed, "not_available"
-            pool = list(unused)
-            pool.remove(used)
-            if sym not in self.operations or _checked(a, sym, b) != c:
-                return claimed, "wrong_arithmetic"
-            true = state_key(pool, subgoal)
+            pool, missing = _take(unused, (b if subgoal == a else a,))
         else:
-            pool = list(current)
-            for operand in (a, b):
-                if operand not in pool:
-                    return claimed, "not_available"
-                pool.remove(operand)
-            if sym not in self.operations or _checked(a, sym, b) != c:
-                return claimed, "wrong_arithmetic"
-            true = state_key(pool + [c])
+            pool, missing = _take(current, (a, b))
+        if missing is not None:
+            return claimed, "not_available"
+        if sym not in self.operations or step_value(a, sym, b)[0] != c:
+            return claimed, "wrong_arithmetic"
+        true = state_key(pool, subgoal) if self.backward else state_key(pool + [c])
         return claimed, (None if claimed == true else "wrong_state")
 
     def back_target(self, payload):
@@ -643,7 +834,7 @@ class Walk:
                 if a in unused[:p] or len(unused) < 2:
                     continue
                 rest = unused[:p] + unused[p + 1:]
-                for x in _undo(goal, a, self.operations):
+                for x in undo_subgoals(goal, a, self.operations):
                     out.append(state_key(rest, x))
             return out
         for p in range(len(state)):
@@ -675,21 +866,9 @@ class Walk:
         return state == (self.target,)
 
 
-def _checked(a: int, sym: str, b: int) -> int | None:
-    """`a sym b` as a legal Countdown move writes it, or None (larger first for - and /)."""
-    if sym == "+":
-        return a + b
-    if sym == "*":
-        return a * b
-    if a < b:
-        return None
-    if sym == "-":
-        return a - b
-    return a // b if b and a % b == 0 else None
-
-
-def _undo(goal: int, a: int, operations: str) -> list[int]:
-    """Subgoals x such that a legal move on {x, a} gives `goal`."""
+def undo_subgoals(goal: int, a: int, operations: str) -> list[int]:
+    """The plain-Python `undo` (for `Walk`, unbounded integers): the subgoals x, sorted, such
+    that a legal move on {x, a} gives `goal` (a is an input, so a >= 1)."""
     out = []
     if "+" in operations and goal >= a:
         out.append(goal - a)
@@ -881,10 +1060,7 @@ class Env(gym.Env):
         return None
 
 
-def make_env(**kwargs):
-    """The registered entry point of `retroplan/Countdown-v0`: `Env(**kwargs)` in a `TimeLimit`
-    of its `max_steps` (see `envs/rl.py`)."""
-    return rl.with_time_limit(Env(**kwargs))
+make_env = rl.entry_point(Env)
 
 
 def max_rating_nodes(n: int) -> int:

@@ -24,7 +24,20 @@ from .. import rng
 from ..errors import require
 from . import rl
 
-INSTANCE_FIELDS = ("edges", "start", "goal", "plan", "plan_len")
+
+def empty_batch(indices, salts, n_edges: int, plan_width: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """What a digraph task's `sample_instances` fills: (indices as int64, salts as int64, zeros
+    when None, and the batch's empty arrays: edges, start, goal, plan, plan_len)."""
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    n = indices.shape[0]
+    salts = np.zeros(n, dtype=np.int64) if salts is None else np.ascontiguousarray(salts, np.int64)
+    return indices, salts, {
+        "edges": np.empty((n, n_edges, 2), dtype=np.int32),
+        "start": np.empty(n, dtype=np.int32),
+        "goal": np.empty(n, dtype=np.int32),
+        "plan": np.empty((n, plan_width), dtype=np.int32),
+        "plan_len": np.empty(n, dtype=np.int32),
+    }
 
 
 def instance_at(batch: dict, i: int) -> dict:
@@ -257,9 +270,9 @@ class Walk:
         return state == self.target
 
 
-def successors(instance: dict, node: int) -> list[int]:
-    """Nodes reachable from `node` in one move, in edge-list order."""
-    return [int(v) for u, v in instance["edges"] if u == node]
+def state_label(state) -> str:
+    """How search-tree pictures label a state: the node."""
+    return str(state)
 
 
 # --------------------------------------------------------------------------- Gymnasium

@@ -41,14 +41,20 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rng
-from ..errors import UserError, require
+from ..errors import UserError, require, require_field_types
 from . import digraph, rl
+
+# The Task members (tasks.Task) both digraph tasks share, exported as this task's own.
+from .digraph import Walk, assess, fingerprints, instance_at, max_episode_steps, replay_plan, state_label
 
 NAME = "graph"
 ENV_ID = "retroplan/GraphPlan-v0"
+SPLITS = ("train", "val", "test")
+DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 100}
 MAX_NODES = 4096
 _ATTEMPTS = 256  # redraws of one instance before we call the config infeasible
 STRUCTURES = ("dead-ends", "strongly-connected", "balanced")
+_DEAD_ENDS, _STRONGLY_CONNECTED, _BALANCED = range(len(STRUCTURES))  # codes `_sample` takes
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,7 @@ class Config:
     max_lookahead: int = 0         # balanced: lookahead drawn from 1..max_lookahead (0: max_distance)
 
     def validate(self) -> None:
-        for name in ("num_nodes", "out_degree", "min_distance", "max_distance", "max_lookahead"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool),
-                    f"graph {name} must be an integer, got {value!r}.")
+        require_field_types(self, "graph")
         require(3 <= self.num_nodes <= MAX_NODES,
                 f"graph num_nodes must be between 3 and {MAX_NODES}, got {self.num_nodes}.")
         require(1 <= self.out_degree < self.num_nodes,
@@ -77,10 +80,9 @@ class Config:
         require(self.max_distance <= self.num_nodes - 1,
                 f"graph max_distance must be at most num_nodes - 1 = {self.num_nodes - 1}, "
                 f"got {self.max_distance}.")
-        require(isinstance(self.structure, str) and self.structure in STRUCTURES,
+        require(self.structure in STRUCTURES,
                 f"graph structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}.")
-        require(isinstance(self.dead_share, (int, float)) and not isinstance(self.dead_share, bool)
-                and 0 < self.dead_share < 1,
+        require(0 < self.dead_share < 1,
                 f"graph dead_share must be a number strictly between 0 and 1, got {self.dead_share!r}.")
         require(0 <= self.max_lookahead <= self.max_distance,
                 f"graph max_lookahead must be between 0 (meaning max_distance) and max_distance = "
@@ -156,6 +158,15 @@ def num_edges(cfg: Config) -> int:
     return cfg.num_nodes * cfg.out_degree
 
 
+def depth_limit(cfg: Config) -> int:
+    """How deep the DFS searchers may go: the longest plan the config allows."""
+    return cfg.max_distance
+
+
+# Backward searches branch as forward ones do (`traces/digraphs.variant_note`).
+BACKWARD_CHAIN = False
+
+
 def chance(cfg: Config) -> None:
     """No single chance level: it depends on each graph's branching."""
     return None
@@ -219,10 +230,26 @@ def split_summary(cfg: Config, instances: dict) -> str:
 # --------------------------------------------------------------------------- kernels
 
 
+@njit(cache=True, inline="always")
+def _distinct_edges(state, u, count, pool, size, taken, edges_out, e):
+    """`count` edges from u to distinct nodes pool[r], r uniform below `size`, none of them
+    already `taken` (marked as they are drawn); returns the next free row of edges_out."""
+    for _ in range(count):
+        v = pool[rng.randbelow(state, size)]
+        while taken[v]:
+            v = pool[rng.randbelow(state, size)]
+        taken[v] = True
+        edges_out[e, 0] = u
+        edges_out[e, 1] = v
+        e += 1
+    return e
+
+
 @njit(cache=True)
 def _cycle_with_chords(state, order, lo, c, n, k, taken, edges_out, e):
     """Nodes order[lo:lo+c]: each gets an edge to the next in a cycle through them, then k - 1
     edges to distinct other random nodes among all n; returns the next free row of edges_out."""
+    labels = np.arange(n, dtype=np.int32)
     for i in range(c):
         u = order[lo + i]
         succ = order[lo + (i + 1) % c]
@@ -232,14 +259,7 @@ def _cycle_with_chords(state, order, lo, c, n, k, taken, edges_out, e):
         taken[:] = False
         taken[u] = True
         taken[succ] = True
-        for _ in range(k - 1):
-            v = rng.randbelow(state, n)
-            while taken[v]:
-                v = rng.randbelow(state, n)
-            taken[v] = True
-            edges_out[e, 0] = u
-            edges_out[e, 1] = v
-            e += 1
+        e = _distinct_edges(state, u, k - 1, labels, n, taken, edges_out, e)
     return e
 
 
@@ -249,43 +269,6 @@ def _draw(state, n, k, edges_out):
     order = np.arange(n, dtype=np.int32)
     rng.shuffle(state, order)
     _cycle_with_chords(state, order, 0, n, n, k, np.zeros(n, dtype=np.bool_), edges_out, 0)
-
-
-@njit(cache=True, parallel=True)
-def _sample(seed, stream, indices, salts, n, k, dmin, dmax, edges, start, goal, plan, plan_len):
-    n_edges = n * k
-    for idx in prange(indices.shape[0]):
-        plan_len[idx] = 0
-        raw = np.empty((n_edges, 2), dtype=np.int32)
-        for attempt in range(_ATTEMPTS):
-            state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
-            _draw(state, n, k, raw)
-            s = rng.randbelow(state, n)
-            dist = digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)
-            count = 0
-            for v in range(n):
-                if dmin <= dist[v] <= dmax:
-                    count += 1
-            if count == 0:
-                continue
-            pick = rng.randbelow(state, count)
-            g = -1
-            for v in range(n):
-                if dmin <= dist[v] <= dmax:
-                    if pick == 0:
-                        g = v
-                        break
-                    pick -= 1
-            order = np.arange(n_edges, dtype=np.int32)
-            rng.shuffle(state, order)
-            for e in range(n_edges):
-                edges[idx, order[e], 0] = raw[e, 0]
-                edges[idx, order[e], 1] = raw[e, 1]
-            start[idx] = s
-            goal[idx] = g
-            plan[idx, :] = -1
-            plan_len[idx] = digraph.shortest_plan(edges[idx], s, g, n, plan[idx])
-            break
 
 
 @njit(cache=True)
@@ -305,14 +288,7 @@ def _draw_dead_ends(state, n, k, n_dead, edges_out, live):
         u = order[i]
         taken[:] = False
         taken[u] = True
-        for _ in range(k):
-            v = order[rng.randbelow(state, n_dead)]
-            while taken[v]:
-                v = order[rng.randbelow(state, n_dead)]
-            taken[v] = True
-            edges_out[e, 0] = u
-            edges_out[e, 1] = v
-            e += 1
+        e = _distinct_edges(state, u, k, order, n_dead, taken, edges_out, e)
     return order
 
 
@@ -354,19 +330,13 @@ def _draw_balanced(state, n, k, dmin, dmax, lmax, edges_out):
     rank = np.arange(n_free, dtype=np.int32)
     rng.shuffle(state, rank)
     taken = np.zeros(n, dtype=np.bool_)
+    labels = np.arange(n, dtype=np.int32)
     for j in range(n_free):
         u = g if j == 0 else order[pos + j - 1]
         deg = base + (1 if rank[j] < left - base * n_free else 0)
         taken[:] = False
         taken[u] = True
-        for _ in range(deg):
-            v = rng.randbelow(state, n)
-            while taken[v]:
-                v = rng.randbelow(state, n)
-            taken[v] = True
-            edges_out[e, 0] = u
-            edges_out[e, 1] = v
-            e += 1
+        e = _distinct_edges(state, u, deg, labels, n, taken, edges_out, e)
     return s, g, look, d
 
 
@@ -383,58 +353,55 @@ def _emit(state, raw, s, g, n, edges_i, plan_i):
     return digraph.shortest_plan(edges_i, s, g, n, plan_i)
 
 
-@njit(cache=True, parallel=True)
-def _sample_dead_ends(seed, stream, indices, salts, n, k, n_dead, dmin, dmax, edges, start, goal,
-                      plan, plan_len):
-    n_edges = n * k
-    for idx in prange(indices.shape[0]):
-        plan_len[idx] = 0
-        if n_dead < k + 1 or n - n_dead < 2:  # does not fit (validate() rules this out)
-            continue
-        raw = np.empty((n_edges, 2), dtype=np.int32)
-        live = np.empty(n, dtype=np.bool_)
-        for attempt in range(_ATTEMPTS):
-            state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
-            order = _draw_dead_ends(state, n, k, n_dead, raw, live)
-            s = order[n_dead + rng.randbelow(state, n - n_dead)]
-            dist = digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)
-            count = 0
-            for v in range(n):
-                if live[v] and dmin <= dist[v] <= dmax:
-                    count += 1
-            if count == 0:
-                continue
-            pick = rng.randbelow(state, count)
-            g = -1
-            for v in range(n):
-                if live[v] and dmin <= dist[v] <= dmax:
-                    if pick == 0:
-                        g = v
-                        break
-                    pick -= 1
-            start[idx] = s
-            goal[idx] = g
-            plan_len[idx] = _emit(state, raw, s, g, n, edges[idx], plan[idx])
-            break
+@njit(cache=True, inline="always")
+def _pick_goal(state, dist, live, dmin, dmax):
+    """A goal drawn uniformly among the live nodes at distance dmin..dmax; -1 (and no draw)
+    when there is none."""
+    count = 0
+    for v in range(dist.shape[0]):
+        if live[v] and dmin <= dist[v] <= dmax:
+            count += 1
+    if count == 0:
+        return -1
+    pick = rng.randbelow(state, count)
+    for v in range(dist.shape[0]):
+        if live[v] and dmin <= dist[v] <= dmax:
+            if pick == 0:
+                return v
+            pick -= 1
+    return -1
 
 
 @njit(cache=True, parallel=True)
-def _sample_balanced(seed, stream, indices, salts, n, k, dmin, dmax, lmax, edges, start, goal,
-                     plan, plan_len):
+def _sample(structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, lmax, edges, start,
+            goal, plan, plan_len):
+    """Every structure's instances: up to _ATTEMPTS draws each (plan_len 0 when all fail)."""
     n_edges = n * k
     for idx in prange(indices.shape[0]):
         plan_len[idx] = 0
+        if structure == _DEAD_ENDS and (n_dead < k + 1 or n - n_dead < 2):
+            continue  # does not fit (validate() rules this out)
         raw = np.empty((n_edges, 2), dtype=np.int32)
+        live = np.ones(n, dtype=np.bool_)
         for attempt in range(_ATTEMPTS):
             state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
-            s, g, look, d = _draw_balanced(state, n, k, dmin, dmax, lmax, raw)
-            if s < 0:
-                continue
-            # the construction guarantees both; checked so that no instance can break them
-            if digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)[g] != d:
-                continue
-            if digraph.lookahead(raw, s, g, n) != look:
-                continue
+            if structure == _BALANCED:
+                s, g, look, d = _draw_balanced(state, n, k, dmin, dmax, lmax, raw)
+                # the construction guarantees d and the lookahead; checked so that no instance
+                # can break them
+                if (s < 0 or digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)[g] != d
+                        or digraph.lookahead(raw, s, g, n) != look):
+                    continue
+            else:
+                if structure == _DEAD_ENDS:
+                    order = _draw_dead_ends(state, n, k, n_dead, raw, live)
+                    s = order[n_dead + rng.randbelow(state, n - n_dead)]
+                else:
+                    _draw(state, n, k, raw)
+                    s = rng.randbelow(state, n)
+                g = _pick_goal(state, digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n), live, dmin, dmax)
+                if g < 0:
+                    continue
             start[idx] = s
             goal[idx] = g
             plan_len[idx] = _emit(state, raw, s, g, n, edges[idx], plan[idx])
@@ -444,27 +411,14 @@ def _sample_balanced(seed, stream, indices, salts, n, k, dmin, dmax, lmax, edges
 def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
                      salts: np.ndarray | None = None) -> dict:
     """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
-    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    indices, salts, batch = digraph.empty_batch(indices, salts, num_edges(cfg), cfg.max_distance + 1)
     n = indices.shape[0]
-    salts = np.zeros(n, dtype=np.int64) if salts is None else np.ascontiguousarray(salts, np.int64)
-    batch = {
-        "edges": np.empty((n, num_edges(cfg), 2), dtype=np.int32),
-        "start": np.empty(n, dtype=np.int32),
-        "goal": np.empty(n, dtype=np.int32),
-        "plan": np.empty((n, cfg.max_distance + 1), dtype=np.int32),
-        "plan_len": np.empty(n, dtype=np.int32),
-    }
     out = (batch["edges"], batch["start"], batch["goal"], batch["plan"], batch["plan_len"])
     stream = rng.stream_key(rng.STREAM_INSTANCE, split)
-    if cfg.structure == "dead-ends":
-        _sample_dead_ends(np.uint64(seed), stream, indices, salts, cfg.num_nodes, cfg.out_degree,
-                          dead_nodes(cfg), cfg.min_distance, cfg.max_distance, *out)
-    elif cfg.structure == "balanced":
-        _sample_balanced(np.uint64(seed), stream, indices, salts, cfg.num_nodes, cfg.out_degree,
-                         cfg.min_distance, cfg.max_distance, lookahead_max(cfg), *out)
-    else:
-        _sample(np.uint64(seed), stream, indices, salts, cfg.num_nodes, cfg.out_degree,
-                cfg.min_distance, cfg.max_distance, *out)
+    n_dead = dead_nodes(cfg) if cfg.structure == "dead-ends" else 0
+    lmax = lookahead_max(cfg) if cfg.structure == "balanced" else 0
+    _sample(STRUCTURES.index(cfg.structure), np.uint64(seed), stream, indices, salts, cfg.num_nodes,
+            cfg.out_degree, cfg.min_distance, cfg.max_distance, n_dead, lmax, *out)
     if n and batch["plan_len"].min() == 0:
         where = " (its live part)" if cfg.structure == "dead-ends" else ""
         raise UserError(
@@ -480,17 +434,4 @@ class Env(digraph.DigraphEnv):
     task = sys.modules[__name__]
 
 
-def make_env(**kwargs):
-    """The registered entry point of `retroplan/GraphPlan-v0`: `Env(**kwargs)` in a `TimeLimit`
-    of its `max_steps` (see `envs/rl.py`)."""
-    return rl.with_time_limit(Env(**kwargs))
-
-
-max_episode_steps = digraph.max_episode_steps
-fingerprints = digraph.fingerprints
-instance_at = digraph.instance_at
-replay_plan = digraph.replay_plan
-assess = digraph.assess
-Walk = digraph.Walk
-SPLITS = ("train", "val", "test")
-DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 100}
+make_env = rl.entry_point(Env)

@@ -15,11 +15,16 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rng
-from ..errors import require
+from ..errors import require, require_field_types
 from . import digraph, rl
+
+# The Task members (tasks.Task) both digraph tasks share, exported as this task's own.
+from .digraph import Walk, assess, fingerprints, instance_at, max_episode_steps, replay_plan, state_label
 
 NAME = "pathstar"
 ENV_ID = "retroplan/PathStar-v0"
+SPLITS = ("train", "val", "test")
+DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 100}
 MAX_NODES = 4096
 
 
@@ -30,10 +35,7 @@ class Config:
     num_nodes: int = 50
 
     def validate(self) -> None:
-        for name in ("degree", "path_len", "num_nodes"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool),
-                    f"pathstar {name} must be an integer, got {value!r}.")
+        require_field_types(self, "pathstar")
         require(self.degree >= 2, f"pathstar degree must be at least 2, got {self.degree}.")
         require(self.path_len >= 2,
                 f"pathstar path_len must be at least 2 (it counts the centre), got {self.path_len}.")
@@ -52,6 +54,16 @@ def num_edges(cfg: Config) -> int:
     return cfg.degree * (cfg.path_len - 1)
 
 
+def depth_limit(cfg: Config) -> int:
+    """How deep the DFS searchers may go: the longest plan the config allows (centre to leaf)."""
+    return cfg.path_len - 1
+
+
+# Every node but the centre has one predecessor: searching backwards from the goal is following
+# a chain (`traces/digraphs.variant_note` says so next to the backward variants).
+BACKWARD_CHAIN = True
+
+
 def chance(cfg: Config) -> float:
     """Accuracy of guessing the arm: what a forward model that only follows edges reaches."""
     return 1.0 / cfg.degree
@@ -61,6 +73,17 @@ def difficulty(cfg: Config, batch: dict) -> dict[str, np.ndarray]:
     """Per-instance difficulty, recorded in every exported row and eval record."""
     n = batch["start"].shape[0]
     return {"degree": np.full(n, cfg.degree), "path_len": np.full(n, cfg.path_len)}
+
+
+def describe(cfg: Config) -> list[str]:
+    """Lines `retroplan inspect` prints about the config: none, the config line says it all."""
+    return []
+
+
+def split_summary(cfg: Config, instances: dict) -> str | None:
+    """A line about a split's instances for `retroplan inspect`: None, every path-star instance
+    of a config has the same shape (degree arms of path_len nodes)."""
+    return None
 
 
 @njit(cache=True, parallel=True)
@@ -98,16 +121,8 @@ def _sample(seed, stream, indices, salts, degree, path_len, num_nodes, edges, st
 def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
                      salts: np.ndarray | None = None) -> dict:
     """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
-    indices = np.ascontiguousarray(indices, dtype=np.int64)
-    n = indices.shape[0]
-    salts = np.zeros(n, dtype=np.int64) if salts is None else np.ascontiguousarray(salts, np.int64)
-    batch = {
-        "edges": np.empty((n, num_edges(cfg), 2), dtype=np.int32),
-        "start": np.empty(n, dtype=np.int32),
-        "goal": np.empty(n, dtype=np.int32),
-        "plan": np.empty((n, cfg.path_len), dtype=np.int32),
-        "plan_len": np.full(n, cfg.path_len, dtype=np.int32),
-    }
+    indices, salts, batch = digraph.empty_batch(indices, salts, num_edges(cfg), cfg.path_len)
+    batch["plan_len"][:] = cfg.path_len  # every plan runs from the centre to a leaf
     stream = rng.stream_key(rng.STREAM_INSTANCE, split)
     _sample(np.uint64(seed), stream, indices, salts, cfg.degree, cfg.path_len,
             cfg.num_nodes, batch["edges"], batch["start"], batch["goal"], batch["plan"])
@@ -120,17 +135,4 @@ class Env(digraph.DigraphEnv):
     task = sys.modules[__name__]
 
 
-def make_env(**kwargs):
-    """The registered entry point of `retroplan/PathStar-v0`: `Env(**kwargs)` in a `TimeLimit`
-    of its `max_steps` (see `envs/rl.py`)."""
-    return rl.with_time_limit(Env(**kwargs))
-
-
-max_episode_steps = digraph.max_episode_steps
-fingerprints = digraph.fingerprints
-instance_at = digraph.instance_at
-replay_plan = digraph.replay_plan
-assess = digraph.assess
-Walk = digraph.Walk
-SPLITS = ("train", "val", "test")
-DEFAULT_SIZES = {"train": 1000, "val": 100, "test": 100}
+make_env = rl.entry_point(Env)

@@ -41,9 +41,16 @@ def check_options(illegal: str, illegal_penalty: float, max_steps: int | None) -
             f"max_steps must be a positive integer (or None for the task's default), got {max_steps!r}.")
 
 
-def with_time_limit(env: gym.Env) -> gym.Env:
-    """`env` in a `TimeLimit` of its own `max_steps` (what the registered entry points return)."""
-    return gym.wrappers.TimeLimit(env, env.max_steps)
+def entry_point(env_class: type[gym.Env]):
+    """A task's registered Gymnasium entry point (`make_env`): `env_class(**kwargs)` in a
+    `TimeLimit` of its own `max_steps`."""
+
+    def make_env(**kwargs) -> gym.Env:
+        env = env_class(**kwargs)
+        return gym.wrappers.TimeLimit(env, env.max_steps)
+
+    make_env.__doc__ = f"`{env_class.__module__}.Env(**kwargs)` in a TimeLimit of its max_steps."
+    return make_env
 
 
 def sample_one(task, cfg, seed: int) -> dict:

@@ -1,3 +1,3 @@
-from .gpt import GPT, PRESETS, GPTConfig, generate
+from .gpt import GPT, PRESETS, GPTConfig, generate, generate_with_logprobs
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "generate"]
+__all__ = ["GPT", "GPTConfig", "PRESETS", "generate", "generate_with_logprobs"]

@@ -187,25 +187,46 @@ LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def generate(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
              use_cache: bool = True, logits_hook: LogitsHook | None = None,
-             temperature: float = 0.0, top_k: int = 0, generator: torch.Generator | None = None,
-             return_logprobs: bool = False):
+             temperature: float = 0.0, top_k: int = 0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue equal-length `prompts` (B, T): greedy when `temperature` is 0, else sampled
     from softmax(logits / temperature) restricted to the `top_k` best (0: all) with
     `generator` (seeded sampling).
 
     Returns (B, <= max_new_tokens) new tokens; a row stops at its first `eos_id` and is
     padded with `eos_id` after it. `logits_hook(logits, generated_so_far)` may rewrite the
-    next-token logits (decoding penalties). Stops early once every row has finished. With
-    `return_logprobs`, also returns each row's summed log-probability of its tokens up to and
-    including its `eos_id`, under the distribution it was drawn from.
+    next-token logits (decoding penalties). Stops early once every row has finished.
+    `generate_with_logprobs` also returns the tokens' log-probabilities.
     """
+    tokens, _ = _decode(model, prompts, max_new_tokens, eos_id, use_cache, logits_hook,
+                        temperature, top_k, generator, logprobs=False)
+    return tokens
+
+
+@torch.no_grad()
+def generate_with_logprobs(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
+                           use_cache: bool = True, logits_hook: LogitsHook | None = None,
+                           temperature: float = 0.0, top_k: int = 0,
+                           generator: torch.Generator | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, logprobs): `generate`'s tokens, and each row's summed log-probability (B,) of
+    its tokens up to and including its `eos_id`, under the distribution it was drawn from."""
+    return _decode(model, prompts, max_new_tokens, eos_id, use_cache, logits_hook,
+                   temperature, top_k, generator, logprobs=True)
+
+
+def _decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int, use_cache: bool,
+            logits_hook: LogitsHook | None, temperature: float, top_k: int,
+            generator: torch.Generator | None, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoding loop of `generate` and `generate_with_logprobs`: (tokens, summed
+    log-probabilities), the latter computed only with `logprobs` (else zeros)."""
     model.eval()
     B, T = prompts.shape
     max_new_tokens = min(max_new_tokens, model.cfg.block_size - T)
     out = torch.full((B, max(0, max_new_tokens)), eos_id, dtype=torch.long, device=prompts.device)
     logprob = torch.zeros(B, dtype=torch.float32, device=prompts.device)
     if max_new_tokens <= 0:
-        return (out, logprob) if return_logprobs else out
+        return out, logprob
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.cfg, B, T + max_new_tokens, prompts.device, dtype) if use_cache else None
     finished = torch.zeros(B, dtype=torch.bool, device=prompts.device)
@@ -225,17 +246,16 @@ def generate(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int
         else:
             nxt = logits.argmax(dim=-1)
         nxt = torch.where(finished, torch.full_like(nxt, eos_id), nxt)
-        if return_logprobs:
+        if logprobs:
             step_lp = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None]).squeeze(1)
             logprob += torch.where(finished, torch.zeros_like(step_lp), step_lp)
         out[:, t] = nxt
         finished |= nxt == eos_id
         if bool(finished.all()) or t == max_new_tokens - 1:
-            out = out[:, : t + 1]
-            return (out, logprob) if return_logprobs else out
+            return out[:, : t + 1], logprob
         if use_cache:
             logits = model(nxt[:, None], cache)[:, -1]
         else:
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             logits = model(seq)[:, -1]
-    return (out, logprob) if return_logprobs else out
+    return out, logprob

@@ -29,6 +29,11 @@ the nearest factor >= 2 of the target):
   like (a+b)*(c-d) are out of its reach.
 - `optimal`: the oracle's solution, no search (`envs.countdown.solve`).
 
+`STRATEGY_TABLE` has one row per searcher (name, kind, heuristic, beam, mix weight); a
+strategy's code, what the kernels dispatch on, is its row number, and the kernels read the
+integer columns derived from the table. Moves are made with `envs.countdown.combine` and undone
+with `envs.countdown.undo`.
+
 Event tape (int64, per instance): records of (the first entry is an `events.Event` code)
     START  [START, m, s_1..s_m]                      the search starts at the numbers s
     TRY    [TRY, first, op, second, result, outcome, m, s_1..s_m]
@@ -45,6 +50,8 @@ with result the current subgoal. Searches stop after `max_tries` TRY events (no 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit, prange
 
@@ -53,16 +60,50 @@ from ..envs import countdown as cd
 from ..errors import require
 from ..events import Event
 
-OUT_OPEN, OUT_GOAL, OUT_DEAD = 0, 1, 2
-HEUR_SUM, HEUR_MULT = 0, 1
+OUT_OPEN, OUT_GOAL, OUT_DEAD = 0, 1, 2      # a TRY record's outcome field
 HEURISTICS = ("sum", "mult")
+HEUR_SUM, HEUR_MULT = 0, 1                  # a heuristic's code: its index in HEURISTICS
+SEARCH_KINDS = ("dfs", "bfs", "dfs-full", "backward")
+KIND_DFS, KIND_BFS, KIND_DFS_FULL, KIND_BACKWARD = 0, 1, 2, 3   # a kind's code: its index in SEARCH_KINDS
+MIX_SLOTS = 20     # `mix` draws one of 20 equal slots; a strategy holds mix_weight * 20 of them
 
-STRATEGIES = ("dfs-sum", "dfs-mult") + tuple(f"bfs{b}-{h}" for b in range(1, 6) for h in HEURISTICS)
-BACKWARD = len(STRATEGIES)          # strategy code of the backward search
-DFS_FULL = BACKWARD + 1             # strategy code of the complete forward DFS
-FORWARD = ("mix",) + STRATEGIES + ("dfs-full",)   # the searchers `stream` can use
+
+@dataclass(frozen=True)
+class Strategy:
+    """One searcher. Its code (what the kernels get, and what `run_search` returns per
+    instance in `strategy`) is its index in STRATEGY_TABLE."""
+
+    name: str
+    kind: str                 # one of SEARCH_KINDS (see the module docstring)
+    heuristic: str            # what orders the children, one of HEURISTICS (backward: the mean
+                              # distance of the unused inputs to the subgoal)
+    beam: int = 0             # bfs: the beam width
+    mix_weight: float = 0.0   # SoS's probability of this strategy in `mix` (0: never drawn)
+
+
+STRATEGY_TABLE = (
+    Strategy("dfs-sum", "dfs", "sum", mix_weight=0.25),
+    Strategy("dfs-mult", "dfs", "mult", mix_weight=0.25),
+    *(Strategy(f"bfs{b}-{h}", "bfs", h, beam=b, mix_weight=0.05) for b in range(1, 6) for h in HEURISTICS),
+    Strategy("backward", "backward", "sum"),
+    Strategy("dfs-full", "dfs-full", "sum"),
+)
+MIX = -1                                    # the code of `mix`: each instance draws its strategy
+STRATEGY_CODE = {s.name: code for code, s in enumerate(STRATEGY_TABLE)}
+STRATEGIES = tuple(s.name for s in STRATEGY_TABLE if s.mix_weight)   # SoS's twelve, codes 0..11
+MIX_WEIGHTS = {s.name: s.mix_weight for s in STRATEGY_TABLE if s.mix_weight}
+FORWARD = ("mix",) + tuple(s.name for s in STRATEGY_TABLE if s.kind != "backward")  # what `stream` can use
 SEARCHERS = FORWARD + ("backward",)
-MIX_WEIGHTS = {s: (0.25 if s.startswith("dfs") else 0.05) for s in STRATEGIES}
+
+# What the kernels read, per strategy code (derived from the table; Numba freezes them).
+_KIND = np.array([SEARCH_KINDS.index(s.kind) for s in STRATEGY_TABLE], dtype=np.int64)
+_HEUR = np.array([HEURISTICS.index(s.heuristic) for s in STRATEGY_TABLE], dtype=np.int64)
+_BEAM = np.array([s.beam for s in STRATEGY_TABLE], dtype=np.int64)
+# `mix`: slot -> strategy code; each strategy holds mix_weight * MIX_SLOTS consecutive slots, in
+# table order (slots 0-4 dfs-sum, 5-9 dfs-mult, then one for each bfs{b}-{h})
+_MIX_CODES = np.array([code for code, s in enumerate(STRATEGY_TABLE)
+                       for _ in range(round(s.mix_weight * MIX_SLOTS))], dtype=np.int64)
+assert _MIX_CODES.shape[0] == MIX_SLOTS, "the mix weights must fill the 20 slots"
 
 _SCALE = 60                # lcm(1..6): a mean over 1..6 numbers times 60 is an exact integer
 _DIST_CAP = 1 << 50        # distances are capped so sums of six times _SCALE stay in int64
@@ -70,34 +111,19 @@ _MAX_KIDS = 4 * cd.MAX_PAIRS
 
 
 def strategy_code(name: str) -> int:
-    """-1 for `mix`, else the index in STRATEGIES (BACKWARD, DFS_FULL for the other two)."""
+    """MIX (-1) for `mix`, else the strategy's index in STRATEGY_TABLE."""
     require(name in SEARCHERS, f"unknown countdown searcher {name!r}; allowed: {', '.join(SEARCHERS)}.")
-    if name == "mix":
-        return -1
-    if name == "backward":
-        return BACKWARD
-    return DFS_FULL if name == "dfs-full" else STRATEGIES.index(name)
+    return MIX if name == "mix" else STRATEGY_CODE[name]
 
 
 def strategy_name(code: int) -> str:
-    return {BACKWARD: "backward", DFS_FULL: "dfs-full"}.get(code) or STRATEGIES[code]
-
-
-@njit(cache=True, inline="always")
-def mix_code(draw):
-    """SoS's weights from a uniform draw in [0, 20): 0-4 dfs-sum, 5-9 dfs-mult, then one
-    slot for each bfs{b}-{h} in STRATEGIES order."""
-    if draw < 5:
-        return 0
-    if draw < 10:
-        return 1
-    return 2 + (draw - 10)
+    return STRATEGY_TABLE[code].name
 
 
 def mix_choice(seed: int, split: str, index: int) -> str:
     """The strategy `mix` uses for instance `index` of (seed, split)."""
     state = rng.new_state(np.uint64(seed), _search_stream(split), index, 0)
-    return strategy_name(mix_code(rng.randbelow(state, 20)))
+    return strategy_name(int(_MIX_CODES[rng.randbelow(state, MIX_SLOTS)]))
 
 
 def _search_stream(split: str) -> int:
@@ -115,17 +141,19 @@ def _put(tape, pos, value):
     return pos + 1
 
 
-@njit(cache=True)
-def _put_state(tape, pos, kind, vals, m):
+@njit(cache=True, inline="always")
+def _put_node(tape, pos, kind, vals, row, m):
+    """A START, GO or BACK record: `kind`, m, then the numbers vals[row, :m]."""
     pos = _put(tape, pos, kind)
     pos = _put(tape, pos, m)
     for s in range(m):
-        pos = _put(tape, pos, vals[s])
+        pos = _put(tape, pos, vals[row, s])
     return pos
 
 
-@njit(cache=True)
-def _put_try(tape, pos, first, op, second, result, outcome, vals, m):
+@njit(cache=True, inline="always")
+def _put_try(tape, pos, first, op, second, result, outcome, vals, row, m):
+    """A TRY record: the step, its outcome, m, then the child's numbers vals[row, :m]."""
     pos = _put(tape, pos, Event.TRY)
     pos = _put(tape, pos, first)
     pos = _put(tape, pos, op)
@@ -134,8 +162,60 @@ def _put_try(tape, pos, first, op, second, result, outcome, vals, m):
     pos = _put(tape, pos, outcome)
     pos = _put(tape, pos, m)
     for s in range(m):
-        pos = _put(tape, pos, vals[s])
+        pos = _put(tape, pos, vals[row, s])
     return pos
+
+
+# --------------------------------------------------------------------------- children
+
+# The children of search nodes, as every search here keeps them: kids[field, row, c] is a field
+# of child c of node `row` (the node's depth; the beam search keeps one row), and order[row, :]
+# the order to try them in. (2-D and 3-D arrays with row numbers rather than row views: a view
+# costs reference counting in these hot loops.)
+KID_FIRST, KID_OP, KID_SECOND, KID_RESULT = 0, 1, 2, 3   # the forward step `first op second = result`
+KID_I, KID_J = 4, 5              # forward: the list positions of the two operands
+KID_PICKED, KID_SUBGOAL = 4, 5   # backward: the position of the unused input undone, the new subgoal
+KID_SCORE = 6                    # the scaled heuristic the children are sorted by
+KID_FIELDS = 7
+
+
+@njit(cache=True)
+def _kid_arrays(rows, width):
+    """Scratch for the children of `rows` search nodes, `width` each: (kids, order).
+    Uninitialised: a search writes before it reads."""
+    return (np.empty((KID_FIELDS, rows, width), dtype=np.int64),
+            np.empty((rows, width), dtype=np.int64))
+
+
+@njit(cache=True, inline="always")
+def _kid_step(kids, row, c):
+    """Child c of node `row`: its step (first, op, second, result)."""
+    return kids[KID_FIRST, row, c], kids[KID_OP, row, c], kids[KID_SECOND, row, c], kids[KID_RESULT, row, c]
+
+
+@njit(cache=True, inline="always")
+def _sort_kids(kids, order, row, count):
+    """order[row, :count] = 0..count-1 sorted by score (stable insertion sort: ties keep the
+    generation order)."""
+    for c in range(count):
+        order[row, c] = c
+    for c in range(1, count):
+        t = order[row, c]
+        h = kids[KID_SCORE, row, t]
+        b = c - 1
+        while b >= 0 and kids[KID_SCORE, row, order[row, b]] > h:
+            order[row, b + 1] = order[row, b]
+            b -= 1
+        order[row, b + 1] = t
+
+
+@njit(cache=True, inline="always")
+def _deepest_open(next_kid, n_kids, d):
+    """The deepest ancestor of depth d that still has a child to try, or -1 (a DFS's back)."""
+    a = d - 1
+    while a >= 0 and next_kid[a] >= n_kids[a]:
+        a -= 1
+    return a
 
 
 # --------------------------------------------------------------------------- heuristics
@@ -172,12 +252,11 @@ def _dist(v, target, heur, table):
 
 
 @njit(cache=True)
-def _children(vals, row, m, target, heur, mask, factors, prune, kx, kop, ky, kr, ki, kj, kh, order, k):
-    """All children of the node `vals[row, :m]` (pairs i < j, then + * - /) into row k of the
-    kid arrays, their scaled heuristic, and `order[k]`: the indices sorted by heuristic (stable);
-    with `prune`, SoS's DFS prune drops children whose heuristic exceeds the target. Returns how
-    many are in `order[k]`. (2-D arrays and row numbers rather than row views: a view costs
-    reference counting in this hot loop.)"""
+def _children(vals, row, m, target, heur, mask, factors, prune, kids, order, k):
+    """All children of the node `vals[row, :m]` (pairs i < j, then + * - /) into row k of
+    `kids` with their scaled heuristic, and `order[k]`: them sorted by heuristic (stable);
+    with `prune`, SoS's DFS prune drops children whose heuristic exceeds the target. Returns
+    how many are in `order[k]`."""
     total = 0
     for s in range(m):
         total += _dist(vals[row, s], target, heur, factors)
@@ -198,67 +277,41 @@ def _children(vals, row, m, target, heur, mask, factors, prune, kx, kop, ky, kr,
             child_total = base + _dist(r, target, heur, factors)
             if prune and child_total > limit:  # SoS: heuristic (for sum, the mean) > target
                 continue
-            kx[k, count], kop[k, count], ky[k, count], kr[k, count] = x, op, y, r
-            ki[k, count], kj[k, count] = i, j
-            kh[k, count] = child_total * scale
+            kids[KID_FIRST, k, count], kids[KID_OP, k, count] = x, op
+            kids[KID_SECOND, k, count], kids[KID_RESULT, k, count] = y, r
+            kids[KID_I, k, count], kids[KID_J, k, count] = i, j
+            kids[KID_SCORE, k, count] = child_total * scale
             count += 1
-    for c in range(count):  # stable insertion sort by heuristic
-        order[k, c] = c
-    for c in range(1, count):
-        t = order[k, c]
-        h = kh[k, t]
-        b = c - 1
-        while b >= 0 and kh[k, order[k, b]] > h:
-            order[k, b + 1] = order[k, b]
-            b -= 1
-        order[k, b + 1] = t
+    _sort_kids(kids, order, k, count)
     return count
-
-
-@njit(cache=True, inline="always")
-def _child_row(vals, row, m, i, j, r, dst, drow):
-    """dst[drow, :m-1] = vals[row, :m] without positions i and j, then r."""
-    q = 0
-    for t in range(m):
-        if t != i and t != j:
-            dst[drow, q] = vals[row, t]
-            q += 1
-    dst[drow, q] = r
-
-
-@njit(cache=True, inline="always")
-def _put_row(tape, pos, kind, vals, row, m):
-    pos = _put(tape, pos, kind)
-    pos = _put(tape, pos, m)
-    for s in range(m):
-        pos = _put(tape, pos, vals[row, s])
-    return pos
-
-
-@njit(cache=True, inline="always")
-def _put_try_row(tape, pos, first, op, second, result, outcome, vals, row, m):
-    pos = _put(tape, pos, Event.TRY)
-    pos = _put(tape, pos, first)
-    pos = _put(tape, pos, op)
-    pos = _put(tape, pos, second)
-    pos = _put(tape, pos, result)
-    pos = _put(tape, pos, outcome)
-    pos = _put(tape, pos, m)
-    for s in range(m):
-        pos = _put(tape, pos, vals[row, s])
-    return pos
 
 
 # --------------------------------------------------------------------------- DFS (SoS)
 
 
-@njit(cache=True)
-def _kid_arrays(rows, width):
-    """Scratch for the children of `rows` search nodes, `width` each, as every search here
-    keeps them: eight (rows, width) int64 arrays (operands, operation, result, two index
-    columns, heuristic, try order). Uninitialised: a search writes before it reads."""
-    k = np.empty((8, rows, width), dtype=np.int64)
-    return k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+@njit(cache=True, inline="always")
+def _try_leaf(tape, pos, x, op, y, r, target, vals, d, path, plan_out):
+    """A depth-first try whose child (at row d + 1) is a single number: written with `goal` or
+    `dead`; on the goal the plan (path rows 0..d) is copied out. Returns (pos, goal)."""
+    goal = r == target
+    pos = _put_try(tape, pos, x, op, y, r, OUT_GOAL if goal else OUT_DEAD, vals, d + 1, 1)
+    if goal:
+        for s in range(d + 1):
+            for q in range(4):
+                plan_out[s, q] = path[s, q]
+    return pos, goal
+
+
+@njit(cache=True, inline="always")
+def _enter_child(tape, pos, x, op, y, r, vals, d, m, target, heur, mask, factors, prune, kids, order,
+                 n_kids, next_kid):
+    """A depth-first move into the open child at row d + 1: its try and its go are written, its
+    own children generated (`prune`: SoS's heuristic threshold). Returns pos."""
+    pos = _put_try(tape, pos, x, op, y, r, OUT_OPEN, vals, d + 1, m - 1)
+    pos = _put_node(tape, pos, Event.GO, vals, d + 1, m - 1)
+    n_kids[d + 1] = _children(vals, d + 1, m - 1, target, heur, mask, factors, prune, kids, order, d + 1)
+    next_kid[d + 1] = 0
+    return pos
 
 
 @njit(cache=True)
@@ -267,15 +320,14 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
     n = nums.shape[0]
     factors = _factor_distances(target) if heur == HEUR_MULT else np.zeros(1, dtype=np.int64)
     vals = np.empty((n, n), dtype=np.int64)
-    kx, kop, ky, kr, ki, kj, kh, order = _kid_arrays(n, _MAX_KIDS)
+    kids, order = _kid_arrays(n, _MAX_KIDS)
     n_kids = np.zeros(n, dtype=np.int64)
     next_kid = np.zeros(n, dtype=np.int64)
     path = np.empty((n, 4), dtype=np.int64)
     for s in range(n):
         vals[0, s] = nums[s]
-    pos = _put_row(tape, 0, Event.START, vals, 0, n)
-    n_kids[0] = _children(vals, 0, n, target, heur, mask, factors, True, kx, kop, ky, kr, ki, kj, kh, order,
-                          0)
+    pos = _put_node(tape, 0, Event.START, vals, 0, n)
+    n_kids[0] = _children(vals, 0, n, target, heur, mask, factors, True, kids, order, 0)
     d = 0
     tries = 0
     while True:
@@ -286,40 +338,29 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
             if tries > max_tries:
                 return pos, False
             m = n - d
-            x, op, y, r = kx[d, c], kop[d, c], ky[d, c], kr[d, c]
+            x, op, y, r = _kid_step(kids, d, c)
             path[d, 0], path[d, 1], path[d, 2], path[d, 3] = x, op, y, r
-            _child_row(vals, d, m, ki[d, c], kj[d, c], r, vals, d + 1)
+            cd.child_state(vals, d, m, kids[KID_I, d, c], kids[KID_J, d, c], r, vals, d + 1)
             if m == 2:  # the child is a single number: the target, or a dead end
-                goal = r == target
-                pos = _put_try_row(tape, pos, x, op, y, r, OUT_GOAL if goal else OUT_DEAD, vals, d + 1, 1)
+                pos, goal = _try_leaf(tape, pos, x, op, y, r, target, vals, d, path, plan_out)
                 if goal:
-                    for s in range(d + 1):
-                        for q in range(4):
-                            plan_out[s, q] = path[s, q]
                     return pos, True
                 continue
-            pos = _put_try_row(tape, pos, x, op, y, r, OUT_OPEN, vals, d + 1, m - 1)
-            pos = _put_row(tape, pos, Event.GO, vals, d + 1, m - 1)
+            pos = _enter_child(tape, pos, x, op, y, r, vals, d, m, target, heur, mask, factors, True,
+                               kids, order, n_kids, next_kid)
             d += 1
-            n_kids[d] = _children(vals, d, m - 1, target, heur, mask, factors, True, kx, kop, ky, kr, ki, kj,
-                                  kh, order, d)
-            next_kid[d] = 0
         else:
-            # nothing left here: back to the deepest ancestor that still has a child to try
-            a = d - 1
-            while a >= 0 and next_kid[a] >= n_kids[a]:
-                a -= 1
-            if a < 0:
+            d = _deepest_open(next_kid, n_kids, d)
+            if d < 0:
                 return pos, False
-            d = a
-            pos = _put_row(tape, pos, Event.BACK, vals, d, n - d)
+            pos = _put_node(tape, pos, Event.BACK, vals, d, n - d)
 
 
 # --------------------------------------------------------------------------- complete DFS
 
 
 @njit(cache=True)
-def _fresh_kid(vals, d, m, ki, kj, kr, order, n_kids, next_kid, keys, key_m, table, probe):
+def _fresh_kid(vals, d, m, kids, order, n_kids, next_kid, keys, key_m, table, probe):
     """Advance next_kid[d] past the children of node d whose state was seen already; returns
     the next fresh child's index, or -1. keys[probe] is scratch. A single number (m == 2) is
     never skipped: the nearest result is tried even when that number was tried before."""
@@ -329,10 +370,10 @@ def _fresh_kid(vals, d, m, ki, kj, kr, order, n_kids, next_kid, keys, key_m, tab
         c = order[d, next_kid[d]]
         q = 0
         for t in range(m):
-            if t != ki[d, c] and t != kj[d, c]:
+            if t != kids[KID_I, d, c] and t != kids[KID_J, d, c]:
                 keys[probe, q] = vals[d, t]
                 q += 1
-        keys[probe, q] = kr[d, c]
+        keys[probe, q] = kids[KID_RESULT, d, c]
         key_m[probe] = m - 1
         _sort_key(keys, probe, m - 1)
         found, _ = _key_slot(table, keys, key_m, probe)
@@ -353,7 +394,7 @@ def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
     n = nums.shape[0]
     factors = np.zeros(1, dtype=np.int64)
     vals = np.empty((n, n), dtype=np.int64)
-    kx, kop, ky, kr, ki, kj, kh, order = _kid_arrays(n, _MAX_KIDS)
+    kids, order = _kid_arrays(n, _MAX_KIDS)
     n_kids = np.zeros(n, dtype=np.int64)
     next_kid = np.zeros(n, dtype=np.int64)
     path = np.empty((n, 4), dtype=np.int64)
@@ -380,14 +421,13 @@ def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
     _, slot = _key_slot(table, keys, key_m, 0)
     table[slot] = 0
     seen = 1
-    pos = _put_row(tape, 0, Event.START, vals, 0, n)
-    n_kids[0] = _children(vals, 0, n, target, HEUR_SUM, mask, factors, False, kx, kop, ky, kr, ki, kj, kh,
-                          order, 0)
+    pos = _put_node(tape, 0, Event.START, vals, 0, n)
+    n_kids[0] = _children(vals, 0, n, target, HEUR_SUM, mask, factors, False, kids, order, 0)
     d = 0
     tries = 0
     while True:
         m = n - d
-        c = _fresh_kid(vals, d, m, ki, kj, kr, order, n_kids, next_kid, keys, key_m, table, seen)
+        c = _fresh_kid(vals, d, m, kids, order, n_kids, next_kid, keys, key_m, table, seen)
         if c >= 0:
             next_kid[d] += 1
             tries += 1
@@ -397,36 +437,30 @@ def _dfs_full(nums, target, mask, max_tries, tape, plan_out):
                 _, slot = _key_slot(table, keys, key_m, seen)  # the probe holds this child's state
                 table[slot] = seen
                 seen += 1
-            x, op, y, r = kx[d, c], kop[d, c], ky[d, c], kr[d, c]
+            x, op, y, r = _kid_step(kids, d, c)
             path[d, 0], path[d, 1], path[d, 2], path[d, 3] = x, op, y, r
-            _child_row(vals, d, m, ki[d, c], kj[d, c], r, vals, d + 1)
+            cd.child_state(vals, d, m, kids[KID_I, d, c], kids[KID_J, d, c], r, vals, d + 1)
             if m == 2:
-                goal = r == target
-                pos = _put_try_row(tape, pos, x, op, y, r, OUT_GOAL if goal else OUT_DEAD, vals, d + 1, 1)
+                pos, goal = _try_leaf(tape, pos, x, op, y, r, target, vals, d, path, plan_out)
                 if goal:
-                    for s in range(d + 1):
-                        for q in range(4):
-                            plan_out[s, q] = path[s, q]
                     return pos, True
                 # the result nearest the target came first: if it missed, every other one misses
                 next_kid[d] = n_kids[d]
                 continue
-            pos = _put_try_row(tape, pos, x, op, y, r, OUT_OPEN, vals, d + 1, m - 1)
-            pos = _put_row(tape, pos, Event.GO, vals, d + 1, m - 1)
+            pos = _enter_child(tape, pos, x, op, y, r, vals, d, m, target, HEUR_SUM, mask, factors, False,
+                               kids, order, n_kids, next_kid)
             d += 1
-            n_kids[d] = _children(vals, d, m - 1, target, HEUR_SUM, mask, factors, False, kx, kop, ky, kr, ki,
-                                  kj, kh, order, d)
-            next_kid[d] = 0
         else:
-            # back to the deepest ancestor that still has a fresh child
+            # back to the deepest ancestor that still has a fresh child (not `_deepest_open`: a
+            # child whose state was entered since its node was left no longer counts)
             a = d - 1
-            while a >= 0 and _fresh_kid(vals, a, n - a, ki, kj, kr, order, n_kids, next_kid, keys, key_m,
+            while a >= 0 and _fresh_kid(vals, a, n - a, kids, order, n_kids, next_kid, keys, key_m,
                                         table, seen) < 0:
                 a -= 1
             if a < 0:
                 return pos, False
             d = a
-            pos = _put_row(tape, pos, Event.BACK, vals, d, n - d)
+            pos = _put_node(tape, pos, Event.BACK, vals, d, n - d)
 
 
 # --------------------------------------------------------------------------- BFS (SoS beam)
@@ -473,7 +507,8 @@ def _heap_pop(heap, size, h):
 
 @njit(cache=True, inline="always")
 def _sort_key(keys, row, m):
-    """Sort keys[row, :m] in place (insertion sort: m <= 6): a state's multiset key."""
+    """Sort keys[row, :m] in place (insertion sort: m <= 6): a state's multiset key. (Not
+    `_sort_kids`: this sorts values, that one sorts indices by a score.)"""
     for c in range(1, m):
         v = keys[row, c]
         b = c - 1
@@ -522,16 +557,12 @@ def _closed_add(table, keys, node_vals, node_m, u):
     return True
 
 
-def bfs_node_capacity(n: int, beam: int, max_tries: int) -> int:
-    """Nodes a beam search can generate: its tree of kept children, or the try budget."""
-    return min(sum(beam**d for d in range(n)), max_tries) + 1
-
-
 @njit(cache=True)
 def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
     """SoS's beam search (see the module docstring). Returns (tape length, found)."""
     n = nums.shape[0]
     factors = _factor_distances(target) if heur == HEUR_MULT else np.zeros(1, dtype=np.int64)
+    # nodes it can generate: its tree of kept children, or the try budget (+ the root)
     tree = 0
     level = 1
     for _ in range(n):
@@ -549,7 +580,7 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
         size_table *= 2
     closed = np.full(size_table, -1, dtype=np.int64)
     keys = np.empty((cap, n), dtype=np.int64)      # the sorted numbers of every expanded node
-    kx, kop, ky, kr, ki, kj, kh, order = _kid_arrays(1, _MAX_KIDS)
+    kids, order = _kid_arrays(1, _MAX_KIDS)
     keep_order = np.empty(_MAX_KIDS, dtype=np.int64)
     batch = np.empty(beam, dtype=np.int64)
     node_vals[0, :] = nums
@@ -558,7 +589,7 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
     node_h[0] = 0
     nodes = 1
     heap_size = _heap_push(heap, 0, 0, node_h)
-    pos = _put_state(tape, 0, Event.START, nums, n)
+    pos = _put_node(tape, 0, Event.START, node_vals, 0, n)
     tries = 0
     while heap_size > 0:
         taken = 0
@@ -571,11 +602,10 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
                 continue  # this state (number multiset) was expanded already
             m = node_m[u]
             if u != 0:
-                pos = _put_row(tape, pos, Event.GO, node_vals, u, m)
+                pos = _put_node(tape, pos, Event.GO, node_vals, u, m)
             if m == 1:
                 continue
-            count = _children(node_vals, u, m, target, heur, mask, factors, False, kx, kop, ky, kr, ki, kj,
-                              kh, order, 0)
+            count = _children(node_vals, u, m, target, heur, mask, factors, False, kids, order, 0)
             keep = min(beam, count)
             for q in range(keep):
                 keep_order[q] = order[0, q]
@@ -587,14 +617,14 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
                     return pos, False
                 v = nodes
                 nodes += 1
-                x, op, y, r = kx[0, c], kop[0, c], ky[0, c], kr[0, c]
-                _child_row(node_vals, u, m, ki[0, c], kj[0, c], r, node_vals, v)
+                x, op, y, r = _kid_step(kids, 0, c)
+                cd.child_state(node_vals, u, m, kids[KID_I, 0, c], kids[KID_J, 0, c], r, node_vals, v)
                 node_m[v] = m - 1
                 parent[v] = u
                 step[v, 0], step[v, 1], step[v, 2], step[v, 3] = x, op, y, r
-                node_h[v] = kh[0, c]
+                node_h[v] = kids[KID_SCORE, 0, c]
                 if m == 2 and r == target:
-                    pos = _put_try_row(tape, pos, x, op, y, r, OUT_GOAL, node_vals, v, 1)
+                    pos = _put_try(tape, pos, x, op, y, r, OUT_GOAL, node_vals, v, 1)
                     k = n - 2
                     w = v
                     while w != 0:
@@ -604,7 +634,7 @@ def _bfs(nums, target, heur, beam, mask, max_tries, state, tape, plan_out):
                         w = parent[w]
                     return pos, True
                 outcome = OUT_DEAD if m == 2 else OUT_OPEN
-                pos = _put_try_row(tape, pos, x, op, y, r, outcome, node_vals, v, m - 1)
+                pos = _put_try(tape, pos, x, op, y, r, outcome, node_vals, v, m - 1)
                 heap_size = _heap_push(heap, heap_size, v, node_h)
     return pos, False
 
@@ -626,91 +656,72 @@ def _make_bound(unused, k):
 
 
 @njit(cache=True)
-def _backward_children(unused, where, k, goal, mask, kx, kop, ky, kr, kp, ksub, kh, order):
-    """Undo moves of the node (unused[:k], goal): pick an unused input a (skipping a value
-    already picked at an earlier position: same child) and an operation with a as one operand;
-    the other operand is the new subgoal. (kx, kop, ky, kr) is the forward step, kr = goal;
-    kp the position of a, ksub the subgoal. Sorted by the mean distance of the remaining inputs
-    to the subgoal (stable)."""
+def _backward_children(unused, where, d, k, goal, mask, kids, order):
+    """Undo moves of the node (unused[d, :k], goal) into row d of `kids`: pick an unused input
+    a (skipping a value already picked at an earlier position: same child) and a way to undo
+    a move with a as one operand (`cd.undo`); the other operand is the new subgoal. The kid's
+    step is the forward step (its result is the goal), KID_PICKED the position of a and
+    KID_SUBGOAL the subgoal. Sorted by the mean distance of the remaining inputs to the
+    subgoal (stable)."""
     count = 0
     rest = np.empty(max(k - 1, 1), dtype=np.int64)
     for p in range(k):
-        a = unused[p]
+        a = unused[d, p]
         repeated = False
         for q in range(p):
-            if unused[q] == a:
+            if unused[d, q] == a:
                 repeated = True
         if repeated:
             continue
         r = 0
         for q in range(k):
             if q != p:
-                rest[r] = unused[q]
+                rest[r] = unused[d, q]
                 r += 1
         bound = _make_bound(rest, k - 1)
         last = k - 1 == 1
-        for form in range(6):  # + * (x-a) (a-x) (x/a) (a/x)
-            op = form if form < 2 else (2 if form < 4 else 3)
+        for form in range(cd.UNDO_FORMS):  # x+a x*a x-a a-x x/a a/x: x is the subgoal
+            op = cd.UNDO_OP[form]
             if not (mask >> op) & 1:
                 continue
-            if form == 0:
-                if goal < a:
-                    continue
-                x = goal - a
-            elif form == 1:
-                if goal % a != 0:
-                    continue
-                x = goal // a
-            elif form == 2:
-                x = goal + a
-            elif form == 3:
-                if a < goal or goal == 0:  # goal == 0: the same child as form 2
-                    continue
-                x = a - goal
-            elif form == 4:
-                if goal == 0 or goal > bound // a:
-                    continue
-                x = goal * a
-            else:
-                if goal <= 1 or a % goal != 0:  # goal == 1: the same child as form 4
-                    continue
-                x = a // goal
+            if form == cd.A_MINUS_X and goal == 0:
+                continue  # the same child as x - a
+            if form == cd.X_OVER_A and goal > bound // a:
+                continue  # x = goal * a would pass the bound (and may not fit an int64)
+            if form == cd.A_OVER_X and goal == 1:
+                continue  # the same child as x / a
+            x = cd.undo(goal, a, form)
+            if x < 0:
+                continue
             if x > bound and not last:
                 continue  # the remaining inputs cannot make a number this large
-            if form == 2 or form == 4:
+            if form == cd.X_MINUS_A or form == cd.X_OVER_A:
                 first, second = x, a
-            elif form == 3 or form == 5:
+            elif form == cd.A_MINUS_X or form == cd.A_OVER_X:
                 first, second = a, x
-            elif last and where[1 - p] < where[p]:  # both operands are inputs: list order
+            elif last and where[d, 1 - p] < where[d, p]:  # both operands are inputs: list order
                 first, second = x, a
             else:
                 first, second = a, x
-            kx[count], kop[count], ky[count], kr[count] = first, op, second, goal
-            kp[count], ksub[count] = p, x
+            kids[KID_FIRST, d, count], kids[KID_OP, d, count] = first, op
+            kids[KID_SECOND, d, count], kids[KID_RESULT, d, count] = second, goal
+            kids[KID_PICKED, d, count], kids[KID_SUBGOAL, d, count] = p, x
             total = 0
             for q in range(k - 1):
                 e = rest[q] - x if rest[q] >= x else x - rest[q]
                 total += e if e < _DIST_CAP else _DIST_CAP
-            kh[count] = total * (_SCALE // (k - 1))
+            kids[KID_SCORE, d, count] = total * (_SCALE // (k - 1))
             count += 1
-    for c in range(count):
-        order[c] = c
-    for c in range(1, count):
-        t = order[c]
-        h = kh[t]
-        b = c - 1
-        while b >= 0 and kh[order[b]] > h:
-            order[b + 1] = order[b]
-            b -= 1
-        order[b + 1] = t
+    _sort_kids(kids, order, d, count)
     return count
 
 
 @njit(cache=True, inline="always")
-def _show(unused, k, goal, shown):
-    """A backward node as the tape writes it: the unused inputs, then the subgoal."""
-    shown[:k] = unused[:k]
-    shown[k] = goal
+def _show(unused, row, k, goal, shown):
+    """A backward node as the tape writes it, into shown[0]: the unused inputs, then the subgoal."""
+    for s in range(k):
+        shown[0, s] = unused[row, s]
+    shown[0, k] = goal
     return shown
 
 
@@ -723,18 +734,17 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
     unused = np.empty((n, n), dtype=np.int64)
     where = np.empty((n, n), dtype=np.int64)     # original position of each unused input
     goal = np.empty(n, dtype=np.int64)
-    kx, kop, ky, kr, kp, ksub, kh, order = _kid_arrays(n, maxk)
+    kids, order = _kid_arrays(n, maxk)
     n_kids = np.zeros(n, dtype=np.int64)
     next_kid = np.zeros(n, dtype=np.int64)
     path = np.empty((n, 4), dtype=np.int64)
-    shown = np.empty(n + 1, dtype=np.int64)
+    shown = np.empty((1, n + 1), dtype=np.int64)
     unused[0, :] = nums
     for s in range(n):
         where[0, s] = s
     goal[0] = target
-    pos = _put_state(tape, 0, Event.START, _show(unused[0], n, goal[0], shown), n + 1)
-    n_kids[0] = _backward_children(unused[0], where[0], n, goal[0], mask, kx[0], kop[0], ky[0], kr[0],
-                                   kp[0], ksub[0], kh[0], order[0])
+    pos = _put_node(tape, 0, Event.START, _show(unused, 0, n, goal[0], shown), 0, n + 1)
+    n_kids[0] = _backward_children(unused, where, 0, n, goal[0], mask, kids, order)
     d = 0
     tries = 0
     while True:
@@ -745,39 +755,36 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
             tries += 1
             if tries > max_tries:
                 return pos, False
-            p = kp[d, c]
+            p = kids[KID_PICKED, d, c]
             r = 0
             for q in range(k):
                 if q != p:
                     unused[d + 1, r] = unused[d, q]
                     where[d + 1, r] = where[d, q]
                     r += 1
-            goal[d + 1] = ksub[d, c]
-            path[d, 0], path[d, 1], path[d, 2], path[d, 3] = kx[d, c], kop[d, c], ky[d, c], kr[d, c]
+            goal[d + 1] = kids[KID_SUBGOAL, d, c]
+            x, op, y, result = _kid_step(kids, d, c)
+            path[d, 0], path[d, 1], path[d, 2], path[d, 3] = x, op, y, result
             if k == 2:  # one input left: it must be the subgoal
                 done = unused[d + 1, 0] == goal[d + 1]
-                pos = _put_try(tape, pos, kx[d, c], kop[d, c], ky[d, c], kr[d, c],
-                               OUT_GOAL if done else OUT_DEAD, _show(unused[d + 1], 1, goal[d + 1], shown), 2)
+                pos = _put_try(tape, pos, x, op, y, result, OUT_GOAL if done else OUT_DEAD,
+                               _show(unused, d + 1, 1, goal[d + 1], shown), 0, 2)
                 if done:
                     for s in range(d + 1):  # forward order: the last undo is the first step
                         plan_out[s, :] = path[d - s, :]
                     return pos, True
                 continue
-            child = _show(unused[d + 1], k - 1, goal[d + 1], shown)
-            pos = _put_try(tape, pos, kx[d, c], kop[d, c], ky[d, c], kr[d, c], OUT_OPEN, child, k)
-            pos = _put_state(tape, pos, Event.GO, child, k)
+            child = _show(unused, d + 1, k - 1, goal[d + 1], shown)
+            pos = _put_try(tape, pos, x, op, y, result, OUT_OPEN, child, 0, k)
+            pos = _put_node(tape, pos, Event.GO, child, 0, k)
             d += 1
-            n_kids[d] = _backward_children(unused[d], where[d], k - 1, goal[d], mask, kx[d], kop[d], ky[d],
-                                           kr[d], kp[d], ksub[d], kh[d], order[d])
+            n_kids[d] = _backward_children(unused, where, d, k - 1, goal[d], mask, kids, order)
             next_kid[d] = 0
         else:
-            a = d - 1
-            while a >= 0 and next_kid[a] >= n_kids[a]:
-                a -= 1
-            if a < 0:
+            d = _deepest_open(next_kid, n_kids, d)
+            if d < 0:
                 return pos, False
-            d = a
-            pos = _put_state(tape, pos, Event.BACK, _show(unused[d], n - d, goal[d], shown), n - d + 1)
+            pos = _put_node(tape, pos, Event.BACK, _show(unused, d, n - d, goal[d], shown), 0, n - d + 1)
 
 
 # --------------------------------------------------------------------------- batch driver
@@ -785,21 +792,21 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
 
 @njit(cache=True)
 def _search_one(code, nums, target, mask, seed, stream, index, max_tries, tape, plan_out):
-    """Run strategy `code` (-1: mix) on one instance; returns (tape length, found, code used).
-    The mix draw is made first whatever the strategy, so a BFS shuffles the same way whether
-    mix or the user chose it."""
+    """Run strategy `code` (MIX: draw one) on one instance; returns (tape length, found, code
+    used). The mix draw is made first whatever the strategy, so a BFS shuffles the same way
+    whether mix or the user chose it."""
     state = rng.new_state(seed, stream, index, 0)
-    draw = rng.randbelow(state, 20)
-    used = mix_code(draw) if code < 0 else code
-    if used == BACKWARD:
+    draw = rng.randbelow(state, MIX_SLOTS)
+    used = _MIX_CODES[draw] if code == MIX else code
+    kind = _KIND[used]
+    if kind == KIND_BACKWARD:
         length, found = _backward(nums, target, mask, max_tries, tape, plan_out)
-    elif used == DFS_FULL:
+    elif kind == KIND_DFS_FULL:
         length, found = _dfs_full(nums, target, mask, max_tries, tape, plan_out)
-    elif used < 2:
-        length, found = _dfs(nums, target, used, mask, max_tries, tape, plan_out)
+    elif kind == KIND_DFS:
+        length, found = _dfs(nums, target, _HEUR[used], mask, max_tries, tape, plan_out)
     else:
-        length, found = _bfs(nums, target, (used - 2) % 2, 1 + (used - 2) // 2, mask, max_tries, state,
-                             tape, plan_out)
+        length, found = _bfs(nums, target, _HEUR[used], _BEAM[used], mask, max_tries, state, tape, plan_out)
     return length, found, used
 
 

@@ -1,16 +1,17 @@
 """Trace variants, vocabularies, the suite on disk and exports.
 
-`GRAMMARS` maps a task name to the module that writes its traces and parses them back.
+`GRAMMARS` maps a task name to the module that writes its traces and parses them back (a
+`tasks.Grammar`; `digraphs` serves both directed-graph tasks).
 """
 
 from __future__ import annotations
 
 from ..envs import get_task
 from ..errors import require
-from . import countdown, graphs
+from . import countdown, digraphs
 from .vocab import MIXABLE
 
-GRAMMARS = {"pathstar": graphs, "graph": graphs, "countdown": countdown}
+GRAMMARS = {"pathstar": digraphs, "graph": digraphs, "countdown": countdown}
 
 # What a model trained on each variant writes at test time (the same for every task). Reports
 # print it next to every accuracy: only some variants plan forward when they are evaluated.

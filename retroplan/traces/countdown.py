@@ -1,5 +1,8 @@
-"""The grammar of `countdown`: writes every trace variant as tokens and parses a model's tokens
-back into a plan and search events. On inputs 12 63 96 99 and target 33:
+"""The grammar of `countdown`: writes every trace variant as tokens (Numba) and parses a model's
+tokens back into a plan and search events; `StreamTracker` reads a stream with the same reader
+while a model writes it. The Stream-of-Search text of a stream is in `traces/sos.py`; RevThink's
+backward question, a fact about the instance, is `envs.countdown.backward_questions`. On inputs
+12 63 96 99 and target 33:
 
 Prompt      <bos> 12 63 96 99 -> 33 ?
 optimal     99 - 96 = 3 , 63 / 3 = 21 , 12 + 21 = 33 <eos>           (the oracle's solution)
@@ -51,23 +54,8 @@ from ..envs import countdown as cd
 from ..errors import require
 from ..events import Event
 from ..searchers import countdown_search as cs
-from .common import (
-    BACKWARD_STREAM,
-    CORRUPTED,
-    KIND_BQ,
-    KIND_BR,
-    KIND_FWD,
-    OPTIMAL,
-    REVERSE,
-    REVFWD,
-    REVTHINK,
-    STREAM,
-    STREAM_VARIANTS,
-    VARIANT_CODE,
-    VARIANTS,
-    Parsed,
-    example_rows,
-)
+from . import common
+from .common import STREAM_VARIANTS, VARIANTS, Parsed, example_rows
 from .vocab import MIX_TOKENS, Vocab, forced_open
 
 _WORDS = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->", "?", "_", "at",
@@ -117,6 +105,9 @@ def no_loss_tokens(vocab: Vocab) -> list[int]:
 # --------------------------------------------------------------------------- writer (Numba)
 
 
+# The same bounded write as the searcher's tape writer (`countdown_search._put`), kept apart on
+# purpose: tokens and search tapes are different arrays, and sharing it would tie the grammar's
+# kernels to the searcher module's.
 @njit(cache=True, inline="always")
 def _put(buf, pos, token):
     """Write when `buf` has room (a zero-length `buf` only counts)."""
@@ -262,9 +253,10 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
     """One example; returns (length, prompt length). `buf` of length 0 only measures.
     `span`: lookahead's (cut d, first span step k, last span step L), d < 0 for a plain row."""
     pos = _put(buf, 0, BOS)
-    if code == REVTHINK and kind != KIND_FWD:  # revthink's backward objectives; forward rows = optimal's
-        pos = _put(buf, pos, BQ if kind == KIND_BQ else BR)
-        if kind == KIND_BR:
+    # revthink's backward objectives (its forward rows are optimal's)
+    if code == common.REVTHINK and kind != common.KIND_FWD:
+        pos = _put(buf, pos, BQ if kind == common.KIND_BQ else BR)
+        if kind == common.KIND_BR:
             pos = _put_question(buf, pos, q_nums, q_target)
         else:
             pos = _put_question(buf, pos, nums, target)
@@ -273,28 +265,29 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
     else:
         pos = _put_question(buf, pos, nums, target)
     prompt = pos
-    if code == OPTIMAL:
+    if code == common.OPTIMAL:
         pos = _put_plan(buf, pos, plan, False)
-    elif code == REVERSE:
+    elif code == common.REVERSE:
         pos = _put_plan(buf, pos, plan, True)
-    elif code == REVFWD:
+    elif code == common.REVFWD:
         pos = _put_plan(buf, pos, plan, True)
         pos = _put(buf, pos, SEMI)
         pos = _put_plan(buf, pos, plan, False)
-    elif code == STREAM or code == BACKWARD_STREAM or code == CORRUPTED:  # corrupted: a donor's tape
+    elif code == common.STREAM or code == common.BACKWARD_STREAM or code == common.CORRUPTED:
+        # corrupted writes a donor's tape
         if buf.shape[0] == 0:
-            pos += _count_tape(tape, lo, hi, code == BACKWARD_STREAM)
+            pos += _count_tape(tape, lo, hi, code == common.BACKWARD_STREAM)
         else:
-            pos = _put_tape(buf, pos, tape, lo, hi, code == BACKWARD_STREAM)
+            pos = _put_tape(buf, pos, tape, lo, hi, code == common.BACKWARD_STREAM)
         pos = _put(buf, pos, SEMI)
         if found:
             pos = _put_plan(buf, pos, plan, False)
         else:
             pos = _put(buf, pos, NONE)
-    elif code == REVTHINK:
-        if kind == KIND_FWD:
+    elif code == common.REVTHINK:
+        if kind == common.KIND_FWD:
             pos = _put_plan(buf, pos, plan, False)
-        elif kind == KIND_BQ:
+        elif kind == common.KIND_BQ:
             pos = _put_question(buf, pos, q_nums, q_target)
         else:
             pos = _put_plan(buf, pos, q_plan, False)
@@ -342,152 +335,6 @@ def _lookahead_spans(seed, stream, indices, steps, p, spans):
             spans[i, 0], spans[i, 1], spans[i, 2] = d, k, k + rng.randbelow(state, steps - k + 1)
 
 
-# --------------------------------------------------------------------------- revthink
-
-
-@njit(cache=True)
-def _replay_ok(nums, target, steps, mask):
-    """Plain multiset replay inside the writer: a backward example is written only if valid."""
-    pool = nums.copy()
-    size = pool.shape[0]
-    for s in range(steps.shape[0]):
-        x, op, y, r = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
-        if not (mask >> op) & 1:
-            return False
-        ok, value, first, second = cd.combine(x, y, op)
-        if not ok or value != r or first != x or second != y:
-            return False
-        for operand in (x, y):
-            hit = -1
-            for t in range(size):
-                if pool[t] == operand:
-                    hit = t
-                    break
-            if hit < 0:
-                return False
-            pool[hit] = pool[size - 1]
-            size -= 1
-        pool[size] = r
-        size += 1
-    return size == 1 and pool[0] == target
-
-
-@njit(cache=True)
-def _invert(nums, target, plan, k, mask, q_plan):
-    """RevThink's backward problem for input k: inputs with nums[k] replaced by the target,
-    target nums[k]. Writes its plan (the forward steps off k's path, then the path's steps
-    undone from the top) into q_plan; False when an undo is not a legal move (0 involved)."""
-    n = nums.shape[0]
-    total = 2 * n - 1
-    value = np.empty(total, dtype=np.int64)
-    left = np.full(total, -1, dtype=np.int64)
-    right = np.full(total, -1, dtype=np.int64)
-    op_of = np.zeros(total, dtype=np.int64)
-    parent = np.full(total, -1, dtype=np.int64)
-    avail = np.empty(n, dtype=np.int64)
-    for s in range(n):
-        value[s] = nums[s]
-        avail[s] = s
-    size = n
-    for s in range(n - 1):  # replay with provenance: which node each operand is
-        a = -1
-        for t in range(size):
-            if value[avail[t]] == plan[s, 0]:
-                a = t
-                break
-        b = -1
-        for t in range(size):
-            if t != a and value[avail[t]] == plan[s, 2]:
-                b = t
-                break
-        if a < 0 or b < 0:
-            return False
-        u = n + s
-        value[u] = plan[s, 3]
-        left[u], right[u], op_of[u] = avail[a], avail[b], plan[s, 1]
-        parent[avail[a]] = u
-        parent[avail[b]] = u
-        kept = 0
-        for t in range(size):
-            if t != a and t != b:
-                avail[kept] = avail[t]
-                kept += 1
-        avail[kept] = u
-        size = kept + 1
-    on_path = np.zeros(total, dtype=np.bool_)
-    v = k
-    while v >= 0:
-        on_path[v] = True
-        v = parent[v]
-    q = 0
-    for s in range(n - 1):
-        if not on_path[n + s]:
-            q_plan[q, :] = plan[s, :]
-            q += 1
-    cur = target
-    v = total - 1
-    while v != k:
-        u_first = on_path[left[v]]
-        u = left[v] if u_first else right[v]
-        w = value[right[v]] if u_first else value[left[v]]
-        op = op_of[v]
-        if op == cd.ADD:      # v = u + w
-            a, inv, b = cur, cd.SUB, w
-        elif op == cd.MUL:    # v = u * w
-            a, inv, b = cur, cd.DIV, w
-        elif op == cd.SUB:    # v = u - w, or v = w - u
-            a, inv, b = (cur, cd.ADD, w) if u_first else (w, cd.SUB, cur)
-        else:                 # v = u / w, or v = w / u
-            a, inv, b = (cur, cd.MUL, w) if u_first else (w, cd.DIV, cur)
-        if not (mask >> inv) & 1:
-            return False
-        ok, nxt, first, second = cd.combine(a, b, inv)
-        if not ok or nxt != value[u]:
-            return False
-        q_plan[q, 0], q_plan[q, 1], q_plan[q, 2], q_plan[q, 3] = first, inv, second, nxt
-        q += 1
-        cur = nxt
-        v = u
-    return True
-
-
-@njit(cache=True, parallel=True)
-def _backward_questions(numbers, target, plan, mask, seed, stream, indices, q_nums, q_target, q_plan, q_ok):
-    n = numbers.shape[1]
-    for i in prange(numbers.shape[0]):
-        state = rng.new_state(seed, stream, indices[i], 0)
-        order = np.arange(n)
-        rng.shuffle(state, order)
-        q_ok[i] = False
-        for t in range(2 * n):  # first the inputs that differ from the target (else Q' = Q)
-            k = order[t % n]
-            if (numbers[i, k] == target[i]) != (t >= n):
-                continue
-            q_nums[i, :] = numbers[i, :]
-            q_nums[i, k] = target[i]
-            q_target[i] = numbers[i, k]
-            if _invert(numbers[i], target[i], plan[i], k, mask, q_plan[i]) and _replay_ok(
-                    q_nums[i], q_target[i], q_plan[i], mask):
-                q_ok[i] = True
-                break
-        if not q_ok[i]:  # no input can be asked for (zeros everywhere): ask the question itself
-            q_nums[i, :] = numbers[i, :]
-            q_target[i] = target[i]
-            q_plan[i, :, :] = plan[i, :, :]
-
-
-def backward_questions(cfg, seed: int, split: str, indices: np.ndarray, batch: dict) -> dict:
-    """RevThink's backward question and its plan for every instance (see the module doc)."""
-    n_inst, n = batch["numbers"].shape
-    out = {"numbers": np.zeros((n_inst, n), dtype=np.int64), "target": np.zeros(n_inst, dtype=np.int64),
-           "plan": np.zeros((n_inst, n - 1, 4), dtype=np.int64), "ok": np.zeros(n_inst, dtype=np.bool_)}
-    _backward_questions(batch["numbers"], batch["target"], batch["plan"], cd.ops_mask(cfg), np.uint64(seed),
-                        rng.stream_key(rng.STREAM_TRACE, split),
-                        np.ascontiguousarray(indices, dtype=np.int64), out["numbers"], out["target"],
-                        out["plan"], out["ok"])
-    return out
-
-
 def write_examples(task, cfg, options: Options, variant: str, seed: int, split: str,
                    indices: np.ndarray, batch: dict) -> dict:
     """Token rows for the instances `batch` (instances `indices` of `split`).
@@ -517,7 +364,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     if variant == "lookahead":
         _lookahead_spans(np.uint64(seed), trace_stream, indices, n - 1, float(options.lookahead_p), spans)
     if variant == "revthink":
-        q = backward_questions(cfg, seed, split, indices, batch)
+        q = cd.backward_questions(cfg, seed, split, indices, batch)
         q_nums, q_target, q_plan = q["numbers"], q["target"], q["plan"]
     else:
         q_nums, q_target, q_plan = batch["numbers"], batch["target"], plan
@@ -525,8 +372,8 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     rows = row_inst.shape[0]
     lengths = np.zeros(rows, dtype=np.int32)
     prompt_len = np.zeros(rows, dtype=np.int32)
-    args = (VARIANT_CODE[variant], row_inst, row_kind, batch["numbers"], batch["target"], plan, found, tape,
-            tape_off, q_nums, q_target, q_plan, spans)
+    args = (common.VARIANT_CODE[variant], row_inst, row_kind, batch["numbers"], batch["target"], plan, found,
+            tape, tape_off, q_nums, q_target, q_plan, spans)
     offsets = np.zeros(rows + 1, dtype=np.int64)
     _write_rows(*args, offsets, np.zeros(0, dtype=np.int32), lengths, prompt_len)
     np.cumsum(lengths, out=offsets[1:])
@@ -702,7 +549,7 @@ class _Node:
         self.kids = 0
 
 
-def _walk(words, strict: bool = True):
+def walk_words(words, strict: bool = True):
     """Replay stream words: yields (event, payload, current node after it, node it created or
     reached). `go S` reaches the earliest generated node with numbers S not yet entered, `back
     S` the ancestor with numbers S. strict: a move to a node that does not exist raises
@@ -762,7 +609,7 @@ def _metric_events(words, ends, backward: bool) -> tuple[list, list[int]]:
       stream) is a JUMP there with no tokens of its own.
     Synthetic events end where the word before them ended; the last event ends where the last
     word ends (a BFS stream may end with generations), so its end counts every stream token."""
-    items = list(_walk(words, strict=False))
+    items = list(walk_words(words, strict=False))
     events: list[tuple] = []
     out_ends: list[int] = []
     here = None      # the node the metrics stand on
@@ -920,7 +767,8 @@ def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) 
     return [T_OPEN] + [int(t) for t in buf[:n]] + [T_CLOSE]
 
 
-def _path_steps(node: _Node) -> list[str]:
+def path_steps(node: _Node) -> list[str]:
+    """The steps (`a op b=c`) of the path from the start to a node of `walk_words`."""
     steps = []
     while node.parent is not None:
         steps.append(node.step)
@@ -936,82 +784,13 @@ def stream_plan(parsed: Parsed) -> list[str] | None:
     if not words:
         return None
     try:
-        for event, payload, _, node in _walk(words):
+        for event, payload, _, node in walk_words(words):
             if event == Event.TRY and payload.outcome == Event.GOAL:
-                steps = _path_steps(node)
+                steps = path_steps(node)
                 return steps[::-1] if parsed.backward else steps
     except _ParseError:
         return None
     return None
-
-
-# --------------------------------------------------------------------------- Stream-of-Search text
-
-
-def _sos_list(values) -> str:
-    return "[" + ", ".join(str(int(v)) for v in values) + "]"
-
-
-def sos_search_path(words, target: int, bfs: bool) -> str:
-    """A forward stream in the text of the Stream-of-Search data files (`search_path`):
-    `Current State`, `Exploring Operation`, `Generated Node #id`, `Moving to Node #id`,
-    `equal: Goal Reached` / `unequal: No Solution` lines; node ids are SoS's child-index paths.
-    DFS streams return to the node after every child (as SoS writes them); a BFS stream that
-    ends without the goal ends with `No solution found.` Unlike SoS, ids are unique (SoS gives
-    a dead child the id of its next sibling) and number lists are always right."""
-    lines: list[str] = []
-
-    def state_line(node):
-        return f"Current State: {target}:{_sos_list(node.state)}, Operations: {_path_steps(node)}"
-
-    previous = None
-    reached = False
-    for event, payload, current, node in _walk(words):
-        if event == Event.START:
-            lines.append(state_line(node))
-        elif event == Event.TRY:
-            if not bfs and previous == Event.DEAD:
-                lines += [f"Moving to Node #{current.ident}", state_line(current)]
-            lines.append(f"Exploring Operation: {payload.step}, "
-                         f"Resulting Numbers: {_sos_list(payload.state)}")
-            value = payload.state[0]
-            if payload.outcome == Event.GOAL:
-                lines.append(f"{value},{target} equal: Goal Reached")
-                reached = True
-                break
-            if payload.outcome == Event.DEAD:
-                lines.append(f"{value},{target} unequal: No Solution")
-            else:
-                lines.append(f"Generated Node #{node.ident}: {target}:{_sos_list(payload.state)} "
-                             f"Operation: {payload.step}")
-            previous = payload.outcome
-            continue
-        else:
-            lines += [f"Moving to Node #{node.ident}", state_line(node)]
-        previous = event
-    if bfs and not reached:
-        lines.append("No solution found.")
-    return "\n".join(lines) + "\n"
-
-
-def sos_optimal_path(numbers, target: int, solution: list[str]) -> str:
-    """SoS's `optimal_path` text for a plan (their convert_to_path layout, with the number lists
-    computed by removing exactly the two operands)."""
-    left = list(numbers)
-    done: list[str] = []
-    lines = [f"Current State: {target}:{_sos_list(left)}, Operations: []"]
-    node = 1
-    for step in solution:
-        left, _ = cd.apply_step(left, step)
-        lines.append(f"Exploring Operation: {step}, Resulting Numbers: {_sos_list(left)}")
-        if len(left) == 1:
-            lines.append(f"{left[0]},{target} equal: Goal Reached")
-        else:
-            node += 1
-            lines.append(f"Generated Node #{node}: {_sos_list(left)} from Operation: {step}")
-            done.append(step)
-            lines.append(f"Current State: {target}:{_sos_list(left)}, Operations: {done}")
-    return "\n".join(lines) + "\n"
 
 
 def variant_note(task_name: str, variant: str) -> str | None:

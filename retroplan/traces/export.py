@@ -78,16 +78,15 @@ def data_file(fmt: str, split: str) -> str:
 
 
 def iter_rows(suite, split: str | None = None, limit: int = 0):
-    searcher_of = getattr(suite.grammar, "searcher_of", None)
-    streams = getattr(suite.grammar, "STREAM_VARIANTS", ())
     for name in [split] if split else suite.splits:
         data = suite.split(name)
         n = len(data) if not limit else min(limit, len(data))
         for r in range(n):
             row = suite.describe_row(name, r)
-            if searcher_of is not None:
-                row["searcher"] = searcher_of(suite, name, row["index"])
-                if suite.variant in streams:
+            searcher = suite.grammar.searcher_of(suite, name, row["index"])
+            if searcher is not None:
+                row["searcher"] = searcher
+                if suite.variant in suite.grammar.STREAM_VARIANTS:
                     row["found"] = suite.grammar.parse(suite.variant, data.completion(r), suite.vocab).plan
             yield row
 
@@ -99,6 +98,7 @@ def sos_rows(suite, split: str | None = None, limit: int = 0):
     from ..envs import countdown as cd
     from ..searchers import countdown_search as cs
     from . import countdown as grammar
+    from . import sos
 
     require(suite.meta["task"] == "countdown",
             f"the sos format is Countdown's (Stream of Search); this suite is {suite.meta['task']}.")
@@ -116,20 +116,20 @@ def sos_rows(suite, split: str | None = None, limit: int = 0):
             completion = ex["tokens"][offsets[i] + ex["prompt_len"][i]: offsets[i + 1]]
             parsed = grammar.parse("stream", completion, suite.vocab)
             inst = cd.instance_at(batch, i)
-            name_of = (cs.mix_choice(seed, name, int(index[i])) if options.searcher == "mix"
-                       else options.searcher)
-            bfs = name_of.startswith("bfs")
-            path = grammar.sos_search_path(parsed.words, inst["target"], bfs)
+            strategy = cs.STRATEGY_TABLE[cs.STRATEGY_CODE[
+                cs.mix_choice(seed, name, int(index[i])) if options.searcher == "mix" else options.searcher]]
+            bfs = strategy.kind == "bfs"
+            path = sos.sos_search_path(parsed.words, inst["target"], bfs)
             rating = 0.0
             if "Goal Reached" in path:  # SoS's rating: 1 - explored nodes / the full tree's count
                 explored = path.count("Exploring Operation") + 1
                 rating = max(0.0, 1.0 - explored / cd.max_rating_nodes(n_inputs))
-            optimal = grammar.sos_optimal_path(inst["numbers"], inst["target"], inst["solution"])
+            optimal = sos.sos_optimal_path(inst["numbers"], inst["target"], inst["solution"])
             yield {"nums": inst["numbers"], "target": inst["target"], "solution": inst["solution"],
                    "search_path": path, "optimal_path": optimal,
                    "rating": rating,
-                   "search_type": f"bfs_{name_of[3]}" if bfs else "dfs",
-                   "heuristic": f"{'sum' if name_of == 'dfs-full' else name_of.split('-')[1]}_heuristic"}
+                   "search_type": f"bfs_{strategy.beam}" if bfs else "dfs",
+                   "heuristic": f"{strategy.heuristic}_heuristic"}
 
 
 # --------------------------------------------------------------------------- provenance

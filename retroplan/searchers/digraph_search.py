@@ -7,7 +7,8 @@ node on the current path that still has a successor to try.
 is not the current node) and GO. A jump is a switch between frontier nodes, not a backtrack:
 the metrics judge it as such (`metrics.py`), so the teacher's BFS streams are fully valid.
 `backward`: the same DFS from the goal along reversed edges, until the start (regression).
-`optimal`: the shortest path, no search (see `digraph.shortest_plan`).
+The other variants' answer, the reference shortest plan, needs no search: the sampler writes it
+(`digraph.shortest_plan`).
 
 Child order is `random` (seeded by (seed, index), independent of batch and threads) or
 `distance` (closest to the goal first, by the oracle; ties random): a perfect heuristic.
@@ -239,7 +240,3 @@ def run_search(batch: dict, num_nodes: int, limit: int, searcher: str, order: st
          out["path"], out["path_len"])
     return out
 
-
-def optimal_plans(batch: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The `optimal` searcher: the reference shortest plan, found with no search."""
-    return batch["plan"], batch["plan_len"]

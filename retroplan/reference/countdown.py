@@ -5,8 +5,11 @@ generator is written.
 
 Two uses: the baseline of benchmarks/bench_countdown.py (same algorithm, same random bits, so
 the same tokens as the Numba kernels, byte for byte) and an independent implementation the
-tests compare the kernels with. `sample(..., rand=random.Random(s))` draws from Python's own
-generator instead: the SoS process itself, for the distribution test.
+tests compare the kernels with. So it shares none of their code on purpose: its own `combine`,
+its own children and searches, its own `mix` slots and token writer; only names (constants,
+token codes, the strategy table's rows) come from the modules it checks.
+`sample(..., rand=random.Random(s))` draws from Python's own generator instead: the SoS
+process itself, for the distribution test.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import heapq
 from .. import rng
 from ..envs import countdown as cd
 from ..events import Event
-from . import countdown_search as cs
+from ..searchers import countdown_search as cs
+from ..traces import countdown as g
 
 SplitMix = rng.SplitMixPy  # the same bits as the Numba kernels, in plain Python
 
 
 def combine(a: int, b: int, op: int):
-    """(result, first, second) of a legal move, or None (see envs.countdown.combine)."""
+    """(result, first, second) of a legal move, or None: the twin of envs.countdown.combine,
+    written apart from it on purpose (the tests compare the two)."""
     if op == cd.ADD:
         return a + b, a, b
     if op == cd.MUL:
@@ -120,7 +125,8 @@ class _Budget(Exception):
 
 
 def dfs(nums, target, heur, ops, max_tries):
-    """SoS's DFS. Returns (tape, plan or None)."""
+    """SoS's DFS. Returns (tape, plan or None). It and `dfs_full` write their try/go/back records
+    each in full on purpose: each twin reads top to bottom as its own search."""
     factors = _factors(target)
     tape = [Event.START, len(nums), *nums]
     tries = [0]
@@ -240,31 +246,36 @@ def bfs(nums, target, heur, beam, ops, max_tries, rand: SplitMix):
     return tape, None
 
 
+# SoS's `mix`: 20 equal slots, five for each DFS and one for each beam search (written out here,
+# apart from the searchers' table, so that the tests check that table's slots)
+_MIX_SLOTS = (("dfs-sum",) * 5 + ("dfs-mult",) * 5
+              + tuple(f"bfs{b}-{h}" for b in range(1, 6) for h in ("sum", "mult")))
+
+
 def mix_search(nums, target, cfg: cd.Config, seed: int, split: str, index: int, max_tries: int = 10_000,
                searcher: str = "mix"):
     """The `mix` strategy, or the forward `searcher` named: (strategy code, tape, plan or None)."""
     rand = SplitMix(seed, rng.stream_key(rng.STREAM_SEARCH, split), index, 0)
-    draw = rand.randbelow(20)
-    if searcher == "mix":
-        code = 0 if draw < 5 else (1 if draw < 10 else 2 + draw - 10)
-    else:
-        code = cs.DFS_FULL if searcher == "dfs-full" else cs.STRATEGIES.index(searcher)
+    draw = rand.randbelow(len(_MIX_SLOTS))
+    name = _MIX_SLOTS[draw] if searcher == "mix" else searcher
+    strategy = cs.STRATEGY_TABLE[cs.strategy_code(name)]
+    heur = cs.HEURISTICS.index(strategy.heuristic)
     ops = _ops(cfg.operations)
-    if code == cs.DFS_FULL:
+    if strategy.kind == "backward":
+        raise ValueError("the plain-Python twin has no backward search")
+    if strategy.kind == "dfs-full":
         tape, plan = dfs_full(nums, target, ops, max_tries)
-    elif code < 2:
-        tape, plan = dfs(nums, target, code, ops, max_tries)
+    elif strategy.kind == "dfs":
+        tape, plan = dfs(nums, target, heur, ops, max_tries)
     else:
-        tape, plan = bfs(nums, target, (code - 2) % 2, 1 + (code - 2) // 2, ops, max_tries, rand)
-    return code, tape, plan
+        tape, plan = bfs(nums, target, heur, strategy.beam, ops, max_tries, rand)
+    return cs.strategy_code(name), tape, plan
 
 
 # --------------------------------------------------------------------------- tokens
 
 
 def _number(value: int) -> list[int]:
-    from ..traces import countdown as g
-
     if value < g.NUMBER_TOKENS:
         return [g.NUM0 + value]
     groups = []
@@ -279,8 +290,6 @@ def _number(value: int) -> list[int]:
 
 def stream_tokens(nums, target, tape, plan) -> list[int]:
     """The `stream` row: prompt, the tape as words, `;`, the plan found (or `none`), <eos>."""
-    from ..traces import countdown as g
-
     out = [g.BOS]
     for v in nums:
         out += _number(v)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .. import rng as nrng
 from ..events import Event
 from ..rng import SplitMixPy as Rng
-from ..traces import graphs as g
+from ..traces import digraphs as g
 
 
 def sample_pathstar(degree: int, path_len: int, num_nodes: int, seed: int, split: str, index: int):

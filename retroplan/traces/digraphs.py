@@ -1,5 +1,9 @@
-"""The grammar of both graph tasks (`pathstar`, `graph`): one place that writes every trace
-variant as tokens and parses a model's tokens back into events and a plan.
+"""The grammar of both directed-graph tasks (`pathstar`, `graph`): one place that writes every
+trace variant as tokens and parses a model's tokens back into events and a plan.
+
+What it needs of a task beyond `tasks.Task` is `tasks.DigraphTask`: the depth limit of its DFS
+searchers (`depth_limit(cfg)`) and whether its backward direction is a chain (`BACKWARD_CHAIN`,
+for `variant_note`); it never branches on a task's name.
 
 Prompt      <bos> u v | u v | ... | u v / s g =          (edges in their shuffled order)
 optimal     p0 p1 ... pk <eos>
@@ -32,26 +36,13 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rng
-from ..envs import digraph
+from ..envs import digraph, get_task
 from ..errors import require
 from ..events import Event
-from ..searchers import graph_search
-from .common import (
-    BACKWARD_STREAM,
-    CORRUPTED,
-    KIND_BQ,
-    KIND_BR,
-    OPTIMAL,
-    REVERSE,
-    REVFWD,
-    REVTHINK,
-    STREAM,
-    STREAM_VARIANTS,
-    VARIANT_CODE,
-    VARIANTS,
-    Parsed,
-    example_rows,
-)
+from ..searchers import digraph_search
+from ..tasks import DigraphTask
+from . import common
+from .common import STREAM_VARIANTS, VARIANTS, Parsed, example_rows
 from .vocab import MIX_TOKENS, Vocab, forced_open
 
 _WORDS = ["<pad>", "<bos>", "<eos>", "|", "/", "=", ";", "at", "go", "from", "dead", "back",
@@ -74,8 +65,8 @@ class Options:
     def validate(self) -> None:
         require(self.stream_searcher in ("dfs", "bfs"),
                 f"stream_searcher must be dfs or bfs, got {self.stream_searcher!r}.")
-        require(self.child_order in graph_search.ORDERS,
-                f"child_order must be one of {', '.join(graph_search.ORDERS)}, got {self.child_order!r}.")
+        require(self.child_order in digraph_search.ORDERS,
+                f"child_order must be one of {', '.join(digraph_search.ORDERS)}, got {self.child_order!r}.")
         require(isinstance(self.lookahead_p, (int, float)) and 0.0 <= self.lookahead_p <= 1.0,
                 f"lookahead_p must be a number in [0, 1], got {self.lookahead_p!r}.")
 
@@ -91,11 +82,6 @@ def no_loss_tokens(vocab: Vocab) -> list[int]:
     """Targets that carry no loss: TRELAWNEY trains where to *continue* after <T>, not when
     to open it."""
     return [T_OPEN]
-
-
-def depth_limit(task, cfg) -> int:
-    """How deep the DFS searchers may go: the longest plan the task config allows."""
-    return cfg.path_len - 1 if task.NAME == "pathstar" else cfg.max_distance
 
 
 # --------------------------------------------------------------------------- writer (Numba)
@@ -222,38 +208,38 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
         n = answer_len[i]
         row[0] = BOS
         pos = 1
-        if code == REVTHINK and kind == KIND_BQ:  # revthink: question + its answer -> backward question
+        if code == common.REVTHINK and kind == common.KIND_BQ:  # question + its answer -> backward question
             row[pos] = BQ
             pos = _put_question(row, pos + 1, edges[i], s, g)
             pos = _put_nodes(row, pos, answer[i], n, False)
             row[pos] = SEMI
             pos += 1
-        elif code == REVTHINK and kind == KIND_BR:  # revthink: backward question -> its answer
+        elif code == common.REVTHINK and kind == common.KIND_BR:  # backward question -> its answer
             row[pos] = BR
             pos = _put_backward_question(row, pos + 1, edges[i], g, n - 1)
         else:  # every forward row, revthink's included: exactly `optimal`'s prompt
             pos = _put_question(row, pos, edges[i], s, g)
         prompt_len[r] = pos
-        if code == OPTIMAL:
+        if code == common.OPTIMAL:
             pos = _put_nodes(row, pos, answer[i], n, False)
-        elif code == REVERSE:
+        elif code == common.REVERSE:
             pos = _put_nodes(row, pos, answer[i], n, True)
-        elif code == REVFWD:
+        elif code == common.REVFWD:
             pos = _put_nodes(row, pos, answer[i], n, True)
             row[pos] = SEMI
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
-        elif code == STREAM or code == CORRUPTED:  # corrupted: the events of a donor instance
+        elif code == common.STREAM or code == common.CORRUPTED:  # corrupted: a donor instance's events
             pos = _put_events(row, pos, events[i], n_events[i], False)
             row[pos] = SEMI
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
-        elif code == BACKWARD_STREAM:
+        elif code == common.BACKWARD_STREAM:
             pos = _put_events(row, pos, events[i], n_events[i], True)
             row[pos] = SEMI
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
-        elif code == REVTHINK:
-            if kind == KIND_BQ:
+        elif code == common.REVTHINK:
+            if kind == common.KIND_BQ:
                 pos = _put_backward_question(row, pos, edges[i], g, n - 1)
-            elif kind == KIND_BR:
+            elif kind == common.KIND_BR:
                 pos = _put_layers(row, pos, edges[i], g, n - 1, num_nodes)
             else:
                 pos = _put_nodes(row, pos, answer[i], n, False)
@@ -287,7 +273,7 @@ def _concatenate_rows(rows, lengths, offsets, flat):
         flat[offsets[r]: offsets[r + 1]] = rows[r, : lengths[r]]
 
 
-def write_examples(task, cfg, options: Options, variant: str, seed: int, split: str,
+def write_examples(task: DigraphTask, cfg, options: Options, variant: str, seed: int, split: str,
                    indices: np.ndarray, batch: dict) -> dict:
     """Token rows for the instances `batch` (instances `indices` of `split`).
 
@@ -297,13 +283,13 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     require(variant in VARIANTS, f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}.")
     n_inst = batch["start"].shape[0]
     indices = np.ascontiguousarray(indices, dtype=np.int64)
-    limit = depth_limit(task, cfg)
+    limit = task.depth_limit(cfg)
     answer, answer_len = batch["plan"], batch["plan_len"]
     events = np.zeros((n_inst, 1, 2), dtype=np.int32)
     n_events = np.zeros(n_inst, dtype=np.int32)
     if variant in ("stream", "backward-stream"):
         searcher = "backward" if variant == "backward-stream" else options.stream_searcher
-        found = graph_search.run_search(batch, cfg.num_nodes, limit, searcher, options.child_order,
+        found = digraph_search.run_search(batch, cfg.num_nodes, limit, searcher, options.child_order,
                                         seed, indices, split=split)
         assert found["path_len"].min() > 0, "a complete search missed a reachable goal"
         events, n_events = found["events"], found["n_events"]
@@ -312,7 +298,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
         # Each example's stream belongs to a fresh, unrelated instance of the same split.
         donors = task.sample_instances(cfg, seed, split, indices,
                                        salts=np.full(n_inst, _DONOR_SALT, dtype=np.int64))
-        found = graph_search.run_search(donors, cfg.num_nodes, limit, options.stream_searcher,
+        found = digraph_search.run_search(donors, cfg.num_nodes, limit, options.stream_searcher,
                                         options.child_order, seed, indices,
                                         split=split)
         events, n_events = found["events"], found["n_events"]
@@ -327,7 +313,7 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     out = np.empty((row_inst.shape[0], width), dtype=np.int32)  # only row[:total_len] is read
     prompt_len = np.zeros(row_inst.shape[0], dtype=np.int32)
     total_len = np.zeros(row_inst.shape[0], dtype=np.int32)
-    _write_rows(VARIANT_CODE[variant], row_inst, row_kind, batch["edges"], batch["start"],
+    _write_rows(common.VARIANT_CODE[variant], row_inst, row_kind, batch["edges"], batch["start"],
                 batch["goal"], answer, answer_len, events, n_events, np.uint64(seed),
                 rng.stream_key(rng.STREAM_TRACE, split), indices,
                 float(options.lookahead_p), cfg.num_nodes, out, prompt_len, total_len)
@@ -389,10 +375,10 @@ def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) 
 
 
 def variant_note(task_name: str, variant: str) -> str | None:
-    """What a report should say next to this task's variant, or None: on path-star the
-    backward direction is a chain (every node but the centre has one predecessor), so the
-    backward variants there write no search at all."""
-    if task_name != "pathstar":
+    """What a report should say next to this task's variant, or None: where the task's backward
+    direction is a chain (`BACKWARD_CHAIN`; path-star: every node but the centre has one
+    predecessor), the backward variants write no search at all."""
+    if not get_task(task_name).BACKWARD_CHAIN:
         return None
     if variant == "backward-stream":
         return "no search on path-star: the backward direction is a chain"
@@ -401,6 +387,12 @@ def variant_note(task_name: str, variant: str) -> str | None:
                 "is a chain (one node per layer)")
     if variant in ("reverse", "revfwd"):
         return "the plan written goal-first needs no search on path-star: the backward direction is a chain"
+    return None
+
+
+def searcher_of(suite, split: str, index: int) -> str | None:
+    """The search behind a row, for exports: None, the graph tasks' exports name none (a
+    stream's searcher is the suite's `stream_searcher` option, the same for every row)."""
     return None
 
 

@@ -1,0 +1,636 @@
+"""The contracts between the pipeline and its tasks, as code.
+
+A task is two modules: `envs/<task>.py` (registered in `envs.TASKS`) satisfies `Task`, and the
+grammar that writes its traces, `traces/<grammar>.py` (registered in `traces.GRAMMARS`),
+satisfies `Grammar`. A grammar may ask more of its tasks than `Task`: the type of its
+`write_examples`'s `task` parameter says what (`traces/digraphs.py` takes a `DigraphTask`).
+Modules satisfy these Protocols structurally (PEP 544: a module's functions are a protocol's
+methods without `self`); nothing inherits from them.
+
+Every member is required: the pipeline reads each one with plain attribute access, never with
+`getattr(module, name, default)`. A member with nothing to say for a task still exists and says
+so (`describe` -> [], `split_summary` -> None, `variant_note` -> None, `searcher_of` -> None).
+
+`check_task(task)` and `check_grammar(grammar, task)` check a module against its Protocol (every
+member present, of the right kind, callable with the Protocol's arguments) and exercise it on a
+few sampled instances, as Gymnasium's `check_env` does for an env; a broken contract raises
+`ContractError` with a sentence that names the module, the member and what is wrong.
+tests/test_contracts.py runs both over every registered task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import typing
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import ENV_ENTRY_POINTS
+
+# --------------------------------------------------------------------------- the Protocols
+
+
+class Settings(Protocol):
+    """A task's `Config` or a grammar's `Options`: a frozen dataclass whose fields default to an
+    int, float, str or bool (the CLI makes a flag of each, meta.json stores them)."""
+
+    def validate(self) -> None:
+        """Raise `UserError` (one sentence) unless the settings are usable."""
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-able dict; `type(self)(**to_dict())` is the same settings."""
+
+
+class StateWalk(Protocol):
+    """What the behaviour metrics judge a stream with on one instance (`metrics.py`), built as
+    `task.Walk(cfg, instances, i, backward=False)`. States are the task's (graph nodes, number
+    multisets, ...); a backward walk starts at the goal and moves towards the start."""
+
+    root: Any  # the state a stream starts in
+
+    def go(self, current, payload) -> tuple[Any, str | None]:
+        """(the state a move claims to reach, why the move is illegal or None)."""
+
+    def back_target(self, payload) -> Any:
+        """The state a `back` / `at` payload names (None: not a state)."""
+
+    def successors(self, state) -> list:
+        """The states one legal move reaches from `state`."""
+
+    def live(self, state) -> bool:
+        """R(state): the walk's target can still be reached from it."""
+
+    def distance(self, state) -> int:
+        """d*(state): moves on a shortest way from it to the target."""
+
+    def is_goal(self, state) -> bool:
+        """Whether `state` is the walk's target."""
+
+
+class Tracker(Protocol):
+    """A grammar's `StreamTracker(walk)`: follows a stream token by token while a model writes it,
+    for the thought-switch penalty (`decoding.TIPPenalty`)."""
+
+    switch_tokens: tuple  # token ids that begin a thought switch (a class attribute)
+
+    def feed(self, token: int) -> None:
+        """Take the next written token."""
+
+    def should_penalise(self, beta: int, oracle: bool) -> bool:
+        """TIP's condition at this point of the stream."""
+
+
+class Task(Protocol):
+    """What every task module (`envs/<task>.py`) provides. Its docstring's first line is the
+    `retroplan generate <task>` help."""
+
+    NAME: str                       # the task name used everywhere (CLI, TOML, suites)
+    ENV_ID: str                     # Gymnasium id, listed in retroplan.ENV_ENTRY_POINTS -> make_env
+    SPLITS: tuple[str, ...]         # the splits it supports, train, val and test among them
+    DEFAULT_SIZES: dict[str, int]   # instances per split when none are given
+    Config: type[Settings]
+    Walk: type[StateWalk]
+    Env: type                       # a gymnasium.Env passing check_env, with envs/rl.py's RL options
+
+    def sample_instances(self, cfg, seed: int, split: str, indices: np.ndarray,
+                         salts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Instances `indices` of (seed, split) as a dict of arrays with a leading instance axis;
+        instance i is a function of (seed, split, index, salt) alone (not of the batch)."""
+
+    def fingerprints(self, batch: dict) -> np.ndarray:
+        """uint64 per instance, equal for equal instances (keeps held-out splits out of train)."""
+
+    def instance_at(self, batch: dict, i: int) -> dict:
+        """Instance i as plain (JSON-able) Python values: export rows, the verifier."""
+
+    def difficulty(self, cfg, batch: dict) -> dict[str, np.ndarray]:
+        """Per-instance difficulty arrays (eval breakdowns, exports)."""
+
+    def replay_plan(self, instance: dict, plan) -> tuple[bool, str]:
+        """(ok, reason), in plain Python: the judge of every number reported."""
+
+    def assess(self, cfg, instances: dict, i: int, plan) -> dict:
+        """Every verdict eval reports on one plan: correct, reason, first_step, optimal,
+        optimal_moves (d*(start), whatever the plan)."""
+
+    def chance(self, cfg) -> float | None:
+        """A chance accuracy of a forward-first variant, or None where none means anything."""
+
+    def describe(self, cfg) -> list[str]:
+        """Lines `retroplan inspect` prints about the config ([]: nothing to add)."""
+
+    def split_summary(self, cfg, instances: dict) -> str | None:
+        """A line `retroplan inspect` prints about a split's instances (None: nothing to add)."""
+
+    def state_label(self, state) -> str:
+        """How search-tree pictures (`retroplan show-trace`) write a state."""
+
+    def make_env(self, **kwargs) -> Any:
+        """The registered Gymnasium entry point: `Env(**kwargs)` in a `TimeLimit`."""
+
+    def max_episode_steps(self, cfg) -> int:
+        """The env's default step limit."""
+
+
+class DigraphTask(Task, Protocol):
+    """A directed-graph task (`pathstar`, `graph`): what `traces/digraphs.py`,
+    `searchers/digraph_search.py` and `envs/digraph.DigraphEnv` also need."""
+
+    BACKWARD_CHAIN: bool  # every node but one has one predecessor: backward variants need no search
+
+    def num_edges(self, cfg) -> int:
+        """Edges per instance (the prompt's and the env observation's shape)."""
+
+    def depth_limit(self, cfg) -> int:
+        """How deep the DFS searchers may go: the longest plan the config allows."""
+
+
+class Grammar(Protocol):
+    """What every grammar module (`traces/<grammar>.py`) provides: it writes a task's trace
+    variants as token rows and parses a model's tokens back into a plan and search events."""
+
+    VARIANTS: tuple[str, ...]         # the variants it writes (names shared across tasks)
+    STREAM_VARIANTS: tuple[str, ...]  # those whose completion is a search stream, then a plan
+    Options: type[Settings]           # the writer's knobs
+    StreamTracker: type[Tracker]
+
+    def make_vocab(self, cfg) -> Any:
+        """The one `Vocab` of this config, for every variant and mixture."""
+
+    def no_loss_tokens(self, vocab) -> list[int]:
+        """Target ids that carry no loss."""
+
+    def write_examples(self, task: Task, cfg, options, variant: str, seed: int, split: str,
+                       indices: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
+        """Rows of the instances `batch` (instances `indices` of `split`): tokens (flat),
+        lengths, prompt_len, instance (row -> position in batch), kind."""
+
+    def parse(self, variant: str, ids, vocab) -> Any:
+        """A completion (the tokens after the prompt) as `traces.common.Parsed`; never raises."""
+
+    def stream_plan(self, parsed) -> list | None:
+        """The plan a parsed stream itself reached, or None (faithfulness)."""
+
+    def eval_prefix(self, variant: str, mode: str, instances: dict, i: int, vocab) -> list[int]:
+        """The tokens eval forces after instance i's prompt in lookahead `mode` ([] for plain)."""
+
+    def variant_note(self, task_name: str, variant: str) -> str | None:
+        """What a report says next to this variant on this task, or None."""
+
+    def searcher_of(self, suite, split: str, index: int) -> str | None:
+        """The search behind a row, for exports (None: exports name none). Reads the suite's
+        `variant`, `options` and `meta["seed"]`."""
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+class ContractError(Exception):
+    """A module breaks its contract; the message says which module, which member and how."""
+
+
+REQUIRED_SPLITS = ("train", "val", "test")  # train trains, val draws the curve, test is eval's default
+_CORRUPTIONS = ("the empty plan", "the plan without its last step", "the plan with its last step twice")
+
+
+def _fail(message: str) -> typing.NoReturn:
+    raise ContractError(message)
+
+
+def _protocol_members(proto: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(data member -> annotation, method -> the Protocol's function) of `proto` and its bases."""
+    data = typing.get_type_hints(proto)
+    methods: dict[str, Any] = {}
+    for klass in reversed(proto.__mro__):
+        if klass is Protocol or not getattr(klass, "_is_protocol", False):
+            continue
+        methods.update({name: fn for name, fn in vars(klass).items()
+                        if inspect.isfunction(fn) and not name.startswith("_")})
+    return data, methods
+
+
+def _kind_problem(value, hint) -> str | None:
+    """Why `value` is not of the kind the annotation `hint` names (None: it is)."""
+    origin = typing.get_origin(hint) or hint
+    if origin is type:
+        return None if inspect.isclass(value) else f"must be a class, got {type(value).__name__}"
+    if origin in (str, bool, int, tuple, dict):
+        if not isinstance(value, origin) or (origin is int and isinstance(value, bool)):
+            return f"must be a {origin.__name__}, got {type(value).__name__} {value!r}"
+        args = typing.get_args(hint)
+        if origin is tuple and args and not all(isinstance(v, args[0]) for v in value):
+            return f"must hold {args[0].__name__}s only, got {value!r}"
+        if origin is dict and args and not all(isinstance(k, args[0]) and isinstance(v, args[1])
+                                               for k, v in value.items()):
+            return f"must map {args[0].__name__} to {args[1].__name__}, got {value!r}"
+    return None
+
+
+def _signature_problem(fn, spec) -> str | None:
+    """Why `fn` cannot be called as the Protocol method `spec` is (None: it can): it must take
+    every argument the Protocol passes, and need no other."""
+    try:
+        have = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None  # a builtin or a Numba dispatcher: nothing to read
+    params = list(inspect.signature(spec).parameters.values())[1:]  # without self
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    args = [p.name for p in params if p.kind not in kinds]
+    needed = [p.name for p in params if p.kind not in kinds and p.default is inspect.Parameter.empty]
+    for names in (args, needed):
+        try:
+            have.bind(*names)
+        except TypeError as exc:
+            return f"cannot be called as {spec.__name__}({', '.join(args)}): {exc}"
+    return None
+
+
+def check_members(module, proto: type, what: str) -> None:
+    """Every member of `proto` exists in `module` with the right kind; one ContractError naming
+    every problem otherwise."""
+    data, methods = _protocol_members(proto)
+    problems = []
+    for name, hint in data.items():
+        if not hasattr(module, name):
+            problems.append(f"missing {name} ({proto.__name__}.{name})")
+        elif (why := _kind_problem(getattr(module, name), hint)) is not None:
+            problems.append(f"{name} {why}")
+    for name, spec in methods.items():
+        if not hasattr(module, name):
+            doc = (inspect.getdoc(spec) or "").split("\n")[0]
+            problems.append(f"missing {name} ({proto.__name__}.{name}: {doc})")
+        elif not callable(getattr(module, name)):
+            problems.append(f"{name} must be a function, got {type(getattr(module, name)).__name__}")
+        elif (why := _signature_problem(getattr(module, name), spec)) is not None:
+            problems.append(f"{name} {why}")
+    if problems:
+        _fail(f"{what} breaks the {proto.__name__} contract: " + "; ".join(problems) + ".")
+
+
+def _check_settings(cls, what: str):
+    """A frozen dataclass of int/float/str/bool fields whose default instance validates and
+    survives to_dict; returns that instance."""
+    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+        _fail(f"{what} must be a frozen dataclass.")
+    for f in dataclasses.fields(cls):
+        if type(f.default) not in (int, float, str, bool):
+            _fail(f"{what}.{f.name} must default to an int, float, str or bool (the CLI makes a flag of "
+                  f"it), got {f.default!r}.")
+    value = cls()
+    try:
+        value.validate()
+    except Exception as exc:
+        _fail(f"{what}() does not validate its own defaults: {exc}")
+    as_dict = value.to_dict()
+    if as_dict != dataclasses.asdict(value) or cls(**json.loads(json.dumps(as_dict))) != value:
+        _fail(f"{what}.to_dict() must give every field, JSON-able, so that {what}(**d) is the same; "
+              f"got {as_dict!r}.")
+    return value
+
+
+def _same_batch(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _rows(batch: dict, rows) -> dict:
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def reference_plans(task, grammar, cfg, seed: int, split: str, indices: np.ndarray, batch: dict,
+                    vocab=None) -> list:
+    """The reference plan of every instance of `batch`: what the grammar's `optimal` rows answer."""
+    vocab = grammar.make_vocab(cfg) if vocab is None else vocab
+    ex = grammar.write_examples(task, cfg, grammar.Options(), "optimal", seed, split, indices, batch)
+    plans = []
+    for r, (start, end, prompt) in enumerate(_row_spans(ex)):
+        parsed = _parse(grammar, "optimal", ex["tokens"][start + prompt:end].tolist(), vocab,
+                        f"grammar {grammar.__name__}, variant optimal")
+        if parsed.error is not None or parsed.plan is None:
+            _fail(f"grammar {grammar.__name__}: the optimal row of instance {r} does not parse back: "
+                  f"{parsed.error}.")
+        plans.append(parsed.plan)
+    return plans
+
+
+def _parse(grammar, variant: str, ids, vocab, what: str):
+    """`grammar.parse`, which must never raise."""
+    try:
+        return grammar.parse(variant, ids, vocab)
+    except Exception as exc:
+        _fail(f"{what}: parse must never raise; on {len(ids)} tokens it raised {exc!r}.")
+
+
+def _row_spans(ex: dict) -> list[tuple[int, int, int]]:
+    """(start, end, prompt length) of every row of a write_examples result."""
+    ends = np.cumsum(ex["lengths"])
+    return [(int(e - n), int(e), int(p)) for e, n, p in zip(ends, ex["lengths"], ex["prompt_len"])]
+
+
+def _descend(walk, what: str) -> int:
+    """Moves from the walk's root to its goal, each to a live successor one move nearer: the walk's
+    successors, live, distance and is_goal must agree."""
+    state, moves, far = walk.root, 0, walk.distance(walk.root)
+    while not walk.is_goal(state):
+        d = walk.distance(state)
+        nearer = [s for s in walk.successors(state) if walk.live(s) and walk.distance(s) == d - 1]
+        if not nearer or moves >= far:
+            _fail(f"{what}: from state {state!r} (distance {d}, {moves} moves from the root) no live "
+                  "successor is one move nearer the goal: Walk.successors, live, distance and is_goal "
+                  "disagree.")
+        state, moves = nearer[0], moves + 1
+    return moves
+
+
+def check_task(task, grammar=None, *, seed: int = 0, count: int = 4) -> None:
+    """Check a task module against `Task` and exercise it on `count` instances of each of train
+    and test: sampling is deterministic per (seed, split, index) and does not depend on the batch
+    (fingerprints, instance_at and difficulty neither), the reference plan of every instance
+    replays as correct and optimal while corrupted plans do not, `Walk` agrees with the plan's
+    length both ways, and the env resets. `grammar` (default: the registered one) supplies the
+    reference plans (its `optimal` rows). Raises ContractError."""
+    check_members(task, Task, f"task module {getattr(task, '__name__', task)}")
+    name = task.NAME
+    what = f"task {name}"
+    if not (task.__doc__ or "").strip():
+        _fail(f"{what}: the module needs a docstring (its first line is the `generate {name}` help).")
+    if ENV_ENTRY_POINTS.get(task.ENV_ID) != f"{task.__name__}:make_env":
+        _fail(f"{what}: retroplan.ENV_ENTRY_POINTS must map ENV_ID {task.ENV_ID!r} to "
+              f"'{task.__name__}:make_env', got {ENV_ENTRY_POINTS.get(task.ENV_ID)!r}.")
+    missing = [s for s in REQUIRED_SPLITS if s not in task.SPLITS]
+    if missing or len(set(task.SPLITS)) != len(task.SPLITS):
+        _fail(f"{what}: SPLITS must name {', '.join(REQUIRED_SPLITS)} once each, got {task.SPLITS!r}.")
+    if set(task.DEFAULT_SIZES) != set(task.SPLITS) or min(task.DEFAULT_SIZES.values()) < 0:
+        _fail(f"{what}: DEFAULT_SIZES must give a size >= 0 for every split of SPLITS, got "
+              f"{task.DEFAULT_SIZES!r}.")
+    cfg = _check_settings(task.Config, f"{what}: Config")
+    if grammar is None:
+        from .traces import get_grammar
+
+        grammar = get_grammar(name)
+    check_members(task, task_contract(grammar), f"task module {task.__name__} (written by grammar "
+                  f"{grammar.__name__})")
+    chance = task.chance(cfg)
+    if chance is not None and not 0 < chance <= 1:
+        _fail(f"{what}: chance(cfg) must be None or in (0, 1], got {chance!r}.")
+    lines = task.describe(cfg)
+    if not (isinstance(lines, list) and all(isinstance(x, str) for x in lines)):
+        _fail(f"{what}: describe(cfg) must return a list of str, got {lines!r}.")
+    empty = task.sample_instances(cfg, seed, "train", np.zeros(0, dtype=np.int64))
+    if any(v.shape[0] != 0 for v in empty.values()):
+        _fail(f"{what}: sample_instances of no indices must return arrays of 0 instances.")
+    for split in ("train", "test"):
+        _check_sampling(task, cfg, seed, split, count, f"{what} ({split})")
+    _check_plans(task, grammar, cfg, seed, "test", count, f"{what} (test)")
+    _check_env(task, cfg, seed, what)
+
+
+def _check_sampling(task, cfg, seed: int, split: str, count: int, what: str) -> None:
+    indices = np.arange(count, dtype=np.int64)
+    batch = task.sample_instances(cfg, seed, split, indices)
+    if not isinstance(batch, dict) or not batch:
+        _fail(f"{what}: sample_instances must return a dict of arrays, got {type(batch).__name__}.")
+    for key, value in batch.items():
+        if not isinstance(value, np.ndarray) or value.shape[:1] != (count,):
+            _fail(f"{what}: sample_instances' {key!r} must be an array with a leading axis of {count} "
+                  f"instances, got {getattr(value, 'shape', value)!r}.")
+    if not _same_batch(batch, task.sample_instances(cfg, seed, split, indices)):
+        _fail(f"{what}: sample_instances is not deterministic: the same (seed, split, indices) gave "
+              "other instances.")
+    if not _same_batch(batch, task.sample_instances(cfg, seed, split, indices,
+                                                    np.zeros(count, dtype=np.int64))):
+        _fail(f"{what}: sample_instances with salts of 0 must equal sample_instances without salts.")
+    picked = [count - 1, 1]
+    part = task.sample_instances(cfg, seed, split, indices[picked])
+    if not _same_batch(part, _rows(batch, picked)):
+        _fail(f"{what}: sample_instances depends on the batch: instances {picked} drawn on their own "
+              f"differ from the same instances drawn among 0..{count - 1}.")
+    fp = task.fingerprints(batch)
+    if not (isinstance(fp, np.ndarray) and fp.dtype == np.uint64 and fp.shape == (count,)):
+        _fail(f"{what}: fingerprints must return uint64 ({count},), got "
+              f"{getattr(fp, 'dtype', type(fp).__name__)} {getattr(fp, 'shape', '')}.")
+    if not np.array_equal(task.fingerprints(part), fp[picked]):
+        _fail(f"{what}: fingerprints of the same instances differ between batches.")
+    for k, i in enumerate(picked):
+        inst = task.instance_at(batch, i)
+        try:
+            json.dumps(inst)
+        except TypeError as exc:
+            _fail(f"{what}: instance_at must return plain JSON-able values: {exc}.")
+        if task.instance_at(part, k) != inst:
+            _fail(f"{what}: instance_at of the same instance differs between batches.")
+    diff = task.difficulty(cfg, batch)
+    if not isinstance(diff, dict) or any(np.shape(v)[:1] != (count,) for v in diff.values()):
+        _fail(f"{what}: difficulty must return a dict of arrays of {count} values, got {diff!r}.")
+    if not _same_batch(task.difficulty(cfg, part), _rows(diff, picked)):
+        _fail(f"{what}: difficulty of the same instances differs between batches.")
+    for instances in (batch, _rows(batch, slice(0, 0))):
+        line = task.split_summary(cfg, instances)
+        if line is not None and not isinstance(line, str):
+            _fail(f"{what}: split_summary must return a str or None, got {line!r}.")
+
+
+def _corruptions(plan: list) -> list[list]:
+    return [[], list(plan[:-1]), list(plan) + list(plan[-1:])]
+
+
+def _check_plans(task, grammar, cfg, seed: int, split: str, count: int, what: str) -> None:
+    indices = np.arange(count, dtype=np.int64)
+    batch = task.sample_instances(cfg, seed, split, indices)
+    plans = reference_plans(task, grammar, cfg, seed, split, indices, batch)
+    verdict_keys = {"correct", "reason", "first_step", "optimal", "optimal_moves"}
+    for i, plan in enumerate(plans):
+        inst = task.instance_at(batch, i)
+        ok, reason = task.replay_plan(inst, plan)
+        if ok is not True or not isinstance(reason, str):
+            _fail(f"{what}: replay_plan rejects the reference plan of instance {i} ({plan!r}): {reason}.")
+        verdict = task.assess(cfg, batch, i, plan)
+        if not verdict_keys <= set(verdict):
+            _fail(f"{what}: assess must return {', '.join(sorted(verdict_keys))}, got {sorted(verdict)}.")
+        if not (verdict["correct"] and verdict["optimal"] and verdict["first_step"]):
+            _fail(f"{what}: assess must find the reference plan of instance {i} correct, optimal and "
+                  f"right at its first step, got {verdict!r}.")
+        moves = verdict["optimal_moves"]
+        for how, bad in zip(_CORRUPTIONS, _corruptions(plan)):
+            ok, reason = task.replay_plan(inst, bad)
+            if ok is not False or not (isinstance(reason, str) and reason):
+                _fail(f"{what}: replay_plan accepts a corrupted plan ({how} of instance {i}: {bad!r}); "
+                      "it must return (False, the reason).")
+            wrong = task.assess(cfg, batch, i, bad)
+            if wrong["correct"] or wrong["optimal"] or wrong["optimal_moves"] != moves:
+                _fail(f"{what}: assess finds a corrupted plan ({how} of instance {i}) correct or "
+                      f"changes its optimal_moves: {wrong!r}.")
+        for backward in (False, True):
+            walk = task.Walk(cfg, batch, i, backward=backward)
+            where = f"{what}: Walk(instance {i}, backward={backward})"
+            check_members(walk, StateWalk, where)
+            if not isinstance(task.state_label(walk.root), str):
+                _fail(f"{what}: state_label must return a str.")
+            if not walk.live(walk.root):
+                if backward:  # a backward search may miss solutions (countdown: chains only)
+                    continue
+                _fail(f"{where}: the root is not live, though the reference plan reaches the goal.")
+            if walk.distance(walk.root) != moves:
+                _fail(f"{where}: distance(root) is {walk.distance(walk.root)}, but the reference plan "
+                      f"takes {moves} moves (assess's optimal_moves).")
+            if _descend(walk, where) != moves:
+                _fail(f"{where}: the goal is reached in another number of moves than distance(root).")
+
+
+def _check_env(task, cfg, seed: int, what: str) -> None:
+    env = task.make_env()
+    try:
+        if not isinstance(env.unwrapped, task.Env):
+            _fail(f"{what}: make_env() must build the module's Env, got {type(env.unwrapped).__name__}.")
+        if env.unwrapped.max_steps != task.max_episode_steps(cfg):
+            _fail(f"{what}: the env's step limit is not max_episode_steps(Config()).")
+        _, info = env.reset(seed=seed)
+        mask = info.get("action_mask")
+        if not (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.any()):
+            _fail(f"{what}: reset's info must hold a bool action_mask with a legal move.")
+        if not np.array_equal(env.unwrapped.action_masks(), mask):
+            _fail(f"{what}: action_masks() must equal info['action_mask'].")
+    finally:
+        env.close()
+
+
+def task_contract(grammar) -> type:
+    """The Protocol the grammar asks of its tasks: the type of its write_examples' `task`
+    parameter (Task where it names none)."""
+    hint = typing.get_type_hints(grammar.write_examples).get("task", Task)
+    return hint if isinstance(hint, type) and Task in hint.__mro__ else Task
+
+
+def check_grammar(grammar, task, *, seed: int = 0, count: int = 3) -> None:
+    """Check a grammar module against `Grammar` (and `task` against what the grammar asks of its
+    tasks) and exercise it on `count` test instances of `task`'s default config: for every variant,
+    the rows are well formed and do not depend on the batch, the test rows parse back to the
+    instance's reference plan (a stream: to the path it found, which replays, and its teacher
+    stream is valid by the task's Walk), an unfinished or random completion is reported, not
+    raised, and eval_prefix, StreamTracker, variant_note and searcher_of answer as their
+    Protocol says. Raises ContractError."""
+    from .metrics import analyse_stream
+    from .traces.common import VARIANTS, Parsed
+
+    what = f"grammar {getattr(grammar, '__name__', grammar)}"
+    check_members(grammar, Grammar, what)
+    contract = task_contract(grammar)
+    check_members(task, contract, f"task module {getattr(task, '__name__', task)} (written by {what})")
+    unknown = [v for v in grammar.VARIANTS if v not in VARIANTS]
+    if unknown or "optimal" not in grammar.VARIANTS:
+        _fail(f"{what}: VARIANTS must be among traces.common.VARIANTS and hold optimal, got "
+              f"{grammar.VARIANTS!r}.")
+    if not set(grammar.STREAM_VARIANTS) <= set(grammar.VARIANTS):
+        _fail(f"{what}: STREAM_VARIANTS {grammar.STREAM_VARIANTS!r} must be among VARIANTS.")
+    options = _check_settings(grammar.Options, f"{what}: Options")
+    cfg = task.Config()
+    vocab = grammar.make_vocab(cfg)
+    size = len(vocab)
+    if not all(isinstance(t, int) and 0 <= t < size for t in grammar.no_loss_tokens(vocab)):
+        _fail(f"{what}: no_loss_tokens must be token ids of the vocabulary.")
+    switch = grammar.StreamTracker.switch_tokens
+    if not all(isinstance(t, int) and 0 <= t < size for t in switch):
+        _fail(f"{what}: StreamTracker.switch_tokens must be token ids of the vocabulary, got {switch!r}.")
+    indices = np.arange(count, dtype=np.int64)
+    batch = task.sample_instances(cfg, seed, "test", indices)
+    plans = reference_plans(task, grammar, cfg, seed, "test", indices, batch, vocab)
+    noise = np.random.default_rng(seed)
+    for variant in grammar.VARIANTS:
+        where = f"{what}, variant {variant}"
+        note = grammar.variant_note(task.NAME, variant)
+        if note is not None and not (isinstance(note, str) and note):
+            _fail(f"{where}: variant_note must return a sentence or None, got {note!r}.")
+        suite = _SuiteStub(variant, options, {"task": task.NAME, "variant": variant, "seed": seed})
+        searcher = grammar.searcher_of(suite, "test", 0)
+        if searcher is not None and not (isinstance(searcher, str) and searcher):
+            _fail(f"{where}: searcher_of must return a name or None, got {searcher!r}.")
+        prefix = grammar.eval_prefix(variant, "plain", batch, 0, vocab)
+        if list(prefix) != []:
+            _fail(f"{where}: eval_prefix in plain mode must force no tokens, got {prefix!r}.")
+        train = grammar.write_examples(task, cfg, options, variant, seed, "train", indices,
+                                       task.sample_instances(cfg, seed, "train", indices))
+        _check_rows(train, vocab, count, f"{where} (train)")
+        ex = grammar.write_examples(task, cfg, options, variant, seed, "test", indices, batch)
+        _check_rows(ex, vocab, count, f"{where} (test)")
+        if not (np.array_equal(ex["instance"], indices) and not ex["kind"].any()):
+            _fail(f"{where}: a test split holds one forward row (kind 0) per instance, in order.")
+        last = count - 1
+        alone = grammar.write_examples(task, cfg, options, variant, seed, "test", indices[last:],
+                                       _rows(batch, slice(last, None)))
+        start, end, _ = _row_spans(ex)[last]
+        if not np.array_equal(alone["tokens"], ex["tokens"][start:end]):
+            _fail(f"{where}: the row of instance {last} depends on the batch it is written in.")
+        stream = variant in grammar.STREAM_VARIANTS
+        for i, (start, end, prompt) in enumerate(_row_spans(ex)):
+            completion = [int(t) for t in ex["tokens"][start + prompt:end]]
+            parsed = _parse(grammar, variant, completion, vocab, where)
+            if not isinstance(parsed, Parsed) or parsed.error is not None or parsed.plan is None:
+                _fail(f"{where}: the row of instance {i} does not parse back: "
+                      f"{getattr(parsed, 'error', parsed)!r}.")
+            if not stream or variant == "corrupted":
+                if parsed.plan != plans[i]:
+                    _fail(f"{where}: the row of instance {i} parses to {parsed.plan!r}, not to the "
+                          f"instance's reference plan {plans[i]!r}.")
+            elif parsed.plan:  # a stream answers with the path it found ([]: its search failed)
+                if not task.replay_plan(task.instance_at(batch, i), parsed.plan)[0]:
+                    _fail(f"{where}: the plan of instance {i}'s stream, {parsed.plan!r}, does not replay.")
+                if grammar.stream_plan(parsed) != parsed.plan:
+                    _fail(f"{where}: the teacher stream of instance {i} is not faithful: stream_plan "
+                          f"gives {grammar.stream_plan(parsed)!r}, the plan is {parsed.plan!r}.")
+            if stream:
+                walk = task.Walk(cfg, batch, i, backward=parsed.backward)
+                if not parsed.events:
+                    _fail(f"{where}: the stream of instance {i} parses to no events.")
+                if variant != "corrupted":  # corrupted's stream is another instance's
+                    stats = analyse_stream(parsed.events, parsed.event_ends, walk, finished=True)
+                    if stats.invalid or stats.invalid_backtracks:
+                        _fail(f"{where}: the teacher stream of instance {i} has {stats.invalid} invalid "
+                              f"moves and {stats.invalid_backtracks} invalid backtracks by the task's Walk.")
+                tracker = grammar.StreamTracker(walk)
+                for t in completion:
+                    tracker.feed(t)
+                    if not isinstance(tracker.should_penalise(2, True), bool):
+                        _fail(f"{where}: StreamTracker.should_penalise must return a bool.")
+            cut = _parse(grammar, variant, completion[:-1], vocab, where)
+            if cut.plan is not None or not cut.error:
+                _fail(f"{where}: a completion without its <eos> must parse to no plan and an error, got "
+                      f"{cut!r}.")
+            _parse(grammar, variant, noise.integers(0, size + 2, size=len(completion)).tolist(), vocab,
+                   f"{where} (random tokens)")
+    if "lookahead" in grammar.VARIANTS:
+        for mode in ("model-goal", "given-goal"):
+            prefix = grammar.eval_prefix("lookahead", mode, batch, 0, vocab)
+            if not (prefix and all(isinstance(t, int) and 0 <= t < size for t in prefix)):
+                _fail(f"{what}: eval_prefix('lookahead', {mode!r}) must force token ids, got {prefix!r}.")
+
+
+@dataclasses.dataclass
+class _SuiteStub:
+    """What `Grammar.searcher_of` may read of a suite."""
+
+    variant: str
+    options: Any
+    meta: dict
+
+
+def _check_rows(ex: dict, vocab, count: int, what: str) -> None:
+    keys = {"tokens", "lengths", "prompt_len", "instance", "kind"}
+    if not keys <= set(ex):
+        _fail(f"{what}: write_examples must return {', '.join(sorted(keys))}, got {sorted(ex)}.")
+    rows = ex["lengths"].shape[0]
+    if not all(ex[k].shape == (rows,) for k in ("prompt_len", "instance", "kind")) or rows < count:
+        _fail(f"{what}: lengths, prompt_len, instance and kind must have one value per row, at least "
+              "one row per instance.")
+    if int(ex["lengths"].sum()) != ex["tokens"].shape[0]:
+        _fail(f"{what}: tokens must be the rows back to back (sum of lengths).")
+    if not (ex["tokens"].min() >= 0 and ex["tokens"].max() < len(vocab)):
+        _fail(f"{what}: a token lies outside the vocabulary.")
+    if not (np.all(ex["prompt_len"] > 0) and np.all(ex["prompt_len"] < ex["lengths"])):
+        _fail(f"{what}: every row needs a prompt and a completion (0 < prompt_len < length).")
+    if set(np.unique(ex["instance"]).tolist()) != set(range(count)):
+        _fail(f"{what}: instance must name every instance of the batch, and only those.")
+    for start, end, _ in _row_spans(ex):
+        if ex["tokens"][start] != vocab.bos_id or ex["tokens"][end - 1] != vocab.eos_id:
+            _fail(f"{what}: every row must begin with <bos> and end with <eos>.")
