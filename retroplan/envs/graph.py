@@ -57,6 +57,8 @@ STRUCTURES = ("dead-ends", "strongly-connected", "balanced")
 _DEAD_ENDS, _STRONGLY_CONNECTED, _BALANCED = range(len(STRUCTURES))  # codes `_sample` takes
 
 
+# Like every task's Config (tasks.Settings), a list of typed fields with defaults: alike in shape
+# to Countdown's, with nothing shared but the form.
 @dataclass(frozen=True)
 class Config:
     num_nodes: int = 20

@@ -290,6 +290,14 @@ def _children(vals, row, m, target, heur, mask, factors, prune, kids, order, k):
 
 
 @njit(cache=True, inline="always")
+def _take_child(order, next_kid, d):
+    """The next child a depth-first search tries at depth d (and counts it as taken)."""
+    c = order[d, next_kid[d]]
+    next_kid[d] += 1
+    return c
+
+
+@njit(cache=True, inline="always")
 def _try_leaf(tape, pos, x, op, y, r, target, vals, d, path, plan_out):
     """A depth-first try whose child (at row d + 1) is a single number: written with `goal` or
     `dead`; on the goal the plan (path rows 0..d) is copied out. Returns (pos, goal)."""
@@ -332,8 +340,7 @@ def _dfs(nums, target, heur, mask, max_tries, tape, plan_out):
     tries = 0
     while True:
         if next_kid[d] < n_kids[d]:
-            c = order[d, next_kid[d]]
-            next_kid[d] += 1
+            c = _take_child(order, next_kid, d)
             tries += 1
             if tries > max_tries:
                 return pos, False
@@ -750,8 +757,7 @@ def _backward(nums, target, mask, max_tries, tape, plan_out):
     while True:
         k = n - d
         if next_kid[d] < n_kids[d]:
-            c = order[d, next_kid[d]]
-            next_kid[d] += 1
+            c = _take_child(order, next_kid, d)
             tries += 1
             if tries > max_tries:
                 return pos, False
