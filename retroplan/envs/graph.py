@@ -248,10 +248,9 @@ def _distinct_edges(state, u, count, pool, size, taken, edges_out, e):
 
 
 @njit(cache=True)
-def _cycle_with_chords(state, order, lo, c, n, k, taken, edges_out, e):
+def _cycle_with_chords(state, order, lo, c, n, k, taken, labels, edges_out, e):
     """Nodes order[lo:lo+c]: each gets an edge to the next in a cycle through them, then k - 1
     edges to distinct other random nodes among all n; returns the next free row of edges_out."""
-    labels = np.arange(n, dtype=np.int32)
     for i in range(c):
         u = order[lo + i]
         succ = order[lo + (i + 1) % c]
@@ -266,15 +265,15 @@ def _cycle_with_chords(state, order, lo, c, n, k, taken, edges_out, e):
 
 
 @njit(cache=True)
-def _draw(state, n, k, edges_out):
+def _draw(state, n, k, labels, edges_out):
     """One random strongly connected k-out digraph; fills edges_out (n*k, 2) unshuffled."""
     order = np.arange(n, dtype=np.int32)
     rng.shuffle(state, order)
-    _cycle_with_chords(state, order, 0, n, n, k, np.zeros(n, dtype=np.bool_), edges_out, 0)
+    _cycle_with_chords(state, order, 0, n, n, k, np.zeros(n, dtype=np.bool_), labels, edges_out, 0)
 
 
 @njit(cache=True)
-def _draw_dead_ends(state, n, k, n_dead, edges_out, live):
+def _draw_dead_ends(state, n, k, n_dead, labels, edges_out, live):
     """A `dead-ends` graph: fills edges_out (n*k, 2) unshuffled and `live` (n,) with the live
     mask; returns the node order (dead region first)."""
     order = np.arange(n, dtype=np.int32)
@@ -285,7 +284,7 @@ def _draw_dead_ends(state, n, k, n_dead, edges_out, live):
     for i in range(c):
         live[order[n_dead + i]] = True
     # the live part: a cycle through it plus k - 1 edges anywhere
-    e = _cycle_with_chords(state, order, n_dead, c, n, k, taken, edges_out, 0)
+    e = _cycle_with_chords(state, order, n_dead, c, n, k, taken, labels, edges_out, 0)
     for i in range(n_dead):  # the dead region: k edges inside it
         u = order[i]
         taken[:] = False
@@ -295,7 +294,7 @@ def _draw_dead_ends(state, n, k, n_dead, edges_out, live):
 
 
 @njit(cache=True)
-def _draw_balanced(state, n, k, dmin, dmax, lmax, edges_out):
+def _draw_balanced(state, n, k, dmin, dmax, lmax, labels, edges_out):
     """A `balanced` graph: fills edges_out (n*k, 2) unshuffled; returns (start, goal,
     lookahead, distance) as drawn."""
     look = 1 + rng.randbelow(state, lmax)
@@ -332,7 +331,6 @@ def _draw_balanced(state, n, k, dmin, dmax, lmax, edges_out):
     rank = np.arange(n_free, dtype=np.int32)
     rng.shuffle(state, rank)
     taken = np.zeros(n, dtype=np.bool_)
-    labels = np.arange(n, dtype=np.int32)
     for j in range(n_free):
         u = g if j == 0 else order[pos + j - 1]
         deg = base + (1 if rank[j] < left - base * n_free else 0)
@@ -385,10 +383,11 @@ def _sample(structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, l
             continue  # does not fit (validate() rules this out)
         raw = np.empty((n_edges, 2), dtype=np.int32)
         live = np.ones(n, dtype=np.bool_)
+        labels = np.arange(n, dtype=np.int32)  # the node labels, for draws among all nodes
         for attempt in range(_ATTEMPTS):
             state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
             if structure == _BALANCED:
-                s, g, look, d = _draw_balanced(state, n, k, dmin, dmax, lmax, raw)
+                s, g, look, d = _draw_balanced(state, n, k, dmin, dmax, lmax, labels, raw)
                 # the construction guarantees d and the lookahead; checked so that no instance
                 # can break them
                 if (s < 0 or digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)[g] != d
@@ -396,10 +395,10 @@ def _sample(structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, l
                     continue
             else:
                 if structure == _DEAD_ENDS:
-                    order = _draw_dead_ends(state, n, k, n_dead, raw, live)
+                    order = _draw_dead_ends(state, n, k, n_dead, labels, raw, live)
                     s = order[n_dead + rng.randbelow(state, n - n_dead)]
                 else:
-                    _draw(state, n, k, raw)
+                    _draw(state, n, k, labels, raw)
                     s = rng.randbelow(state, n)
                 g = _pick_goal(state, digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n), live, dmin, dmax)
                 if g < 0:
