@@ -40,9 +40,9 @@ Event tape (int64, per instance): records of (the first entry is an `events.Even
                                                      an operation from the current node giving
                                                      the child s; outcome 0 open, 1 goal, 2 dead
                                                      (a single number that is not the target)
-    GO     [GO, m, s_1..s_m]                            move to the generated, not yet expanded
+    GO     [GO, m, s_1..s_m]                         move to the generated, not yet expanded
                                                      node s (the earliest generated such node)
-    BACK   [BACK, m, s_1..s_m]                          return to the ancestor s (DFS)
+    BACK   [BACK, m, s_1..s_m]                       return to the ancestor s (DFS)
 Backward states are written as the unused inputs followed by the subgoal (m counts both), and
 a backward TRY's (first, op, second, result) is the forward step `first op second = result`
 with result the current subgoal. Searches stop after `max_tries` TRY events (no solution).
