@@ -47,15 +47,15 @@ from .fsutil import write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .probe import check_probe_section, probe_study
 from .runner import check_runner, run_pieces
-from .stats import mean_ci, wilson
-from .study import verdict_lines, verdict_table
+from .stats import mean_ci, rate_ci, wilson
+from .study import MARGIN, verdict_lines, verdict_table
 from .traces import check_variant, get_grammar, writes
 from .traces.suite import SuiteSpec, generate_suite, open_suite
 from .train import MACHINE_SETTINGS, TrainConfig, plan_steps, resolve_precision, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
              "train", "eval", "study", "probe"}
-_STUDY_KEYS = {"baseline", "budget"}
+_STUDY_KEYS = {"baseline", "budget", "margin"}
 # what a study may hold equal between each variant and its baseline -> the run's counter
 BUDGETS = {"steps": "steps", "examples": "examples_seen", "forward_examples": "forward_examples",
            "tokens": "supervised_tokens"}
@@ -175,6 +175,11 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
     budget = study.get("budget", "steps")
     require(budget in BUDGETS, f"{path}: study budget must be one of {', '.join(BUDGETS)}, got {budget!r}.")
     exp["_budget"] = budget
+    margin = study.get("margin", MARGIN)  # |Δ accuracy| the verdict calls equivalent (TOST)
+    require(isinstance(margin, (int, float)) and not isinstance(margin, bool) and 0 < margin < 1,
+            f"{path}: study margin must be a number between 0 and 1 (an accuracy difference), "
+            f"got {margin!r}.")
+    exp["_margin"] = float(margin)
     sizes = exp.setdefault("sizes", {})
     for split in sizes:
         require(split in task.SPLITS, f"{path}: unknown split {split!r} in [sizes]; allowed: "
@@ -232,13 +237,13 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
 # the settings `train --resume` lets differ.) [probe] only analyses the finished runs; each probe's
 # result records its own settings and is redone when they change.
 NO_RESULT_KEYS = {"": ("name", "description", "probe"), "train": MACHINE_SETTINGS,
-                  "eval": ("device", "batch_size")}
+                  "eval": ("device", "batch_size"), "study": ("margin",)}
 
 
 def experiment_identity(raw: dict) -> dict:
     """A parsed experiment file without its `NO_RESULT_KEYS` (and tables they leave empty)."""
     ident = {k: v for k, v in raw.items() if k not in NO_RESULT_KEYS[""]}
-    for table in ("train", "eval"):
+    for table in ("train", "eval", "study"):
         if not isinstance(ident.get(table), dict):
             continue
         t = {k: v for k, v in ident[table].items() if k not in NO_RESULT_KEYS[table]}
@@ -497,7 +502,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _fmt_rate(values: list[float], correct: int, n: int) -> str:
-    m, lo, hi = mean_ci(values)
+    m, lo, hi = rate_ci(values)
     if m != m:  # nan
         return "n/a"
     if len(values) > 1:
@@ -645,7 +650,7 @@ def _report(exp: dict, source: Path, out: Path, overrides: list[str], rows: list
     lines += verdict_lines(verdicts)
     lines += ["## Results", ""]
     seeds = exp["seeds"]
-    ci_note = ("mean over seeds [95% t-interval]" if len(seeds) > 1 else
+    ci_note = ("mean over seeds [95% t-interval, clipped to [0, 1]]" if len(seeds) > 1 else
                "one seed; [95% Wilson interval over the test instances]")
     lines += [f"Accuracy: {ci_note}. n = test instances per seed; every rate in a row is over "
               "those n instances (a completion that cannot be parsed counts as wrong). "

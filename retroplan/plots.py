@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .fsutil import atomic_path  # noqa: E402
-from .stats import mean_ci, wilson  # noqa: E402
+from .stats import mean_ci, rate_ci, wilson  # noqa: E402
 
 
 def save(fig, path: Path) -> list[Path]:
@@ -34,8 +34,8 @@ def _no_dates(ext: str) -> dict:
 def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
                         title: str = "Forward planning accuracy") -> list[Path]:
     """One panel per condition: a bar per variant (mean over seeds) with its 95% interval (a
-    t-interval across seeds; with one seed, the Wilson interval over its test instances), a dot
-    per seed, and the chance level where the task has one."""
+    t-interval across seeds, clipped to [0, 1]; with one seed, the Wilson interval over its test
+    instances), a dot per seed, and the chance level where the task has one."""
     by_cond: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     counts: dict[tuple[str, str], tuple[int, int]] = {}  # (panel, variant) -> (right, n), one seed
     chance: dict[str, float] = {}
@@ -61,7 +61,7 @@ def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
             vals = by_cond[cond].get(variant, [])
             if not vals:
                 continue
-            m, lo, hi = mean_ci(vals)  # one seed: lo = hi = m
+            m, lo, hi = rate_ci(vals)  # one seed: lo = hi = m
             if len(vals) == 1 and (cond, variant) in counts:  # ... then its instances' interval
                 lo, hi = wilson(*counts[(cond, variant)])
             ax.bar(x, m, color=colors[x % 10], alpha=0.8, width=0.7)

@@ -2,13 +2,15 @@
 test instances (Wilson score interval for a proportion).
 
 Paired comparisons of a condition A against a baseline B evaluated on the same items
-(seed, instance): `paired_bootstrap`, exact/stratified `mcnemar`, `minimum_detectable_effect`
-and `verdict`. Numpy and the standard library only (no scipy): the binomial tail is summed
-exactly in integers, the normal quantile is the bisection inverse of `math.erfc`.
-
-These tests hold the trained models fixed and treat the test instances as the random sample:
-they answer "do these models differ on this distribution of instances", not "would retraining
-with fresh seeds give the same ordering" (for that, compare per-seed means across seeds)."""
+(seed, instance): `paired_bootstrap`, exact/stratified `mcnemar` and `mcnemar_mde` hold the
+trained models fixed and treat the test instances as the random sample: they answer "do these
+models differ on this distribution of instances", not "would retraining with fresh seeds give
+the same ordering". The verdict of a study needs the second question, so its unit is the
+training seed: `paired_t` over per-seed deltas, `tost` for equivalence, `seed_mde`, `holm`
+across a study's comparisons, then `verdict`. Numpy and the standard library only (no scipy):
+the binomial tail is summed exactly in integers, Student's t distribution is the closed form
+for integer degrees of freedom (Abramowitz & Stegun 26.7.3-4), quantiles are bisections.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +51,21 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds at 0/n and n/n are exactly 0 and 1 (in floats centre ± half can miss them by an ulp)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def rate_ci(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of a rate across seeds: the 95% t-interval of `mean_ci`, clipped to
+    [0, 1]. Clipping only removes values no rate can take, so it never changes whether the
+    interval covers the true rate (its coverage is that of the t-interval); with 3 seeds the
+    t-interval is wide and would otherwise print e.g. 0.254 [-0.250, 0.758]."""
+    m, lo, hi = mean_ci(values)
+    if m != m:
+        return m, lo, hi
+    return m, min(1.0, max(0.0, lo)), min(1.0, max(0.0, hi))
 
 
 # --- paired comparisons -------------------------------------------------------------------
@@ -222,36 +238,162 @@ def mcnemar(a, b, strata=None) -> dict:
     return out
 
 
-def minimum_detectable_effect(n: int, p: float, alpha: float = 0.05, power: float = 0.8,
-                              paired: bool = True) -> float:
-    """Smallest |Δ accuracy| a two-sided level-α test on n items detects with the given power
-    (normal approximation, z_q = Φ⁻¹(q)):
+def mcnemar_mde(n: int, discordant: int = 0, alpha: float = 0.05) -> float:
+    """The smallest |Δ accuracy| an exact two-sided McNemar test on n pairs can call
+    significant (p < alpha), keeping the observed number of discordant pairs.
 
-      paired=True  (McNemar / paired bootstrap; p = expected share of discordant pairs):
-          MDE = (z_{1−α/2} + z_{power}) · √(p / n)
-        from Var(a_i − b_i) = p_disc − Δ² ≈ p_disc for small Δ (slightly conservative);
-      paired=False (two independent groups of n each; p = baseline accuracy):
-          MDE = (z_{1−α/2} + z_{power}) · √(2·p·(1 − p) / n).
+    Δ = (b10 − b01)/n with b10 + b01 discordant pairs. For an imbalance j = b10 − b01 the
+    discordant count is max(discordant, j), plus one when its parity differs from j's (the
+    split must be whole), and the test's p is `binom_sign_test(b01, b01 + b10)`. The answer is
+    the least such j/n with p < alpha (nan when even j = n cannot reach it). Exact, with no
+    power assumption: it is the boundary of what the test can see at all. With n = 100 and no
+    discordant pair, 5 one-sided pairs give p = 2/32 = 0.0625 and 6 give 2/64 = 0.031: nothing
+    below 0.06 can be detected (a normal approximation with the discordant share floored at 1/n
+    said 0.028)."""
+    if n <= 0 or not 0 <= discordant <= n:
+        raise ValueError(f"need n > 0 and 0 <= discordant <= n, got n={n}, discordant={discordant}")
+    for j in range(1, n + 1):
+        total = max(discordant, j)
+        total += (total - j) % 2
+        if total > n:
+            break
+        if binom_sign_test((total - j) // 2, total) < alpha:
+            return j / n
+    return float("nan")
 
-    Both shrink like 1/√n. With α = 0.05 and power 0.8, z_{0.975} + z_{0.8} ≈ 2.8016."""
-    if n <= 0:
-        raise ValueError("n must be positive")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got {p}")
-    if not (0.0 < alpha < 1.0 and 0.0 < power < 1.0):
-        raise ValueError("alpha and power must lie in (0, 1)")
-    z = norm_ppf(1.0 - alpha / 2.0) + norm_ppf(power)
-    var = p if paired else 2.0 * p * (1.0 - p)
-    return z * math.sqrt(var / n)
+
+# --- the training seed as the unit: Student's t, paired t, TOST, Holm -----------------------
 
 
-def verdict(delta_ci, p: float, alpha: float = 0.05) -> str:
-    """"helps" iff p < alpha and the whole interval lies above 0; "hurts" iff p < alpha and it
-    lies below 0; otherwise (including NaNs, or p and interval disagreeing)
-    "no detectable difference at this n"."""
-    low, high = (float(x) for x in delta_ci)
-    if p < alpha and low > 0 and high > 0:
-        return "helps"
-    if p < alpha and low < 0 and high < 0:
-        return "hurts"
-    return "no detectable difference at this n"
+def t_abs_cdf(t, df: int):
+    """P(|T| <= |t|) for Student's T with integer df >= 1, in closed form (Abramowitz & Stegun
+    26.7.3 and 26.7.4), with θ = atan(|t|/√df), c = cos θ, s = sin θ:
+        df odd:  (2/π)·(θ + s·(c + (2/3)c³ + (2·4)/(3·5)c⁵ + … + c^(df−2) term))   (df = 1: 2θ/π)
+        df even: s·(1 + (1/2)c² + (1·3)/(2·4)c⁴ + … + c^(df−2) term)
+    (df = 2: |t|/√(2 + t²)). Works elementwise on numpy arrays; t = ±inf gives 1."""
+    if int(df) != df or df < 1:
+        raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
+    df = int(df)
+    theta = np.arctan(np.abs(np.asarray(t, dtype=float)) / math.sqrt(df))
+    c, s = np.cos(theta), np.sin(theta)
+    if df % 2:
+        series, term = np.zeros_like(c), c.copy()
+        for k in range(1, (df - 1) // 2 + 1):  # c, (2/3)c³, ... up to c^(df−2)
+            series = series + term
+            term = term * c * c * (2 * k) / (2 * k + 1)
+        return 2.0 / math.pi * (theta + s * series)
+    series, term = np.zeros_like(c), np.ones_like(c)
+    for k in range(1, df // 2 + 1):  # 1, (1/2)c², ... up to c^(df−2)
+        series = series + term
+        term = term * c * c * (2 * k - 1) / (2 * k)
+    return s * series
+
+
+def t_sf(x, df: int):
+    """Upper tail P(T > x) of Student's t with integer df (elementwise)."""
+    x = np.asarray(x, dtype=float)
+    return 0.5 * (1.0 - np.sign(x) * t_abs_cdf(x, df))
+
+
+def t_ppf(q: float, df: int) -> float:
+    """Student's t quantile: the x with P(T <= x) = q, by bisection of θ = atan(x/√df) on
+    (0, π/2) (100 halvings: exact to the double)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile level must lie in (0, 1), got {q}")
+    if q < 0.5:
+        return -t_ppf(1.0 - q, df)
+    target = 2.0 * q - 1.0  # P(|T| <= x)
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if float(t_abs_cdf(math.sqrt(df) * math.tan(mid), df)) < target:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(df) * math.tan(0.5 * (lo + hi))
+
+
+def _seed_moments(deltas):
+    d = np.asarray(deltas, dtype=float)
+    s = d.shape[-1]
+    if s < 2:
+        raise ValueError(f"a test over seeds needs at least 2 per-seed deltas, got {s}")
+    mean = d.mean(axis=-1)
+    sd = d.std(axis=-1, ddof=1)
+    return mean, sd, sd / math.sqrt(s), s - 1
+
+
+def _scalar(x):
+    x = np.asarray(x)
+    return float(x) if x.ndim == 0 else x
+
+
+def paired_t(deltas, alpha: float = 0.05) -> dict:
+    """Paired t-test of mean(Δ) = 0 over per-seed deltas Δ_s = acc(variant, s) − acc(baseline,
+    s): t = mean/(sd/√S), df = S − 1, two-sided p = 1 − P(|T| <= |t|), and the (1 − alpha)
+    t-interval of the mean. The unit is the training seed: retraining noise is in sd, which a
+    test over pooled instances leaves out. With sd = 0 the deltas are all equal: p = 0 if they
+    are not 0, else 1. Vectorised over leading axes (deltas shaped (..., S))."""
+    mean, sd, se, df = _seed_moments(deltas)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        equal = np.where(mean == 0, 0.0, np.sign(mean) * np.inf)  # sd = 0: all deltas equal
+        t = np.where(se > 0, mean / np.where(se > 0, se, 1.0), equal)
+    p = 1.0 - t_abs_cdf(t, df)
+    half = t_ppf(1.0 - alpha / 2.0, df) * se
+    return {"mean": _scalar(mean), "sd": _scalar(sd), "t": _scalar(t), "df": df, "p": _scalar(p),
+            "ci": (_scalar(mean - half), _scalar(mean + half)), "level": 1.0 - alpha}
+
+
+def tost(deltas, margin: float, alpha: float = 0.05) -> dict:
+    """Two one-sided t-tests (Schuirmann) over per-seed deltas for equivalence within ±margin:
+    H0a mean <= −margin (p_low = P(T > (mean + margin)/se)) and H0b mean >= +margin (p_high =
+    P(T < (mean − margin)/se)), df = S − 1; p = max(p_low, p_high). p < alpha is the same as the
+    (1 − 2·alpha) t-interval of the mean lying inside (−margin, +margin). Vectorised like
+    `paired_t`."""
+    if not margin > 0:
+        raise ValueError(f"the equivalence margin must be positive, got {margin}")
+    mean, sd, se, df = _seed_moments(deltas)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        safe = np.where(se > 0, se, 1.0)
+        low = np.where(se > 0, (mean + margin) / safe, np.where(mean > -margin, np.inf, -np.inf))
+        high = np.where(se > 0, (margin - mean) / safe, np.where(mean < margin, np.inf, -np.inf))
+    p = np.maximum(t_sf(low, df), t_sf(high, df))
+    return {"p": _scalar(p), "margin": margin}
+
+
+def seed_mde(sd: float, seeds: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest mean per-seed Δ a two-sided level-alpha paired t over `seeds` seeds detects
+    with the given power, at per-seed delta SD `sd`:
+        MDE = (t_{1−alpha/2, S−1} + t_{power, S−1}) · sd / √S
+    (the usual t approximation to the noncentral-t power; slightly optimistic at small S)."""
+    if seeds < 2:
+        return float("nan")
+    return (t_ppf(1.0 - alpha / 2.0, seeds - 1) + t_ppf(power, seeds - 1)) * sd / math.sqrt(seeds)
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment: sort the m finite p-values ascending, adjusted p_(i) =
+    max_{j<=i} min(1, (m − j + 1)·p_(j)); returned in the input order. NaN entries stay NaN and
+    do not count in m. Controls the family-wise error rate under any dependence."""
+    p = [float(x) for x in pvalues]
+    finite = sorted((v, i) for i, v in enumerate(p) if v == v)
+    m = len(finite)
+    out = [float("nan")] * len(p)
+    running = 0.0
+    for rank, (v, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * v))
+        out[i] = running
+    return out
+
+
+def verdict(mean: float, p_difference: float, p_equivalence: float, margin: float,
+            alpha: float = 0.05) -> str:
+    """The verdict words, from the seed-level (Holm-adjusted) p-values: "helps" / "hurts" when
+    the paired t rejects Δ = 0 (p_difference < alpha; the sign of the mean says which), else
+    "equivalent within ±margin" when TOST rejects |Δ| >= margin, else "inconclusive" (NaNs
+    included)."""
+    if p_difference < alpha and mean == mean and mean != 0:
+        return "helps" if mean > 0 else "hurts"
+    if p_equivalence < alpha:
+        return f"equivalent within ±{margin:g}"
+    return "inconclusive"

@@ -200,12 +200,13 @@ def test_eval_refuses_the_runs_suite_when_it_was_replaced(q, tmp_path, capsys):
     ('name = "tiny"', 'name = "tiny"\ndescription = 7', "description must be a string, got 7"),
     ('task = "pathstar"', 'task = ["pathstar"]', "task must be a string, got ['pathstar']"),
     ('seeds = [0]', 'seeds = [0]\n[study]\nbudget = ["steps"]', "study budget must be a string"),
+    ('seeds = [0]', 'seeds = [0]\n[study]\nmargin = 1.5', "study margin must be a number between 0 and 1"),
     ('variants = ["optimal", "reverse", "optimal+reverse"]', 'variants = ["optimal", "optimal"]',
      "variants name 'optimal' twice"),
     ('threads = 1', 'threads = 1\ndevice = "cuda"', "device cuda was asked for"),
     ('threads = 1', 'threads = 1\n[eval]\ndevice = "cuda"', "device cuda was asked for"),
-], ids=["description-a-number", "task-a-list", "budget-a-list", "variant-twice", "train-on-cuda",
-        "eval-on-cuda"])
+], ids=["description-a-number", "task-a-list", "budget-a-list", "margin-too-big", "variant-twice",
+        "train-on-cuda", "eval-on-cuda"])
 def test_an_experiment_file_mistake_is_one_sentence_before_any_work(tmp_path, capsys, old, new, fragment):
     if "cuda" in new and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -7,12 +7,20 @@ import pytest
 
 from retroplan.stats import (
     binom_sign_test,
+    holm,
     mcnemar,
+    mcnemar_mde,
     mean_ci,
-    minimum_detectable_effect,
     norm_cdf,
     norm_ppf,
     paired_bootstrap,
+    paired_t,
+    rate_ci,
+    seed_mde,
+    t_abs_cdf,
+    t_ppf,
+    t_sf,
+    tost,
     verdict,
     wilson,
 )
@@ -153,9 +161,8 @@ def test_bootstrap_strongly_better_a():
     # normal-theory check: sd of d = sqrt(p_disc - delta^2), half-width ~ 1.96 sd / sqrt(n)
     half = 1.96 * math.sqrt(65 / 200 - (55 / 200) ** 2) / math.sqrt(200)
     assert (r["ci"][1] - r["ci"][0]) / 2 == pytest.approx(half, rel=0.1)
-    assert verdict(r["ci"], r["p"]) == "helps"
     s = paired_bootstrap(b, a, resamples=4000, seed=3)
-    assert s["ci"][1] < 0 and s["p"] < 0.01 and verdict(s["ci"], s["p"]) == "hurts"
+    assert s["ci"][1] < 0 and s["p"] < 0.01
 
 
 def test_bootstrap_balanced_discordance_is_not_significant():
@@ -200,29 +207,141 @@ def test_bootstrap_matches_index_resampling_in_distribution():
     assert r["ci"][1] == pytest.approx(hi, abs=0.0126)
 
 
-# --- power and verdict -----------------------------------------------------------------------
+# --- rates inside [0, 1] -----------------------------------------------------------------------
 
-def test_mde_formula_and_scaling():
-    z = 1.959963984540054 + 0.8416212335729143
-    assert minimum_detectable_effect(100, 0.2) == pytest.approx(z * math.sqrt(0.2 / 100), rel=1e-12)
-    assert minimum_detectable_effect(100, 0.2) == pytest.approx(0.12529, abs=1e-5)
-    # quadrupling n halves the MDE
-    assert minimum_detectable_effect(400, 0.2) == pytest.approx(minimum_detectable_effect(100, 0.2) / 2)
-    # unpaired: baseline accuracy 0.5, n = 392 per arm -> ~0.1 (classic sample-size table)
-    assert minimum_detectable_effect(392, 0.5, paired=False) == pytest.approx(0.1, abs=5e-4)
-    # stricter alpha or more power need a larger effect
-    base = minimum_detectable_effect(200, 0.3)
-    assert minimum_detectable_effect(200, 0.3, alpha=0.01) > base
-    assert minimum_detectable_effect(200, 0.3, power=0.9) > base
+def test_rate_intervals_stay_inside_the_unit_interval():
+    # the path-star study's lookahead seeds: the t-interval is [-0.250, 0.758]; a rate's is clipped
+    m, lo, hi = mean_ci([0.474, 0.214, 0.074])
+    assert lo == pytest.approx(-0.250, abs=1e-3)
+    assert rate_ci([0.474, 0.214, 0.074]) == (pytest.approx(0.254), 0.0, pytest.approx(0.758, abs=1e-3))
+    assert rate_ci([0.99, 0.95, 1.0])[2] == 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        values = list(rng.beta(0.3, 0.3, size=int(rng.integers(1, 6))))
+        m, lo, hi = rate_ci(values)
+        assert 0.0 <= lo <= m <= hi <= 1.0
+    for n in (1, 7, 100):
+        for k in range(n + 1):
+            lo, hi = wilson(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
 
 
-def test_verdict_strings():
-    assert verdict((0.01, 0.2), 0.01) == "helps"
-    assert verdict((-0.2, -0.01), 0.001) == "hurts"
-    assert verdict((-0.05, 0.2), 0.2) == "no detectable difference at this n"
-    # p and interval must agree
-    assert verdict((0.01, 0.2), 0.06) == "no detectable difference at this n"
-    assert verdict((-0.01, 0.2), 0.01) == "no detectable difference at this n"
-    assert verdict((0.0, 0.2), 0.01) == "no detectable difference at this n"
-    assert verdict((0.01, 0.2), 0.04, alpha=0.01) == "no detectable difference at this n"
-    assert verdict((float("nan"), float("nan")), float("nan")) == "no detectable difference at this n"
+# --- Student's t, scipy-free ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("q, df, x", [(0.975, 1, 12.706204736174696), (0.975, 2, 4.302652729749464),
+                                      (0.95, 2, 2.919985580353724), (0.8, 2, 1.0606601717798212),
+                                      (0.975, 4, 2.7764451051977987), (0.95, 4, 2.1318467863266495),
+                                      (0.975, 30, 2.0422724563012373), (0.975, 200, 1.9718962236339090)])
+def test_t_quantiles_match_the_tables(q, df, x):
+    # x: Student's t quantiles to 16 digits, from mpmath's regularized incomplete beta (30 digits)
+    assert t_ppf(q, df) == pytest.approx(x, rel=1e-9)
+    assert t_ppf(1 - q, df) == pytest.approx(-x, rel=1e-9)
+    assert float(t_sf(x, df)) == pytest.approx(1 - q, rel=1e-7)
+
+
+def test_t_distribution_closed_forms():
+    for t in (0.0, 0.3, 1.0, 2.5, 40.0):
+        assert float(t_abs_cdf(t, 1)) == pytest.approx(2 / math.pi * math.atan(t), abs=1e-15)  # Cauchy
+        assert float(t_abs_cdf(t, 2)) == pytest.approx(t / math.sqrt(2 + t * t), abs=1e-15)
+        # df = 4: sin θ (1 + cos²θ / 2) with tan θ = t / 2
+        assert float(t_abs_cdf(t, 4)) == pytest.approx(
+            t / math.sqrt(t * t + 4) * (1 + 0.5 * 4 / (t * t + 4)), abs=1e-15)
+    assert float(t_abs_cdf(math.inf, 3)) == 1.0 and float(t_abs_cdf(-1.0, 3)) == float(t_abs_cdf(1.0, 3))
+    # large df tends to the normal
+    assert float(t_sf(1.959963984540054, 400)) == pytest.approx(0.025, abs=5e-4)
+    with pytest.raises(ValueError):
+        t_abs_cdf(1.0, 0)
+
+
+def test_paired_t_on_known_deltas():
+    # the lookahead seeds: mean -0.262, sd^2 = (0.21^2 + 0.016^2 + 0.194^2) / 2
+    r = paired_t([-0.052, -0.278, -0.456])
+    sd = math.sqrt((0.21 ** 2 + 0.016 ** 2 + 0.194 ** 2) / 2)
+    t = -0.262 / (sd / math.sqrt(3))
+    assert r["mean"] == pytest.approx(-0.262) and r["sd"] == pytest.approx(sd) and r["df"] == 2
+    assert r["t"] == pytest.approx(t)
+    assert r["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t), rel=1e-12)  # df 2 closed form
+    assert r["p"] == pytest.approx(0.154, abs=5e-4)                             # as the review found
+    assert r["ci"][0] == pytest.approx(-0.765, abs=1e-3) and r["ci"][1] == pytest.approx(0.241, abs=1e-3)
+    # 1..5: t = 3 / sqrt(0.5); df 4; interval 3 -/+ t_{0.975,4} sqrt(0.5)
+    r = paired_t([1, 2, 3, 4, 5])
+    t = 3 / math.sqrt(0.5)
+    assert r["p"] == pytest.approx(1 - t / math.sqrt(t * t + 4) * (1 + 2 / (t * t + 4)), rel=1e-12)
+    assert r["ci"][1] == pytest.approx(3 + 2.7764451051977987 * math.sqrt(0.5), rel=1e-12)
+    # equal deltas: no spread, p = 0 unless they are 0
+    assert paired_t([0.4, 0.4, 0.4])["p"] == 0.0 and paired_t([0.0, 0.0, 0.0])["p"] == 1.0
+    # vectorised over leading axes: rows tested independently
+    both = paired_t(np.array([[-0.052, -0.278, -0.456], [1, 2, 3]]))
+    assert both["p"][0] == pytest.approx(0.1543, abs=1e-4) and both["p"].shape == (2,)
+    with pytest.raises(ValueError):
+        paired_t([0.1])
+
+
+def test_tost_on_a_constructed_case():
+    # deltas within +-0.02 of 0, margin 0.05: se = sqrt(2.5e-4 / 5), each one-sided t = 0.05 / se
+    deltas = [0.01, -0.01, 0.0, 0.02, -0.02]
+    se = math.sqrt(2.5e-4 / 5)
+    t = 0.05 / se
+    one_sided = (1 - t / math.sqrt(t * t + 4) * (1 + 2 / (t * t + 4))) / 2   # df 4 closed form
+    r = tost(deltas, 0.05)
+    assert r["p"] == pytest.approx(one_sided, rel=1e-9) and r["p"] < 0.05
+    # the same as the 90% t-interval inside (-0.05, 0.05): 0 -/+ 2.1318 se = -/+0.0151
+    assert 2.1318467863266495 * se < 0.05
+    # a margin inside that interval is not shown: 0.01 < 0.0151
+    assert tost(deltas, 0.01)["p"] > 0.05
+    # a mean on the margin can never be shown equivalent; an asymmetric case takes the worse side
+    assert tost([0.04, 0.06, 0.05], 0.05)["p"] >= 0.5
+    shifted = tost([0.03, 0.01, 0.02, 0.04, 0.0], 0.05)
+    se2 = math.sqrt(2.5e-4 / 5)
+    t_high = (0.05 - 0.02) / se2
+    assert shifted["p"] == pytest.approx((1 - t_high / math.sqrt(t_high ** 2 + 4)
+                                          * (1 + 2 / (t_high ** 2 + 4))) / 2, rel=1e-9)
+    # no spread: equivalent iff |mean| < margin
+    assert tost([0.0, 0.0, 0.0], 0.05)["p"] == 0.0 and tost([0.1, 0.1, 0.1], 0.05)["p"] == 1.0
+    with pytest.raises(ValueError):
+        tost(deltas, 0.0)
+
+
+def test_holm_on_a_known_p_vector():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN is no test: it stays NaN and does not count in m
+    out = holm([0.02, float("nan"), 0.04])
+    assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+    # the path-star review: 9 comparisons, lookahead's p = 0.154 does not survive; neither would 0.01
+    assert holm([0.154] + [1e-6] * 8)[0] == pytest.approx(0.154)
+    assert holm([0.01] + [0.5] * 8)[0] == pytest.approx(0.09)
+
+
+def test_exact_mcnemar_mde():
+    # n = 100, no discordant pair: 5 one-sided pairs give p = 2/32, 6 give 2/64 -> 0.06
+    assert binom_sign_test(0, 5) == pytest.approx(0.0625) and binom_sign_test(0, 6) == pytest.approx(0.03125)
+    assert mcnemar_mde(100, 0) == pytest.approx(0.06)
+    assert mcnemar_mde(1000, 0) == pytest.approx(0.006)
+    # 100 discordant of 1000: 60 vs 40 gives p = 0.057; 61 vs 40 (101 discordant) gives 0.047
+    assert binom_sign_test(40, 100) > 0.05 > binom_sign_test(40, 101)
+    assert mcnemar_mde(1000, 100) == pytest.approx(0.021)
+    # fewer than 6 pairs can never be significant
+    assert math.isnan(mcnemar_mde(5, 0))
+    with pytest.raises(ValueError):
+        mcnemar_mde(10, 11)
+
+
+def test_seed_mde_formula():
+    # (t_{0.975,2} + t_{0.8,2}) sd / sqrt(3) and (t_{0.975,4} + t_{0.8,4}) sd / sqrt(5)
+    assert seed_mde(0.1, 3) == pytest.approx((4.302652729749464 + 1.0606601717798212) * 0.1 / math.sqrt(3))
+    assert seed_mde(0.1, 5) == pytest.approx((2.7764451051977987 + t_ppf(0.8, 4)) * 0.1 / math.sqrt(5))
+    assert seed_mde(0.1, 5) < 0.55 * seed_mde(0.1, 3)  # 5 seeds instead of 3: the MDE x 0.54
+    assert math.isnan(seed_mde(0.1, 1))
+
+
+def test_verdict_words():
+    assert verdict(0.1, 0.01, 0.9, 0.05) == "helps"
+    assert verdict(-0.1, 0.01, 0.9, 0.05) == "hurts"
+    assert verdict(0.001, 0.3, 0.01, 0.05) == "equivalent within ±0.05"
+    assert verdict(0.001, 0.3, 0.2, 0.05) == "inconclusive"
+    assert verdict(0.1, 0.06, 0.9, 0.05) == "inconclusive"
+    assert verdict(0.1, 0.04, 0.9, 0.05, alpha=0.01) == "inconclusive"
+    nan = float("nan")
+    assert verdict(nan, nan, nan, 0.05) == "inconclusive"

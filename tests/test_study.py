@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from retroplan.study import compare, verdict_lines
+from retroplan.stats import binom_sign_test, paired_t, tost, verdict
+from retroplan.study import compare, judge, still_rising, verdict_lines
 
 
 def eval_dir(tmp_path, name, correct):
@@ -25,6 +27,7 @@ def test_a_variant_that_is_right_where_the_baseline_fails_helps(tmp_path):
     assert r["delta"] == pytest.approx(0.4) and r["accuracy"] == pytest.approx(0.9)
     assert r["p"] == pytest.approx(2 * 0.5 ** 48)      # exact McNemar: all 48 discordant one way
     assert r["ci"][0] > 0 and r["verdict"] == "helps"
+    assert r["seed_p"] == 0.0 and r["seed_sd"] == pytest.approx(0, abs=1e-12)  # every seed +0.4
     assert r["per_seed_delta"] == {"0": pytest.approx(0.4), "1": pytest.approx(0.4), "2": pytest.approx(0.4)}
     worse = compare(base, var)
     assert worse["verdict"] == "hurts" and worse["delta"] == pytest.approx(-0.4)
@@ -33,18 +36,21 @@ def test_a_variant_that_is_right_where_the_baseline_fails_helps(tmp_path):
     assert "**helps**" in lines and "+0.400" in lines
 
 
-def test_identical_models_and_tiny_differences_are_no_detectable_difference(tmp_path):
+def test_identical_models_are_equivalent_and_tiny_differences_inconclusive(tmp_path):
     same = {s: eval_dir(tmp_path, f"a{s}", [True, False] * 10) for s in (0, 1, 2)}
     r = compare(same, {s: eval_dir(tmp_path, f"b{s}", [True, False] * 10) for s in (0, 1, 2)})
-    assert r["delta"] == 0 and r["p"] == 1.0 and r["verdict"] == "no detectable difference at this n"
-    # one discordant pair in 20: p = 1, and the MDE says what n would be needed
+    assert r["delta"] == 0 and r["p"] == 1.0 and r["seed_p"] == 1.0 and r["tost_p"] == 0.0
+    assert r["verdict"] == "equivalent within ±0.05"
+    # one discordant pair in 60 (seed 0: +0.05, the others 0): no difference shown, and the
+    # seeds' spread is too wide to show equivalence within 0.05 either
     r = compare({s: eval_dir(tmp_path, f"c{s}", [True] * 11 + [False] * 9) if s == 0 else
                  eval_dir(tmp_path, f"c{s}", [True] * 10 + [False] * 10) for s in (0, 1, 2)},
                 {s: eval_dir(tmp_path, f"d{s}", [True] * 10 + [False] * 10) for s in (0, 1, 2)})
     assert (r["b10"], r["b01"], r["p"]) == (1, 0, 1.0)
-    assert r["verdict"] == "no detectable difference at this n"
-    # MDE = (z_0.975 + z_0.8) * sqrt(p_discordant / n) with p_discordant = 1/60, n = 60
-    assert r["mde"] == pytest.approx((1.959964 + 0.841621) * (1 / 60 / 60) ** 0.5, rel=1e-4)
+    assert r["verdict"] == "inconclusive" and r["tost_p"] > 0.05
+    # instance MDE, exact: 1 discordant pair; 6 one-sided pairs are the fewest with p < 0.05
+    assert r["mde"] == pytest.approx(6 / 60)
+    assert r["seed_mde"] == pytest.approx((4.302653 + 1.060660) * r["seed_sd"] / 3 ** 0.5, rel=1e-5)
 
 
 def test_only_instances_both_evaluated_are_paired(tmp_path):
@@ -87,3 +93,123 @@ def test_a_stream_model_whose_streams_are_not_mostly_valid_gets_no_verdict(tmp_p
     # a forward writer has no stream: no validity, no gate
     assert compare({s: eval_dir(tmp_path, f"y{s}", [True] * 50) for s in (0, 1, 2)},
                    base)["stream_validity"] is None
+
+
+def counts_dir(tmp_path, name, right, n, right_first=True):
+    """An eval folder of n instances, `right` of them correct (the first ones, or the last)."""
+    return eval_dir(tmp_path, name, [(i < right) if right_first else (i >= n - right) for i in range(n)])
+
+
+def test_the_lookahead_pattern_is_not_called_hurts(tmp_path):
+    # the path-star study: baseline right on 263 / 246 / 265 of 500 per seed, lookahead on
+    # 237 / 107 / 37, every lookahead success also a baseline success -> per-seed deltas
+    # -0.052, -0.278, -0.456. Pooled over 1,500 pairs McNemar says p < 1e-100 (the old rule's
+    # "hurts"); the seeds disagree too much for a claim about retraining: p = 0.154.
+    base = {s: counts_dir(tmp_path, f"b{s}", k, 500) for s, k in zip((0, 1, 2), (263, 246, 265))}
+    look = {s: counts_dir(tmp_path, f"v{s}", k, 500) for s, k in zip((0, 1, 2), (237, 107, 37))}
+    r = compare(look, base)
+    assert list(r["per_seed_delta"].values()) == pytest.approx([-0.052, -0.278, -0.456])
+    assert (r["b10"], r["b01"]) == (0, 393) and r["p"] < 1e-100 and r["ci"][1] < 0
+    assert r["seed_p"] == pytest.approx(0.154, abs=5e-4)
+    assert r["verdict"] == "inconclusive"
+    # its accuracy interval stays inside [0, 1] (the t-interval is [-0.250, 0.758])
+    assert r["accuracy_ci"][0] == 0.0 and r["accuracy_ci"][1] == pytest.approx(0.758, abs=1e-3)
+    text = "\n".join(verdict_lines([{"condition": "c", "split": "test", "variant": "lookahead",
+                                     "baseline": "optimal", **r}]))
+    assert "0.254 [0.000, 0.758]" in text and "**inconclusive**" in text
+
+
+def test_simulated_null_type_one_error_of_the_verdict_rule():
+    """Baseline and variant drawn from one procedure: per seed each model's accuracy is
+    0.5 + N(0, 0.05²) (retraining noise), then 500 test instances are right independently.
+    20,000 simulated 3-seed studies, vectorised: the seed-level rule says helps/hurts in <= 6%
+    of them; the pooled exact McNemar (the old rule, now a secondary column) rejects in > 20%
+    (the review measured 42%)."""
+    rng = np.random.default_rng(20)
+    sims, seeds, n, sigma = 20000, 3, 500, 0.05
+    p_var = np.clip(0.5 + sigma * rng.standard_normal((sims, seeds)), 0, 1)
+    p_base = np.clip(0.5 + sigma * rng.standard_normal((sims, seeds)), 0, 1)
+    # cells per (study, seed): both right, only variant right, only baseline right, both wrong
+    cells = np.stack([p_var * p_base, p_var * (1 - p_base), (1 - p_var) * p_base,
+                      (1 - p_var) * (1 - p_base)], axis=-1)
+    counts = rng.multinomial(n, cells)
+    deltas = (counts[..., 1] - counts[..., 2]) / n
+    p_diff = paired_t(deltas)["p"]
+    p_equiv = tost(deltas, 0.05)["p"]
+    words = [verdict(m, pd, pe, 0.05) for m, pd, pe in zip(deltas.mean(axis=1), p_diff, p_equiv)]
+    claims = sum(w in ("helps", "hurts") for w in words) / sims
+    assert 0.03 <= claims <= 0.06, claims  # a t-test on normal-ish deltas: about 5%
+    # the pooled instance test on the first 400 studies
+    b10, b01 = counts[:400, :, 1].sum(axis=1), counts[:400, :, 2].sum(axis=1)
+    pooled = np.mean([binom_sign_test(int(k), int(k + j)) < 0.05 for k, j in zip(b10, b01)])
+    assert pooled > 0.20, pooled
+
+
+def test_holm_across_the_study_and_withheld_rows_count_in_the_family():
+    def row(p, mean=0.1, withheld=None):
+        return {"seed_p": p, "tost_p": 0.9, "seed_mean_delta": mean, "margin": 0.05, "withheld": withheld}
+
+    # alone, p = 0.03 helps; two such comparisons in one study: Holm 0.06 each, inconclusive
+    assert judge([row(0.03)])[0]["verdict"] == "helps"
+    table = judge([row(0.03), row(0.03, mean=-0.2)])
+    assert [r["verdict"] for r in table] == ["inconclusive", "inconclusive"]
+    assert table[0]["seed_p_holm"] == pytest.approx(0.06) and table[0]["family"] == 2
+    # a withheld comparison still counts in m (withholding cannot buy the others power)
+    table = judge([row(0.02), row(0.001, withheld="not judged: 2 training seeds (a claim needs >= 3)")])
+    assert table[0]["seed_p_holm"] == pytest.approx(0.02) and table[0]["verdict"] == "helps"
+    assert table[1]["verdict"].startswith("not judged")
+    table = judge([row(0.02), row(0.3, withheld="not converged: ...")])
+    assert table[0]["seed_p_holm"] == pytest.approx(0.04)
+    # one seed has no p: not in the family
+    table = judge([row(0.03), row(float("nan"), withheld="not judged: 1 training seed")])
+    assert table[0]["family"] == 1 and table[0]["verdict"] == "helps"
+
+
+def run_eval_dir(tmp_path, name, correct, curve=None):
+    """runs/<name>/eval-test with records, and the run's curve.jsonl (val accuracy per point)."""
+    run = tmp_path / name
+    run.mkdir()
+    if curve is not None:
+        run.joinpath("curve.jsonl").write_text("".join(
+            json.dumps({"step": 100 * (i + 1), "val_accuracy": a, "val_n": 100}) + "\n"
+            for i, a in enumerate(curve)))
+    return eval_dir(run, "eval-test", correct)
+
+
+def test_a_learning_curve_still_rising_at_its_end_gets_no_verdict(tmp_path):
+    flat = [0.5, 0.52, 0.53]
+    base = {s: run_eval_dir(tmp_path, f"b{s}", [False] * 50, flat) for s in (0, 1, 2)}
+    rising = {s: run_eval_dir(tmp_path, f"v{s}", [True] * 50, [0.2, 0.25, 0.4]) for s in (0, 1, 2)}
+    r = compare(rising, base)
+    # pooled over seeds: 0.225 on 600 val rows before, 0.40 on 300 at the end; SE 0.033
+    assert (r["curve"], r["baseline_curve"]) == ("rising", "flat")
+    assert r["seed_p"] == 0.0 and r["verdict"] == ("not converged: the variant's learning curve is "
+                                                   "still rising (0.23 -> 0.40 at its last point)")
+    # the baseline still rising blocks the comparison just the same
+    late = {s: run_eval_dir(tmp_path, f"c{s}", [False] * 50, [0.3, 0.3, 0.45]) for s in (0, 1, 2)}
+    same = {s: run_eval_dir(tmp_path, f"d{s}", [True] * 50, flat) for s in (0, 1, 2)}
+    assert compare(same, late)["verdict"].startswith("not converged: the baseline's")
+    # flat within noise, or at the ceiling: judged
+    assert compare(same, base)["verdict"] == "helps"
+    ceiling = {s: run_eval_dir(tmp_path, f"e{s}", [True] * 50, [0.9, 0.95, 1.0]) for s in (0, 1, 2)}
+    assert compare(ceiling, base)["verdict"] == "helps"
+    # no curve logged: judged, and the table's note says convergence was not checked
+    bare = {s: run_eval_dir(tmp_path, f"f{s}", [True] * 50) for s in (0, 1, 2)}
+    r = compare(bare, base)
+    assert r["curve"] == "none" and r["verdict"] == "helps"
+    text = "\n".join(verdict_lines([{"condition": "c", "split": "test", "variant": "v",
+                                     "baseline": "optimal", **r}]))
+    assert "Convergence not checked for 1 of 1 comparisons" in text and "logged no learning curve" in text
+
+
+def test_still_rising_rule():
+    pts = lambda accs: [{"val_accuracy": a, "val_n": 100} for a in accs]  # noqa: E731
+    assert still_rising([]) == {"state": "none"} and still_rising([[], []]) == {"state": "none"}
+    assert still_rising([pts([0.1, 0.2])])["state"] == "short"
+    # one seed: 0.30 vs 0.20 on 200 rows: SE = sqrt(.21/100 + .16/200) = 0.054; 0.10 > 1.645 SE
+    assert still_rising([pts([0.1, 0.2, 0.2, 0.3])])["state"] == "rising"
+    # 0.28: 0.08 < 0.089
+    assert still_rising([pts([0.1, 0.2, 0.2, 0.28])])["state"] == "flat"
+    # falling is not rising; a seed's point is pooled with the others'
+    assert still_rising([pts([0.6, 0.6, 0.5])])["state"] == "flat"
+    assert still_rising([pts([0.2, 0.2, 0.3]), pts([0.2, 0.2, 0.2])])["state"] == "flat"
