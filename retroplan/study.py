@@ -132,8 +132,31 @@ def compare(variant_dirs: dict[int, Path], baseline_dirs: dict[int, Path],
     boot = paired_bootstrap(a, b, strata=strata, resamples=10000, seed=0)
     test = mcnemar(a, b, strata=strata)
     n = len(a)
-    seeds = len(per_seed)
+    validity = stream_validity({k: variant_dirs[k] for k in per_seed})
+    curve = still_rising([curve_points(variant_dirs[k].parent) for k in per_seed])
+    base_curve = still_rising([curve_points(baseline_dirs[k].parent) for k in per_seed])
+    row = {
+        "n": n, "seeds": len(per_seed),
+        # pooled over (seed, instance); the verdict does not use these
+        "accuracy": sum(a) / n, "baseline_accuracy": sum(b) / n,
+        "delta": boot["delta"], "ci": list(boot["ci"]), "p": test["p"],
+        "b01": test["b01"], "b10": test["b10"], "mde": mcnemar_mde(n, test["b01"] + test["b10"], ALPHA),
+        "stream_validity": None if validity is None else validity[0],
+        "teacher_stream_validity": None if validity is None else validity[1],
+        "curve": curve["state"], "baseline_curve": base_curve["state"],
+        **seed_level(per_seed, acc, base_acc, margin),
+    }
+    row["withheld"] = withheld(row, curve, base_curve)
+    judge([row])
+    return row
+
+
+def seed_level(per_seed: dict, accuracy: list[float], baseline_accuracy: list[float],
+               margin: float = MARGIN) -> dict:
+    """The verdict's numbers over training seeds, from the per-seed deltas {seed: Δ_s} and each
+    side's per-seed accuracies (p-values not yet Holm-adjusted: `judge` does that)."""
     deltas = list(per_seed.values())
+    seeds = len(deltas)
     nan = float("nan")
     if seeds >= 2:
         t = paired_t(deltas, alpha=ALPHA)
@@ -141,42 +164,52 @@ def compare(variant_dirs: dict[int, Path], baseline_dirs: dict[int, Path],
         tost_p = tost(deltas, margin, alpha=ALPHA)["p"]
     else:
         seed_p, seed_ci, sd, tost_p = nan, [deltas[0], deltas[0]], nan, nan
-    validity = stream_validity({k: variant_dirs[k] for k in per_seed})
-    curve = still_rising([curve_points(variant_dirs[k].parent) for k in per_seed])
-    base_curve = still_rising([curve_points(baseline_dirs[k].parent) for k in per_seed])
+    _, acc_lo, acc_hi = rate_ci(accuracy)
+    _, base_lo, base_hi = rate_ci(baseline_accuracy)
+    return {"per_seed_delta": {str(k): v for k, v in per_seed.items()},
+            "seed_mean_delta": sum(deltas) / seeds, "seed_ci": seed_ci, "seed_sd": sd,
+            "seed_p": seed_p, "tost_p": tost_p, "margin": margin,
+            "seed_mde": seed_mde(sd, seeds, ALPHA) if seeds >= 2 else nan,
+            "accuracy_ci": [acc_lo, acc_hi], "baseline_accuracy_ci": [base_lo, base_hi]}
+
+
+def withheld(row: dict, curve: dict, base_curve: dict) -> str | None:
+    """Why a comparison gets no verdict (None: it gets one): too few seeds, streams not learned,
+    or a learning curve still rising at its end (variant's or baseline's)."""
+    seeds, model, teacher = row["seeds"], row["stream_validity"], row["teacher_stream_validity"]
     if seeds < MIN_SEEDS:
-        withheld = (f"not judged: {seeds} training seed{'s' if seeds > 1 else ''} "
-                    f"(a claim needs >= {MIN_SEEDS})")
-    elif validity is not None and validity[0] < STREAM_LEARNED * validity[1]:
-        withheld = (f"not judged: streams not learned (validity {validity[0]:.2f}, teacher's "
-                    f"{validity[1]:.2f}; a claim needs >= {STREAM_LEARNED:g} of it)")
-    elif "rising" in (curve["state"], base_curve["state"]):
+        return f"not judged: {seeds} training seed{'s' if seeds > 1 else ''} (a claim needs >= {MIN_SEEDS})"
+    if model is not None and model < STREAM_LEARNED * teacher:
+        return (f"not judged: streams not learned (validity {model:.2f}, teacher's {teacher:.2f}; "
+                f"a claim needs >= {STREAM_LEARNED:g} of it)")
+    if "rising" in (curve["state"], base_curve["state"]):
         who, c = ("variant", curve) if curve["state"] == "rising" else ("baseline", base_curve)
-        withheld = (f"not converged: the {who}'s learning curve is still rising "
-                    f"({c['earlier']:.2f} -> {c['last']:.2f} at its last point)")
-    else:
-        withheld = None
-    accuracy, acc_lo, acc_hi = rate_ci(acc)
-    baseline_accuracy, base_lo, base_hi = rate_ci(base_acc)
-    row = {
-        "n": n, "seeds": seeds,
-        # pooled over (seed, instance); the verdict does not use these
-        "accuracy": sum(a) / n, "baseline_accuracy": sum(b) / n,
-        "delta": boot["delta"], "ci": list(boot["ci"]), "p": test["p"],
-        "b01": test["b01"], "b10": test["b10"], "mde": mcnemar_mde(n, test["b01"] + test["b10"], ALPHA),
-        # over training seeds: the verdict's numbers
-        "per_seed_delta": {str(k): v for k, v in per_seed.items()},
-        "seed_mean_delta": sum(deltas) / seeds, "seed_ci": seed_ci, "seed_sd": sd,
-        "seed_p": seed_p, "tost_p": tost_p, "margin": margin,
-        "seed_mde": seed_mde(sd, seeds, ALPHA) if seeds >= 2 else nan,
-        "accuracy_ci": [acc_lo, acc_hi], "baseline_accuracy_ci": [base_lo, base_hi],
-        "stream_validity": None if validity is None else validity[0],
-        "teacher_stream_validity": None if validity is None else validity[1],
-        "curve": curve["state"], "baseline_curve": base_curve["state"],
-        "withheld": withheld,
-    }
-    judge([row])
-    return row
+        return (f"not converged: the {who}'s learning curve is still rising "
+                f"({c['earlier']:.2f} -> {c['last']:.2f} at its last point)")
+    return None
+
+
+def rejudge(old: list[dict], accuracy: dict | None = None, margin: float = MARGIN) -> list[dict]:
+    """verdicts.json rows written by an earlier rule (the pooled McNemar), judged again by this
+    one from what they kept: per-seed deltas, pooled counts, stream validity. `accuracy`:
+    {(condition, split, variant, seed): accuracy} from the study's results.csv, for the
+    accuracy intervals. Learning curves are not in verdicts.json: convergence is "none" (not
+    checked, said in the table's note)."""
+    table = []
+    for r in old:
+        seeds = [int(s) for s in r["per_seed_delta"]]
+        key = (r["condition"], r["split"])
+
+        def accs(variant, key=key, seeds=seeds):
+            return [accuracy[(*key, variant, s)] for s in seeds] if accuracy else []
+
+        n, discordant = r["n"], r["b01"] + r["b10"]
+        new = {**r, "mde": mcnemar_mde(n, discordant, ALPHA), "curve": "none", "baseline_curve": "none",
+               **seed_level({s: r["per_seed_delta"][str(s)] for s in seeds}, accs(r["variant"]),
+                            accs(r["baseline"]), margin)}
+        new["withheld"] = withheld(new, {"state": "none"}, {"state": "none"})
+        table.append(new)
+    return judge(table)
 
 
 def judge(table: list[dict]) -> list[dict]:

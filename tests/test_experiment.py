@@ -73,7 +73,7 @@ def test_run_writes_results_figures_and_a_readable_report(study):
     text = report.read_text()
     assert f"retroplan run {toml} --out {out}" in text
     assert "## Search behaviour" in text and "| d3 | stream | teacher |" in text
-    assert "mean over seeds [95% t-interval]" in text
+    assert "mean over seeds [95% t-interval, clipped to [0, 1]]" in text
     assert "![behaviour](behaviour.png)" in text and 'name = "tiny"' in text
 
 

@@ -213,3 +213,29 @@ def test_still_rising_rule():
     # falling is not rising; a seed's point is pooled with the others'
     assert still_rising([pts([0.6, 0.6, 0.5])])["state"] == "flat"
     assert still_rising([pts([0.2, 0.2, 0.3]), pts([0.2, 0.2, 0.2])])["state"] == "flat"
+
+
+def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
+    """experiments/results/answer/ kept verdicts.json (per-seed deltas) and results.csv: the
+    review's findings follow from them (lookahead p = 0.154; with Holm over the 9 comparisons
+    neither lookahead nor corrupted stays significant; the mixtures' seed-level upper bounds
+    are +0.034 and +0.111)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    folder = root / "experiments" / "results" / "answer"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "experiments" / "rejudge.py"), str(folder)],
+                          capture_output=True, text=True, check=True, cwd=root, env=env)
+    rows = {line.split(" | ")[2]: line for line in done.stdout.splitlines() if line.startswith("| degree2")}
+    assert len(rows) == 9 and "Holm-adjusted across the 9 comparisons" in done.stdout
+    assert rows["lookahead"].endswith("**inconclusive** |") and "| 0.154 | 0.463 |" in rows["lookahead"]
+    assert rows["corrupted"].endswith("**inconclusive** |")
+    assert rows["revthink"].endswith("**hurts** |") and rows["reverse"].endswith("**helps** |")
+    assert "-0.025 [-0.084, +0.034]" in rows["optimal+reverse"]
+    assert "-0.009 [-0.130, +0.111]" in rows["optimal+stream"]
+    assert "0.254 [0.000, 0.758]" in rows["lookahead"]  # inside [0, 1]
+    assert "Convergence not checked for 9 of 9 comparisons" in done.stdout
