@@ -206,13 +206,17 @@ def test_still_rising_rule():
     pts = lambda accs: [{"val_accuracy": a, "val_n": 100} for a in accs]  # noqa: E731
     assert still_rising([]) == {"state": "none"} and still_rising([[], []]) == {"state": "none"}
     assert still_rising([pts([0.1, 0.2])])["state"] == "short"
-    # one seed: 0.30 vs 0.20 on 200 rows: SE = sqrt(.21/100 + .16/200) = 0.054; 0.10 > 1.645 SE
+    # one seed: 0.30 vs 0.20 on 200 rows: SE = sqrt(.21/100 + .16/200) = 0.054; 0.10 > 1 SE
     assert still_rising([pts([0.1, 0.2, 0.2, 0.3])])["state"] == "rising"
-    # 0.28: 0.08 < 0.089
-    assert still_rising([pts([0.1, 0.2, 0.2, 0.28])])["state"] == "flat"
+    # 0.25: SE = sqrt(.1875/100 + .16/200) = 0.052 > 0.05
+    assert still_rising([pts([0.1, 0.2, 0.2, 0.25])])["state"] == "flat"
+    # the rise is measured in SEs: with 3 seeds pooled the same 0.20 -> 0.25 is rising
+    assert still_rising([pts([0.1, 0.2, 0.2, 0.25])] * 3)["state"] == "rising"
     # falling is not rising; a seed's point is pooled with the others'
     assert still_rising([pts([0.6, 0.6, 0.5])])["state"] == "flat"
-    assert still_rising([pts([0.2, 0.2, 0.3]), pts([0.2, 0.2, 0.2])])["state"] == "flat"
+    # 0.20 -> 0.26 alone: SE 0.052, rising; pooled with a flat seed: 0.23 vs 0.20, SE 0.036, flat
+    assert still_rising([pts([0.2, 0.2, 0.26])])["state"] == "rising"
+    assert still_rising([pts([0.2, 0.2, 0.26]), pts([0.2, 0.2, 0.2])])["state"] == "flat"
 
 
 def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
