@@ -221,12 +221,13 @@ def test_a_setting_that_changes_no_result_is_fixed_in_place(q):
     toml = q.parent / "exp.toml"
     toml.write_text(TOML.replace('name = "tiny"', 'name = "tiny, renamed"\ndescription = "fixed"')
                     .replace("threads = 1", 'threads = 1\ndevice = "cpu"\ncompile = false')
-                    + '\n[eval]\nbatch_size = 3\ndevice = "cpu"\n')
+                    + '\n[eval]\nbatch_size = 3\ndevice = "cpu"\n[study]\nmargin = 0.1\n')
     before = results(q)
     stamp = (q / "runs" / "d2-optimal-s0" / "eval-test" / "metrics.json").stat().st_mtime_ns
     report = run_experiment(toml, q, progress=False)
     assert (q / "experiment.toml").read_text() == toml.read_text()  # the corrected file is kept
     assert "# tiny, renamed" in report.read_text() and "fixed" in report.read_text()
+    assert "equivalence within ±0.1" in report.read_text()  # the margin only changes the report
     assert (q / "runs" / "d2-optimal-s0" / "eval-test" / "metrics.json").stat().st_mtime_ns == stamp
     assert {v: r["accuracy"] for v, r in results(q).items()} == {v: r["accuracy"] for v, r in before.items()}
     # a setting that changes results still makes it another experiment
