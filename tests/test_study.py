@@ -28,6 +28,10 @@ def test_a_variant_that_is_right_where_the_baseline_fails_helps(tmp_path):
     assert r["p"] == pytest.approx(2 * 0.5 ** 48)      # exact McNemar: all 48 discordant one way
     assert r["ci"][0] > 0 and r["verdict"] == "helps"
     assert r["seed_p"] == 0.0 and r["seed_sd"] == pytest.approx(0, abs=1e-12)  # every seed +0.4
+    # verdicts.json keeps every key the pooled rule wrote (new ones are added)
+    assert {"n", "seeds", "accuracy", "baseline_accuracy", "delta", "ci", "p", "b01", "b10", "mde",
+            "per_seed_delta", "seed_mean_delta", "seed_ci", "stream_validity", "teacher_stream_validity",
+            "verdict"} <= set(r)
     assert r["per_seed_delta"] == {"0": pytest.approx(0.4), "1": pytest.approx(0.4), "2": pytest.approx(0.4)}
     worse = compare(base, var)
     assert worse["verdict"] == "hurts" and worse["delta"] == pytest.approx(-0.4)
