@@ -40,6 +40,7 @@ from .errors import UserError, require, require_field_types
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
+from .traces import components
 from .traces.suite import Suite, open_suite
 
 
@@ -217,10 +218,29 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def masked_loss(model, x, y) -> torch.Tensor:
+def masked_loss(model, x, y, with_logits: bool = False):
+    """Mean cross-entropy over the targets that carry loss (and, `with_logits`, the logits)."""
     logits = model(x)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                            ignore_index=IGNORE)
+    return (loss, logits) if with_logits else loss
+
+
+@torch.no_grad()
+def loss_by_kind(logits: torch.Tensor, y: torch.Tensor, row_kinds: np.ndarray,
+                 names: list[str]) -> dict[str, float]:
+    """A mixture batch's loss per component: the mean cross-entropy over the supervised targets
+    of the rows of each kind (named by `names[kind]`); a kind with no such target is left out."""
+    per_token = F.cross_entropy(logits.detach().reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                                ignore_index=IGNORE, reduction="none").view(y.shape)
+    valid = y != IGNORE
+    out = {}
+    for k in np.unique(row_kinds):
+        rows = torch.from_numpy(row_kinds == k).to(y.device)
+        count = int(valid[rows].sum())
+        if count:
+            out[names[int(k)]] = round(float(per_token[rows].sum()) / count, 6)
+    return out
 
 
 @torch.no_grad()
@@ -301,7 +321,13 @@ def plan_steps(suite_path, cfg: TrainConfig, what: str, amount: int, exact: bool
     rows, context, _, _ = training_rows(split, cfg, suite.max_len())
     return budget_steps(split, cfg.batch_size, what, amount, seed=cfg.seed, rows=rows,
                         no_loss=suite.grammar.no_loss_tokens(suite.vocab), max_len=context + 1,
-                        exact=exact)
+                        exact=exact, mixed=is_mixture(suite))
+
+
+def is_mixture(suite: Suite) -> bool:
+    """Whether the suite is a mixture (`a+b`): its batches then mix the components
+    (`batching.BatchOrder` with the row kinds)."""
+    return len(components(suite.name)) > 1
 
 
 def curve_rows(suite: Suite, n: int) -> np.ndarray:
@@ -372,7 +398,9 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         return checkpoint._read_json(out / "final.json", "run summary")
 
     net = _ddp_wrap(model, device, world)
-    order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed)
+    mixture = is_mixture(suite)
+    order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed,
+                       kinds=np.asarray(split.kind) if mixture else None)
     widths = None  # with compile: the batch widths compiled for (None: any width, dynamic)
     if cfg.compile:
         widths = compile_widths(split.lengths, order, context + 1)
@@ -398,6 +426,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     # (no synchronisation per step) and checked where the counters are summed
     bad_step = torch.zeros((), dtype=torch.int64, device=device)
     kind = np.asarray(split.kind)
+    kind_loss = state.get("loss_by_component")  # a mixture: the last logged batch's, per component
     keep = set(cfg.keep_steps)
     model.train()
     try:
@@ -413,8 +442,13 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
+            logs_next = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
             with autocast:
-                loss = masked_loss(net, x, y)
+                if mixture and logs_next:  # the batch's loss per component, for the log
+                    loss, logits = masked_loss(net, x, y, with_logits=True)
+                    kind_loss = loss_by_kind(logits, y, kind[batch_rows], components(suite.name))
+                else:
+                    loss = masked_loss(net, x, y)
             bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss.detach()), step + 1, bad_step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -441,6 +475,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 loss_value = loss.item()
                 record = {"step": step, "loss": round(loss_value, 6), "lr": lr_at(cfg, step - 1),
                           **seen, "elapsed_s": round(time.perf_counter() - t0, 3)}
+                if mixture:  # the loss of each component's rows in this batch (rank 0's slice)
+                    record["loss_by_component"] = kind_loss
                 if cfg.compile:  # grows only when a batch of a new shape was compiled for
                     record["compiled_graphs"] = compiled_graphs() - graphs_before
                 if cfg.eval_every and step % cfg.eval_every == 0 and main:
@@ -476,6 +512,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             if main and saves:
                 checkpoint.save(out, step, model, optimizer,
                                 {"train": asdict(cfg), **seen, "loss": loss_value,
+                                 **({"loss_by_component": kind_loss} if mixture else {}),
                                  "train_seconds": time.perf_counter() - t0,
                                  "curve_seconds": curve_seconds}, keep=keep)
     finally:
@@ -490,6 +527,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                "parameters": model.num_params(), "device": str(device), "precision": precision,
                "val_loss": validation_loss(model, suite, device, max_len=context + 1) if main else None,
                "dropped_long_rows": dropped, "cut_long_rows": cut}
+    if mixture:  # "final_loss" is the last batch's, whose rows mix the components: each one's
+        summary["final_loss_by_component"] = kind_loss
     if cfg.curve_every:
         summary["curve_seconds"] = round(curve_seconds, 2)
     if cfg.compile:
