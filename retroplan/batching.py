@@ -16,11 +16,15 @@ BUDGETS = ("steps", "examples", "tokens", "forward_examples")  # what `budget_st
 EXACT_TOKEN_LIMIT = 50_000_000  # `budget_steps` counts tokens exactly up to this split size
 
 
-def collate(split, rows: np.ndarray, pad_id: int, no_loss: list[int], max_len: int | None = None):
+def collate(split, rows: np.ndarray, pad_id: int, no_loss: list[int], max_len: int | None = None,
+            teacherless: bool = False):
     """Inputs, targets and prompt lengths for `rows` of a split, right-padded.
 
     Targets are IGNORE on prompt positions, padding, and `no_loss` tokens. Rows longer than
     `max_len` are cut to it (callers decide beforehand whether such rows are used at all).
+    `teacherless` (Bachmann & Nagarajan 2024): every completion position's input is the dummy
+    token `pad_id` (a token no completion holds), so the model predicts each answer token from
+    the prompt alone, never from its own earlier answer tokens; the targets are unchanged.
     """
     seqs = [split.row(int(r)) for r in rows]
     if max_len is not None:
@@ -34,6 +38,8 @@ def collate(split, rows: np.ndarray, pad_id: int, no_loss: list[int], max_len: i
         y[b, :n] = s[1:]
         p = int(split.prompt_len[int(r)])
         y[b, : max(0, p - 1)] = IGNORE
+        if teacherless:
+            x[b, p:] = pad_id
     if no_loss:
         y[np.isin(y, no_loss)] = IGNORE
     return torch.from_numpy(x), torch.from_numpy(y)

@@ -5,7 +5,9 @@ torch.compile), or several under `torchrun` (DDP; each rank takes its slice of e
 Compiled, the model gets one static graph per batch width where the run's batches have few
 widths (a batch is padded up to one of them), else one graph with a dynamic width
 (`batching.compile_widths`); train_log.jsonl and final.json count the graphs compiled.
-The loss is next-token cross-entropy on the completion tokens only. Checkpoints every
+The loss is next-token cross-entropy on the completion tokens only; with `objective =
+"teacherless"` the completion's inputs are a dummy token (`batching.collate`), so every answer
+token is predicted from the prompt alone. Checkpoints every
 `checkpoint_every` steps, at every step of `keep_steps` (kept on disk) and at the end; a
 resumed run continues from the latest checkpoint and, on CPU, ends with exactly the weights
 of an uninterrupted run (same batches, same optimizer moments, same RNG state).
@@ -74,6 +76,8 @@ class TrainConfig:
     curve_every: int = 0            # val generation accuracy every N steps and at the end (0: off)
     curve_examples: int = 200       # ... on the first N forward rows of the val split
     tensorboard: bool = False       # also log to RUN/tensorboard (pip install 'retroplan[tensorboard]')
+    objective: str = "next-token"   # next-token | teacherless: completion inputs replaced by a dummy
+                                    # token (Bachmann & Nagarajan 2024); eval then decodes in parallel
 
     def validate(self) -> None:
         require_field_types(self, "train")
@@ -100,6 +104,8 @@ class TrainConfig:
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train beta1 and beta2 must be in [0, 1).")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+        require(self.objective in OBJECTIVES,
+                f"train objective must be {' or '.join(OBJECTIVES)}, got {self.objective!r}.")
         require(self.precision in PRECISIONS,
                 f"train precision must be auto, fp32 or bf16, got {self.precision!r}.")
         keep = self.keep_steps
@@ -133,6 +139,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+OBJECTIVES = ("next-token", "teacherless")
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -230,7 +237,8 @@ def masked_loss(model, x, y, with_logits: bool = False):
 def loss_by_kind(logits: torch.Tensor, y: torch.Tensor, row_kinds: np.ndarray,
                  names: list[str]) -> dict[str, float]:
     """A mixture batch's loss per component: the mean cross-entropy over the supervised targets
-    of the rows of each kind (named by `names[kind]`); a kind with no such target is left out."""
+    of the rows of each kind (named by `names[kind]`: `optimal`, `[reverse]`); a kind with no
+    such target is left out."""
     per_token = F.cross_entropy(logits.detach().reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                                 ignore_index=IGNORE, reduction="none").view(y.shape)
     valid = y != IGNORE
@@ -245,7 +253,7 @@ def loss_by_kind(logits: torch.Tensor, y: torch.Tensor, row_kinds: np.ndarray,
 
 @torch.no_grad()
 def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: int = 64,
-                    max_len: int | None = None) -> float | None:
+                    max_len: int | None = None, teacherless: bool = False) -> float | None:
     if "val" not in suite.splits or len(suite.split("val")) == 0:
         return None
     split = suite.split("val")
@@ -255,7 +263,8 @@ def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: in
     model.eval()
     total, count = 0.0, 0
     for lo in range(0, len(chosen), batch_size):
-        x, y = collate(split, chosen[lo: lo + batch_size], suite.vocab.pad_id, no_loss, max_len)
+        x, y = collate(split, chosen[lo: lo + batch_size], suite.vocab.pad_id, no_loss, max_len,
+                       teacherless=teacherless)
         x, y = x.to(device), y.to(device)
         logits = model(x).float()
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
@@ -337,14 +346,16 @@ def curve_rows(suite: Suite, n: int) -> np.ndarray:
     return np.flatnonzero(suite.split("val").kind == 0)[:n]
 
 
-def curve_point(model: GPT, suite: Suite, rows: np.ndarray, device, batch_size: int = 256) -> dict:
-    """Greedy generation on val `rows`, parsed and replayed by `eval.judge` exactly as eval
-    does, and teacher-forced token accuracy (eval's mean over rows); leaves `model` in eval mode."""
+def curve_point(model: GPT, suite: Suite, rows: np.ndarray, device, batch_size: int = 256,
+                teacherless: bool = False) -> dict:
+    """Greedy generation on val `rows` (a teacherless model: its parallel decoding), parsed and
+    replayed by `eval.judge` exactly as eval does, and teacher-forced token accuracy (eval's
+    mean over rows); leaves `model` in eval mode."""
     split = suite.split("val")
     model.eval()
-    tf = teacher_forced(model, suite, split, rows, min(batch_size, 128), device)
+    tf = teacher_forced(model, suite, split, rows, min(batch_size, 128), device, teacherless=teacherless)
     generated = _generate_all(model, suite, split, rows, EvalConfig(batch_size=batch_size),
-                              device, progress=False)
+                              device, progress=False, teacherless=teacherless)
     correct = [judge(suite, split.instances, int(split.instance[r]), generated[(int(r), 0)][0])["correct"]
                for r in rows]
     return {"val_accuracy": float(np.mean(correct)), "val_n": len(rows),
@@ -399,6 +410,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
 
     net = _ddp_wrap(model, device, world)
     mixture = is_mixture(suite)
+    # the log's name of each row kind: the first component, then each other one by its tag
+    component_names = [f"[{c}]" if k else c for k, c in enumerate(components(suite.name))]
     order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed,
                        kinds=np.asarray(split.kind) if mixture else None)
     widths = None  # with compile: the batch widths compiled for (None: any width, dynamic)
@@ -426,13 +439,14 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     # (no synchronisation per step) and checked where the counters are summed
     bad_step = torch.zeros((), dtype=torch.int64, device=device)
     kind = np.asarray(split.kind)
+    teacherless = cfg.objective == "teacherless"
     kind_loss = state.get("loss_by_component")  # a mixture: the last logged batch's, per component
     keep = set(cfg.keep_steps)
     model.train()
     try:
         while step < cfg.steps:
             batch_rows = order.batch(step)[rank::world]
-            x, y = collate(split, batch_rows, suite.vocab.pad_id, no_loss, context + 1)
+            x, y = collate(split, batch_rows, suite.vocab.pad_id, no_loss, context + 1, teacherless)
             pending += (len(batch_rows), int((kind[batch_rows] == 0).sum()),
                         int((y != IGNORE).sum()), x.numel())
             if widths:  # compiled for these widths only: pad up to one (counted above unpadded)
@@ -446,7 +460,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             with autocast:
                 if mixture and logs_next:  # the batch's loss per component, for the log
                     loss, logits = masked_loss(net, x, y, with_logits=True)
-                    kind_loss = loss_by_kind(logits, y, kind[batch_rows], components(suite.name))
+                    kind_loss = loss_by_kind(logits, y, kind[batch_rows], component_names)
                 else:
                     loss = masked_loss(net, x, y)
             bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss.detach()), step + 1, bad_step)
@@ -480,7 +494,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 if cfg.compile:  # grows only when a batch of a new shape was compiled for
                     record["compiled_graphs"] = compiled_graphs() - graphs_before
                 if cfg.eval_every and step % cfg.eval_every == 0 and main:
-                    record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1)
+                    record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1,
+                                                         teacherless=teacherless)
                 if main:
                     log.write(json_line(record))
                     log.flush()
@@ -496,7 +511,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                             board.add_scalar(f"train/{key}", record[key], step)
             if main and curves:  # before the checkpoint: a resumed run never misses a point
                 c0 = time.perf_counter()
-                point = curve_point(model, suite, curve, device)
+                point = curve_point(model, suite, curve, device, teacherless=teacherless)
                 model.train()
                 with open_append(out / "curve.jsonl") as fh:
                     fh.write(json_line({"step": step, "examples_seen": seen["examples_seen"],
@@ -525,7 +540,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
                "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
                "parameters": model.num_params(), "device": str(device), "precision": precision,
-               "val_loss": validation_loss(model, suite, device, max_len=context + 1) if main else None,
+               "val_loss": validation_loss(model, suite, device, max_len=context + 1,
+                                           teacherless=teacherless) if main else None,
                "dropped_long_rows": dropped, "cut_long_rows": cut}
     if mixture:  # "final_loss" is the last batch's, whose rows mix the components: each one's
         summary["final_loss_by_component"] = kind_loss

@@ -97,9 +97,9 @@ def test_a_mixture_run_mixes_its_batches_and_logs_the_loss_of_each_component(mak
         assert np.bincount(split.kind[order.batch(step)]).tolist() == [8, 8]
     summary = train(path, tmp_path / "run", cfg, progress=False)
     assert summary["forward_examples"] == 6 * 8
-    assert set(summary["final_loss_by_component"]) == {"optimal", "reverse"}
+    assert set(summary["final_loss_by_component"]) == {"optimal", "[reverse]"}
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert all(set(rec["loss_by_component"]) == {"optimal", "reverse"} for rec in log)
+    assert all(set(rec["loss_by_component"]) == {"optimal", "[reverse]"} for rec in log)
     # half of every batch is forward: a forward-examples budget takes twice its batches
     assert plan_steps(path, cfg, "forward_examples", 80) == 10
     assert budget_steps(split, 16, "forward_examples", 80, mixed=True) == 10
