@@ -256,7 +256,18 @@ def experiment_identity(raw: dict) -> dict:
         ident[table] = t
         if not t:
             del ident[table]
+    if isinstance(ident.get("conditions"), list):  # a condition's own train table, likewise
+        ident["conditions"] = [_condition_identity(c) for c in ident["conditions"]]
     return ident
+
+
+def _condition_identity(condition):
+    """A condition without the machine settings of its train table (and the table if it empties)."""
+    if not (isinstance(condition, dict) and isinstance(condition.get("train"), dict)):
+        return condition
+    train = {k: x for k, x in condition["train"].items() if k not in NO_RESULT_KEYS["train"]}
+    rest = {k: x for k, x in condition.items() if k != "train"}
+    return {**rest, "train": train} if train else rest
 
 
 def _same_experiment(old: bytes, old_overrides: list[str], new: bytes, new_overrides: list[str]) -> bool:

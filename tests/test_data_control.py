@@ -2,10 +2,13 @@
 behind `[optimal]` — as many extra rows and tokens as `optimal+reverse` adds, no backward
 content — accepted as a study variant under both budgets, and a condition's own train table."""
 
+import copy
+import tomllib
+
 import numpy as np
 
 from retroplan.cli import main
-from retroplan.experiment import load_experiment
+from retroplan.experiment import experiment_identity, load_experiment
 from retroplan.traces import writes
 from retroplan.traces.suite import open_suite
 from retroplan.train import TrainConfig, plan_steps
@@ -70,6 +73,16 @@ path_len = 4
 train = {objective = "teacherless"}
 ''')
     exp = load_experiment(path)
+    # a machine setting in a condition's train table changes no result, as in [train]
+    raw = tomllib.loads(path.read_text())
+    threads = copy.deepcopy(raw)
+    threads["conditions"][1]["train"]["threads"] = 2
+    assert experiment_identity(threads) == experiment_identity(raw)
+    threads["conditions"][1]["train"]["lr"] = 1e-2
+    assert experiment_identity(threads) != experiment_identity(raw)
+    threads["conditions"][0]["train"] = {"threads": 2}   # a table of machine settings only
+    del threads["conditions"][1]["train"]["lr"]
+    assert experiment_identity(threads) == experiment_identity(raw)
     pieces = exp["_train_by_piece"]
     assert pieces[("degree2-path_len4", "optimal")].objective == "next-token"
     assert pieces[("teacherless", "optimal")].objective == "teacherless"
