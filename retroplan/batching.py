@@ -16,11 +16,15 @@ BUDGETS = ("steps", "examples", "tokens", "forward_examples")  # what `budget_st
 EXACT_TOKEN_LIMIT = 50_000_000  # `budget_steps` counts tokens exactly up to this split size
 
 
-def collate(split, rows: np.ndarray, pad_id: int, no_loss: list[int], max_len: int | None = None):
+def collate(split, rows: np.ndarray, pad_id: int, no_loss: list[int], max_len: int | None = None,
+            teacherless: bool = False):
     """Inputs, targets and prompt lengths for `rows` of a split, right-padded.
 
     Targets are IGNORE on prompt positions, padding, and `no_loss` tokens. Rows longer than
     `max_len` are cut to it (callers decide beforehand whether such rows are used at all).
+    `teacherless` (Bachmann & Nagarajan 2024): every completion position's input is the dummy
+    token `pad_id` (a token no completion holds), so the model predicts each answer token from
+    the prompt alone, never from its own earlier answer tokens; the targets are unchanged.
     """
     seqs = [split.row(int(r)) for r in rows]
     if max_len is not None:
@@ -34,28 +38,66 @@ def collate(split, rows: np.ndarray, pad_id: int, no_loss: list[int], max_len: i
         y[b, :n] = s[1:]
         p = int(split.prompt_len[int(r)])
         y[b, : max(0, p - 1)] = IGNORE
+        if teacherless:
+            x[b, p:] = pad_id
     if no_loss:
         y[np.isin(y, no_loss)] = IGNORE
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def component_counts(sizes: list[int], batch_size: int) -> list[int]:
+    """Rows of each component in a batch of `batch_size`: its share sizes[c] / sum(sizes) of the
+    batch, rounded by largest remainder (ties: the earlier component), at least 1 each (taken
+    from the largest count). 1:1 at 64 -> [32, 32]; 2:1 at 64 -> [43, 21]."""
+    total = sum(sizes)
+    exact = [batch_size * n / total for n in sizes]
+    counts = [int(math.floor(e)) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda c: (-(exact[c] - counts[c]), c))
+    for c in by_remainder[: batch_size - sum(counts)]:
+        counts[c] += 1
+    for c in range(len(counts)):
+        if counts[c] == 0:
+            counts[max(range(len(counts)), key=lambda k: counts[k])] -= 1
+            counts[c] = 1
+    return counts
+
+
 class BatchOrder:
     """Which rows form batch `step`: epochs are seeded permutations; within windows of
     `bucket` batches, rows are sorted by length so a batch pads little (the window is then
-    split and the batches shuffled, so lengths don't drift through an epoch)."""
+    split and the batches shuffled, so lengths don't drift through an epoch).
+
+    A mixture (`kinds` given, the suite's row kind array, with more than one kind among `rows`)
+    mixes within every batch: each batch holds each component's `component_counts` rows (its
+    share of the batch, largest-remainder rounding), drawn from that component's own seeded
+    permutation and length-bucketed within the component, so no batch is one component only.
+    Without `kinds` (or with one kind) the order is exactly the unmixed one."""
 
     def __init__(self, lengths: np.ndarray, rows: np.ndarray, batch_size: int, seed: int,
-                 bucket: int = 32):
+                 bucket: int = 32, kinds: np.ndarray | None = None):
         self.lengths = lengths
         self.rows = rows
         self.batch_size = min(batch_size, len(rows))
         self.seed = seed
         self.bucket = bucket
         self.per_epoch = max(1, len(rows) // self.batch_size)
+        self.components: list[np.ndarray] = []  # a mixture: each kind's rows, kinds ascending
+        self.component_counts: list[int] = []   # ... and its rows in every batch
+        if kinds is not None:
+            row_kinds = np.asarray(kinds)[rows]
+            present = np.unique(row_kinds)
+            if len(present) > 1:
+                self.components = [rows[row_kinds == k] for k in present]
+                self.component_counts = component_counts(
+                    [len(c) for c in self.components], self.batch_size)
+                self.per_epoch = max(1, min(len(c) // n for c, n in
+                                            zip(self.components, self.component_counts)))
         self._epoch = -1
         self._batches: list[np.ndarray] = []
 
     def _plan(self, epoch: int) -> list[np.ndarray]:
+        if self.components:
+            return self._plan_mixed(epoch)
         rng = np.random.default_rng([self.seed, epoch])
         perm = self.rows[rng.permutation(len(self.rows))][: self.per_epoch * self.batch_size]
         batches = []
@@ -64,6 +106,25 @@ class BatchOrder:
             part = perm[lo: lo + window]
             part = part[np.argsort(self.lengths[part], kind="stable")]
             batches.extend(part[i: i + self.batch_size] for i in range(0, len(part), self.batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _plan_mixed(self, epoch: int) -> list[np.ndarray]:
+        """Batch j of the epoch = chunk j of every component, concatenated in kind order. Each
+        component is permuted (its own stream of (seed, epoch)) and cut into windows of `bucket`
+        chunks, sorted by length within the window: chunk j of every component comes from the
+        same window position, so the parts of one batch have similar lengths."""
+        rng = np.random.default_rng([self.seed, epoch])
+        chunks = []
+        for c, (rows, count) in enumerate(zip(self.components, self.component_counts)):
+            crng = np.random.default_rng([self.seed, epoch, 1 + c])
+            perm = rows[crng.permutation(len(rows))][: self.per_epoch * count]
+            parts = []
+            for lo in range(0, len(perm), self.bucket * count):
+                part = perm[lo: lo + self.bucket * count]
+                part = part[np.argsort(self.lengths[part], kind="stable")]
+                parts.extend(part[i: i + count] for i in range(0, len(part), count))
+            chunks.append(parts)
+        batches = [np.concatenate([parts[j] for parts in chunks]) for j in range(self.per_epoch)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def epoch(self, epoch: int) -> list[np.ndarray]:
@@ -115,9 +176,10 @@ def supervised_tokens_per_row(split, no_loss, max_len: int | None = None,
 
 def budget_steps(split, batch_size: int, what: str, amount: int, *, seed: int = 0,
                  rows: np.ndarray | None = None, no_loss=(), max_len: int | None = None,
-                 exact: bool | None = None) -> int:
+                 exact: bool | None = None, mixed: bool = False) -> int:
     """The optimizer steps after which the trainer has seen `amount` of `what`, predicted
-    without training, under `BatchOrder(split.lengths, rows, batch_size, seed)`.
+    without training, under `BatchOrder(split.lengths, rows, batch_size, seed)` (a mixture's
+    order, mixed within every batch, with `mixed`).
 
     `what`: "steps" (returned as is), "examples" (rows drawn), "forward_examples" (rows
     of kind 0) or "tokens" (supervised tokens: completion tokens that carry loss, counted
@@ -142,7 +204,8 @@ def budget_steps(split, batch_size: int, what: str, amount: int, *, seed: int = 
         return amount
     rows = np.arange(len(split)) if rows is None else np.asarray(rows, dtype=np.int64)
     require(len(rows) > 0, "a budget needs at least one training row.")
-    order = BatchOrder(split.lengths, rows, batch_size, seed)
+    order = BatchOrder(split.lengths, rows, batch_size, seed,
+                       kinds=np.asarray(split.kind) if mixed else None)
     if what == "examples":
         return math.ceil(amount / order.batch_size)
     if what == "forward_examples":

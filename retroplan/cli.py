@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "RUN/probe-TARGET-SPLIT/probe.json (docs/METRICS.md, Probes).")
     pr.add_argument("run")
     pr.add_argument("--target", required=True,
-                    help="arm: the first move at the last prompt token (pathstar, graph); distance: the "
+                    help="arm: the first move, where it is predicted (pathstar, graph; arm-eq: at the "
+                         "last prompt token `=`, one position earlier); distance: the "
                          "plan node's distance to the goal (pathstar, graph); live: the goal is still "
                          "reachable, at each move of a stream / backward-stream run")
     pr.add_argument("--split", default="test", help="the held-out split to probe on (default test)")
@@ -224,7 +225,7 @@ def _generate(args) -> None:
 def _inspect(args) -> None:
     import numpy as np
 
-    from .traces import CITES, components, writes
+    from .traces import CITES, components, is_data_control, writes
     from .traces.suite import open_suite
 
     if args.rows < 0:
@@ -240,7 +241,11 @@ def _inspect(args) -> None:
     print(f"  options {json.dumps(meta['options'], sort_keys=True)}")
     for line in suite.task.describe(suite.config):
         print(f"  {line}")
-    for part in components(suite.name):
+    for j, part in enumerate(components(suite.name)):
+        if is_data_control(suite.name, j):
+            print(f"  [{part}]: {part}'s own rows again behind [{part}] (a data control: as many "
+                  "extra rows and tokens as another component, no other content)")
+            continue
         print(f"  {part}: writes the {writes(part)}; after {CITES.get(part, '?')}")
         note = suite.grammar.variant_note(meta["task"], part)
         if note:
@@ -379,11 +384,14 @@ def _list(args) -> None:
     from .envs import TASKS
     from .models import PRESETS
     from .traces import GRAMMARS
+    from .traces.vocab import MIXABLE
 
     for name, task in TASKS.items():
         fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(task.Config))
         print(f"{name} ({task.ENV_ID}): {fields}")
         print(f"  variants: {', '.join(GRAMMARS[name].VARIANTS)}")
+    print(f"mixtures: a+b+... of {', '.join(MIXABLE)} (the first is evaluated); a+a is the data "
+          "control (a's rows again behind [a]), e.g. optimal+optimal")
     print("model presets: " + ", ".join(f"{k} ({v['n_layer']}x{v['n_embd']})" for k, v in PRESETS.items()))
 
 

@@ -4,8 +4,8 @@ environment, judge every step of every stream, and count.
 Reported (each with the count it is over): planning accuracy, first-step accuracy (the plan's
 first move lies on a shortest path), optimality and SWC, faithful accuracy for stream
 variants (the plan is the path the model's own stream reached), parse failures,
-teacher-forced token / first-token / whole-sequence accuracy (right under teacher forcing
-but wrong when generating is the Clever Hans signature), the behaviour metrics of
+teacher-forced token / first-token / deciding-token / whole-sequence accuracy (right under
+teacher forcing but wrong when generating is the Clever Hans signature), the behaviour metrics of
 `metrics.py` for the model's streams and for the teacher's streams of the same instances,
 and, with sampling, pass@k and best-of-n. Broken down by difficulty. Per-example records go
 to `records.jsonl`.
@@ -99,10 +99,14 @@ def identity(run_dir: str | os.PathLike, suite_path: str | os.PathLike, cfg: Eva
     included) and the retroplan version. metrics.json records it; `retroplan run` reuses an
     evaluation only when it equals what it would compute now."""
     weights = Path(run_dir) / "checkpoints" / checkpoint.step_dir_name(step) / "model.safetensors"
-    return {"suite_meta_sha256": sha256_file(Path(suite_path) / "meta.json"),
-            "step": int(step), "model_sha256": sha256_file(weights),
-            "decoding": {k: v for k, v in asdict(cfg).items() if k not in NO_RESULT_SETTINGS},
-            "retroplan_version": __version__}
+    out = {"suite_meta_sha256": sha256_file(Path(suite_path) / "meta.json"),
+           "step": int(step), "model_sha256": sha256_file(weights),
+           "decoding": {k: v for k, v in asdict(cfg).items() if k not in NO_RESULT_SETTINGS},
+           "retroplan_version": __version__}
+    objective = checkpoint.read_run(Path(run_dir)).get("train", {}).get("objective", "next-token")
+    if objective != "next-token":  # how it was decoded (teacherless: in parallel); absent before
+        out["objective"] = objective
+    return out
 
 
 def _hand_eval_name(cfg: EvalConfig, chosen_step: int | None, suite: Suite, own_suite: bool) -> str:
@@ -169,13 +173,18 @@ def judge(suite: Suite, instances: dict, i: int, completion_ids) -> dict:
 
 
 @torch.no_grad()
-def teacher_forced(model, suite: Suite, split, rows: np.ndarray, batch_size: int, device):
-    """Per row: (completion tokens right, completion tokens, first token right, all right)."""
+def teacher_forced(model, suite: Suite, split, rows: np.ndarray, batch_size: int, device,
+                   teacherless: bool = False):
+    """Per row: (completion tokens right, completion tokens, first token right, all right,
+    deciding token right: 1/0, or -1 where the row has none within the context; see
+    `deciding_positions`). A `teacherless` model is fed what it was trained on, the dummy token
+    at every completion position: its "teacher-forced" accuracy is that of its parallel answer."""
     no_loss = suite.grammar.no_loss_tokens(suite.vocab)
-    out = np.zeros((len(rows), 4), dtype=np.int64)
+    deciding = deciding_positions(suite, split, rows)
+    out = np.zeros((len(rows), 5), dtype=np.int64)
     for lo in range(0, len(rows), batch_size):
         chunk = rows[lo: lo + batch_size]
-        x, y = collate(split, chunk, suite.vocab.pad_id, no_loss, model.cfg.block_size + 1)
+        x, y = collate(split, chunk, suite.vocab.pad_id, no_loss, model.cfg.block_size + 1, teacherless)
         x, y = x.to(device), y.to(device)
         pred = model(x).argmax(-1)
         valid = y != IGNORE
@@ -186,6 +195,23 @@ def teacher_forced(model, suite: Suite, split, rows: np.ndarray, batch_size: int
         out[lo: lo + len(chunk), 1] = valid.sum(1).cpu().numpy()
         out[lo: lo + len(chunk), 2] = right[idx, first].cpu().numpy()
         out[lo: lo + len(chunk), 3] = (right.sum(1) == valid.sum(1)).cpu().numpy()
+        at = torch.from_numpy(deciding[lo: lo + len(chunk)]).to(device)
+        inside = (at >= 0) & (at < x.shape[1])
+        hit = right[idx, at.clamp(0, x.shape[1] - 1)] & valid[idx, at.clamp(0, x.shape[1] - 1)]
+        out[lo: lo + len(chunk), 4] = torch.where(inside, hit.long(), -1).cpu().numpy()
+    return out
+
+
+def deciding_positions(suite: Suite, split, rows: np.ndarray) -> np.ndarray:
+    """Per row, the input position whose next-token prediction is the row's deciding token
+    (the grammar's `deciding_index` into the suite's own completion, + prompt length - 1), or
+    -1 where the row has none. On graph tasks' forward plans: the position of p0, the start
+    node written after `=`, where the model predicts its first move."""
+    out = np.full(len(rows), -1, dtype=np.int64)
+    for k, r in enumerate(rows):
+        j = suite.grammar.deciding_index(suite.variant, split.completion(int(r)), suite.vocab)
+        if j is not None:
+            out[k] = int(split.prompt_len[int(r)]) + j - 1
     return out
 
 
@@ -200,11 +226,14 @@ def eval_prefixes(suite: Suite, split, rows, cfg: EvalConfig) -> dict[int, list[
 
 
 def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, progress: bool,
-                  prefixes: dict[int, list[int]] | None = None):
+                  prefixes: dict[int, list[int]] | None = None, teacherless: bool = False):
     """{(row, sample): (token ids up to <eos>, summed log-prob)} for every row and sample;
-    the model continues each prompt after its forced `prefixes[row]` (not in the ids).
+    the model continues each prompt after its forced `prefixes[row]` (not in the ids). A
+    `teacherless` model decodes as it was trained (`_generate_teacherless`).
 
     Batches hold rows of one prompt length, so prompts need no padding."""
+    if teacherless:
+        return _generate_teacherless(model, suite, split, rows, cfg, device)
     eos = suite.vocab.eos_id
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
@@ -236,6 +265,36 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
                 out[(r, s)] = (ids[: ids.index(eos) + 1] if eos in ids else ids, lp)
             bar.update(len(chunk))
     bar.close()
+    return out
+
+
+@torch.no_grad()
+def _generate_teacherless(model, suite: Suite, split, rows, cfg: EvalConfig, device):
+    """Teacherless decoding (Bachmann & Nagarajan 2024), the way such a model was trained: the
+    prompt followed by the dummy token (`<pad>`, every completion position's input in training)
+    up to the context, one forward pass, and the argmax at every position from the last prompt
+    token on, all answer tokens predicted in parallel; cut after the first `<eos>`. The summed
+    log-probability is that of the tokens kept. Greedy only (the caller refuses sampling)."""
+    eos, pad = suite.vocab.eos_id, suite.vocab.pad_id
+    model.eval()
+    by_prompt_len = defaultdict(list)
+    for r in rows:
+        by_prompt_len[int(split.prompt_len[r])].append(int(r))
+    out = {}
+    for plen in sorted(by_prompt_len):
+        new_tokens = model.cfg.block_size - plen   # as many as autoregressive decoding may write
+        for lo in range(0, len(by_prompt_len[plen]), cfg.batch_size):
+            chunk = by_prompt_len[plen][lo: lo + cfg.batch_size]
+            prompts = torch.from_numpy(np.stack([split.prompt(r) for r in chunk])).to(device)
+            dummies = torch.full((len(chunk), new_tokens - 1), pad, dtype=prompts.dtype, device=device)
+            logits = model(torch.cat([prompts, dummies], dim=1))[:, plen - 1:].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            tokens = logits.argmax(dim=-1)
+            picked = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+            for b, r in enumerate(chunk):
+                ids = tokens[b].tolist()
+                keep = ids.index(eos) + 1 if eos in ids else len(ids)
+                out[(r, 0)] = (ids[:keep], float(picked[b, :keep].sum()))
     return out
 
 
@@ -284,6 +343,13 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     require(cfg.lookahead == "plain" or suite.variant == "lookahead",
             f"eval lookahead {cfg.lookahead} needs a lookahead suite; {suite.variant} is trained "
             "without <T> spans.")
+    objective = run.get("train", {}).get("objective", "next-token")
+    teacherless = objective == "teacherless"
+    require(not teacherless or (cfg.temperature == 0 and cfg.samples == 1 and not cfg.uses_tip
+                                and cfg.lookahead == "plain"),
+            f"run {run_dir} was trained teacherless, so eval decodes all its answer tokens at once "
+            "(greedy, from dummy inputs); sampling, the thought-switch penalty and lookahead modes "
+            "do not apply to it.")
     split = suite.split(cfg.split)
     rows = np.flatnonzero(split.kind == 0)  # revthink: forward questions only
     if cfg.limit:
@@ -304,8 +370,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     else:
         out = run_dir / (f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}")
 
-    tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device)
-    generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes)
+    tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device, teacherless)
+    generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes, teacherless)
     completions = {}
     for k, r in enumerate(rows):
         for s in range(cfg.samples):
@@ -314,14 +380,17 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
                       "lookahead": cfg.lookahead, "forced": suite.vocab.decode(prefixes[int(r)]),
                       "generated_tokens": len(ids), "logprob": logprob,
                       "tf_token_acc": float(tf[k, 0] / max(1, tf[k, 1])),
-                      "tf_first_token": bool(tf[k, 2]), "tf_exact": bool(tf[k, 3])}
+                      "tf_first_token": bool(tf[k, 2]), "tf_exact": bool(tf[k, 3]),
+                      "tf_deciding_token": None if tf[k, 4] < 0 else bool(tf[k, 4])}
             completions[(int(r), s)] = (fields, prefixes[int(r)] + ids)  # forced + generated
     records, metrics = judge_completions(suite, split, rows, completions, cfg.samples)
     # paths relative to the evaluation's folder: a study folder moved whole still finds them
     metrics.update({"split": cfg.split, "step": step, "suite": path_for(out, suite.path),
                     "run": path_for(out, run_dir), "task": suite.meta["task"], "variant": suite.name,
                     "task_config": suite.meta["config"], "decoding": asdict(cfg),
-                    "identity": identity(run_dir, suite.path, cfg, step)})
+                    "identity": identity(run_dir, suite.path, cfg, step), "objective": objective,
+                    "generation": "parallel from dummy inputs (teacherless)" if teacherless else
+                                  "autoregressive"})
     metrics["writes"] = writes(suite.name)
     metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     write_evaluation(out, records, metrics)
@@ -446,6 +515,8 @@ def summarize(records: list[dict], difficulty_keys: list[str]) -> dict:
             "tf_token_accuracy": {"value": sum(tf_token) / len(tf_token) if tf_token else None,
                                   "n": len(tf_token)},
             "tf_first_token_accuracy": rate(r["tf_first_token"] for r in recs),
+            # the first token the prompt does not fix (grammar `deciding_index`); n counts rows with one
+            "tf_deciding_token_accuracy": rate(r.get("tf_deciding_token") for r in recs),
             "tf_sequence_accuracy": rate(r["tf_exact"] for r in recs),
             "mean_generated_tokens": (sum(r["generated_tokens"] for r in recs) / len(recs)) if recs else None,
         }

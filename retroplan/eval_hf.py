@@ -187,7 +187,7 @@ def record_fields(text: str, model_tokens: int = 0, shots: list[int] | tuple = (
     words = completion_words(text)
     return {"generated": " ".join(words), "lookahead": "plain", "forced": "",
             "generated_tokens": len(words), "logprob": None,
-            "tf_token_acc": None, "tf_first_token": None, "tf_exact": None,
+            "tf_token_acc": None, "tf_first_token": None, "tf_exact": None, "tf_deciding_token": None,
             "output": text, "model_tokens": model_tokens, "shots": list(shots)}
 
 

@@ -14,7 +14,8 @@ description, devices, threads, compile, eval batch size), so such a setting can 
     variants = ["optimal", "reverse"]
     seeds = [0]
     [sizes]      train / val / test instances
-    [[conditions]]  task configs (one table each; `label` names it)
+    [[conditions]]  task configs (one table each; `label` names it; a `train` table in it:
+                 train settings of that condition's runs, over [train] and by_variant)
     [options]    trace-writer options
     [train]      retroplan.train.TrainConfig fields
     [eval]       retroplan.eval.EvalConfig fields
@@ -62,7 +63,7 @@ BUDGETS = {"steps": "steps", "examples": "examples_seen", "forward_examples": "f
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 METRICS = ("accuracy", "first_step_accuracy", "optimal_rate", "faithful_accuracy",
            "stream_first_step_accuracy", "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy",
-           "tf_sequence_accuracy", "mean_generated_tokens")
+           "tf_sequence_accuracy", "mean_generated_tokens", "tf_deciding_token_accuracy")
 
 
 def _toml_value(text: str):
@@ -152,7 +153,9 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
             f"{path}: conditions must be a list of tables ([[conditions]]).")
     labels = []
     for c in conditions:
-        values = {k: v for k, v in c.items() if k != "label"}
+        values = {k: v for k, v in c.items() if k not in CONDITION_KEYS}
+        require(isinstance(c.get("train", {}), dict),
+                f"{path}: a condition's train must be a table of train settings, got {c.get('train')!r}.")
         make_config(exp["task"], values)  # validates now, before any work
         label = c.get("label") or _label(values)
         require(isinstance(label, str) and _PLAIN_NAME.fullmatch(label) is not None,
@@ -194,6 +197,11 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
     exp["_train"] = TrainConfig.from_dict(train_table)
     exp["_train_by_variant"] = {v: TrainConfig.from_dict({**train_table, **by_variant.get(v, {})})
                                 for v in variants}
+    # per (condition, variant): [train], then [train.by_variant.<variant>], then the condition's
+    # own `train` table (a training-only change as a condition, e.g. objective = "teacherless")
+    exp["_train_by_piece"] = {(label, v): TrainConfig.from_dict(
+                                  {**train_table, **by_variant.get(v, {}), **c.get("train", {})})
+                              for label, c in zip(labels, conditions) for v in variants}
     ev = dict(exp.get("eval", {}))
     splits = ev.pop("splits", None)  # several splits to evaluate (e.g. seen and held-out targets)
     require(splits is None or "split" not in ev, f"{path}: give [eval] split or splits, not both.")
@@ -219,7 +227,7 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
         raise UserError(f"{path}: {exc}") from None
     # the devices asked for must exist here: found now, not after the first suite is generated
     try:
-        for cfg in [exp["_train"], *exp["_train_by_variant"].values()]:
+        for cfg in [exp["_train"], *exp["_train_by_piece"].values()]:
             resolve_precision(cfg, resolve_device(cfg.device))
         resolve_device(exp["_eval"].device)
     except UserError as exc:
@@ -253,7 +261,18 @@ def experiment_identity(raw: dict) -> dict:
         ident[table] = t
         if not t:
             del ident[table]
+    if isinstance(ident.get("conditions"), list):  # a condition's own train table, likewise
+        ident["conditions"] = [_condition_identity(c) for c in ident["conditions"]]
     return ident
+
+
+def _condition_identity(condition):
+    """A condition without the machine settings of its train table (and the table if it empties)."""
+    if not (isinstance(condition, dict) and isinstance(condition.get("train"), dict)):
+        return condition
+    train = {k: x for k, x in condition["train"].items() if k not in NO_RESULT_KEYS["train"]}
+    rest = {k: x for k, x in condition.items() if k != "train"}
+    return {**rest, "train": train} if train else rest
 
 
 def _same_experiment(old: bytes, old_overrides: list[str], new: bytes, new_overrides: list[str]) -> bool:
@@ -278,8 +297,11 @@ def _label(values: dict) -> str:
     return "-".join(f"{k}{v}" for k, v in sorted(values.items())) or "default"
 
 
+CONDITION_KEYS = ("label", "train")  # a condition's entries that are not task config
+
+
 def _spec(exp: dict, condition: dict, variant: str, seed: int) -> SuiteSpec:
-    config = {k: v for k, v in condition.items() if k != "label"}
+    config = {k: v for k, v in condition.items() if k not in CONDITION_KEYS}
     sizes = dict(get_task(exp["task"]).DEFAULT_SIZES)
     sizes.update(exp.get("sizes", {}))
     return SuiteSpec(task=exp["task"], variant=variant, config=config,
@@ -315,7 +337,7 @@ def run_piece(exp: dict, out: Path, label: str, variant: str, seed: int, amount:
     reused = {"suite": _suite_ready(suite_dir, spec), "train": (run_dir / "final.json").exists(), "evals": 0}
     if not reused["suite"]:
         generate_suite(spec, suite_dir, progress=progress)
-    tcfg = TrainConfig(**dict(asdict(exp["_train_by_variant"][variant]), seed=seed))
+    tcfg = TrainConfig(**dict(asdict(exp["_train_by_piece"][(label, variant)]), seed=seed))
     if amount is not None:
         # as many steps as it takes to see what the baseline saw (its own seed's run)
         tcfg = replace(tcfg, steps=plan_steps(suite_dir, tcfg, exp["_budget"], amount))
@@ -531,7 +553,9 @@ FIGURE_CAPTIONS = {
     "accuracy_curves.png": "Verified generation accuracy on a fixed validation subset during "
                            "training, against optimizer steps and against supervised tokens (thick: "
                            "mean over seeds; thin: each seed).",
-    "clever_hans.png": "Teacher-forced token and first-token accuracy next to verified generated "
+    "clever_hans.png": "Teacher-forced token, first-token and deciding-token accuracy (the first "
+                       "token the prompt does not fix: on a graph's forward plan the first move, "
+                       "while the first token copies the start) next to verified generated "
                        "accuracy: a model that is right under teacher forcing but wrong when it "
                        "generates has learned to follow, not to choose (the Clever Hans gap).",
 }
@@ -657,10 +681,13 @@ def _report(exp: dict, source: Path, out: Path, overrides: list[str], rows: list
               "\"writes\": what the model writes at test time — only some variants plan forward. "
               "\"stream first step\" (stream variants): the stream's first move lies on a shortest "
               "path; \"faithful\": correct and the plan is the path the stream itself reached. "
-              "\"chance\" is shown only for variants whose first decision is the forward choice.", "",
+              "\"chance\" is shown only for variants whose first decision is the forward choice. "
+              "\"teacher-forced deciding\": the first completion token the prompt does not fix "
+              "(graphs' forward plans: the first move; docs/METRICS.md), right under teacher forcing.", "",
               "| condition | variant | writes | n | accuracy | first step | stream first step | "
-              "faithful | teacher-forced tokens | teacher-forced sequences | parse failures | chance |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "faithful | teacher-forced tokens | teacher-forced deciding | teacher-forced sequences | "
+              "parse failures | chance |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     panels = list(dict.fromkeys(r["panel"] for r in rows))
     for label in panels:
         for variant in exp["variants"]:
@@ -679,7 +706,8 @@ def _report(exp: dict, source: Path, out: Path, overrides: list[str], rows: list
             lines.append(f"| {label} | {variant} | {writes(variant)} | {n} | {acc} | "
                          f"{mean_of('first_step_accuracy')} | {mean_of('stream_first_step_accuracy')} | "
                          f"{mean_of('faithful_accuracy')} | "
-                         f"{mean_of('tf_token_accuracy')} | {mean_of('tf_sequence_accuracy')} | "
+                         f"{mean_of('tf_token_accuracy')} | {mean_of('tf_deciding_token_accuracy')} | "
+                         f"{mean_of('tf_sequence_accuracy')} | "
                          f"{mean_of('parse_failures')} | {'' if chance in (None, '') else f'{chance:.3f}'} |")
     notes = _variant_notes(exp)
     if notes:

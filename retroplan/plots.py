@@ -143,18 +143,19 @@ def clever_hans(rows: list[dict], path: Path) -> list[Path]:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     bars = (("tf_token_accuracy", "teacher-forced tokens"),
             ("tf_first_token_accuracy", "teacher-forced first token"),
+            ("tf_deciding_token_accuracy", "teacher-forced deciding token"),
             ("accuracy", "generated, verified"))
     fig, axes = plt.subplots(1, len(panels), figsize=(1.5 + 1.2 * len(variants) * len(panels), 3.8),
                              squeeze=False, sharey=True)
-    colors = ("#9ecae1", "#4292c6", "#d94801")
-    width = 0.27
+    colors = ("#9ecae1", "#4292c6", "#08519c", "#d94801")
+    width = 0.2
     for ax, panel in zip(axes[0], panels):
         for x, variant in enumerate(variants):
             rs = [r for r in rows if r.get("panel", r["condition"]) == panel and r["variant"] == variant]
             for j, (key, label) in enumerate(bars):
                 m, _, _ = mean_ci([r.get(key) for r in rs])
                 if m == m:
-                    ax.bar(x + (j - 1) * width, m, width, color=colors[j],
+                    ax.bar(x + (j - 1.5) * width, m, width, color=colors[j],
                            label=label if x == 0 else None)
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)

@@ -12,12 +12,17 @@ They are read with hooks on `model.blocks`; the model's forward is unchanged.
 Targets (what a row gives: its positions and their labels):
 
 - `arm` (pathstar, graph; every variant): one position per instance, the decision point = the
-  last prompt token (`=`), where a forward planner must choose its first move and every variant
-  has read the same prompt. Label: the index of the reference plan's first move among the
-  start's successors in the order their edges appear in the prompt. On path-star the goal's arm
-  is uniform and the edges are shuffled, so the labels are uniform over `degree` classes and
-  chance is 1/degree; on `graph` the label is the index of the reference (shortest, ties:
-  smallest label) first move, and only the majority baseline applies.
+  position whose next-token prediction is the row's deciding token (`eval.deciding_positions`,
+  docs/METRICS.md): for a forward plan the start node written after `=`, where the model
+  predicts its first move (the position before it, `=`, only predicts the copied start); for
+  the other variants where they first write a token the prompt does not fix (reverse: the
+  copied goal; stream: the `s` of `at s`). Rows without a deciding token give no position.
+  `arm-eq` reads the last prompt token (`=`) instead, where every variant has read the same
+  prompt and nothing else (the position `arm` read before issue 20). Label: the index of the
+  reference plan's first move among the start's successors in the order their edges appear in
+  the prompt. On path-star the goal's arm is uniform and the edges are shuffled, so the labels
+  are uniform over `degree` classes and chance is 1/degree; on `graph` the label is the index
+  of the reference (shortest, ties: smallest label) first move, and only the majority baseline applies.
 - `distance` (pathstar, graph; every variant): every node token of the written plan (the part
   after the last `;`, or the whole completion when there is none, nodes inside a `<T> .. </T>`
   span left out; `reverse` writes it goal-first), the node just written; label: its shortest
@@ -86,6 +91,7 @@ from .batching import collate
 from .device import resolve_device
 from .envs import digraph, get_task
 from .errors import require
+from .eval import deciding_positions
 from .events import Event
 from .fsutil import path_for, sha256_file, write_json
 from .stats import mean_ci, wilson
@@ -93,18 +99,21 @@ from .traces import components
 from .traces import digraphs as graph_grammar
 from .traces.suite import Suite, open_suite
 
-TARGETS = ("arm", "distance", "live")
+TARGETS = ("arm", "distance", "live", "arm-eq")
 GRAPH_TASKS = ("pathstar", "graph")
 LIVE_VARIANTS = ("stream", "backward-stream")   # streams of the instance's own search
-TARGET_TASKS = {"arm": GRAPH_TASKS, "distance": GRAPH_TASKS, "live": GRAPH_TASKS + ("countdown",)}
+TARGET_TASKS = {"arm": GRAPH_TASKS, "distance": GRAPH_TASKS, "live": GRAPH_TASKS + ("countdown",),
+                "arm-eq": GRAPH_TASKS}
 REGRESSION_TARGETS = ("distance",)
 TARGET_WHERE = {
-    "arm": "the decision point (last prompt token); label: the first move's index among the start's "
-           "successors",
+    "arm": "the decision point (the position that predicts the deciding token: the start node after "
+           "`=` for a forward plan); label: the first move's index among the start's successors",
+    "arm-eq": "the last prompt token (`=`); label: the first move's index among the start's successors",
     "distance": "each node of the written plan (teacher-forced); label: its shortest distance to the goal",
     "live": "each move of the teacher's stream; label: the goal can still be reached from the state entered",
 }
-TARGET_SHORT = {"arm": "the first move, at the last prompt token",
+TARGET_SHORT = {"arm": "the first move, where it is predicted",
+                "arm-eq": "the first move, at the last prompt token",
                 "distance": "the distance to the goal, at each plan node",
                 "live": "the goal still reachable, at each stream move"}
 
@@ -174,7 +183,8 @@ class Positions:
 
 def target_positions(suite: Suite, split, rows: np.ndarray, target: str) -> Positions:
     """The positions of `rows` that `target` reads and their labels, from the instances."""
-    collect = {"arm": _arm_positions, "distance": _distance_positions, "live": _live_positions}[target]
+    collect = {"arm": _arm_positions, "arm-eq": _arm_eq_positions, "distance": _distance_positions,
+               "live": _live_positions}[target]
     out_rows, out_tokens, out_inst, out_labels = [], [], [], []
     for r in rows:
         r = int(r)
@@ -189,12 +199,22 @@ def target_positions(suite: Suite, split, rows: np.ndarray, target: str) -> Posi
                      np.asarray(out_inst, dtype=np.int64), np.asarray(out_labels, dtype=dtype))
 
 
-def _arm_positions(suite: Suite, split, r: int, i: int):
+def _arm_label(split, i: int) -> int:
+    """The index of the reference plan's first move among the start's successors (prompt order)."""
     edges = np.asarray(split.instances["edges"][i])
     start = int(split.instances["start"][i])
     successors = [int(v) for v in edges[edges[:, 0] == start, 1]]
-    first_move = int(split.instances["plan"][i, 1])
-    yield int(split.prompt_len[r]) - 1, successors.index(first_move)
+    return successors.index(int(split.instances["plan"][i, 1]))
+
+
+def _arm_positions(suite: Suite, split, r: int, i: int):
+    position = int(deciding_positions(suite, split, np.array([r]))[0])
+    if position >= 0:
+        yield position, _arm_label(split, i)
+
+
+def _arm_eq_positions(suite: Suite, split, r: int, i: int):
+    yield int(split.prompt_len[r]) - 1, _arm_label(split, i)
 
 
 def _distance_positions(suite: Suite, split, r: int, i: int):
@@ -558,7 +578,7 @@ def probe_run(run_dir: str | os.PathLike, cfg: ProbeConfig, out: str | os.PathLi
     regression = cfg.target in REGRESSION_TARGETS
     result = probe_layers(features, positions.labels, positions.instance, regression, cfg.seed)
     # the arm's chance is the task's chance of a forward guess (path-star: 1/degree; graph: none)
-    chance = suite.task.chance(suite.config) if cfg.target == "arm" else None
+    chance = suite.task.chance(suite.config) if cfg.target in ("arm", "arm-eq") else None
     result.update({"target": cfg.target, "where": TARGET_WHERE[cfg.target], "chance": chance,
                    "task": task, "variant": suite.name, "run": path_for(out, run_dir),
                    "suite": path_for(out, suite.path),

@@ -174,6 +174,10 @@ class Grammar(Protocol):
     def stream_plan(self, parsed) -> list | None:
         """The plan a parsed stream itself reached, or None (faithfulness)."""
 
+    def deciding_index(self, variant: str, completion, vocab) -> int | None:
+        """The completion index of the deciding token (the first one the prompt and the
+        grammar do not fix; eval's `tf_deciding_token_accuracy`), or None where there is none."""
+
     def eval_prefix(self, variant: str, mode: str, instances: dict, i: int, vocab) -> list[int]:
         """The tokens eval forces after instance i's prompt in lookahead `mode` ([] for plain)."""
 

@@ -5,7 +5,9 @@ torch.compile), or several under `torchrun` (DDP; each rank takes its slice of e
 Compiled, the model gets one static graph per batch width where the run's batches have few
 widths (a batch is padded up to one of them), else one graph with a dynamic width
 (`batching.compile_widths`); train_log.jsonl and final.json count the graphs compiled.
-The loss is next-token cross-entropy on the completion tokens only. Checkpoints every
+The loss is next-token cross-entropy on the completion tokens only; with `objective =
+"teacherless"` the completion's inputs are a dummy token (`batching.collate`), so every answer
+token is predicted from the prompt alone. Checkpoints every
 `checkpoint_every` steps, at every step of `keep_steps` (kept on disk) and at the end; a
 resumed run continues from the latest checkpoint and, on CPU, ends with exactly the weights
 of an uninterrupted run (same batches, same optimizer moments, same RNG state).
@@ -40,6 +42,7 @@ from .errors import UserError, require, require_field_types
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
+from .traces import components
 from .traces.suite import Suite, open_suite
 
 
@@ -73,6 +76,8 @@ class TrainConfig:
     curve_every: int = 0            # val generation accuracy every N steps and at the end (0: off)
     curve_examples: int = 200       # ... on the first N forward rows of the val split
     tensorboard: bool = False       # also log to RUN/tensorboard (pip install 'retroplan[tensorboard]')
+    objective: str = "next-token"   # next-token | teacherless: completion inputs replaced by a dummy
+                                    # token (Bachmann & Nagarajan 2024); eval then decodes in parallel
 
     def validate(self) -> None:
         require_field_types(self, "train")
@@ -99,6 +104,8 @@ class TrainConfig:
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train beta1 and beta2 must be in [0, 1).")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
+        require(self.objective in OBJECTIVES,
+                f"train objective must be {' or '.join(OBJECTIVES)}, got {self.objective!r}.")
         require(self.precision in PRECISIONS,
                 f"train precision must be auto, fp32 or bf16, got {self.precision!r}.")
         keep = self.keep_steps
@@ -132,6 +139,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+OBJECTIVES = ("next-token", "teacherless")
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -217,15 +225,35 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def masked_loss(model, x, y) -> torch.Tensor:
+def masked_loss(model, x, y, with_logits: bool = False):
+    """Mean cross-entropy over the targets that carry loss (and, `with_logits`, the logits)."""
     logits = model(x)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
                            ignore_index=IGNORE)
+    return (loss, logits) if with_logits else loss
+
+
+@torch.no_grad()
+def loss_by_kind(logits: torch.Tensor, y: torch.Tensor, row_kinds: np.ndarray,
+                 names: list[str]) -> dict[str, float]:
+    """A mixture batch's loss per component: the mean cross-entropy over the supervised targets
+    of the rows of each kind (named by `names[kind]`: `optimal`, `[reverse]`); a kind with no
+    such target is left out."""
+    per_token = F.cross_entropy(logits.detach().reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                                ignore_index=IGNORE, reduction="none").view(y.shape)
+    valid = y != IGNORE
+    out = {}
+    for k in np.unique(row_kinds):
+        rows = torch.from_numpy(row_kinds == k).to(y.device)
+        count = int(valid[rows].sum())
+        if count:
+            out[names[int(k)]] = round(float(per_token[rows].sum()) / count, 6)
+    return out
 
 
 @torch.no_grad()
 def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: int = 64,
-                    max_len: int | None = None) -> float | None:
+                    max_len: int | None = None, teacherless: bool = False) -> float | None:
     if "val" not in suite.splits or len(suite.split("val")) == 0:
         return None
     split = suite.split("val")
@@ -235,7 +263,8 @@ def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: in
     model.eval()
     total, count = 0.0, 0
     for lo in range(0, len(chosen), batch_size):
-        x, y = collate(split, chosen[lo: lo + batch_size], suite.vocab.pad_id, no_loss, max_len)
+        x, y = collate(split, chosen[lo: lo + batch_size], suite.vocab.pad_id, no_loss, max_len,
+                       teacherless=teacherless)
         x, y = x.to(device), y.to(device)
         logits = model(x).float()
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
@@ -301,7 +330,13 @@ def plan_steps(suite_path, cfg: TrainConfig, what: str, amount: int, exact: bool
     rows, context, _, _ = training_rows(split, cfg, suite.max_len())
     return budget_steps(split, cfg.batch_size, what, amount, seed=cfg.seed, rows=rows,
                         no_loss=suite.grammar.no_loss_tokens(suite.vocab), max_len=context + 1,
-                        exact=exact)
+                        exact=exact, mixed=is_mixture(suite))
+
+
+def is_mixture(suite: Suite) -> bool:
+    """Whether the suite is a mixture (`a+b`): its batches then mix the components
+    (`batching.BatchOrder` with the row kinds)."""
+    return len(components(suite.name)) > 1
 
 
 def curve_rows(suite: Suite, n: int) -> np.ndarray:
@@ -311,14 +346,16 @@ def curve_rows(suite: Suite, n: int) -> np.ndarray:
     return np.flatnonzero(suite.split("val").kind == 0)[:n]
 
 
-def curve_point(model: GPT, suite: Suite, rows: np.ndarray, device, batch_size: int = 256) -> dict:
-    """Greedy generation on val `rows`, parsed and replayed by `eval.judge` exactly as eval
-    does, and teacher-forced token accuracy (eval's mean over rows); leaves `model` in eval mode."""
+def curve_point(model: GPT, suite: Suite, rows: np.ndarray, device, batch_size: int = 256,
+                teacherless: bool = False) -> dict:
+    """Greedy generation on val `rows` (a teacherless model: its parallel decoding), parsed and
+    replayed by `eval.judge` exactly as eval does, and teacher-forced token accuracy (eval's
+    mean over rows); leaves `model` in eval mode."""
     split = suite.split("val")
     model.eval()
-    tf = teacher_forced(model, suite, split, rows, min(batch_size, 128), device)
+    tf = teacher_forced(model, suite, split, rows, min(batch_size, 128), device, teacherless=teacherless)
     generated = _generate_all(model, suite, split, rows, EvalConfig(batch_size=batch_size),
-                              device, progress=False)
+                              device, progress=False, teacherless=teacherless)
     correct = [judge(suite, split.instances, int(split.instance[r]), generated[(int(r), 0)][0])["correct"]
                for r in rows]
     return {"val_accuracy": float(np.mean(correct)), "val_n": len(rows),
@@ -372,7 +409,11 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         return checkpoint._read_json(out / "final.json", "run summary")
 
     net = _ddp_wrap(model, device, world)
-    order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed)
+    mixture = is_mixture(suite)
+    # the log's name of each row kind: the first component, then each other one by its tag
+    component_names = [f"[{c}]" if k else c for k, c in enumerate(components(suite.name))]
+    order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed,
+                       kinds=np.asarray(split.kind) if mixture else None)
     widths = None  # with compile: the batch widths compiled for (None: any width, dynamic)
     if cfg.compile:
         widths = compile_widths(split.lengths, order, context + 1)
@@ -398,12 +439,14 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     # (no synchronisation per step) and checked where the counters are summed
     bad_step = torch.zeros((), dtype=torch.int64, device=device)
     kind = np.asarray(split.kind)
+    teacherless = cfg.objective == "teacherless"
+    kind_loss = state.get("loss_by_component")  # a mixture: the last logged batch's, per component
     keep = set(cfg.keep_steps)
     model.train()
     try:
         while step < cfg.steps:
             batch_rows = order.batch(step)[rank::world]
-            x, y = collate(split, batch_rows, suite.vocab.pad_id, no_loss, context + 1)
+            x, y = collate(split, batch_rows, suite.vocab.pad_id, no_loss, context + 1, teacherless)
             pending += (len(batch_rows), int((kind[batch_rows] == 0).sum()),
                         int((y != IGNORE).sum()), x.numel())
             if widths:  # compiled for these widths only: pad up to one (counted above unpadded)
@@ -413,8 +456,13 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
+            logs_next = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
             with autocast:
-                loss = masked_loss(net, x, y)
+                if mixture and logs_next:  # the batch's loss per component, for the log
+                    loss, logits = masked_loss(net, x, y, with_logits=True)
+                    kind_loss = loss_by_kind(logits, y, kind[batch_rows], component_names)
+                else:
+                    loss = masked_loss(net, x, y)
             bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss.detach()), step + 1, bad_step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -441,10 +489,13 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                 loss_value = loss.item()
                 record = {"step": step, "loss": round(loss_value, 6), "lr": lr_at(cfg, step - 1),
                           **seen, "elapsed_s": round(time.perf_counter() - t0, 3)}
+                if mixture:  # the loss of each component's rows in this batch (rank 0's slice)
+                    record["loss_by_component"] = kind_loss
                 if cfg.compile:  # grows only when a batch of a new shape was compiled for
                     record["compiled_graphs"] = compiled_graphs() - graphs_before
                 if cfg.eval_every and step % cfg.eval_every == 0 and main:
-                    record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1)
+                    record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1,
+                                                         teacherless=teacherless)
                 if main:
                     log.write(json_line(record))
                     log.flush()
@@ -460,7 +511,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                             board.add_scalar(f"train/{key}", record[key], step)
             if main and curves:  # before the checkpoint: a resumed run never misses a point
                 c0 = time.perf_counter()
-                point = curve_point(model, suite, curve, device)
+                point = curve_point(model, suite, curve, device, teacherless=teacherless)
                 model.train()
                 with open_append(out / "curve.jsonl") as fh:
                     fh.write(json_line({"step": step, "examples_seen": seen["examples_seen"],
@@ -476,6 +527,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
             if main and saves:
                 checkpoint.save(out, step, model, optimizer,
                                 {"train": asdict(cfg), **seen, "loss": loss_value,
+                                 **({"loss_by_component": kind_loss} if mixture else {}),
                                  "train_seconds": time.perf_counter() - t0,
                                  "curve_seconds": curve_seconds}, keep=keep)
     finally:
@@ -488,8 +540,11 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
                "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
                "parameters": model.num_params(), "device": str(device), "precision": precision,
-               "val_loss": validation_loss(model, suite, device, max_len=context + 1) if main else None,
+               "val_loss": validation_loss(model, suite, device, max_len=context + 1,
+                                           teacherless=teacherless) if main else None,
                "dropped_long_rows": dropped, "cut_long_rows": cut}
+    if mixture:  # "final_loss" is the last batch's, whose rows mix the components: each one's
+        summary["final_loss_by_component"] = kind_loss
     if cfg.curve_every:
         summary["curve_seconds"] = round(curve_seconds, 2)
     if cfg.compile:

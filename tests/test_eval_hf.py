@@ -33,7 +33,8 @@ SIZES = {"train": 30, "val": 4, "test": 10}
 EVAL_FIELDS = {"row", "sample", "index", "prompt", "reference", "generated", "lookahead", "forced",
                "generated_tokens", "logprob", "tf_token_acc", "tf_first_token", "tf_exact", "plan",
                "parse_error", "correct", "reason", "first_step", "optimal", "faithful", "stream_first_step",
-               "optimal_moves", "teacher_tokens", "teacher_expanded", "behaviour", "degree", "path_len"}
+               "tf_deciding_token", "optimal_moves", "teacher_tokens", "teacher_expanded", "behaviour",
+               "degree", "path_len"}
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,8 @@ def test_mixture_names_are_checked_and_say_what_the_model_writes():
     with pytest.raises(UserError, match="'revthink' cannot be mixed"):
         check_variant("pathstar", "optimal+revthink")
     with pytest.raises(UserError, match="names a component twice"):
-        check_variant("graph", "optimal+optimal")
+        check_variant("graph", "optimal+reverse+reverse")
+    check_variant("graph", "optimal+optimal")   # the first component once more: the data control
     with pytest.raises(UserError, match="unknown variant 'sideways'"):
         check_variant("graph", "sideways")
     assert writes("optimal+reverse") == "forward plan; trained with reverse rows too"

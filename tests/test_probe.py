@@ -119,8 +119,15 @@ def test_labels_come_from_the_instances(make_suite):
         prompt_len = int(split.prompt_len[r])
         assert distance.tokens[here].tolist() == list(range(prompt_len, prompt_len + 4))
     arm = target_positions(suite, split, rows, "arm")
-    assert arm.tokens.tolist() == (split.prompt_len[rows] - 1).tolist()
+    # where the first move is predicted: the start node written after `=` (arm-eq: the `=`)
+    assert arm.tokens.tolist() == split.prompt_len[rows].tolist()
+    assert [int(split.row(r)[t]) - digraphs.NODE0 for r, t in zip(arm.rows, arm.tokens)] == \
+        split.instances["start"][split.instance[rows]].tolist()
     assert set(arm.labels.tolist()) == {0, 1}
+    arm_eq = target_positions(suite, split, rows, "arm-eq")
+    assert arm_eq.tokens.tolist() == (split.prompt_len[rows] - 1).tolist()
+    assert arm_eq.labels.tolist() == arm.labels.tolist()
+    assert all(int(split.row(r)[t]) == digraphs.EQ for r, t in zip(arm_eq.rows, arm_eq.tokens))
     # a stream: every move's position holds the node it enters; live exactly on the goal's arm
     stream = open_suite(make_suite("pathstar", "stream", {"degree": 3, "path_len": 4, "num_nodes": 20}))
     split = stream.split("test")
@@ -157,10 +164,13 @@ def test_probe_command_end_to_end(trained_run, tmp_path, capsys):
     for entry in result["layers"]:
         assert entry["ci"][0] <= entry["value"] <= entry["ci"][1]
         assert 0 <= entry["control"] <= 1 and 0 <= entry["baseline"] <= 1
-    # layer 0 at the decision point is the embedding of `=`, the same for every instance: the
-    # probe can only answer the majority class
-    assert result["layers"][0]["value"] == result["layers"][0]["baseline"]
     assert out.count("(block ") == 2 and "wrote" in out
+    # arm-eq reads one position earlier, `=`: layer 0 there is the embedding of `=` at the same
+    # position for every instance, so the probe can only answer the majority class
+    code, out, err = run_cli(capsys, "probe", trained_run, "--target", "arm-eq", "--out", tmp_path / "eq")
+    assert code == 0, err
+    result = json.loads((tmp_path / "eq" / "probe.json").read_text())
+    assert result["layers"][0]["value"] == result["layers"][0]["baseline"]
 
     code, out, err = run_cli(capsys, "probe", trained_run, "--target", "distance", "--out", tmp_path / "d")
     assert code == 0, err
@@ -216,7 +226,7 @@ def test_probe_study_reuses_current_probes_and_writes_figure_and_table(trained_r
 
 def test_bad_probe_requests_are_one_sentence(trained_run, capsys):
     for args, message in (
-            (("--target", "arms"), "unknown probe target 'arms'; allowed: arm, distance, live."),
+            (("--target", "arms"), "unknown probe target 'arms'; allowed: arm, distance, live, arm-eq."),
             (("--target", "live"), "live needs a stream of the instance's own search (stream, "
                                    "backward-stream), and optimal writes none."),
             (("--target", "arm", "--split", "nope"), "has no split 'nope'; probe one of: test, train, val."),

@@ -76,11 +76,26 @@ def check_variant(task_name: str, variant: str) -> None:
         require(part in variants and part in MIXABLE,
                 f"mixture {variant!r}: {part!r} cannot be mixed; a mixture's components are "
                 f"among {', '.join(v for v in MIXABLE if v in variants)}.")
-    require(len(set(parts)) == len(parts), f"mixture {variant!r} names a component twice.")
+    # the first component may come once more: `a+a` is the data control (a's rows again behind
+    # `[a]`: as many rows and tokens as `a+b`, none of b's content)
+    rest = parts[1:]
+    require(len(set(rest)) == len(rest) and parts.count(parts[0]) <= 2,
+            f"mixture {variant!r} names a component twice (only the first may come once more, "
+            f"as in the data control {parts[0]}+{parts[0]}).")
+
+
+def is_data_control(variant: str, part_index: int) -> bool:
+    """Whether component `part_index` of the mixture `variant` repeats its first component (the
+    data control's extra rows: the evaluated format again, behind its tag, no other content)."""
+    parts = components(variant)
+    return part_index > 0 and parts[part_index] == parts[0]
 
 
 def writes(variant: str) -> str:
     """What a model trained on `variant` writes at test time (a mixture: its first component)."""
     parts = components(variant)
     text = WRITES.get(parts[0], parts[0])
-    return text if len(parts) == 1 else f"{text}; trained with {' and '.join(parts[1:])} rows too"
+    others = [f"its own rows again behind [{p}]" if is_data_control(variant, j) else f"{p} rows"
+              for j, p in enumerate(parts) if j > 0]
+    control = " (a data control)" if any(is_data_control(variant, j) for j in range(len(parts))) else ""
+    return text if len(parts) == 1 else f"{text}; trained with {' and '.join(others)} too{control}"

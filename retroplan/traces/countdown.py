@@ -767,6 +767,36 @@ def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) 
     return [T_OPEN] + [int(t) for t in buf[:n]] + [T_CLOSE]
 
 
+def deciding_index(variant: str, completion, vocab: Vocab) -> int | None:
+    """The completion index of the deciding token of a (reference) completion: the first token
+    the prompt and the grammar do not fix (the target and the inputs in their given order are
+    copies of the prompt; `at`, `try`, `=` fixed words). optimal, revthink, lookahead: the
+    first operand of the first step (which input to use first is a choice; for lookahead the
+    first token outside the `<T>` span), so on Countdown it is the first token unless a span
+    comes first; reverse, revfwd: the first operand after `target =`; stream: the first operand
+    after the first `try`; backward-stream: the first operand after the first `try subgoal =`;
+    corrupted: the first token of the plan after the last `;`. None where there is none."""
+    ids = [int(t) for t in completion]
+    j = None
+    if variant in ("optimal", "revthink", "lookahead"):
+        inside = False
+        for k, t in enumerate(ids):
+            if t in (T_OPEN, T_CLOSE):
+                inside = t == T_OPEN
+            elif not inside:
+                j = k
+                break
+    elif variant in ("reverse", "revfwd") and EQ in ids:
+        j = ids.index(EQ) + 1
+    elif variant == "stream" and TRY in ids:
+        j = ids.index(TRY) + 1
+    elif variant == "backward-stream" and TRY in ids and EQ in ids[ids.index(TRY):]:
+        j = ids.index(EQ, ids.index(TRY)) + 1
+    elif variant == "corrupted" and SEMI in ids:
+        j = len(ids) - ids[::-1].index(SEMI)
+    return j if j is not None and j < len(ids) and NUM0 <= ids[j] < len(vocab) else None
+
+
 def path_steps(node: _Node) -> list[str]:
     """The steps (`a op b=c`) of the path from the start to a node of `walk_words`."""
     steps = []

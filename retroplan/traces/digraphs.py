@@ -374,6 +374,38 @@ def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) 
     return [T_OPEN, NODE0 + int(instances["goal"][i]), T_CLOSE]
 
 
+def deciding_index(variant: str, completion, vocab: Vocab) -> int | None:
+    """The completion index of the deciding token of a (reference) completion: the first token
+    the prompt and the grammar do not fix (`p0`, the start, and the goal are copies of the
+    prompt's `/ s g` slots; `at` a fixed word). optimal, revthink, lookahead: the first move p1
+    (the second plan node outside a `<T>` span); reverse, revfwd: the node written after the
+    copied goal; stream, backward-stream: the first move of the search (after `at s` / `at
+    g`); corrupted: the first move of the plan after the last `;` (its stream is another
+    instance's, so nothing in it decides this one). None where the completion has no such
+    token (a plan without moves)."""
+    ids = [int(t) for t in completion]
+    size = len(vocab)
+    if variant in ("optimal", "revthink", "lookahead"):
+        outside, inside = [], False
+        for j, t in enumerate(ids):
+            if t in (T_OPEN, T_CLOSE):
+                inside = t == T_OPEN
+            elif not inside and NODE0 <= t < size:
+                outside.append(j)
+        return outside[1] if len(outside) > 1 else None
+    if variant in ("reverse", "revfwd"):
+        j = 1
+    elif variant in ("stream", "backward-stream"):
+        j = 2
+    elif variant == "corrupted":
+        if SEMI not in ids:
+            return None
+        j = len(ids) - ids[::-1].index(SEMI) + 1   # the last `;`, then p0, then p1
+    else:
+        return None
+    return j if j < len(ids) and NODE0 <= ids[j] < size else None
+
+
 def variant_note(task_name: str, variant: str) -> str | None:
     """What a report should say next to this task's variant, or None: where the task's backward
     direction is a chain (`BACKWARD_CHAIN`; path-star: every node but the centre has one
