@@ -556,6 +556,8 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3) -> None:
         train = grammar.write_examples(task, cfg, options, variant, seed, "train", indices,
                                        task.sample_instances(cfg, seed, "train", indices))
         _check_rows(train, vocab, count, f"{where} (train)")
+        if variant == "revthink":
+            _check_revthink_question_alone(train, f"{where} (train)")
         ex = grammar.write_examples(task, cfg, options, variant, seed, "test", indices, batch)
         _check_rows(ex, vocab, count, f"{where} (test)")
         if not (np.array_equal(ex["instance"], indices) and not ex["kind"].any()):
@@ -617,6 +619,29 @@ class _SuiteStub:
     variant: str
     options: Any
     meta: dict
+
+
+def _check_revthink_question_alone(ex: dict, what: str) -> None:
+    """RevThink's objective (b) as the paper trains its student: a [bq] row's prompt is its
+    instance's forward prompt (the question alone, no answer) behind one task token, and its
+    completion writes what the backward question adds, not a copy of the question."""
+    from .traces.common import KIND_BQ, KIND_FWD
+
+    spans = _row_spans(ex)
+    forward = {int(ex["instance"][r]): ex["tokens"][a:a + p]
+               for r, (a, _, p) in enumerate(spans) if ex["kind"][r] == KIND_FWD}
+    for r, (a, end, p) in enumerate(spans):
+        if ex["kind"][r] != KIND_BQ:
+            continue
+        question = forward.get(int(ex["instance"][r]))
+        prompt = ex["tokens"][a:a + p]
+        if question is None or not (p == len(question) + 1 and prompt[0] == question[0]
+                                    and np.array_equal(prompt[2:], question[1:])):
+            _fail(f"{what}: the [bq] row {r} must take the question alone (its forward prompt "
+                  "behind one task token), as RevThink trains its student.")
+        if end - a - p >= len(question):
+            _fail(f"{what}: the [bq] row {r}'s completion is as long as its question: the backward "
+                  "question must write what it adds, not copy the prompt.")
 
 
 def _check_rows(ex: dict, vocab, count: int, what: str) -> None:

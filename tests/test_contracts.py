@@ -159,3 +159,44 @@ def test_a_grammar_whose_parse_raises_is_caught():
 
     with broken("variant optimal: parse must never raise; on 5 tokens it raised IndexError('fell off"):
         check_grammar(fake(digraphs, parse=parse), pathstar)
+
+
+def revthink_rewritten(bq_row):
+    """A copy of the digraph grammar whose revthink [bq] rows are rewritten by
+    bq_row(prompt, completion, plan) -> (prompt, completion) (token lists)."""
+    from retroplan.traces.common import KIND_BQ
+
+    def write_examples(task, cfg, options, variant, seed, split, indices, batch):
+        ex = digraphs.write_examples(task, cfg, options, variant, seed, split, indices, batch)
+        if variant != "revthink" or split != "train":
+            return ex
+        tokens, lengths, prompt_len, start = [], [], [], 0
+        for r, (n, p) in enumerate(zip(ex["lengths"], ex["prompt_len"])):
+            row = ex["tokens"][start:start + n].tolist()
+            prompt, completion = row[:p], row[p:]
+            start += n
+            if ex["kind"][r] == KIND_BQ:
+                i = int(ex["instance"][r])
+                plan = [digraphs.NODE0 + int(v) for v in batch["plan"][i, :batch["plan_len"][i]]]
+                prompt, completion = bq_row(prompt, completion, plan)
+            tokens += prompt + completion
+            lengths.append(len(prompt) + len(completion))
+            prompt_len.append(len(prompt))
+        return dict(ex, tokens=np.array(tokens, np.int32), lengths=np.array(lengths, np.int32),
+                    prompt_len=np.array(prompt_len, np.int32))
+
+    return fake(digraphs, write_examples=write_examples)
+
+
+def test_a_revthink_backward_question_written_from_the_answer_is_caught():
+    # the teacher's augmentation input (question + plan) is not what RevThink's student sees
+    grammar = revthink_rewritten(lambda prompt, completion, plan:
+                                 (prompt + plan + [digraphs.SEMI], completion))
+    with broken("variant revthink (train): the [bq] row 1 must take the question alone"):
+        check_grammar(grammar, pathstar)
+
+
+def test_a_revthink_backward_question_that_copies_the_prompt_is_caught():
+    grammar = revthink_rewritten(lambda prompt, completion, plan: (prompt, prompt[2:] + completion))
+    with broken("variant revthink (train): the [bq] row 1's completion is as long as its question"):
+        check_grammar(grammar, pathstar)

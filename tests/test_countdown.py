@@ -296,12 +296,11 @@ def test_the_spelling_of_each_variant():
     assert c.startswith("at 12 63 96 99 -> 33 try 33 = ")
     rows = text("revthink")
     assert rows[0] == (prompt, fwd + " <eos>")   # exactly optimal's row
-    assert rows[1][0] == f"<bos> [bq] 12 63 96 99 -> 33 ? {fwd} ;"
-    question = rows[1][1].removesuffix(" <eos>")  # e.g. "33 63 96 99 -> 12 ?": one input asked for
-    assert rows[2][0] == f"<bos> [br] {question}"
-    nums_text, asked = question.removesuffix(" ?").split(" -> ")
-    nums = [int(x) for x in nums_text.split()]
-    assert sorted(nums) == sorted([33] + [v for v in (12, 63, 96, 99) if v != int(asked)])
+    # objective (b) from the question alone: the [bq] row writes what the backward question
+    # changes (the target becomes an input, the first input unlike the target the new target)
+    assert rows[1] == ("<bos> [bq] 12 63 96 99 -> 33 ?", "33 -> 12 ? <eos>")
+    assert rows[2][0] == "<bos> [br] 33 63 96 99 -> 12 ?"
+    nums, asked = [33, 63, 96, 99], 12
     plan = [s.replace(" ", "") for s in rows[2][1].removesuffix(" <eos>").split(" , ")]
     assert independent_replay(nums, int(asked), plan)
 
@@ -319,22 +318,31 @@ def test_revthink_forward_rows_are_optimal_rows_and_its_backward_rows_are_real_t
     optimal = rows_of("optimal", batch, indices, seed=2)
     rows = rows_of("revthink", batch, indices, seed=2)
     assert [(p, c) for p, c, k in rows if k == common.KIND_FWD] == [(p, c) for p, c, _ in optimal]
-    assert [k for _, _, k in rows] == [common.KIND_FWD, common.KIND_BQ, common.KIND_BR] * 200
-    asked_an_input = 0
+    instance = grammar.write_examples(cd, CFG, grammar.Options(), "revthink", 2, "train", indices,
+                                      batch)["instance"]
+    asked_an_input = asked_the_first = 0
     for i in range(200):
         inst = cd.instance_at(batch, i)
-        (_, bq_completion, _), (br_prompt, br_completion, _) = rows[3 * i + 1], rows[3 * i + 2]
-        question = VOCAB.decode(bq_completion).removesuffix(" <eos>")
-        assert VOCAB.decode(br_prompt) == f"<bos> [br] {question}"
-        nums_text, asked = question.removesuffix(" ?").split(" -> ")
-        nums, asked = [int(x) for x in nums_text.split()], int(asked)
-        if nums != inst["numbers"]:  # one input is asked for; the target takes its place
-            asked_an_input += 1
-            k = next(j for j in range(len(nums)) if nums[j] != inst["numbers"][j])
-            assert nums[k] == inst["target"] and asked == inst["numbers"][k]
-            assert nums[:k] + nums[k + 1:] == inst["numbers"][:k] + inst["numbers"][k + 1:]
+        mine = [rows[r] for r in np.flatnonzero(instance == i)]
+        if [k for _, _, k in mine] == [common.KIND_FWD]:  # no input can be asked for: forward row only
+            continue
+        assert [k for _, _, k in mine] == [common.KIND_FWD, common.KIND_BQ, common.KIND_BR]
+        (bq_prompt, bq_completion, _), (br_prompt, br_completion, _) = mine[1:]
+        question = " ".join(map(str, inst["numbers"])) + f" -> {inst['target']} ?"
+        assert VOCAB.decode(bq_prompt) == f"<bos> [bq] {question}"  # no answer in it
+        bq_question = VOCAB.decode(bq_completion).removesuffix(" ? <eos>")
+        new_input, asked = (int(x) for x in bq_question.split(" -> "))
+        assert new_input == inst["target"]
+        # the input asked for: the first, in prompt order, unlike the target whose inversion replays
+        unlike = [j for j, v in enumerate(inst["numbers"]) if v != inst["target"]]
+        k = next(j for j in unlike if inst["numbers"][j] == asked)
+        asked_an_input += 1
+        asked_the_first += k == unlike[0]
+        nums = inst["numbers"][:k] + [inst["target"]] + inst["numbers"][k + 1:]
+        assert VOCAB.decode(br_prompt) == "<bos> [br] " + " ".join(map(str, nums)) + f" -> {asked} ?"
         plan = grammar.parse("optimal", br_completion, VOCAB).plan
         assert independent_replay(nums, asked, plan)   # its reasoning solves it
+    assert asked_the_first >= 190
     assert asked_an_input >= 195
 
 

@@ -226,24 +226,35 @@ def test_a_matched_budget_study_with_a_mixture_gives_verdicts_curves_and_counts(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["answer", "answer_graph"])
+@pytest.mark.parametrize("name", ["answer", "answer_fwdex", "answer_control", "answer_graph"])
 def test_the_answer_studies_run_end_to_end_at_smoke_size(tmp_path, name):
-    """experiments/answer*.toml with every variant, mixture and seed, shrunk to seconds."""
+    """experiments/answer*.toml with every variant, mixture and condition, shrunk to seconds and
+    3 seeds: the whole file passes `retroplan run`'s validation and runs to its verdicts."""
     import re
+    import tomllib
     from pathlib import Path
 
     text = (Path(__file__).parent.parent / "experiments" / f"{name}.toml").read_text()
+    exp = tomllib.loads(text)
     shrink = {"train": 150, "val": 12, "test": 16, "n_embd": 32, "steps": 6, "warmup_steps": 2,
               "checkpoint_every": 6, "curve_every": 3, "curve_examples": 8}
     for key, value in shrink.items():
         text, found = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
         assert found == 1, key
+    text, found = re.subn(r"(?m)^seeds = \[.*\]$", "seeds = [0, 1, 2]", text)
+    assert found == 1
     toml = tmp_path / f"{name}.toml"
     toml.write_text(text)
-    report = run_experiment(toml, tmp_path / "out", progress=False).read_text()
+    report = run_experiment(toml, tmp_path / "out", progress=False, workers=2).read_text()
     verdicts = json.loads((tmp_path / "out" / "verdicts.json").read_text())
-    assert len(verdicts) == 9 and all(v["seeds"] == 3 and v["n"] == 48 for v in verdicts)
-    assert "optimal+reverse" in report and "optimal+stream" in report
+    compared = [v for v in exp["variants"] if v != exp.get("study", {}).get("baseline", "optimal")]
+    assert len(verdicts) == len(compared) * len(exp["conditions"])
+    assert all(v["seeds"] == 3 and v["n"] == 48 for v in verdicts)
+    assert all(v in report for v in compared)
+    if name in ("answer", "answer_fwdex"):  # the mixtures and the data control, at both budgets
+        assert {"optimal+reverse", "optimal+backward-stream", "optimal+stream",
+                "optimal+optimal"} <= set(compared)
+        assert exp["study"]["budget"] == {"answer": "steps", "answer_fwdex": "forward_examples"}[name]
 
 
 def test_every_json_file_a_study_writes_is_strict_json(study):

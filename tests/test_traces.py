@@ -74,7 +74,7 @@ def test_the_design_example_spelling():
                       "at 0 5 2 goal ; 0 5 2 <eos>")
     assert text("revthink") == [
         (prompt, "0 5 2 <eos>"),  # exactly optimal's row
-        ("<bos> [bq] 0 3 | 3 7 | 0 5 | 5 2 / 0 2 = 0 5 2 ;", "0 3 | 3 7 | 0 5 | 5 2 / start go go 2 = <eos>"),
+        ("<bos> [bq] 0 3 | 3 7 | 0 5 | 5 2 / 0 2 =", "start go go 2 = <eos>"),  # the question alone
         ("<bos> [br] 0 3 | 3 7 | 0 5 | 5 2 / start go go 2 =", "at 2 from 5 from 0 ; 0 <eos>")]
     plan = ["0", "5", "2"]  # y1..yd <T> yk..yL </T> y(d+1)..yT with d < k <= L <= T (1-based)
     spans = {" ".join(plan[:d] + ["<T>"] + plan[k - 1:last] + ["</T>"] + plan[d:] + ["<eos>"])

@@ -249,11 +249,13 @@ def test_revthink_backward_rows_read_as_documented_and_the_oracle_accepts_them(m
         dist = bfs_layers(edges, g)
         k = len(plan) - 1
         assert dist[s] == k  # the forward answer is as short as the oracle says
-        backward_q = f"{question} / start {' '.join(['go'] * k)} {g} ="
+        tail = f"start {' '.join(['go'] * k)} {g} ="
+        backward_q = f"{question} / {tail}"
         prompt, completion = dec(data.prompt(r)), dec(data.completion(r))
-        if kind == common.KIND_BQ:  # question + forward answer -> backward question
-            assert prompt == f"<bos> [bq] {question} / {s} {g} = {' '.join(map(str, plan))} ;"
-            assert completion == f"{backward_q} <eos>"
+        if kind == common.KIND_BQ:  # the question alone -> what the backward question adds to it
+            assert prompt == f"<bos> [bq] {question} / {s} {g} ="
+            assert completion == f"{tail} <eos>"
+            assert question not in completion  # not a copy of the prompt's edges
             continue
         # backward question -> BFS layers from the goal, then the answer
         assert prompt == f"<bos> [br] {backward_q}"

@@ -525,16 +525,12 @@ def _invert(nums, target, plan, k, mask, q_plan):
 
 
 @njit(cache=True, parallel=True)
-def _backward_questions(numbers, target, plan, mask, seed, stream, indices, q_nums, q_target, q_plan, q_ok):
+def _backward_questions(numbers, target, plan, mask, q_nums, q_target, q_plan, q_ok):
     n = numbers.shape[1]
     for i in prange(numbers.shape[0]):
-        state = rng.new_state(seed, stream, indices[i], 0)
-        order = np.arange(n)
-        rng.shuffle(state, order)
         q_ok[i] = False
-        for t in range(2 * n):  # first the inputs that differ from the target (else Q' = Q)
-            k = order[t % n]
-            if (numbers[i, k] == target[i]) != (t >= n):
+        for k in range(n):  # the first input, in prompt order, unlike the target (else Q' = Q)
+            if numbers[i, k] == target[i]:
                 continue
             q_nums[i, :] = numbers[i, :]
             q_nums[i, k] = target[i]
@@ -543,26 +539,26 @@ def _backward_questions(numbers, target, plan, mask, seed, stream, indices, q_nu
                     q_nums[i], q_target[i], q_plan[i], mask):
                 q_ok[i] = True
                 break
-        if not q_ok[i]:  # no input can be asked for (zeros everywhere): ask the question itself
+        if not q_ok[i]:  # no input can be asked for (zeros everywhere): no backward question
             q_nums[i, :] = numbers[i, :]
             q_target[i] = target[i]
             q_plan[i, :, :] = plan[i, :, :]
 
 
-def backward_questions(cfg: Config, seed: int, split: str, indices: np.ndarray, batch: dict) -> dict:
-    """RevThink's backward question Q' and its plan for every instance (instances `indices` of
-    `split`): the target becomes an input, in the place of one input (chosen at random, from
-    the trace stream, among those unlike the target), and that input the target. Its plan
-    inverts the forward plan along that input's path, and is replayed before it is kept.
-    Returns `numbers`, `target`, `plan` and `ok` (False: no input could be asked for, and Q'
-    is the question itself)."""
+def backward_questions(cfg: Config, batch: dict) -> dict:
+    """RevThink's backward question Q' and its plan for every instance: the target becomes an
+    input, in the place of the first input (in prompt order) unlike the target whose inversion
+    replays, and that input the target. A function of the question alone (the reference plan is
+    the oracle's first solution, itself a function of the question), so a student that sees
+    only the question can learn to write it. Its plan inverts the forward plan along that
+    input's path, and is replayed before it is kept. Returns `numbers`, `target`, `plan` and
+    `ok` (False: no input could be asked for; Q' is then the question itself, and the writer
+    drops the instance's backward rows)."""
     n_inst, n = batch["numbers"].shape
     out = {"numbers": np.zeros((n_inst, n), dtype=np.int64), "target": np.zeros(n_inst, dtype=np.int64),
            "plan": np.zeros((n_inst, n - 1, 4), dtype=np.int64), "ok": np.zeros(n_inst, dtype=np.bool_)}
-    _backward_questions(batch["numbers"], batch["target"], batch["plan"], ops_mask(cfg), np.uint64(seed),
-                        rng.stream_key(rng.STREAM_TRACE, split),
-                        np.ascontiguousarray(indices, dtype=np.int64), out["numbers"], out["target"],
-                        out["plan"], out["ok"])
+    _backward_questions(batch["numbers"], batch["target"], batch["plan"], ops_mask(cfg), out["numbers"],
+                        out["target"], out["plan"], out["ok"])
     return out
 
 

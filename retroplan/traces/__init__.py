@@ -35,8 +35,9 @@ CITES = {
     "stream": "Stream of Search (Gandhi et al. 2024): the search with its dead ends and backtracks, "
               "then the plan",
     "backward-stream": "a regression search from the goal (backward search stream), then the plan",
-    "revthink": "RevThink (Chen et al. 2024): question -> answer; [bq] question + answer -> "
-                "backward question; [br] backward question -> backward reasoning; test: forward only",
+    "revthink": "RevThink (Chen et al. 2024): question -> answer; [bq] question alone -> "
+                "backward question (what it adds to the question); [br] backward question -> "
+                "backward reasoning; test: forward only",
     "lookahead": "TRELAWNEY (Thankaraj et al. 2025): a future span of the answer copied inside "
                  "<T> ... </T> at a random cut, mixed with plain rows",
     "corrupted": "swapped traces (Stechly et al. 2025, 'Beyond semantics'): another instance's "

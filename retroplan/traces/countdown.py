@@ -13,13 +13,17 @@ stream      at 12 63 96 99 try 99 - 96 = 3 : 12 63 3 go 12 63 3 try 63 - 12 = 51
             go 12 21 try 12 + 21 = 33 : 33 goal ; 99 - 96 = 3 , 63 / 3 = 21 , 12 + 21 = 33 <eos>
 backward-stream   at 12 63 96 99 -> 33 try 33 = 12 + 21 : 63 96 99 -> 21 go 63 96 99 -> 21 ...
             try 3 = 99 - 96 : 96 -> 96 goal ; <the forward plan> <eos>
-revthink    Q -> plan (exactly `optimal`'s row) | [bq] Q plan ; -> Q' | [br] Q' -> plan of Q'
+revthink    Q -> plan (exactly `optimal`'s row) | [bq] Q -> `t -> x ?` | [br] Q' -> plan of Q'
             (backward rows in train only; val and test hold the forward rows). Q' is
-            RevThink's backward question: the target becomes an input (in the place of one
-            input, chosen at random among those unlike the target) and that input the target:
-            `33 63 96 99 -> 12 ?`; its plan
+            RevThink's backward question: the target becomes an input (in the place of the
+            first input, in prompt order, unlike the target whose inversion replays) and that
+            input the target: `33 63 96 99 -> 12 ?`. Objective (b) is written from the question
+            alone, as the paper trains its student: the [bq] row's prompt is Q behind `[bq]`
+            and its completion only what Q' changes, the new input and the new target
+            (`33 -> 12 ?`); the [br] row's prompt is the whole Q'. Its plan
             inverts the forward plan along that input's path (`99 - 96 = 3 , 63 / 3 = 21 ,
-            33 - 21 = 12`), replayed before it is written.
+            33 - 21 = 12`), replayed before it is written; an instance with no such input
+            keeps its forward row only.
 lookahead   99 - 96 = 3 , <T> 12 + 21 = 33 </T> 63 / 3 = 21 , 12 + 21 = 33 <eos>  for a share
             `lookahead_p` of the rows (TRELAWNEY), the others as `optimal`: with T plan steps,
             the cut d (steps written before <T>) uniform in 0..T-1, the span's first step k
@@ -258,10 +262,8 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
         pos = _put(buf, pos, BQ if kind == common.KIND_BQ else BR)
         if kind == common.KIND_BR:
             pos = _put_question(buf, pos, q_nums, q_target)
-        else:
+        else:  # the question alone (RevThink's student sees no answer at objective (b))
             pos = _put_question(buf, pos, nums, target)
-            pos = _put_plan(buf, pos, plan, False)
-            pos = _put(buf, pos, SEMI)
     else:
         pos = _put_question(buf, pos, nums, target)
     prompt = pos
@@ -287,8 +289,11 @@ def _write_row(buf, code, kind, nums, target, plan, found, tape, lo, hi, q_nums,
     elif code == common.REVTHINK:
         if kind == common.KIND_FWD:
             pos = _put_plan(buf, pos, plan, False)
-        elif kind == common.KIND_BQ:
-            pos = _put_question(buf, pos, q_nums, q_target)
+        elif kind == common.KIND_BQ:  # what Q' changes: the target is an input, one input the target
+            pos = _put_number(buf, pos, target)
+            pos = _put(buf, pos, ARROW)
+            pos = _put_number(buf, pos, q_target)
+            pos = _put(buf, pos, QMARK)
         else:
             pos = _put_plan(buf, pos, q_plan, False)
     else:  # lookahead
@@ -363,12 +368,14 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     spans = np.full((n_inst, 3), -1, dtype=np.int64)
     if variant == "lookahead":
         _lookahead_spans(np.uint64(seed), trace_stream, indices, n - 1, float(options.lookahead_p), spans)
+    keep = None
     if variant == "revthink":
-        q = cd.backward_questions(cfg, seed, split, indices, batch)
+        q = cd.backward_questions(cfg, batch)
         q_nums, q_target, q_plan = q["numbers"], q["target"], q["plan"]
+        keep = q["ok"]  # RevThink keeps consistent examples only: no input to ask, no backward rows
     else:
         q_nums, q_target, q_plan = batch["numbers"], batch["target"], plan
-    row_inst, row_kind = example_rows(variant, split, n_inst)
+    row_inst, row_kind = example_rows(variant, split, n_inst, keep)
     rows = row_inst.shape[0]
     lengths = np.zeros(rows, dtype=np.int32)
     prompt_len = np.zeros(rows, dtype=np.int32)

@@ -11,10 +11,14 @@ reverse     pk ... p1 p0 <eos>
 revfwd      pk ... p0 ; p0 ... pk <eos>
 stream      at s a b dead back s c ... goal ; p0 ... pk <eos>   (a move: the bare node)
 backward-stream   at g x y ... start ; p0 ... pk <eos>
-revthink    Q -> plan (exactly `optimal`'s row) | [bq] Q plan ; -> Q' | [br] Q' -> layers ; answer
-            (RevThink). Q' = `E / start go .. go g =` (k `go`s, k = the plan's moves): the
-            backward question hides the start and asks which nodes reach g in k moves (shortest);
-            its reasoning is a breadth-first search from g along reversed edges, one `from`
+revthink    Q -> plan (exactly `optimal`'s row) | [bq] Q -> Q' tail | [br] Q' -> layers ; answer
+            (RevThink, objective (b) from the question alone, as the paper trains its student).
+            Q' = `E / start go .. go g =` (k `go`s, k = d*(s), the shortest distance from the
+            start to the goal: a function of the question, and the plan's moves on every kept
+            instance): the backward question hides the start and asks which nodes reach g in
+            k moves (shortest). The [bq] row writes only what Q' adds to the question's edges,
+            `start go .. go g =`; the [br] row's prompt is the whole Q', edges included. Its
+            reasoning is a breadth-first search from g along reversed edges, one `from`
             per layer (the nodes whose shortest way to g takes j moves, labels ascending), then
             `;` and layer k, which holds the start. Backward rows only in train, and only for
             instances the oracle finds consistent; val and test hold forward rows.
@@ -111,19 +115,26 @@ def _put_question(row, pos, edges, s, g):
 
 
 @njit(cache=True, inline="always")
-def _put_backward_question(row, pos, edges, g, k):
-    """RevThink's backward question `u v | ... | u v / start go .. go g =` (k `go`s): the
-    same edges, the start hidden: which nodes reach g in k moves?"""
-    pos = _put_edges(row, pos, edges)
-    row[pos] = SLASH
-    row[pos + 1] = START_T
-    pos += 2
+def _put_backward_tail(row, pos, g, k):
+    """What RevThink's backward question adds to the question's edges, `start go .. go g =`
+    (k `go`s): the start hidden, which nodes reach g in k moves? (the [bq] row's completion)"""
+    row[pos] = START_T
+    pos += 1
     for _ in range(k):
         row[pos] = GO_T
         pos += 1
     row[pos] = NODE0 + g
     row[pos + 1] = EQ
     return pos + 2
+
+
+@njit(cache=True, inline="always")
+def _put_backward_question(row, pos, edges, g, k):
+    """RevThink's whole backward question `u v | ... | u v / start go .. go g =` (the [br]
+    row's prompt): the same edges, then the tail."""
+    pos = _put_edges(row, pos, edges)
+    row[pos] = SLASH
+    return _put_backward_tail(row, pos + 1, g, k)
 
 
 @njit(cache=True)
@@ -208,15 +219,15 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
         n = answer_len[i]
         row[0] = BOS
         pos = 1
-        if code == common.REVTHINK and kind == common.KIND_BQ:  # question + its answer -> backward question
+        k = 0  # revthink's backward rows: the moves d*(s), computed from the question alone
+        if code == common.REVTHINK and kind != common.KIND_FWD:
+            k = digraph.distances_to_goal(edges[i], g, num_nodes)[s]
+        if code == common.REVTHINK and kind == common.KIND_BQ:  # the question alone -> backward question
             row[pos] = BQ
             pos = _put_question(row, pos + 1, edges[i], s, g)
-            pos = _put_nodes(row, pos, answer[i], n, False)
-            row[pos] = SEMI
-            pos += 1
         elif code == common.REVTHINK and kind == common.KIND_BR:  # backward question -> its answer
             row[pos] = BR
-            pos = _put_backward_question(row, pos + 1, edges[i], g, n - 1)
+            pos = _put_backward_question(row, pos + 1, edges[i], g, k)
         else:  # every forward row, revthink's included: exactly `optimal`'s prompt
             pos = _put_question(row, pos, edges[i], s, g)
         prompt_len[r] = pos
@@ -238,9 +249,9 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
             pos = _put_nodes(row, pos + 1, answer[i], n, False)
         elif code == common.REVTHINK:
             if kind == common.KIND_BQ:
-                pos = _put_backward_question(row, pos, edges[i], g, n - 1)
+                pos = _put_backward_tail(row, pos, g, k)
             elif kind == common.KIND_BR:
-                pos = _put_layers(row, pos, edges[i], g, n - 1, num_nodes)
+                pos = _put_layers(row, pos, edges[i], g, k, num_nodes)
             else:
                 pos = _put_nodes(row, pos, answer[i], n, False)
         else:  # lookahead (TRELAWNEY): y1..yd <T> yk..yL </T> y(d+1)..yT, 1-based, d < k <= L <= T
@@ -307,8 +318,9 @@ def write_examples(task: DigraphTask, cfg, options: Options, variant: str, seed:
         keep = revthink_consistent(batch, cfg.num_nodes)
     row_inst, row_kind = example_rows(variant, split, n_inst, keep)
     e, p = batch["edges"].shape[1], answer.shape[1]
-    # prompt <= 3e + p + 6 ([bq]: question, plan, `;`); completion <= 4e + p + 4 ([br]: every
-    # node twice plus k `from`s), 2 * events + p + 2 (streams), 2p + 3 (lookahead)
+    # prompt <= 3e + p + 5 ([br]: the edges, `/ start`, k < p `go`s, `g =`); completion
+    # <= 4e + p + 4 ([br]: every node twice plus k `from`s), 2 * events + p + 2 (streams),
+    # 2p + 3 (lookahead)
     width = 3 * e + p + 6 + max(4 * e + p + 4, 2 * events.shape[1] + p + 2, 2 * p + 3)
     out = np.empty((row_inst.shape[0], width), dtype=np.int32)  # only row[:total_len] is read
     prompt_len = np.zeros(row_inst.shape[0], dtype=np.int32)
@@ -416,7 +428,8 @@ def variant_note(task_name: str, variant: str) -> str | None:
         return "no search on path-star: the backward direction is a chain"
     if variant == "revthink":
         return ("no search in the backward objectives on path-star: the backward direction "
-                "is a chain (one node per layer)")
+                "is a chain (one node per layer), and the backward question's move count is "
+                "path_len - 1 for every instance")
     if variant in ("reverse", "revfwd"):
         return "the plan written goal-first needs no search on path-star: the backward direction is a chain"
     return None
