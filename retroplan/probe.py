@@ -14,10 +14,10 @@ Targets (what a row gives: its positions and their labels):
 - `arm` (pathstar, graph; every variant): one position per instance, the decision point = the
   last prompt token (`=`), where a forward planner must choose its first move and every variant
   has read the same prompt. Label: the index of the reference plan's first move among the
-  start's successors in the order the prompt lists them (edge list or adjacency lists). On
-  path-star the goal's arm is uniform and the edges are shuffled, so the labels are uniform
-  over `degree` classes and chance is 1/degree; on `graph` the label is the index of the
-  reference (shortest, ties: smallest label) first move, and only the majority baseline applies.
+  start's successors in the order their edges appear in the prompt. On path-star the goal's arm
+  is uniform and the edges are shuffled, so the labels are uniform over `degree` classes and
+  chance is 1/degree; on `graph` the label is the index of the reference (shortest, ties:
+  smallest label) first move, and only the majority baseline applies.
 - `distance` (pathstar, graph; every variant): every node token of the written plan (the part
   after the last `;`, or the whole completion when there is none, nodes inside a `<T> .. </T>`
   span left out; `reverse` writes it goal-first), the node just written; label: its shortest
@@ -191,7 +191,8 @@ def target_positions(suite: Suite, split, rows: np.ndarray, target: str) -> Posi
 
 def _arm_positions(suite: Suite, split, r: int, i: int):
     start = int(split.instances["start"][i])
-    # in the order the prompt lists them (edge list or adjacency lists, traces/digraphs.py)
+    # the start's successors in the order the prompt lists them: the edge list's order, or
+    # the adjacency lists' (trace option prompt = "adjacency", traces/digraphs.py)
     successors = graph_grammar.prompt_successors(split.prompt(r), len(suite.vocab))[start]
     first_move = int(split.instances["plan"][i, 1])
     yield int(split.prompt_len[r]) - 1, successors.index(first_move)
