@@ -199,22 +199,23 @@ def target_positions(suite: Suite, split, rows: np.ndarray, target: str) -> Posi
                      np.asarray(out_inst, dtype=np.int64), np.asarray(out_labels, dtype=dtype))
 
 
-def _arm_label(split, i: int) -> int:
-    """The index of the reference plan's first move among the start's successors (prompt order)."""
-    edges = np.asarray(split.instances["edges"][i])
+def _arm_label(suite: Suite, split, r: int, i: int) -> int:
+    """The index of the reference plan's first move among the start's successors, in the order
+    the prompt lists them: the edge list's order, or the adjacency lists' (trace option
+    prompt = "adjacency", traces/digraphs.py)."""
     start = int(split.instances["start"][i])
-    successors = [int(v) for v in edges[edges[:, 0] == start, 1]]
+    successors = graph_grammar.prompt_successors(split.prompt(r), len(suite.vocab))[start]
     return successors.index(int(split.instances["plan"][i, 1]))
 
 
 def _arm_positions(suite: Suite, split, r: int, i: int):
     position = int(deciding_positions(suite, split, np.array([r]))[0])
     if position >= 0:
-        yield position, _arm_label(split, i)
+        yield position, _arm_label(suite, split, r, i)
 
 
 def _arm_eq_positions(suite: Suite, split, r: int, i: int):
-    yield int(split.prompt_len[r]) - 1, _arm_label(split, i)
+    yield int(split.prompt_len[r]) - 1, _arm_label(suite, split, r, i)
 
 
 def _distance_positions(suite: Suite, split, r: int, i: int):

@@ -507,14 +507,15 @@ def task_contract(grammar) -> type:
     return hint if isinstance(hint, type) and Task in hint.__mro__ else Task
 
 
-def check_grammar(grammar, task, *, seed: int = 0, count: int = 3) -> None:
+def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None) -> None:
     """Check a grammar module against `Grammar` (and `task` against what the grammar asks of its
     tasks) and exercise it on `count` test instances of `task`'s default config: for every variant,
     the rows are well formed and do not depend on the batch, the test rows parse back to the
     instance's reference plan (a stream: to the path it found, which replays, and its teacher
     stream is valid by the task's Walk), an unfinished or random completion is reported, not
     raised, and eval_prefix, StreamTracker, variant_note and searcher_of answer as their
-    Protocol says. Raises ContractError."""
+    Protocol says. `options` (a `grammar.Options`; default: its defaults) are the writer's
+    settings the rows are written with. Raises ContractError."""
     from .metrics import analyse_stream
     from .traces.common import VARIANTS, Parsed
 
@@ -528,7 +529,8 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3) -> None:
               f"{grammar.VARIANTS!r}.")
     if not set(grammar.STREAM_VARIANTS) <= set(grammar.VARIANTS):
         _fail(f"{what}: STREAM_VARIANTS {grammar.STREAM_VARIANTS!r} must be among VARIANTS.")
-    options = _check_settings(grammar.Options, f"{what}: Options")
+    defaults = _check_settings(grammar.Options, f"{what}: Options")
+    options = defaults if options is None else options
     cfg = task.Config()
     vocab = grammar.make_vocab(cfg)
     size = len(vocab)

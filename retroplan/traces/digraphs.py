@@ -6,6 +6,12 @@ searchers (`depth_limit(cfg)`) and whether its backward direction is a chain (`B
 for `variant_note`); it never branches on a task's name.
 
 Prompt      <bos> u v | u v | ... | u v / s g =          (edges in their shuffled order)
+            <bos> u v v' | u' v'' | ... / s g =       (option prompt = "adjacency")
+            `adjacency` writes each node that has successors, then its successors: the nodes in
+            a random order per instance and each node's successors shuffled, drawn from (seed,
+            split, index) alone, so every variant writes the same prompt for an instance. No new
+            token: a group's first node (after <bos> or `|`) is the source, as in `edges`, which
+            is the same form with one successor per group (so one reader serves both).
 optimal     p0 p1 ... pk <eos>
 reverse     pk ... p1 p0 <eos>
 revfwd      pk ... p0 ; p0 ... pk <eos>
@@ -58,6 +64,12 @@ NODE0 = len(STRUCTURE)
 
 
 
+PROMPTS = ("edges", "adjacency")
+# The adjacency prompt's draws: the trace stream of the instance's split and index, a salt apart
+# from the lookahead spans' (salt 0)
+_PROMPT_SALT = 1
+
+
 @dataclass(frozen=True)
 class Options:
     """How the traces are written (every knob of the writer, stored in meta.json)."""
@@ -65,6 +77,7 @@ class Options:
     stream_searcher: str = "dfs"        # dfs | bfs: the search behind `stream`/`corrupted`
     child_order: str = "random"         # random | distance: the order successors are tried in
     lookahead_p: float = 0.5            # share of `lookahead` examples that get a <T> span
+    prompt: str = "edges"               # edges | adjacency: how the prompt writes the graph
 
     def validate(self) -> None:
         require(self.stream_searcher in ("dfs", "bfs"),
@@ -73,6 +86,8 @@ class Options:
                 f"child_order must be one of {', '.join(digraph_search.ORDERS)}, got {self.child_order!r}.")
         require(isinstance(self.lookahead_p, (int, float)) and 0.0 <= self.lookahead_p <= 1.0,
                 f"lookahead_p must be a number in [0, 1], got {self.lookahead_p!r}.")
+        require(self.prompt in PROMPTS,
+                f"prompt must be one of {', '.join(PROMPTS)}, got {self.prompt!r}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,10 +118,49 @@ def _put_edges(row, pos, edges):
     return pos
 
 
+@njit(cache=True)
+def _put_adjacency(row, pos, edges, num_nodes, state):
+    """`u v v' | u' v'' | ...`: each node that has successors, then its successors; the nodes in
+    a random order and each node's successors shuffled (draws from `state`, one per instance)."""
+    order = np.arange(num_nodes)
+    rng.shuffle(state, order)
+    successors = np.empty(edges.shape[0], dtype=np.int32)
+    first = True
+    for u in order:
+        c = 0
+        for e in range(edges.shape[0]):
+            if edges[e, 0] == u:
+                successors[c] = edges[e, 1]
+                c += 1
+        if c == 0:
+            continue
+        rng.shuffle(state, successors[:c])
+        if not first:
+            row[pos] = BAR
+            pos += 1
+        first = False
+        row[pos] = NODE0 + u
+        pos += 1
+        for j in range(c):
+            row[pos] = NODE0 + successors[j]
+            pos += 1
+    return pos
+
+
 @njit(cache=True, inline="always")
-def _put_question(row, pos, edges, s, g):
-    """`u v | ... | u v / s g =`"""
-    pos = _put_edges(row, pos, edges)
+def _put_graph(row, pos, edges, num_nodes, adjacency, seed, stream, index):
+    """The graph part of a prompt: the edge list in its shuffled order, or (`adjacency`) each
+    node's successors, drawn from (seed, stream, index) alone so that every variant, mixture
+    component and RevThink row of an instance writes the same prompt."""
+    if adjacency:
+        return _put_adjacency(row, pos, edges, num_nodes, rng.new_state(seed, stream, index, _PROMPT_SALT))
+    return _put_edges(row, pos, edges)
+
+
+@njit(cache=True, inline="always")
+def _put_question(row, pos, edges, s, g, num_nodes, adjacency, seed, stream, index):
+    """`u v | ... | u v / s g =` (or the adjacency lists, then `/ s g =`)"""
+    pos = _put_graph(row, pos, edges, num_nodes, adjacency, seed, stream, index)
     row[pos] = SLASH
     row[pos + 1] = NODE0 + s
     row[pos + 2] = NODE0 + g
@@ -116,7 +170,7 @@ def _put_question(row, pos, edges, s, g):
 
 @njit(cache=True, inline="always")
 def _put_backward_tail(row, pos, g, k):
-    """What RevThink's backward question adds to the question's edges, `start go .. go g =`
+    """What RevThink's backward question adds to the question's graph, `start go .. go g =`
     (k `go`s): the start hidden, which nodes reach g in k moves? (the [bq] row's completion)"""
     row[pos] = START_T
     pos += 1
@@ -129,10 +183,10 @@ def _put_backward_tail(row, pos, g, k):
 
 
 @njit(cache=True, inline="always")
-def _put_backward_question(row, pos, edges, g, k):
+def _put_backward_question(row, pos, edges, g, k, num_nodes, adjacency, seed, stream, index):
     """RevThink's whole backward question `u v | ... | u v / start go .. go g =` (the [br]
-    row's prompt): the same edges, then the tail."""
-    pos = _put_edges(row, pos, edges)
+    row's prompt): the same graph, written as the forward prompt writes it, then the tail."""
+    pos = _put_graph(row, pos, edges, num_nodes, adjacency, seed, stream, index)
     row[pos] = SLASH
     return _put_backward_tail(row, pos + 1, g, k)
 
@@ -209,7 +263,8 @@ def _put_events(row, pos, events, n_events, backward):
 
 @njit(cache=True, parallel=True)
 def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len, events,
-                n_events, seed, stream, indices, lookahead_p, num_nodes, out, prompt_len, total_len):
+                n_events, seed, stream, indices, lookahead_p, num_nodes, adjacency, out, prompt_len,
+                total_len):
     for r in prange(row_inst.shape[0]):
         i = row_inst[r]
         kind = row_kind[r]
@@ -224,12 +279,14 @@ def _write_rows(code, row_inst, row_kind, edges, start, goal, answer, answer_len
             k = digraph.distances_to_goal(edges[i], g, num_nodes)[s]
         if code == common.REVTHINK and kind == common.KIND_BQ:  # the question alone -> backward question
             row[pos] = BQ
-            pos = _put_question(row, pos + 1, edges[i], s, g)
+            pos = _put_question(row, pos + 1, edges[i], s, g, num_nodes, adjacency, seed, stream,
+                                indices[i])
         elif code == common.REVTHINK and kind == common.KIND_BR:  # backward question -> its answer
             row[pos] = BR
-            pos = _put_backward_question(row, pos + 1, edges[i], g, k)
+            pos = _put_backward_question(row, pos + 1, edges[i], g, k, num_nodes, adjacency, seed,
+                                         stream, indices[i])
         else:  # every forward row, revthink's included: exactly `optimal`'s prompt
-            pos = _put_question(row, pos, edges[i], s, g)
+            pos = _put_question(row, pos, edges[i], s, g, num_nodes, adjacency, seed, stream, indices[i])
         prompt_len[r] = pos
         if code == common.OPTIMAL:
             pos = _put_nodes(row, pos, answer[i], n, False)
@@ -328,7 +385,8 @@ def write_examples(task: DigraphTask, cfg, options: Options, variant: str, seed:
     _write_rows(common.VARIANT_CODE[variant], row_inst, row_kind, batch["edges"], batch["start"],
                 batch["goal"], answer, answer_len, events, n_events, np.uint64(seed),
                 rng.stream_key(rng.STREAM_TRACE, split), indices,
-                float(options.lookahead_p), cfg.num_nodes, out, prompt_len, total_len)
+                float(options.lookahead_p), cfg.num_nodes, options.prompt == "adjacency", out,
+                prompt_len, total_len)
     offsets = np.zeros(row_inst.shape[0] + 1, dtype=np.int64)
     np.cumsum(total_len, out=offsets[1:])
     tokens = np.empty(offsets[-1], dtype=np.int32)
@@ -442,6 +500,25 @@ def searcher_of(suite, split: str, index: int) -> str | None:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def prompt_successors(prompt, vocab_size: int) -> dict[int, list[int]]:
+    """Each node's successors as a forward prompt (`<bos> ... / s g =`) lists them, in prompt
+    order: a group (between `|`s) is a source node followed by its successors, which reads
+    both encodings (`edges` has one successor per group). Analysis reads graphs from the
+    instances; this is for what depends on the prompt's order (the `arm` probe's label)."""
+    ids = [int(t) for t in prompt]
+    ids = ids[: ids.index(SLASH)] if SLASH in ids else ids
+    out: dict[int, list[int]] = {}
+    group: list[int] = []
+    for t in ids + [BAR]:
+        if t == BAR:
+            if group:
+                out.setdefault(group[0], []).extend(group[1:])
+            group = []
+        elif NODE0 <= t < vocab_size:
+            group.append(t - NODE0)
+    return out
 
 
 def _nodes(ids: list[int], vocab_size: int, what: str) -> list[int]:

@@ -1,0 +1,167 @@
+"""Calibration driver (issue 21): run the forward baseline of one calibration file with `--set`
+overrides, one run at a time, and record each run's verified result next to its exact command.
+
+    python experiments/calibration/calibrate.py queue experiments/calibration/queue.txt
+    python experiments/calibration/calibrate.py table      # README.md's table + curves.png
+
+`queue` reads the queue file again after every run and runs the first row that has no record
+yet; a line is `ROW TASK KEY=VALUE ...` (TASK: experiments/calibration/TASK.toml), `#` starts a
+comment, a line `STOP` ends the queue (without it the queue waits for new lines). A row's run
+folder is runs/calib/ROW; an interrupted row is finished by running the queue again (`retroplan
+run` resumes from the last checkpoint; the recorded wall time is then that of the last try, and
+the record says so). Each finished row is written to rows/ROW.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RUNS = ROOT / "runs" / "calib"
+ROWS = HERE / "rows"
+RETROPLAN = os.environ.get("RETROPLAN", "retroplan")
+
+# The curve has flattened when its last two points gain less than this over the two before
+# them (validation accuracy on the run's curve_examples rows): a fixed rule, not a judgement.
+FLAT_GAIN = 0.05
+
+
+def cpu_name() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def flattened(curve: list[dict]) -> bool | None:
+    acc = [p["val_accuracy"] for p in curve]
+    if len(acc) < 4:
+        return None
+    return (acc[-1] + acc[-2]) / 2 - (acc[-3] + acc[-4]) / 2 < FLAT_GAIN
+
+
+def command_of(row: str, task: str, overrides: list[str]) -> str:
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+    return f"retroplan run experiments/calibration/{task}.toml --out runs/calib/{row} {sets}".strip()
+
+
+def run_row(row: str, task: str, overrides: list[str]) -> dict:
+    out = RUNS / row
+    resumed = out.exists()
+    argv = [RETROPLAN, "run", str(HERE / f"{task}.toml"), "--out", str(out)]
+    for o in overrides:
+        argv += ["--set", o]
+    t0 = time.time()
+    used0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"[calibrate] {row}: {command_of(row, task, overrides)}", flush=True)
+    proc = subprocess.run(argv, cwd=ROOT)
+    wall = time.time() - t0
+    used1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (used1.ru_utime - used0.ru_utime) + (used1.ru_stime - used0.ru_stime)
+    if proc.returncode != 0:
+        raise SystemExit(f"[calibrate] {row} failed with exit code {proc.returncode}")
+    with open(out / "results.csv") as fh:
+        result = next(r for r in csv.DictReader(fh) if r["split"] == "test" and r["variant"] == "optimal")
+    run_dir = next((out / "runs").iterdir())
+    curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines() if line]
+    final = json.loads((run_dir / "final.json").read_text())
+    record = {
+        "row": row, "task": task, "overrides": overrides, "command": command_of(row, task, overrides),
+        "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu_seconds, 1), "resumed": resumed,
+        "cpu": cpu_name(), "load_average": os.getloadavg(),
+        "train_seconds": final["train_seconds"], "curve_seconds": final.get("curve_seconds"),
+        "tokens_per_second": final["tokens_per_second"], "parameters": final["parameters"],
+        "steps": final["steps"], "n": int(result["n"]), "accuracy": float(result["accuracy"]),
+        "first_step_accuracy": float(result["first_step_accuracy"]),
+        "tf_token_accuracy": float(result["tf_token_accuracy"]),
+        "curve": [{"step": p["step"], "val_accuracy": p["val_accuracy"], "val_n": p["val_n"],
+                   "tf_token_accuracy": round(p["tf_token_accuracy"], 4)} for p in curve],
+        "flattened": flattened(curve),
+    }
+    ROWS.mkdir(exist_ok=True)
+    tmp = ROWS / f".{row}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.rename(ROWS / f"{row}.json")
+    print(f"[calibrate] {row}: test accuracy {record['accuracy']:.3f} (n={record['n']}), first step "
+          f"{record['first_step_accuracy']:.3f}, {wall:.0f} s wall, flattened {record['flattened']}",
+          flush=True)
+    return record
+
+
+def read_queue(path: Path) -> tuple[list[tuple[str, str, list[str]]], bool]:
+    rows, stop = [], False
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line == "STOP":
+            stop = True
+            break
+        words = shlex.split(line)
+        rows.append((words[0], words[1], words[2:]))
+    return rows, stop
+
+
+def queue(path: Path) -> None:
+    while True:
+        rows, stop = read_queue(path)
+        todo = [r for r in rows if not (ROWS / f"{r[0]}.json").exists()]
+        if todo:
+            run_row(*todo[0])
+        elif stop:
+            print("[calibrate] queue done", flush=True)
+            return
+        else:
+            time.sleep(15)
+
+
+def table() -> None:
+    records = sorted((json.loads(p.read_text()) for p in ROWS.glob("*.json")), key=lambda r: r["row"])
+    lines = ["| row | `--set` overrides | steps | wall s | CPU s | test acc (n) | first step | val acc every "
+             "`curve_every` steps | flattened |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        curve = " ".join(f"{p['val_accuracy']:.2f}" for p in r["curve"])
+        sets = " ".join(f"`{o}`" for o in r["overrides"]) or "(none)"
+        flat = {True: "yes", False: "no"}.get(r["flattened"], "n/a")
+        lines.append(f"| {r['row']} | {sets} | {r['steps']} | {r['wall_seconds']:.0f} | "
+                     f"{r.get('cpu_seconds', 0):.0f} | {r['accuracy']:.3f} ({r['n']}) | "
+                     f"{r['first_step_accuracy']:.3f} | {curve} | {flat} |")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    for task in sorted({r["task"] for r in records}):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in (r for r in records if r["task"] == task):
+            ax.plot([p["step"] for p in r["curve"]], [p["val_accuracy"] for p in r["curve"]], marker=".",
+                    label=f"{r['row']} ({r['accuracy']:.2f})")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation accuracy (verified)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{task}: forward baseline (optimal), seed 0")
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        fig.savefig(HERE / f"curves_{task}.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "queue":
+        queue(Path(sys.argv[2]))
+    elif len(sys.argv) == 2 and sys.argv[1] == "table":
+        table()
+    else:
+        raise SystemExit(__doc__)
