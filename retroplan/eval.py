@@ -34,6 +34,7 @@ from .errors import require, require_field_types
 from .fsutil import atomic_path, json_line, path_for, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
+from .models.gpt import row_generators
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
@@ -204,10 +205,10 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
     """{(row, sample): (token ids up to <eos>, summed log-prob)} for every row and sample;
     the model continues each prompt after its forced `prefixes[row]` (not in the ids).
 
-    Batches hold rows of one prompt length, so prompts need no padding."""
+    Batches hold rows of one prompt length, so prompts need no padding. A sampled completion
+    draws from its own generator, seeded by (seed, row, sample): it is the same whatever the
+    batch size or limit (`models.gpt.row_generators`)."""
     eos = suite.vocab.eos_id
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
     prefixes = prefixes or {}
     by_prompt_len = defaultdict(list)
     for r in rows:
@@ -231,7 +232,8 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
                                   cfg.tip_beta, cfg.tip_oracle)
             new, logprob = generate_with_logprobs(
                 model, prompts, model.cfg.block_size - plen, eos, logits_hook=hook,
-                temperature=cfg.temperature, top_k=cfg.top_k, generator=gen)
+                temperature=cfg.temperature, top_k=cfg.top_k,
+                generator=row_generators(cfg.seed, chunk) if cfg.temperature > 0 else None)
             for (r, s), ids, lp in zip(chunk, new.cpu().tolist(), logprob.cpu().tolist()):
                 out[(r, s)] = (ids[: ids.index(eos) + 1] if eos in ids else ids, lp)
             bar.update(len(chunk))
