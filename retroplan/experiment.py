@@ -223,6 +223,17 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
     for c in conditions:
         for v in variants:
             _spec(exp, c, v, seeds[0]).resolve()
+    # a split the study needs must have rows (the sizes are checked integers by now): found
+    # now, not after the first run is trained
+    resolved_sizes = {**task.DEFAULT_SIZES, **sizes}
+    for split in splits:
+        require(resolved_sizes.get(split, 0) > 0, f"{path}: [eval] evaluates split {split}, and "
+                f"[sizes] {split} is {resolved_sizes.get(split, 0)}; give it at least one instance.")
+    for cfg in [exp["_train"], *exp["_train_by_variant"].values()]:
+        for key in ("eval_every", "curve_every"):
+            require(not getattr(cfg, key) or resolved_sizes.get("val", 0) > 0,
+                    f"{path}: train {key} needs rows in a val split, and [sizes] val is "
+                    f"{resolved_sizes.get('val', 0)}; set {key} to 0 or val to at least 1.")
     return exp
 
 

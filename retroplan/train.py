@@ -352,6 +352,9 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     split = suite.split("train")
     rows, context, dropped, cut = training_rows(split, cfg, suite.max_len())
     require(len(rows) > 0, f"every training row is longer than the context of {context} tokens.")
+    require(not cfg.eval_every or ("val" in suite.splits and len(suite.split("val")) > 0),
+            f"train eval_every needs rows in a val split, and suite {suite.path} has none; set "
+            "eval_every to 0 (the final val loss is then null) or generate the suite with --val > 0.")
     curve = curve_rows(suite, cfg.curve_examples) if cfg.curve_every else None
     require(curve is None or len(curve) > 0,
             f"train curve_every needs forward rows in a val split, and suite {suite.path} has none.")

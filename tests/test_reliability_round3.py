@@ -94,3 +94,64 @@ def test_a_limit_keeps_the_samples_of_the_rows_it_keeps(tmp):
     rows = {r["row"] for r in records(tmp / "three")}
     kept = [r["generated"] for r in records(tmp / "all") if r["row"] in rows]
     assert [r["generated"] for r in records(tmp / "three")] == kept
+
+
+# ------------------------------------------------------------ 2. validation without val rows
+
+
+@pytest.fixture(scope="module")
+def no_val_suite(tmp_path_factory):
+    path = tmp_path_factory.mktemp("noval") / "suite"
+    generate_suite(SuiteSpec("pathstar", "optimal", PATHSTAR, {}, 0, {"train": 20, "val": 0, "test": 5}),
+                   path, progress=False)
+    return path
+
+
+def test_eval_every_on_a_suite_without_val_rows_is_refused_before_the_run_folder(no_val_suite, tmp_path,
+                                                                                   capsys):
+    one_sentence(["train", no_val_suite, "--out", tmp_path / "r", "--preset", "tiny", "--batch-size", "4",
+                  "--steps", "4", "--eval-every", "2", "--threads", "1"], capsys,
+                 "train eval_every needs rows in a val split")
+    assert not (tmp_path / "r").exists()
+    # without eval_every the same suite trains (its final val loss is null: there is nothing to measure)
+    code, _, err = run_cli(["train", no_val_suite, "--out", tmp_path / "r", "--preset", "tiny",
+                            "--batch-size", "4", "--steps", "2", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "final.json").read_text())["val_loss"] is None
+
+
+STUDY = """name = "tiny"
+task = "pathstar"
+variants = ["optimal"]
+seeds = [0]
+
+[sizes]
+train = 20
+val = {val}
+test = {test}
+
+[[conditions]]
+label = "d2"
+degree = 2
+path_len = 3
+num_nodes = 10
+
+[train]
+preset = "tiny"
+steps = 2
+batch_size = 4
+threads = 1
+{extra}
+"""
+
+
+@pytest.mark.parametrize("val,test,extra,fragment", [
+    (0, 5, "eval_every = 1", "train eval_every needs rows in a val split, and [sizes] val is 0"),
+    (0, 5, "curve_every = 1", "train curve_every needs rows in a val split, and [sizes] val is 0"),
+    (4, 0, "", "[eval] evaluates split test, and [sizes] test is 0"),
+], ids=["eval_every", "curve_every", "test-0"])
+def test_an_empty_split_a_study_needs_is_refused_before_any_work(tmp_path, capsys, val, test, extra,
+                                                                 fragment):
+    (tmp_path / "exp.toml").write_text(STUDY.format(val=val, test=test, extra=extra))
+    one_sentence(["run", tmp_path / "exp.toml", "--out", tmp_path / "out"], capsys, fragment)
+    assert not (tmp_path / "out").exists()
