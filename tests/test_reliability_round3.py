@@ -8,14 +8,18 @@ few steps, so each takes seconds."""
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from retroplan import fsutil
 from retroplan.cli import main
+from retroplan.errors import UserError
 from retroplan.eval import EvalConfig, evaluate
-from retroplan.traces.suite import SuiteSpec, generate_suite
+from retroplan.traces.suite import SuiteSpec, generate_suite, meta_digest, open_suite
 from retroplan.train import TrainConfig, train
 
 PATHSTAR = {"degree": 2, "path_len": 3, "num_nodes": 10}
@@ -155,3 +159,82 @@ def test_an_empty_split_a_study_needs_is_refused_before_any_work(tmp_path, capsy
     (tmp_path / "exp.toml").write_text(STUDY.format(val=val, test=test, extra=extra))
     one_sentence(["run", tmp_path / "exp.toml", "--out", tmp_path / "out"], capsys, fragment)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------ 3. instance values under recomputed checksums
+
+
+def rehash(suite: Path) -> None:
+    """Make every checksum in meta.json match the files again, as a careful forger would."""
+    meta = json.loads((suite / "meta.json").read_text())
+    meta["files"] = {name: fsutil.sha256_file(suite / name) for name in meta["files"]}
+    meta["meta_sha256"] = meta_digest(meta)
+    (suite / "meta.json").write_text(json.dumps(meta))
+
+
+def change_array(suite: Path, name: str, change) -> None:
+    array = np.load(suite / name)
+    array = change(array)
+    np.save(suite / name, array)
+    rehash(suite)
+
+
+def setting(index, value):
+    def change(a):
+        a[index] = value
+        return a
+    return change
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("test.inst.goal.npy", setting(0, 10**6),
+     "goal 1000000 (instance 0) in test.inst.goal.npy, outside 0..9"),
+    ("test.inst.start.npy", setting(1, -5), "start -5 (instance 1) in test.inst.start.npy, outside 0..9"),
+    ("test.inst.edges.npy", setting((2, 1, 0), 10**6),
+     "edges 1000000 (instance 2) in test.inst.edges.npy, outside 0..9"),
+    ("test.inst.plan.npy", setting((0, 1), 10), "plan 10 (instance 0) in test.inst.plan.npy, outside 0..9"),
+    ("test.inst.plan_len.npy", setting(0, 99),
+     "plan_len 99 (instance 0) in test.inst.plan_len.npy, outside 3..3"),
+    ("test.inst.goal.npy", lambda a: np.stack([a, a], axis=1),
+     "test.inst.goal.npy of shape (12, 2), where one value per instance is allowed"),
+    ("test.inst.edges.npy", lambda a: a[:, :, :1].copy(),
+     "test.inst.edges.npy of shape (12, 4, 1), where (instances, 4, 2) is allowed"),
+], ids=["goal", "start", "edge", "plan", "plan_len", "goal-2d", "edges-shape"])
+def test_rehashed_instance_values_out_of_range_are_refused_before_eval(tmp, capsys, name, change, message):
+    change_array(tmp / "suite", name, change)
+    with pytest.raises(UserError, match=re.escape(message)):
+        open_suite(tmp / "suite").split("test")
+    # training reads only the train split, so it still succeeds (the issue's repro) ...
+    train(tmp / "suite", tmp / "run2", TrainConfig(steps=1, **TINY), progress=False)
+    # ... and eval stops with one sentence instead of a segfault or numbers on impossible instances
+    line = one_sentence(["eval", tmp / "run2", "--limit", "5", "--out", tmp / "e"], capsys, message)
+    assert "(the suite is corrupt)" in line
+    assert not (tmp / "e").exists()
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("test.inst.numbers.npy", setting((0, 2), 10**6),
+     "numbers 1000000 (instance 0) in test.inst.numbers.npy, outside 1..99"),
+    ("test.inst.target.npy", setting(1, -3),
+     "target -3 (instance 1) in test.inst.target.npy, outside 10..100"),
+    ("test.inst.plan.npy", setting((0, 0, 1), 7), "plan 7 (instance 0) in test.inst.plan.npy, outside 0..3"),
+], ids=["number", "target", "operation"])
+def test_rehashed_countdown_values_out_of_range_are_refused(tmp_path, name, change, message):
+    suite = generate_suite(SuiteSpec("countdown", "optimal", {}, {}, 0, {"train": 4, "val": 2, "test": 3}),
+                           tmp_path / "cd", progress=False)
+    open_suite(suite).split("test")  # as generated: in range
+    change_array(suite, name, change)
+    with pytest.raises(UserError, match=re.escape(message)):
+        open_suite(suite).split("test")
+
+
+def test_every_generated_instance_is_inside_its_tasks_bounds(tmp_path):
+    """The bounds refuse nothing a generator writes (every task, odd configs too)."""
+    for task, config in [("pathstar", PATHSTAR), ("graph", {"structure": "balanced", "num_nodes": 30,
+                                                             "max_lookahead": 3}),
+                         ("graph", {}), ("countdown", {"n_inputs": 3, "operations": "+-"})]:
+        path = generate_suite(SuiteSpec(task, "optimal", config, {}, 0, {"train": 20, "val": 5, "test": 5}),
+                              tmp_path / f"{task}-{len(config)}", progress=False)
+        suite = open_suite(path)
+        for split in suite.splits:
+            suite.split(split)

@@ -130,6 +130,15 @@ def describe(cfg: Config) -> list[str]:
     return [f"held-out targets (only in {', '.join(HELD_OUT_SPLITS)}): {held}"]
 
 
+def instance_bounds(cfg: Config) -> dict:
+    """Inputs and targets within the config's ranges; a plan step is (first, operation code,
+    second, result), its numbers below VALUE_LIMIT; `draws` counts input draws (-1: gave up)."""
+    k, big = cfg.n_inputs, VALUE_LIMIT - 1
+    return {"numbers": ((k,), cfg.min_input, cfg.max_input), "target": ((), cfg.min_target, cfg.max_target),
+            "plan": ((k - 1, 4), (0, 0, 0, 0), (big, len(OP_SYMBOLS) - 1, big, big)),
+            "draws": ((), -1, MAX_DRAWS)}
+
+
 def split_summary(cfg: Config, instances: dict) -> str:
     """One line about a split's instances for `retroplan inspect`."""
     draws = int(instances["draws"].sum())
