@@ -30,7 +30,7 @@ from . import __version__, checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
 from .device import resolve_device
-from .errors import require, require_field_types
+from .errors import require, require_field_types, require_seed
 from .fsutil import atomic_path, json_line, path_for, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
@@ -66,6 +66,7 @@ class EvalConfig:
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                     f"eval {name} must be a non-negative integer, got {v!r}.")
 
+        require_seed(self.seed, "eval seed")
         for name in ("limit", "top_k", "seed", "tip_beta"):
             nonneg_int(name)
         require(isinstance(self.batch_size, int) and self.batch_size >= 1,

@@ -41,7 +41,7 @@ import torch
 from . import __version__, plots
 from .device import resolve_device
 from .envs import get_task, make_config
-from .errors import UserError, require
+from .errors import SEED_LIMIT, UserError, require
 from .eval import EvalConfig, evaluate, identity, metrics_current
 from .fsutil import write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
@@ -144,8 +144,8 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
                         "(more runs of it are more seeds).")
     seeds = exp.setdefault("seeds", [0])
     require(isinstance(seeds, list) and seeds and all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
-            f"{path}: seeds must be a non-empty list of non-negative integers.")
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT for s in seeds),
+            f"{path}: seeds must be a non-empty list of integers in [0, 2**63).")
     require(len(set(seeds)) == len(seeds), f"{path}: seeds repeat a value.")
     conditions = exp.setdefault("conditions", [{}])
     require(isinstance(conditions, list) and conditions and all(isinstance(c, dict) for c in conditions),

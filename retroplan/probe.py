@@ -85,7 +85,7 @@ from . import __version__, checkpoint, plots
 from .batching import collate
 from .device import resolve_device
 from .envs import digraph, get_task
-from .errors import require
+from .errors import require, require_seed
 from .events import Event
 from .fsutil import path_for, sha256_file, write_json
 from .stats import mean_ci, wilson
@@ -132,6 +132,7 @@ class ProbeConfig:
                 f"probe device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
         require(isinstance(self.split, str) and self.split != "",
                 f"probe split must be a split name, got {self.split!r}.")
+        require_seed(self.seed, "probe seed")
         for name in ("limit", "seed"):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,

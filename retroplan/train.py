@@ -36,10 +36,11 @@ from tqdm import tqdm
 from . import __version__, checkpoint
 from . import device as devices
 from .batching import IGNORE, BatchOrder, budget_steps, collate, compile_widths, pad_to_bucket
-from .errors import UserError, require, require_field_types
+from .errors import UserError, require, require_field_types, require_seed
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
+from .models.gpt import training_memory_floor
 from .traces.suite import Suite, open_suite
 
 
@@ -82,6 +83,7 @@ class TrainConfig:
             v = getattr(self, name)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                     f"train {name} must be a positive integer, got {v!r}.")
+        require_seed(self.seed, "train seed")
         for name in ("n_layer", "n_head", "n_embd", "context", "warmup_steps", "eval_every",
                      "threads", "seed", "curve_every"):
             v = getattr(self, name)
@@ -245,6 +247,19 @@ def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: in
     return total / max(1, count)
 
 
+def check_memory(model_cfg: GPTConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model whose training cannot fit in the memory
+    `device` has (a lower bound: `models.gpt.training_memory_floor`)."""
+    need, available = training_memory_floor(model_cfg), devices.available_memory(device)
+    gib = 2**30
+    if available is not None and need > available:
+        raise UserError(
+            f"a model of n_embd {model_cfg.n_embd}, n_layer {model_cfg.n_layer} and a context of "
+            f"{model_cfg.block_size} tokens needs at least {need / gib:.1f} GiB to train (weights, "
+            f"gradients, AdamW moments, position tables), and {device} has {available / gib:.1f} GiB "
+            "available; choose a smaller n_embd, n_layer or context.")
+
+
 def _run_description(suite: Suite, out: Path, cfg: TrainConfig, model_cfg: GPTConfig, dropped: int,
                      cut: int) -> dict:
     return {
@@ -340,6 +355,10 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     out = Path(out)
     rank, world = _ddp()
     main = rank == 0
+    # more threads than cores only slows training down (and 10^5 of them crash torch's pool)
+    require(cfg.threads <= (os.cpu_count() or 1),
+            f"train threads must be at most this machine's {os.cpu_count() or 1} CPU cores, got "
+            f"{cfg.threads}.")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _ddp_device(cfg, world)
@@ -359,6 +378,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     require(curve is None or len(curve) > 0,
             f"train curve_every needs forward rows in a val split, and suite {suite.path} has none.")
     model_cfg = cfg.model_config(len(suite.vocab), context)
+    check_memory(model_cfg, device)
     description = _run_description(suite, out, cfg, model_cfg, dropped, cut)
 
     if main:  # only rank 0 checks and creates the run folder; the others wait for it

@@ -238,3 +238,41 @@ def test_every_generated_instance_is_inside_its_tasks_bounds(tmp_path):
         suite = open_suite(path)
         for split in suite.splits:
             suite.split(split)
+
+
+# ------------------------------------------------------------ 4. absurd values: one sentence up front
+
+HUGE = "99999999999999999999"  # > 2**64: beyond every generator's seed range
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", "{tmp}/suite", "--out", "{tmp}/new", "--preset", "tiny", "--steps", "1", "--seed", HUGE],
+     f"train seed must be an integer in [0, 2**63), got {HUGE}"),
+    (["eval", "{tmp}/run", "--temperature", "1", "--seed", HUGE, "--out", "{tmp}/e"],
+     f"eval seed must be an integer in [0, 2**63), got {HUGE}"),
+    (["generate", "countdown", "--variant", "optimal", "--held-out-seed", HUGE, "--out", "{tmp}/c"],
+     f"countdown held_out_seed must be an integer in [0, 2**63), got {HUGE}"),
+    (["probe", "{tmp}/run", "--target", "arm", "--seed", HUGE, "--out", "{tmp}/e"],
+     f"probe seed must be an integer in [0, 2**63), got {HUGE}"),
+    (["train", "{tmp}/suite", "--out", "{tmp}/new", "--preset", "tiny", "--steps", "1", "--threads",
+      "100000"],
+     "train threads must be at most this machine's"),
+    (["train", "{tmp}/suite", "--out", "{tmp}/new", "--preset", "tiny", "--steps", "1", "--n-embd",
+      "1048576"],
+     "needs at least"),
+    (["train", "{tmp}/suite", "--out", "{tmp}/new", "--preset", "tiny", "--steps", "1", "--context",
+      "1000000000"], "needs at least"),
+], ids=["train-seed", "eval-seed", "held-out-seed", "probe-seed", "threads", "n_embd", "context"])
+def test_absurd_values_are_one_sentence_before_any_work(tmp, capsys, argv, fragment):
+    before = snapshot(tmp)
+    one_sentence([a.format(tmp=tmp) for a in argv], capsys, fragment)
+    assert snapshot(tmp) == before
+    assert not any((tmp / name).exists() for name in ("new", "e", "c"))
+
+
+def test_a_study_seed_beyond_the_generators_range_is_refused(tmp_path, capsys):
+    (tmp_path / "exp.toml").write_text(STUDY.format(val=2, test=2, extra="").replace(
+        "seeds = [0]", f"seeds = [{2**63}]"))
+    one_sentence(["run", tmp_path / "exp.toml", "--out", tmp_path / "out"], capsys,
+                 "seeds must be a non-empty list of integers in [0, 2**63)")
+    assert not (tmp_path / "out").exists()

@@ -40,7 +40,7 @@ from gymnasium import spaces
 from numba import njit, prange
 
 from .. import rng
-from ..errors import UserError, require, require_field_types
+from ..errors import UserError, require, require_field_types, require_seed
 from . import rl
 
 NAME = "countdown"
@@ -88,7 +88,7 @@ class Config:
                 f"countdown operations may only contain the characters + - * /, got {self.operations!r}.")
         require(len(set(self.operations)) == len(self.operations),
                 f"countdown operations must not repeat an operation, got {self.operations!r}.")
-        require(self.held_out_seed >= 0, f"countdown held_out_seed must be >= 0, got {self.held_out_seed}.")
+        require_seed(self.held_out_seed, "countdown held_out_seed")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -60,6 +60,15 @@ class GPTConfig:
         return asdict(self)
 
 
+def training_memory_floor(cfg: GPTConfig) -> int:
+    """Bytes that training `cfg` takes at the least, before any activation: fp32 weights,
+    gradients and AdamW's two moments (16 bytes a parameter) and the RoPE tables. Counted from
+    the config, so an impossible size is refused before the allocator is asked."""
+    params = cfg.vocab_size * cfg.n_embd + cfg.n_layer * (12 * cfg.n_embd**2 + 2 * cfg.n_embd) + cfg.n_embd
+    rope = 2 * cfg.block_size * (cfg.n_embd // cfg.n_head // 2) * 4
+    return 16 * params + rope
+
+
 class KVCache:
     """Keys and values of every layer for a batch, filled as generation proceeds."""
 
