@@ -391,11 +391,14 @@ def write_evaluation(out: Path, records: list[dict], metrics: dict) -> None:
     write_json(out / "metrics.json", metrics)
 
 
-def metrics_current(eval_dir: Path, expected: dict | None = None) -> dict | None:
+def metrics_current(eval_dir: Path, expected: dict | None = None,
+                    recorded_sha256: str | None = None) -> dict | None:
     """The metrics of a finished evaluation in `eval_dir`, or None when there is none, when its
-    records.jsonl is not the one it summarises (an evaluation killed between the two files), or
+    records.jsonl is not the one it summarises (an evaluation killed between the two files),
     when `expected` is given and is not the `identity` it recorded (another suite, step,
-    weights, decoding, limit or retroplan version: made by hand, or by an older version)."""
+    weights, decoding, limit or retroplan version: made by hand, or by an older version), when
+    metrics.json is not shaped as `evaluate` writes it (corrupt), or when `recorded_sha256` is
+    given and is not metrics.json's digest (the study recorded another file: it was edited)."""
     metrics_path, records_path = eval_dir / "metrics.json", eval_dir / "records.jsonl"
     if not (metrics_path.is_file() and records_path.is_file()):
         return None
@@ -403,11 +406,34 @@ def metrics_current(eval_dir: Path, expected: dict | None = None) -> dict | None
         metrics = json.loads(metrics_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if metrics.get("records_sha256") != sha256_file(records_path):
+    if not _well_formed(metrics) or metrics.get("records_sha256") != sha256_file(records_path):
+        return None
+    if recorded_sha256 is not None and sha256_file(metrics_path) != recorded_sha256:
         return None
     if expected is not None and metrics.get("identity") != expected:
         return None
     return metrics
+
+
+def _is_rate(block) -> bool:
+    return (isinstance(block, dict) and isinstance(block.get("n"), int)
+            and (block.get("value") is None or isinstance(block.get("value"), (int, float))))
+
+
+def _well_formed(metrics) -> bool:
+    """`metrics` has the shape `summarize` gives (what a study reads): a count, a rate block
+    ({"value", "n"}) for every rate, and per-difficulty blocks of the same shape."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("n"), int):
+        return False
+    rates = ("accuracy", "first_step_accuracy", "optimal_rate", "swc", "faithful_accuracy",
+             "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy", "tf_sequence_accuracy")
+    if not all(_is_rate(metrics.get(key)) for key in rates):
+        return False
+    by_difficulty = metrics.get("by_difficulty")
+    return isinstance(by_difficulty, dict) and all(
+        isinstance(values, dict) and all(isinstance(b, dict) and _is_rate(b.get("accuracy"))
+                                         for b in values.values())
+        for values in by_difficulty.values())
 
 
 def _sampling_block(records: list[dict], n: int) -> dict:

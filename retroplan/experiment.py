@@ -43,7 +43,7 @@ from .device import resolve_device
 from .envs import get_task, make_config
 from .errors import SEED_LIMIT, UserError, require
 from .eval import EvalConfig, evaluate, identity, metrics_current
-from .fsutil import write_bytes, write_json, write_text
+from .fsutil import path_for, sha256_file, write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .probe import check_probe_section, probe_study
 from .runner import check_runner, run_pieces
@@ -277,7 +277,33 @@ OVERRIDES_FILE = "overrides.json"  # beside experiment.toml in --out: the run's 
 
 def stored_overrides(out: Path) -> list[str]:
     path = out / OVERRIDES_FILE
-    return json.loads(path.read_text()) if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        overrides = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        overrides = None
+    require(isinstance(overrides, list) and all(isinstance(o, str) for o in overrides),
+            f"{path} is not a list of --set overrides (it is corrupt); restore it, or delete it if "
+            f"{out} was run without --set.")
+    return overrides
+
+
+# beside experiment.toml in --out: {metrics.json path inside --out: its sha256} of every
+# evaluation the study has used; an evaluation whose file no longer has that digest (edited by
+# hand) is evaluated again rather than reused
+EVALUATIONS_FILE = "evaluations.json"
+
+
+def recorded_evaluations(out: Path) -> dict[str, str]:
+    """The study's record of the metrics.json files it used (empty when there is none; a
+    corrupt record is ignored: every evaluation is then checked by its identity alone and
+    recorded again)."""
+    try:
+        recorded = json.loads((out / EVALUATIONS_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _label(values: dict) -> str:
@@ -332,11 +358,13 @@ def run_piece(exp: dict, out: Path, label: str, variant: str, seed: int, amount:
         eval_cfg = replace(exp["_eval"], split=split)
         eval_dir = run_dir / f"eval-{split}"
         # reused only when everything its numbers depend on is what this run would use
-        metrics = metrics_current(eval_dir, identity(run_dir, suite_dir, eval_cfg, summary["steps"]))
+        recorded = recorded_evaluations(out).get(path_for(out, eval_dir / "metrics.json"))
+        metrics = metrics_current(eval_dir, identity(run_dir, suite_dir, eval_cfg, summary["steps"]),
+                                  recorded if isinstance(recorded, str) else None)
         if metrics is None:
             if progress and (eval_dir / "metrics.json").exists():
-                print(f"      {name}/{eval_dir.name} was made with other settings, or is unfinished: "
-                      "evaluating again", flush=True)
+                print(f"      {name}/{eval_dir.name} was made with other settings, is unfinished, "
+                      "or is not the file this study recorded: evaluating again", flush=True)
             metrics = evaluate(run_dir, suite_dir, eval_cfg, out=eval_dir, progress=progress)
         else:
             reused["evals"] += 1
@@ -430,6 +458,11 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                         # drawn: the first instance the model failed (row 0 when it failed none)
                         drawn.append((variant, failed[0]["row"] if failed else 0))
     _write_csv(out / "results.csv", rows)
+    # every metrics.json these results come from, by digest: a later run reuses only these files
+    write_json(out / EVALUATIONS_FILE, {
+        path_for(out, out / "runs" / f"{label}-{variant}-s{seed}" / f"eval-{split}" / "metrics.json"):
+            sha256_file(out / "runs" / f"{label}-{variant}-s{seed}" / f"eval-{split}" / "metrics.json")
+        for label, variant, seed in jobs for split in exp["_splits"]})
     figures = plots.accuracy_by_variant(rows, out / "accuracy",
                                         title=f"{exp['name']}: planning accuracy (what each model "
                                               "writes: see the report's table)")

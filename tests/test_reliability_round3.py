@@ -276,3 +276,83 @@ def test_a_study_seed_beyond_the_generators_range_is_refused(tmp_path, capsys):
     one_sentence(["run", tmp_path / "exp.toml", "--out", tmp_path / "out"], capsys,
                  "seeds must be a non-empty list of integers in [0, 2**63)")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------ 5-6. a study's bookkeeping, corrupt or edited
+
+STUDY_EXTRA = "checkpoint_every = 1\nlog_every = 1"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    (root / "exp.toml").write_text(STUDY.format(val=2, test=4, extra=STUDY_EXTRA))
+    assert main(["run", str(root / "exp.toml"), "--out", str(root / "out")]) == 0
+    return root
+
+
+@pytest.fixture
+def q(study, tmp_path):
+    shutil.copytree(study, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+RUN_DIR = "out/runs/d2-optimal-s0"
+
+
+def results_csv(out: Path) -> str:
+    """results.csv without its timing column (train_seconds differs run to run)."""
+    import csv
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    return json.dumps([{k: v for k, v in r.items() if k != "train_seconds"} for r in rows])
+
+
+def rerun(q: Path, capsys) -> tuple[int, str, str]:
+    return run_cli(["run", q / "exp.toml", "--out", q / "out"], capsys)
+
+
+def edit_json(path: Path, change) -> None:
+    value = json.loads(path.read_text())
+    path.write_text(json.dumps(change(value)))
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: [],
+    lambda m: dict(m, accuracy=0.99),
+    lambda m: dict(m, accuracy={"value": 0.99, "n": m["accuracy"]["n"]}),  # same structure
+], ids=["list", "bare-float", "edited-value"])
+def test_a_corrupt_or_edited_metrics_json_is_evaluated_again(q, capsys, change):
+    before = results_csv(q / "out")
+    metrics = q / RUN_DIR / "eval-test" / "metrics.json"
+    edit_json(metrics, change)
+    code, out, err = rerun(q, capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "evaluating again" in out
+    assert results_csv(q / "out") == before  # the evaluation's own numbers, not the edited one
+    assert json.loads(metrics.read_text())["accuracy"]["value"] != 0.99
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "{\"a\": 1}", "\"--set x\""],
+                         ids=["not-json", "numbers", "object", "string"])
+def test_a_garbage_overrides_json_is_one_sentence(q, capsys, text):
+    (q / "out" / "overrides.json").write_text(text)
+    one_sentence(["run", q / "exp.toml", "--out", q / "out"], capsys, "overrides.json")
+
+
+def test_a_two_dimensional_lengths_array_is_one_sentence_in_inspect(tmp, capsys):
+    change_array(tmp / "suite", "test.lengths.npy", lambda a: a.reshape(2, -1))
+    one_sentence(["inspect", tmp / "suite"], capsys, "test.lengths.npy")
+
+
+def test_a_checkpoint_folder_copied_from_another_run_is_refused(q, capsys):
+    # another run (another seed) of the same shape and the same steps
+    run = q / RUN_DIR
+    train(q / "out/suites/d2-optimal-s0", q / "other", TrainConfig(
+        **dict(TINY, batch_size=4, seed=1, steps=2)), progress=False)
+    step = sorted((run / "checkpoints").glob("step-*"))[-1]
+    shutil.rmtree(step)
+    shutil.copytree(q / "other" / "checkpoints" / step.name, step)
+    line = one_sentence(["eval", run, "--out", q / "e"], capsys, "belongs to another run")
+    assert str(step) in line
+    one_sentence(["train", "--out", run, "--resume", "--steps", "3"], capsys, "belongs to another run")

@@ -376,6 +376,11 @@ class SplitData:
         self.instance = np.asarray(load("instance"))
         self.kind = np.asarray(load("kind"))
         self.index = np.asarray(load("index"))
+        for name in ("tokens", "lengths", "prompt_len", "instance", "kind", "index"):
+            array = getattr(self, name)
+            require(array.ndim == 1 and array.dtype.kind in "iu",
+                    f"suite file {root / f'{split}.{name}.npy'} holds a {array.ndim}-D {array.dtype} "
+                    "array where a 1-D integer array belongs (the suite is corrupt).")
         self.offsets = np.zeros(self.lengths.shape[0] + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
         rows = self.lengths.shape[0]
