@@ -31,7 +31,7 @@ from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
 from .device import resolve_device
 from .errors import require, require_field_types, require_seed
-from .fsutil import atomic_path, json_line, path_for, sha256_file, write_json
+from .fsutil import atomic_path, json_line, path_for, refuse_foreign_output, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
 from .models.gpt import row_generators
@@ -306,6 +306,7 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
         out = run_dir / _hand_eval_name(cfg, chosen, suite, own_suite)
     else:
         out = run_dir / (f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}")
+    refuse_foreign_output(out, run_dir, "eval")
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device)
     generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes)

@@ -110,6 +110,28 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json_text(obj) + "\n")
 
 
+def refuse_foreign_output(out: str | os.PathLike, run_dir: str | os.PathLike, command: str) -> None:
+    """`command --out OUT` on the run `run_dir` writes only into a folder of its own: not into
+    a suite (a folder with meta.json, or below one), not the run folder itself or its
+    checkpoints/, and not into another run (a folder with run.json, or below one)."""
+    out_path, run_path = Path(out).resolve(), Path(run_dir).resolve()
+    for folder in [out_path, *out_path.parents]:
+        if (folder / "meta.json").is_file():
+            raise UserError(f"{command} --out {out} is inside suite {folder}; a suite holds only "
+                            "what generate wrote, so choose a folder outside it.")
+        if (folder / "run.json").is_file():
+            if folder != run_path:
+                raise UserError(f"{command} --out {out} is inside another run ({folder}); choose a "
+                                f"folder of its own, or one inside {run_dir}.")
+            if out_path == run_path:
+                raise UserError(f"{command} --out {out} is the run folder itself; choose a new folder "
+                                "(inside it, such as RUN/eval-mine, is fine).")
+            if out_path == folder / "checkpoints" or (folder / "checkpoints") in out_path.parents:
+                raise UserError(f"{command} --out {out} is inside the run's checkpoints folder, which "
+                                "holds only step folders; choose another folder.")
+            return
+
+
 def refuse_symlink(path: str | os.PathLike) -> None:
     """A path retroplan is about to write inside a run or suite must not be a symbolic link
     (following one would write outside the folder)."""

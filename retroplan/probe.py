@@ -87,7 +87,7 @@ from .device import resolve_device
 from .envs import digraph, get_task
 from .errors import require, require_seed
 from .events import Event
-from .fsutil import path_for, sha256_file, write_json
+from .fsutil import path_for, refuse_foreign_output, sha256_file, write_json
 from .stats import mean_ci, wilson
 from .traces import components
 from .traces import digraphs as graph_grammar
@@ -525,6 +525,7 @@ def probe_run(run_dir: str | os.PathLike, cfg: ProbeConfig, out: str | os.PathLi
     cfg.validate()
     run_dir = Path(run_dir)
     out = Path(out) if out else default_out(run_dir, cfg)
+    refuse_foreign_output(out, run_dir, "probe")
     if reuse:
         expected = _expected_identity(run_dir, cfg)
         found = probe_current(out, expected) if expected is not None else None

@@ -356,3 +356,25 @@ def test_a_checkpoint_folder_copied_from_another_run_is_refused(q, capsys):
     line = one_sentence(["eval", run, "--out", q / "e"], capsys, "belongs to another run")
     assert str(step) in line
     one_sentence(["train", "--out", run, "--resume", "--steps", "3"], capsys, "belongs to another run")
+
+
+# ------------------------------------------------------------ 7. --out folders eval and probe refuse
+
+
+@pytest.mark.parametrize("command", ["eval", "probe"])
+@pytest.mark.parametrize("where,fragment", [
+    ("suite", "is inside suite"),
+    ("suite/sub", "is inside suite"),
+    ("run", "is the run folder itself"),
+    ("run/checkpoints", "is inside the run's checkpoints"),
+    ("run/checkpoints/step-0000002", "is inside the run's checkpoints"),
+    ("other", "is inside another run"),
+    ("other/eval-test", "is inside another run"),
+])
+def test_eval_and_probe_refuse_an_out_folder_that_belongs_to_something_else(tmp, capsys, command, where,
+                                                                           fragment):
+    shutil.copytree(tmp / "run", tmp / "other")
+    before = snapshot(tmp)
+    extra = ["--target", "arm"] if command == "probe" else []
+    one_sentence([command, tmp / "run", *extra, "--out", tmp / where], capsys, fragment)
+    assert snapshot(tmp) == before
