@@ -38,12 +38,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, plots
+from . import __version__, checkpoint, plots
 from .device import resolve_device
 from .envs import get_task, make_config
 from .errors import SEED_LIMIT, UserError, require
 from .eval import EvalConfig, evaluate, identity, metrics_current
-from .fsutil import path_for, sha256_file, write_bytes, write_json, write_text
+from .fsutil import LOCK_NAME, hold_lock, path_for, sha256_file, write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .probe import check_probe_section, probe_study
 from .runner import check_runner, run_pieces
@@ -240,7 +240,11 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
 # settings that decide where and how fast the work runs, never its results (and the report's
 # title and text): an experiment file that differs from the one in --out only in these is the
 # same experiment, so they can be fixed in place. (train.device / compile / threads are also
-# the settings `train --resume` lets differ.) [probe] only analyses the finished runs; each probe's
+# the settings `train --resume` lets differ.) They change no result beyond floating-point
+# rounding, but they do change that: another device, compiled kernels or another CPU thread
+# count sum in another order, so the weights (and through them a close call) may differ in the
+# last bits; a study compared byte for byte keeps them fixed (docs/RELIABILITY.md section 1).
+# [probe] only analyses the finished runs; each probe's
 # result records its own settings and is redone when they change.
 NO_RESULT_KEYS = {"": ("name", "description", "probe"), "train": MACHINE_SETTINGS,
                   "eval": ("device", "batch_size")}
@@ -333,6 +337,21 @@ def _suite_ready(path: Path, spec: SuiteSpec) -> bool:
     return True
 
 
+def _refuse_hand_resumed(run_dir: Path, steps: int) -> None:
+    """A study run whose length was changed by hand (`train --resume --steps N`) is not the run
+    this experiment trains: one sentence in `run`'s terms, before `train` would speak in its own."""
+    if not (run_dir / "run.json").is_file():
+        return
+    run = checkpoint.read_run(run_dir)
+    changes = run.get("length_changes")
+    if changes:
+        to = changes[-1].get("to_steps") if isinstance(changes[-1], dict) else None
+        raise UserError(f"{run_dir} was resumed by hand to {to} steps (train --resume --steps), and "
+                        f"this experiment trains it for {steps} (train.steps, or its matched budget); "
+                        f"delete {run_dir} to have run train it again as the experiment says, or use "
+                        "another --out.")
+
+
 def run_piece(exp: dict, out: Path, label: str, variant: str, seed: int, amount: int | None = None,
               progress: bool = True) -> dict:
     """One run of a study: its suite (generated unless ready), training (resumed or skipped when
@@ -352,6 +371,7 @@ def run_piece(exp: dict, out: Path, label: str, variant: str, seed: int, amount:
         # as many steps as it takes to see what the baseline saw (its own seed's run)
         tcfg = replace(tcfg, steps=plan_steps(suite_dir, tcfg, exp["_budget"], amount))
         tcfg.validate()
+    _refuse_hand_resumed(run_dir, tcfg.steps)
     summary = train(suite_dir, run_dir, tcfg, resume=True, progress=progress)
     metrics_by_split = {}
     for split in exp["_splits"]:
@@ -395,9 +415,15 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                 f"{out} holds results of a different experiment file or other --set overrides (only "
                 "name, description, train device / compile / threads and eval device / batch_size "
                 "may change in place); use another --out.")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"output folder {out} exists and is not empty; use another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_lock(out, "run"):  # a second `run` on this --out is refused while this one works
+        return _run_locked(path, out, exp, source, overrides, workers, backend, address, progress)
+
+
+def _run_locked(path, out: Path, exp: dict, source: bytes, overrides: list[str], workers: int,
+                backend: str, address: str | None, progress: bool) -> Path:
+    """`run_experiment` once the experiment is checked and `out` is locked."""
     write_bytes(out / "experiment.toml", source)
     if overrides:
         write_json(out / OVERRIDES_FILE, overrides)

@@ -171,6 +171,58 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def interrupt_noted() -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and is also noted: if
+    some callback (compiled code, a progress bar) catches and drops that exception, leaving
+    the block raises it again, so the command still stops with exit code 130."""
+    noted = []
+
+    def handler(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt
+
+
+LOCK_NAME = ".lock"  # inside a folder a command writes: held (fcntl.flock) while it works
+
+
+@contextlib.contextmanager
+def hold_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold the advisory lock of `folder` (created if missing) while inside, so two retroplan
+    commands never write the same folder at once; a second one is refused in one sentence that
+    names the first (`command` and pid, which the holder writes into FOLDER/.lock). The kernel
+    releases the lock when the holder exits, however it exits; the file stays (empty of
+    meaning once unlocked)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+            raise UserError(f"another retroplan {holder} is working in {folder}; wait for it to "
+                            "finish, or choose another --out.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (pid {os.getpid()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -276,8 +276,9 @@ def _run_description(suite: Suite, out: Path, cfg: TrainConfig, model_cfg: GPTCo
     }
 
 
-# settings that decide where and how the run is watched or computed, never its numbers: they may
-# differ when a run is resumed (another machine, another thread count)
+# settings that decide where and how the run is watched or computed: they may differ when a run
+# is resumed (another machine, another thread count). device, compile and threads change the
+# weights' last bits (kernels that sum in another order), not what the run is
 MACHINE_SETTINGS = ("device", "compile", "threads", "tensorboard")
 
 

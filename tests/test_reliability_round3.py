@@ -8,8 +8,13 @@ few steps, so each takes seconds."""
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +383,93 @@ def test_eval_and_probe_refuse_an_out_folder_that_belongs_to_something_else(tmp,
     extra = ["--target", "arm"] if command == "probe" else []
     one_sentence([command, tmp / "run", *extra, "--out", tmp / where], capsys, fragment)
     assert snapshot(tmp) == before
+
+
+# ------------------------------------------------------------ 8. a closed pipe is not an error
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
+    sizes = {"train": 3000, "val": 2, "test": 2}
+    suite = generate_suite(SuiteSpec("pathstar", "optimal", PATHSTAR, {}, 0, sizes), tmp_path / "big",
+                           progress=False)
+    proc = subprocess.Popen([sys.executable, "-m", "retroplan.cli", "inspect", str(suite), "--rows", "3000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()  # `| head -1`: read a line, then close the pipe
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+
+
+# ------------------------------------------------------------ 11. a study run resumed by hand
+
+
+def test_run_after_a_hand_resume_speaks_in_runs_terms(q, capsys):
+    code, _, err = run_cli(["train", "--out", q / RUN_DIR, "--resume", "--steps", "3"], capsys)
+    assert code == 0, err
+    line = one_sentence(["run", q / "exp.toml", "--out", q / "out"], capsys, "resumed by hand")
+    assert "--steps must be" not in line and "train.steps" in line
+
+
+# ------------------------------------------------------------ 12. one `run` per --out at a time
+
+
+def test_a_second_run_on_the_same_out_is_refused_naming_the_first(q, capsys):
+    from retroplan.fsutil import hold_lock
+
+    with hold_lock(q / "out", "run"):  # as a first `run` still working there holds it
+        line = one_sentence(["run", q / "exp.toml", "--out", q / "out"], capsys, f"pid {os.getpid()}")
+    assert "another retroplan run" in line
+    code, _, err = rerun(q, capsys)  # released: the next one runs
+    assert code == 0, err
+
+
+def test_the_lock_is_one_per_folder_and_released_on_exit(tmp_path):
+    from retroplan.fsutil import hold_lock
+
+    with hold_lock(tmp_path / "a", "train"):
+        with hold_lock(tmp_path / "b", "train"):  # another folder: its own lock
+            pass
+        with pytest.raises(UserError, match=r"another retroplan train \(pid \d+\) is working in"):
+            with hold_lock(tmp_path / "a", "train"):
+                pass
+    with hold_lock(tmp_path / "a", "train"):
+        pass
+
+
+# ------------------------------------------------------------ 13. signals
+
+
+def test_a_terminated_serial_run_leaves_no_temporaries(tmp_path):
+    (tmp_path / "exp.toml").write_text(STUDY.format(val=2, test=2, extra="checkpoint_every = 1").replace(
+        "steps = 2", "steps = 5000"))
+    proc = subprocess.Popen([sys.executable, "-m", "retroplan.cli", "run", str(tmp_path / "exp.toml"),
+                             "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        pattern = "runs/*/checkpoints/.step-*.tmp"
+        while not list((tmp_path / "out").glob(pattern)) and time.monotonic() < deadline:
+            time.sleep(0.001)  # until it is writing a checkpoint
+        assert proc.poll() is None, "the run finished before it could be terminated"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")] == []
+
+
+def test_an_interrupt_swallowed_by_a_callback_still_stops_the_command():
+    from retroplan.fsutil import interrupt_noted
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt_noted():
+            try:  # what a compiled-code callback that catches everything does
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                pass
+    with interrupt_noted():  # no interrupt: nothing raised
+        pass
