@@ -237,7 +237,7 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
     return exp
 
 
-# settings that decide where and how fast the work runs, never its results (and the report's
+# settings that decide where and how fast the work runs, never its results beyond rounding (and the report's
 # title and text): an experiment file that differs from the one in --out only in these is the
 # same experiment, so they can be fixed in place. (train.device / compile / threads are also
 # the settings `train --resume` lets differ.) They change no result beyond floating-point
