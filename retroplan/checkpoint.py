@@ -11,12 +11,15 @@ atomically after it, so a kill at any moment leaves the previous checkpoint curr
 
 state.json names the sha256 of the step folder's two safetensors files (`files`); loading
 checks them, so a flipped bit in the weights is an error, not a silently different model.
-Checkpoints written before the digests existed have no `files` and load unchecked.
+Checkpoints written before the digests existed have no `files` and load unchecked. state.json
+also names the run it belongs to (`run_identity`, a digest of run.json's lasting fields), so a
+step folder copied in from another run is refused (`check_owner`), not evaluated as this one's.
 `check_suite` compares a run's recorded suite digest (`suite_meta_sha256`) with a suite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -60,6 +63,35 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 
 
+# run.json's fields that make a run itself and never change while it grows (`train` less the
+# settings a resume may change: where it runs, and how many steps)
+_IDENTITY_FIELDS = ("suite_meta_sha256", "task", "variant", "task_config", "vocab", "model", "long_examples")
+_GROWING_SETTINGS = ("steps", "device", "compile", "threads", "tensorboard")
+
+
+def run_identity(run: dict) -> str:
+    """The sha256 of what makes the run with run.json `run` itself; every checkpoint it
+    writes records it in state.json."""
+    fields = {key: run.get(key) for key in _IDENTITY_FIELDS}
+    train = run.get("train") if isinstance(run.get("train"), dict) else {}
+    fields["train"] = {k: v for k, v in train.items() if k not in _GROWING_SETTINGS}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_owner(run_dir: Path, run: dict, ckpt: Path, state: dict) -> None:
+    """Refuse a step folder whose state.json names another run than `run` (run_dir's
+    run.json); checkpoints written before the field existed have none and are not checked."""
+    owner = state.get("run_identity")
+    if owner is None:
+        return
+    mine = run_identity(run)
+    require(owner == mine,
+            f"checkpoint {ckpt} belongs to another run than {run_dir} (its state.json names run "
+            f"{str(owner)[:12]}..., this run.json is {mine[:12]}...): it was copied in from elsewhere; "
+            "remove it, or use it in the run it came from.")
+
+
 def step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 
@@ -86,7 +118,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
         tensors["torch_rng_state"] = torch.get_rng_state()
         _save_tensors(tensors, tmp / "optimizer.safetensors")
         files = {name: sha256_file(tmp / name) for name in TENSOR_FILES}
-        write_json(tmp / "state.json", dict(state, step=step, param_groups=groups, files=files))
+        write_json(tmp / "state.json", dict(state, step=step, param_groups=groups, files=files,
+                                            run_identity=run_identity(read_run(run_dir))))
     write_json(ckpts / "latest.json", {"step": step, "dir": name})
     kept = {step_dir_name(int(k)) for k in keep}
     for old in sorted(ckpts.glob("step-*"))[:-KEEP]:
@@ -146,6 +179,7 @@ def load_model(run_dir: Path, device: str = "cpu", step: int | None = None) -> t
         raise UserError(f"{run_dir}/run.json has no valid model config (corrupt).") from None
     model = GPT(cfg)
     state = read_state(ckpt)
+    check_owner(run_dir, run, ckpt, state)
     _load_weights(model, ckpt)  # first: a file of another shape is named as such
     verify_files(ckpt, state, ("model.safetensors",))
     return model.to(device).eval(), run, state["step"]
@@ -195,8 +229,11 @@ def check_suite(run_dir: Path, run: dict, suite, action: str = "use") -> None:
 
 
 def load_training_state(ckpt: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore weights, optimizer moments and the torch RNG from a step folder."""
+    """Restore weights, optimizer moments and the torch RNG from a step folder (of this run:
+    `check_owner` against the run.json two folders up)."""
     state = read_state(ckpt)
+    run_dir = ckpt.parent.parent
+    check_owner(run_dir, read_run(run_dir), ckpt, state)
     _load_weights(model, ckpt)
     tensors = _load_tensors(ckpt / "optimizer.safetensors")
     verify_files(ckpt, state)

@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generate(args) -> None:
     from .envs import get_task
-    from .fsutil import terminate_as_exit
+    from .fsutil import interrupt_noted, terminate_as_exit
     from .traces import GRAMMARS
     from .traces.suite import SuiteSpec, generate_suite, parse_shard
 
@@ -215,7 +215,9 @@ def _generate(args) -> None:
                      config=_given(args, task.Config, "task_"),
                      options=_given(args, GRAMMARS[args.task].Options, "opt_"),
                      seed=args.seed, sizes=sizes)
-    with terminate_as_exit():  # a `kill` removes the unfinished suite's temporaries too
+    # a `kill` removes the unfinished suite's temporaries too; a Ctrl-C that a compiled-code
+    # callback swallows still stops the command (exit code 130)
+    with terminate_as_exit(), interrupt_noted():
         out = generate_suite(spec, args.out, shard=parse_shard(args.shard))
     meta = json.loads((out / "meta.json").read_text())
     counts = ", ".join(f"{s} {v['examples']} rows" for s, v in meta["splits"].items())
@@ -367,9 +369,11 @@ def _print_eval_summary(m: dict) -> None:
 
 def _run(args) -> None:
     from .experiment import run_experiment
+    from .fsutil import terminate_as_exit
 
-    report = run_experiment(args.experiment, args.out, workers=args.workers, backend=args.backend,
-                            address=args.address, overrides=args.overrides)
+    with terminate_as_exit():  # a `kill` of a serial run removes its unfinished temporaries too
+        report = run_experiment(args.experiment, args.out, workers=args.workers, backend=args.backend,
+                                address=args.address, overrides=args.overrides)
     print(f"report: {report}")
 
 
@@ -442,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"retroplan: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `retroplan inspect SUITE | head`: the reader has all it wanted
+        # nothing more can reach the closed pipe; point stdout at /dev/null so the final flush
+        # at exit does not complain either, and exit quietly, as other unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # the file system said no: disk full, read-only, no permission
         where = f" on {exc.filename}" if exc.filename else ""
         print(f"retroplan: error: a file operation failed{where}: {exc.strerror or exc}.", file=sys.stderr)

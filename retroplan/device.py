@@ -5,6 +5,7 @@ code for its learning curves)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -23,6 +24,23 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name} was asked for, but this torch build sees no CUDA GPU.")
     return torch.device(name)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation on `device` can still get: the GPU's free memory, or the
+    system's MemAvailable (Linux; the physical memory elsewhere); None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def cpu_flags() -> set[str]:

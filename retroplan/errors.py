@@ -15,6 +15,17 @@ def require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+# Every seed is at most this: the counter-based generator (rng.py), torch.manual_seed and numpy
+# take it as a 64-bit integer; one bound for all of them, so a seed is one sentence, not an overflow
+SEED_LIMIT = 2**63
+
+
+def require_seed(value, what: str) -> None:
+    """`value` is an integer seed in [0, SEED_LIMIT); else one sentence naming `what`."""
+    require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_LIMIT,
+            f"{what} must be an integer in [0, 2**63), got {value!r}.")
+
+
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 

@@ -30,10 +30,11 @@ from . import __version__, checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty, pass_at_k
 from .device import resolve_device
-from .errors import require, require_field_types
-from .fsutil import atomic_path, json_line, path_for, sha256_file, write_json
+from .errors import require, require_field_types, require_seed
+from .fsutil import atomic_path, json_line, path_for, refuse_foreign_output, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
+from .models.gpt import row_generators
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
@@ -65,6 +66,7 @@ class EvalConfig:
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                     f"eval {name} must be a non-negative integer, got {v!r}.")
 
+        require_seed(self.seed, "eval seed")
         for name in ("limit", "top_k", "seed", "tip_beta"):
             nonneg_int(name)
         require(isinstance(self.batch_size, int) and self.batch_size >= 1,
@@ -231,12 +233,12 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
     the model continues each prompt after its forced `prefixes[row]` (not in the ids). A
     `teacherless` model decodes as it was trained (`_generate_teacherless`).
 
-    Batches hold rows of one prompt length, so prompts need no padding."""
+    Batches hold rows of one prompt length, so prompts need no padding. A sampled completion
+    draws from its own generator, seeded by (seed, row, sample): it is the same whatever the
+    batch size or limit (`models.gpt.row_generators`)."""
     if teacherless:
         return _generate_teacherless(model, suite, split, rows, cfg, device)
     eos = suite.vocab.eos_id
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
     prefixes = prefixes or {}
     by_prompt_len = defaultdict(list)
     for r in rows:
@@ -260,7 +262,8 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
                                   cfg.tip_beta, cfg.tip_oracle)
             new, logprob = generate_with_logprobs(
                 model, prompts, model.cfg.block_size - plen, eos, logits_hook=hook,
-                temperature=cfg.temperature, top_k=cfg.top_k, generator=gen)
+                temperature=cfg.temperature, top_k=cfg.top_k,
+                generator=row_generators(cfg.seed, chunk) if cfg.temperature > 0 else None)
             for (r, s), ids, lp in zip(chunk, new.cpu().tolist(), logprob.cpu().tolist()):
                 out[(r, s)] = (ids[: ids.index(eos) + 1] if eos in ids else ids, lp)
             bar.update(len(chunk))
@@ -369,6 +372,7 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
         out = run_dir / _hand_eval_name(cfg, chosen, suite, own_suite)
     else:
         out = run_dir / (f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}")
+    refuse_foreign_output(out, run_dir, "eval")
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device, teacherless)
     generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes, teacherless)
@@ -457,11 +461,14 @@ def write_evaluation(out: Path, records: list[dict], metrics: dict) -> None:
     write_json(out / "metrics.json", metrics)
 
 
-def metrics_current(eval_dir: Path, expected: dict | None = None) -> dict | None:
+def metrics_current(eval_dir: Path, expected: dict | None = None,
+                    recorded_sha256: str | None = None) -> dict | None:
     """The metrics of a finished evaluation in `eval_dir`, or None when there is none, when its
-    records.jsonl is not the one it summarises (an evaluation killed between the two files), or
+    records.jsonl is not the one it summarises (an evaluation killed between the two files),
     when `expected` is given and is not the `identity` it recorded (another suite, step,
-    weights, decoding, limit or retroplan version: made by hand, or by an older version)."""
+    weights, decoding, limit or retroplan version: made by hand, or by an older version), when
+    metrics.json is not shaped as `evaluate` writes it (corrupt), or when `recorded_sha256` is
+    given and is not metrics.json's digest (the study recorded another file: it was edited)."""
     metrics_path, records_path = eval_dir / "metrics.json", eval_dir / "records.jsonl"
     if not (metrics_path.is_file() and records_path.is_file()):
         return None
@@ -469,11 +476,34 @@ def metrics_current(eval_dir: Path, expected: dict | None = None) -> dict | None
         metrics = json.loads(metrics_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if metrics.get("records_sha256") != sha256_file(records_path):
+    if not _well_formed(metrics) or metrics.get("records_sha256") != sha256_file(records_path):
+        return None
+    if recorded_sha256 is not None and sha256_file(metrics_path) != recorded_sha256:
         return None
     if expected is not None and metrics.get("identity") != expected:
         return None
     return metrics
+
+
+def _is_rate(block) -> bool:
+    return (isinstance(block, dict) and isinstance(block.get("n"), int)
+            and (block.get("value") is None or isinstance(block.get("value"), (int, float))))
+
+
+def _well_formed(metrics) -> bool:
+    """`metrics` has the shape `summarize` gives (what a study reads): a count, a rate block
+    ({"value", "n"}) for every rate, and per-difficulty blocks of the same shape."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("n"), int):
+        return False
+    rates = ("accuracy", "first_step_accuracy", "optimal_rate", "swc", "faithful_accuracy",
+             "parse_failures", "tf_token_accuracy", "tf_first_token_accuracy", "tf_sequence_accuracy")
+    if not all(_is_rate(metrics.get(key)) for key in rates):
+        return False
+    by_difficulty = metrics.get("by_difficulty")
+    return isinstance(by_difficulty, dict) and all(
+        isinstance(values, dict) and all(isinstance(b, dict) and _is_rate(b.get("accuracy"))
+                                         for b in values.values())
+        for values in by_difficulty.values())
 
 
 def _sampling_block(records: list[dict], n: int) -> dict:

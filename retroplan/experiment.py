@@ -39,12 +39,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, plots
+from . import __version__, checkpoint, plots
 from .device import resolve_device
 from .envs import get_task, make_config
-from .errors import UserError, require
+from .errors import SEED_LIMIT, UserError, require
 from .eval import EvalConfig, evaluate, identity, metrics_current
-from .fsutil import write_bytes, write_json, write_text
+from .fsutil import LOCK_NAME, hold_lock, path_for, sha256_file, write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .probe import check_probe_section, probe_study
 from .runner import check_runner, run_pieces
@@ -145,8 +145,8 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
                         "(more runs of it are more seeds).")
     seeds = exp.setdefault("seeds", [0])
     require(isinstance(seeds, list) and seeds and all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
-            f"{path}: seeds must be a non-empty list of non-negative integers.")
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT for s in seeds),
+            f"{path}: seeds must be a non-empty list of integers in [0, 2**63).")
     require(len(set(seeds)) == len(seeds), f"{path}: seeds repeat a value.")
     conditions = exp.setdefault("conditions", [{}])
     require(isinstance(conditions, list) and conditions and all(isinstance(c, dict) for c in conditions),
@@ -236,13 +236,28 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
     for c in conditions:
         for v in variants:
             _spec(exp, c, v, seeds[0]).resolve()
+    # a split the study needs must have rows (the sizes are checked integers by now): found
+    # now, not after the first run is trained
+    resolved_sizes = {**task.DEFAULT_SIZES, **sizes}
+    for split in splits:
+        require(resolved_sizes.get(split, 0) > 0, f"{path}: [eval] evaluates split {split}, and "
+                f"[sizes] {split} is {resolved_sizes.get(split, 0)}; give it at least one instance.")
+    for cfg in [exp["_train"], *exp["_train_by_variant"].values()]:
+        for key in ("eval_every", "curve_every"):
+            require(not getattr(cfg, key) or resolved_sizes.get("val", 0) > 0,
+                    f"{path}: train {key} needs rows in a val split, and [sizes] val is "
+                    f"{resolved_sizes.get('val', 0)}; set {key} to 0 or val to at least 1.")
     return exp
 
 
-# settings that decide where and how fast the work runs, never its results (and the report's
+# settings that decide where and how fast the work runs, never its results beyond rounding (and the report's
 # title and text): an experiment file that differs from the one in --out only in these is the
 # same experiment, so they can be fixed in place. (train.device / compile / threads are also
-# the settings `train --resume` lets differ.) [probe] only analyses the finished runs; each probe's
+# the settings `train --resume` lets differ.) They change no result beyond floating-point
+# rounding, but they do change that: another device, compiled kernels or another CPU thread
+# count sum in another order, so the weights (and through them a close call) may differ in the
+# last bits; a study compared byte for byte keeps them fixed (docs/RELIABILITY.md section 1).
+# [probe] only analyses the finished runs; each probe's
 # result records its own settings and is redone when they change.
 NO_RESULT_KEYS = {"": ("name", "description", "probe"), "train": MACHINE_SETTINGS,
                   "eval": ("device", "batch_size"), "study": ("margin",)}
@@ -290,7 +305,33 @@ OVERRIDES_FILE = "overrides.json"  # beside experiment.toml in --out: the run's 
 
 def stored_overrides(out: Path) -> list[str]:
     path = out / OVERRIDES_FILE
-    return json.loads(path.read_text()) if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        overrides = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        overrides = None
+    require(isinstance(overrides, list) and all(isinstance(o, str) for o in overrides),
+            f"{path} is not a list of --set overrides (it is corrupt); restore it, or delete it if "
+            f"{out} was run without --set.")
+    return overrides
+
+
+# beside experiment.toml in --out: {metrics.json path inside --out: its sha256} of every
+# evaluation the study has used; an evaluation whose file no longer has that digest (edited by
+# hand) is evaluated again rather than reused
+EVALUATIONS_FILE = "evaluations.json"
+
+
+def recorded_evaluations(out: Path) -> dict[str, str]:
+    """The study's record of the metrics.json files it used (empty when there is none; a
+    corrupt record is ignored: every evaluation is then checked by its identity alone and
+    recorded again)."""
+    try:
+        recorded = json.loads((out / EVALUATIONS_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _label(values: dict) -> str:
@@ -323,6 +364,21 @@ def _suite_ready(path: Path, spec: SuiteSpec) -> bool:
     return True
 
 
+def _refuse_hand_resumed(run_dir: Path, steps: int) -> None:
+    """A study run whose length was changed by hand (`train --resume --steps N`) is not the run
+    this experiment trains: one sentence in `run`'s terms, before `train` would speak in its own."""
+    if not (run_dir / "run.json").is_file():
+        return
+    run = checkpoint.read_run(run_dir)
+    changes = run.get("length_changes")
+    if changes:
+        to = changes[-1].get("to_steps") if isinstance(changes[-1], dict) else None
+        raise UserError(f"{run_dir} was resumed by hand to {to} steps (train --resume --steps), and "
+                        f"this experiment trains it for {steps} (train.steps, or its matched budget); "
+                        f"delete {run_dir} to have run train it again as the experiment says, or use "
+                        "another --out.")
+
+
 def run_piece(exp: dict, out: Path, label: str, variant: str, seed: int, amount: int | None = None,
               progress: bool = True) -> dict:
     """One run of a study: its suite (generated unless ready), training (resumed or skipped when
@@ -342,17 +398,20 @@ def run_piece(exp: dict, out: Path, label: str, variant: str, seed: int, amount:
         # as many steps as it takes to see what the baseline saw (its own seed's run)
         tcfg = replace(tcfg, steps=plan_steps(suite_dir, tcfg, exp["_budget"], amount))
         tcfg.validate()
+    _refuse_hand_resumed(run_dir, tcfg.steps)
     summary = train(suite_dir, run_dir, tcfg, resume=True, progress=progress)
     metrics_by_split = {}
     for split in exp["_splits"]:
         eval_cfg = replace(exp["_eval"], split=split)
         eval_dir = run_dir / f"eval-{split}"
         # reused only when everything its numbers depend on is what this run would use
-        metrics = metrics_current(eval_dir, identity(run_dir, suite_dir, eval_cfg, summary["steps"]))
+        recorded = recorded_evaluations(out).get(path_for(out, eval_dir / "metrics.json"))
+        metrics = metrics_current(eval_dir, identity(run_dir, suite_dir, eval_cfg, summary["steps"]),
+                                  recorded if isinstance(recorded, str) else None)
         if metrics is None:
             if progress and (eval_dir / "metrics.json").exists():
-                print(f"      {name}/{eval_dir.name} was made with other settings, or is unfinished: "
-                      "evaluating again", flush=True)
+                print(f"      {name}/{eval_dir.name} was made with other settings, is unfinished, "
+                      "or is not the file this study recorded: evaluating again", flush=True)
             metrics = evaluate(run_dir, suite_dir, eval_cfg, out=eval_dir, progress=progress)
         else:
             reused["evals"] += 1
@@ -383,9 +442,15 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                 f"{out} holds results of a different experiment file or other --set overrides (only "
                 "name, description, train device / compile / threads and eval device / batch_size "
                 "may change in place); use another --out.")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"output folder {out} exists and is not empty; use another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_lock(out, "run"):  # a second `run` on this --out is refused while this one works
+        return _run_locked(path, out, exp, source, overrides, workers, backend, address, progress)
+
+
+def _run_locked(path, out: Path, exp: dict, source: bytes, overrides: list[str], workers: int,
+                backend: str, address: str | None, progress: bool) -> Path:
+    """`run_experiment` once the experiment is checked and `out` is locked."""
     write_bytes(out / "experiment.toml", source)
     if overrides:
         write_json(out / OVERRIDES_FILE, overrides)
@@ -446,6 +511,11 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
                         # drawn: the first instance the model failed (row 0 when it failed none)
                         drawn.append((variant, failed[0]["row"] if failed else 0))
     _write_csv(out / "results.csv", rows)
+    # every metrics.json these results come from, by digest: a later run reuses only these files
+    write_json(out / EVALUATIONS_FILE, {
+        path_for(out, out / "runs" / f"{label}-{variant}-s{seed}" / f"eval-{split}" / "metrics.json"):
+            sha256_file(out / "runs" / f"{label}-{variant}-s{seed}" / f"eval-{split}" / "metrics.json")
+        for label, variant, seed in jobs for split in exp["_splits"]})
     figures = plots.accuracy_by_variant(rows, out / "accuracy",
                                         title=f"{exp['name']}: planning accuracy (what each model "
                                               "writes: see the report's table)")

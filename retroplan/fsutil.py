@@ -110,6 +110,28 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json_text(obj) + "\n")
 
 
+def refuse_foreign_output(out: str | os.PathLike, run_dir: str | os.PathLike, command: str) -> None:
+    """`command --out OUT` on the run `run_dir` writes only into a folder of its own: not into
+    a suite (a folder with meta.json, or below one), not the run folder itself or its
+    checkpoints/, and not into another run (a folder with run.json, or below one)."""
+    out_path, run_path = Path(out).resolve(), Path(run_dir).resolve()
+    for folder in [out_path, *out_path.parents]:
+        if (folder / "meta.json").is_file():
+            raise UserError(f"{command} --out {out} is inside suite {folder}; a suite holds only "
+                            "what generate wrote, so choose a folder outside it.")
+        if (folder / "run.json").is_file():
+            if folder != run_path:
+                raise UserError(f"{command} --out {out} is inside another run ({folder}); choose a "
+                                f"folder of its own, or one inside {run_dir}.")
+            if out_path == run_path:
+                raise UserError(f"{command} --out {out} is the run folder itself; choose a new folder "
+                                "(inside it, such as RUN/eval-mine, is fine).")
+            if out_path == folder / "checkpoints" or (folder / "checkpoints") in out_path.parents:
+                raise UserError(f"{command} --out {out} is inside the run's checkpoints folder, which "
+                                "holds only step folders; choose another folder.")
+            return
+
+
 def refuse_symlink(path: str | os.PathLike) -> None:
     """A path retroplan is about to write inside a run or suite must not be a symbolic link
     (following one would write outside the folder)."""
@@ -147,6 +169,58 @@ def terminate_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interrupt_noted() -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and is also noted: if
+    some callback (compiled code, a progress bar) catches and drops that exception, leaving
+    the block raises it again, so the command still stops with exit code 130."""
+    noted = []
+
+    def handler(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt
+
+
+LOCK_NAME = ".lock"  # inside a folder a command writes: held (fcntl.flock) while it works
+
+
+@contextlib.contextmanager
+def hold_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold the advisory lock of `folder` (created if missing) while inside, so two retroplan
+    commands never write the same folder at once; a second one is refused in one sentence that
+    names the first (`command` and pid, which the holder writes into FOLDER/.lock). The kernel
+    releases the lock when the holder exits, however it exits; the file stays (empty of
+    meaning once unlocked)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+            raise UserError(f"another retroplan {holder} is working in {folder}; wait for it to "
+                            "finish, or choose another --out.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (pid {os.getpid()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

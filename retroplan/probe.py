@@ -90,10 +90,10 @@ from . import __version__, checkpoint, plots
 from .batching import collate
 from .device import resolve_device
 from .envs import digraph, get_task
-from .errors import require
+from .errors import require, require_seed
 from .eval import deciding_positions
 from .events import Event
-from .fsutil import path_for, sha256_file, write_json
+from .fsutil import path_for, refuse_foreign_output, sha256_file, write_json
 from .stats import mean_ci, wilson
 from .traces import components
 from .traces import digraphs as graph_grammar
@@ -141,6 +141,7 @@ class ProbeConfig:
                 f"probe device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
         require(isinstance(self.split, str) and self.split != "",
                 f"probe split must be a split name, got {self.split!r}.")
+        require_seed(self.seed, "probe seed")
         for name in ("limit", "seed"):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
@@ -545,6 +546,7 @@ def probe_run(run_dir: str | os.PathLike, cfg: ProbeConfig, out: str | os.PathLi
     cfg.validate()
     run_dir = Path(run_dir)
     out = Path(out) if out else default_out(run_dir, cfg)
+    refuse_foreign_output(out, run_dir, "probe")
     if reuse:
         expected = _expected_identity(run_dir, cfg)
         found = probe_current(out, expected) if expected is not None else None

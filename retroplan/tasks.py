@@ -125,6 +125,12 @@ class Task(Protocol):
     def split_summary(self, cfg, instances: dict) -> str | None:
         """A line `retroplan inspect` prints about a split's instances (None: nothing to add)."""
 
+    def instance_bounds(self, cfg) -> dict[str, tuple[tuple, Any, Any]]:
+        """Per instance array of a split: (its shape after the instance axis, None where any
+        length is allowed; the lowest and the highest value allowed, one number or one per
+        column of the last axis). Opening a split checks every value against them, so a value
+        a reader indexes with is in range even when all checksums were recomputed."""
+
     def state_label(self, state) -> str:
         """How search-tree pictures (`retroplan show-trace`) write a state."""
 
@@ -430,6 +436,11 @@ def _check_sampling(task, cfg, seed: int, split: str, count: int, what: str) -> 
         _fail(f"{what}: difficulty must return a dict of arrays of {count} values, got {diff!r}.")
     if not _same_batch(task.difficulty(cfg, part), _rows(diff, picked)):
         _fail(f"{what}: difficulty of the same instances differs between batches.")
+    from .envs import out_of_bounds
+
+    problem = out_of_bounds(batch, task.instance_bounds(cfg), split)
+    if problem is not None:
+        _fail(f"{what}: instance_bounds refuses what sample_instances draws: {problem}.")
     for instances in (batch, _rows(batch, slice(0, 0))):
         line = task.split_summary(cfg, instances)
         if line is not None and not isinstance(line, str):

@@ -38,11 +38,12 @@ from tqdm import tqdm
 from . import __version__, checkpoint
 from . import device as devices
 from .batching import IGNORE, BatchOrder, budget_steps, collate, compile_widths, pad_to_bucket
-from .errors import UserError, require, require_field_types
+from .errors import UserError, require, require_field_types, require_seed
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
 from .traces import components
+from .models.gpt import training_memory_floor
 from .traces.suite import Suite, open_suite
 
 
@@ -87,6 +88,7 @@ class TrainConfig:
             v = getattr(self, name)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                     f"train {name} must be a positive integer, got {v!r}.")
+        require_seed(self.seed, "train seed")
         for name in ("n_layer", "n_head", "n_embd", "context", "warmup_steps", "eval_every",
                      "threads", "seed", "curve_every"):
             v = getattr(self, name)
@@ -274,6 +276,19 @@ def validation_loss(model, suite: Suite, device, rows: int = 512, batch_size: in
     return total / max(1, count)
 
 
+def check_memory(model_cfg: GPTConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model whose training cannot fit in the memory
+    `device` has (a lower bound: `models.gpt.training_memory_floor`)."""
+    need, available = training_memory_floor(model_cfg), devices.available_memory(device)
+    gib = 2**30
+    if available is not None and need > available:
+        raise UserError(
+            f"a model of n_embd {model_cfg.n_embd}, n_layer {model_cfg.n_layer} and a context of "
+            f"{model_cfg.block_size} tokens needs at least {need / gib:.1f} GiB to train (weights, "
+            f"gradients, AdamW moments, position tables), and {device} has {available / gib:.1f} GiB "
+            "available; choose a smaller n_embd, n_layer or context.")
+
+
 def _run_description(suite: Suite, out: Path, cfg: TrainConfig, model_cfg: GPTConfig, dropped: int,
                      cut: int) -> dict:
     return {
@@ -290,8 +305,9 @@ def _run_description(suite: Suite, out: Path, cfg: TrainConfig, model_cfg: GPTCo
     }
 
 
-# settings that decide where and how the run is watched or computed, never its numbers: they may
-# differ when a run is resumed (another machine, another thread count)
+# settings that decide where and how the run is watched or computed: they may differ when a run
+# is resumed (another machine, another thread count). device, compile and threads change the
+# weights' last bits (kernels that sum in another order), not what the run is
 MACHINE_SETTINGS = ("device", "compile", "threads", "tensorboard")
 
 
@@ -377,6 +393,10 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     out = Path(out)
     rank, world = _ddp()
     main = rank == 0
+    # more threads than cores only slows training down (and 10^5 of them crash torch's pool)
+    require(cfg.threads <= (os.cpu_count() or 1),
+            f"train threads must be at most this machine's {os.cpu_count() or 1} CPU cores, got "
+            f"{cfg.threads}.")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _ddp_device(cfg, world)
@@ -389,10 +409,14 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     split = suite.split("train")
     rows, context, dropped, cut = training_rows(split, cfg, suite.max_len())
     require(len(rows) > 0, f"every training row is longer than the context of {context} tokens.")
+    require(not cfg.eval_every or ("val" in suite.splits and len(suite.split("val")) > 0),
+            f"train eval_every needs rows in a val split, and suite {suite.path} has none; set "
+            "eval_every to 0 (the final val loss is then null) or generate the suite with --val > 0.")
     curve = curve_rows(suite, cfg.curve_examples) if cfg.curve_every else None
     require(curve is None or len(curve) > 0,
             f"train curve_every needs forward rows in a val split, and suite {suite.path} has none.")
     model_cfg = cfg.model_config(len(suite.vocab), context)
+    check_memory(model_cfg, device)
     description = _run_description(suite, out, cfg, model_cfg, dropped, cut)
 
     if main:  # only rank 0 checks and creates the run folder; the others wait for it

@@ -40,7 +40,7 @@ from gymnasium import spaces
 from numba import njit, prange
 
 from .. import rng
-from ..errors import UserError, require, require_field_types
+from ..errors import UserError, require, require_field_types, require_seed
 from . import rl
 
 NAME = "countdown"
@@ -88,7 +88,7 @@ class Config:
                 f"countdown operations may only contain the characters + - * /, got {self.operations!r}.")
         require(len(set(self.operations)) == len(self.operations),
                 f"countdown operations must not repeat an operation, got {self.operations!r}.")
-        require(self.held_out_seed >= 0, f"countdown held_out_seed must be >= 0, got {self.held_out_seed}.")
+        require_seed(self.held_out_seed, "countdown held_out_seed")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +128,15 @@ def describe(cfg: Config) -> list[str]:
     """Lines `retroplan inspect` prints about the config: which targets are held out."""
     held = held_out_targets(cfg).tolist()
     return [f"held-out targets (only in {', '.join(HELD_OUT_SPLITS)}): {held}"]
+
+
+def instance_bounds(cfg: Config) -> dict:
+    """Inputs and targets within the config's ranges; a plan step is (first, operation code,
+    second, result), its numbers below VALUE_LIMIT; `draws` counts input draws (-1: gave up)."""
+    k, big = cfg.n_inputs, VALUE_LIMIT - 1
+    return {"numbers": ((k,), cfg.min_input, cfg.max_input), "target": ((), cfg.min_target, cfg.max_target),
+            "plan": ((k - 1, 4), (0, 0, 0, 0), (big, len(OP_SYMBOLS) - 1, big, big)),
+            "draws": ((), -1, MAX_DRAWS)}
 
 
 def split_summary(cfg: Config, instances: dict) -> str:

@@ -211,6 +211,13 @@ def _dead_end_counts(edges, start, goal, n):
     return out
 
 
+def instance_bounds(cfg: Config) -> dict:
+    """Nodes are 0..num_nodes-1; a plan holds up to max_distance + 1 nodes, padded with -1."""
+    node, width = cfg.num_nodes - 1, cfg.max_distance + 1
+    return {"edges": ((num_edges(cfg), 2), 0, node), "start": ((), 0, node), "goal": ((), 0, node),
+            "plan": ((width,), -1, node), "plan_len": ((), 1, width)}
+
+
 def split_summary(cfg: Config, instances: dict) -> str:
     """One line about a split's instances for `retroplan inspect`: the measured lookahead
     and distance distributions and the share of dead ends."""

@@ -80,6 +80,13 @@ def describe(cfg: Config) -> list[str]:
     return []
 
 
+def instance_bounds(cfg: Config) -> dict:
+    """Nodes are labels 0..num_nodes-1; a plan is the path_len nodes centre -> goal."""
+    node = cfg.num_nodes - 1
+    return {"edges": ((num_edges(cfg), 2), 0, node), "start": ((), 0, node), "goal": ((), 0, node),
+            "plan": ((cfg.path_len,), 0, node), "plan_len": ((), cfg.path_len, cfg.path_len)}
+
+
 def split_summary(cfg: Config, instances: dict) -> str | None:
     """A line about a split's instances for `retroplan inspect`: None, every path-star instance
     of a config has the same shape (degree arms of path_len nodes)."""

@@ -60,6 +60,15 @@ class GPTConfig:
         return asdict(self)
 
 
+def training_memory_floor(cfg: GPTConfig) -> int:
+    """Bytes that training `cfg` takes at the least, before any activation: fp32 weights,
+    gradients and AdamW's two moments (16 bytes a parameter) and the RoPE tables. Counted from
+    the config, so an impossible size is refused before the allocator is asked."""
+    params = cfg.vocab_size * cfg.n_embd + cfg.n_layer * (12 * cfg.n_embd**2 + 2 * cfg.n_embd) + cfg.n_embd
+    rope = 2 * cfg.block_size * (cfg.n_embd // cfg.n_head // 2) * 4
+    return 16 * params + rope
+
+
 class KVCache:
     """Keys and values of every layer for a batch, filled as generation proceeds."""
 
@@ -188,10 +197,12 @@ LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def generate(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
              use_cache: bool = True, logits_hook: LogitsHook | None = None,
              temperature: float = 0.0, top_k: int = 0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """Continue equal-length `prompts` (B, T): greedy when `temperature` is 0, else sampled
     from softmax(logits / temperature) restricted to the `top_k` best (0: all) with
-    `generator` (seeded sampling).
+    `generator` (seeded sampling). `generator` may be a list of one CPU generator per row
+    (`row_generators`): each row then draws only from its own, so what a row writes does not
+    depend on the other rows of its batch, or on how many there are.
 
     Returns (B, <= max_new_tokens) new tokens; a row stops at its first `eos_id` and is
     padded with `eos_id` after it. `logits_hook(logits, generated_so_far)` may rewrite the
@@ -207,7 +218,7 @@ def generate(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int
 def generate_with_logprobs(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
                            use_cache: bool = True, logits_hook: LogitsHook | None = None,
                            temperature: float = 0.0, top_k: int = 0,
-                           generator: torch.Generator | None = None
+                           generator: torch.Generator | list[torch.Generator] | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens, logprobs): `generate`'s tokens, and each row's summed log-probability (B,) of
     its tokens up to and including its `eos_id`, under the distribution it was drawn from."""
@@ -217,7 +228,8 @@ def generate_with_logprobs(model: GPT, prompts: torch.Tensor, max_new_tokens: in
 
 def _decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int, use_cache: bool,
             logits_hook: LogitsHook | None, temperature: float, top_k: int,
-            generator: torch.Generator | None, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            generator: torch.Generator | list[torch.Generator] | None, logprobs: bool
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The decoding loop of `generate` and `generate_with_logprobs`: (tokens, summed
     log-probabilities), the latter computed only with `logprobs` (else zeros)."""
     model.eval()
@@ -241,8 +253,11 @@ def _decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = torch.softmax(logits, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            if isinstance(generator, list):
+                nxt = _sample_per_row(logits, generator)
+            else:
+                probs = torch.softmax(logits, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             nxt = logits.argmax(dim=-1)
         nxt = torch.where(finished, torch.full_like(nxt, eos_id), nxt)
@@ -259,3 +274,28 @@ def _decode(model: GPT, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             logits = model(seq)[:, -1]
     return out, logprob
+
+
+def row_generators(seed: int, keys: list[tuple[int, int]]) -> list[torch.Generator]:
+    """One CPU generator per (row, sample) of `keys`, seeded from (seed, row, sample) alone, so
+    a sampled completion is a pure function of them, whatever the batch it is decoded in."""
+    from ..rng import SplitMixPy
+
+    gens = []
+    for row, sample in keys:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(SplitMixPy(seed, _SAMPLING_STREAM, row, sample).state)
+        gens.append(g)
+    return gens
+
+
+_SAMPLING_STREAM = 7  # keeps sampling apart from the streams a suite is generated with
+
+
+def _sample_per_row(logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+    """One token per row from softmax(`logits`), row b drawn with `gens[b]` alone (Gumbel-max:
+    argmax of logits + Gumbel noise; a masked -inf logit is never drawn). The noise is drawn on
+    the CPU in float64, one vector per row, and moved to the logits' device."""
+    u = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in gens])
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return (logits.double() + gumbel.to(logits.device)).argmax(dim=-1)

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import __version__
-from ..envs import get_task, make_config
+from ..envs import get_task, make_config, out_of_bounds
 from ..errors import UserError, require
 from ..fsutil import NpyAppender, atomic_dir, sha256_file, write_json, write_npy, write_text
 from . import check_variant, components, get_grammar
@@ -360,10 +360,12 @@ class SplitData:
     """One split of a suite: token rows (memory-mapped) and the instances they came from."""
 
     def __init__(self, root: Path, split: str, files: list[str] | None = None,
-                 vocab_size: int | None = None, counts: dict | None = None):
+                 vocab_size: int | None = None, counts: dict | None = None,
+                 instance_bounds: dict | None = None):
         """`files`: the suite's checksummed file names (meta.json); only those are read.
         `vocab_size` and `counts` (meta.json's counts of the split), when given, are checked
-        against the arrays: every token id, length and row -> instance index in range."""
+        against the arrays: every token id, length and row -> instance index in range; so are
+        the instance arrays against the task's `instance_bounds(cfg)`, when given."""
         def load(name):
             return _load_array(root / f"{split}.{name}.npy", mmap=True)
 
@@ -374,6 +376,11 @@ class SplitData:
         self.instance = np.asarray(load("instance"))
         self.kind = np.asarray(load("kind"))
         self.index = np.asarray(load("index"))
+        for name in ("tokens", "lengths", "prompt_len", "instance", "kind", "index"):
+            array = getattr(self, name)
+            require(array.ndim == 1 and array.dtype.kind in "iu",
+                    f"suite file {root / f'{split}.{name}.npy'} holds a {array.ndim}-D {array.dtype} "
+                    "array where a 1-D integer array belongs (the suite is corrupt).")
         self.offsets = np.zeros(self.lengths.shape[0] + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
         rows = self.lengths.shape[0]
@@ -386,9 +393,10 @@ class SplitData:
         for name in names:
             if name.startswith(prefix) and name.endswith(".npy"):
                 self.instances[name[len(prefix): -4]] = _load_array(root / name)
-        self._check(root, vocab_size, counts)
+        self._check(root, vocab_size, counts, instance_bounds)
 
-    def _check(self, root: Path, vocab_size: int | None, counts: dict | None) -> None:
+    def _check(self, root: Path, vocab_size: int | None, counts: dict | None,
+               instance_bounds: dict | None = None) -> None:
         """Every value the readers index with is in range (vectorised; the checksums have just
         read these bytes, so this costs a pass over memory, not over the disk)."""
         where = f"the {self.name} split of suite {root}"
@@ -421,6 +429,10 @@ class SplitData:
             lo, hi = (0, int(self.tokens.max())) if self.tokens.dtype.kind == "u" else bounds(self.tokens)
             if lo < 0 or hi >= vocab_size:
                 fail(f"a token id {lo if lo < 0 else hi}, outside the vocabulary's 0..{vocab_size - 1}")
+        if instance_bounds is not None:  # goal, start, edges, numbers...: what kernels index with
+            problem = out_of_bounds(self.instances, instance_bounds, self.name)
+            if problem is not None:
+                fail(problem)
         if counts is not None:
             actual = {"instances": n_inst, "examples": len(self), "tokens": int(self.tokens.shape[0]),
                       "max_len": max(0, longest)}
@@ -490,7 +502,8 @@ class Suite:
         if name not in self._splits:
             files = self.meta.get("files")  # absent only while generate_suite is writing them
             self._splits[name] = SplitData(self.path, name, list(files) if files else None,
-                                           vocab_size=len(self.vocab), counts=self.meta["splits"][name])
+                                           vocab_size=len(self.vocab), counts=self.meta["splits"][name],
+                                           instance_bounds=self.task.instance_bounds(self.config))
         return self._splits[name]
 
     def max_len(self) -> int:
