@@ -105,6 +105,29 @@ def identity(run_dir: str | os.PathLike, suite_path: str | os.PathLike, cfg: Eva
             "retroplan_version": __version__}
 
 
+EVALUATION_FILES = ("metrics.json", "records.jsonl")  # what write_evaluation puts in its folder
+
+
+def refuse_another_evaluation(out: Path, expected: dict, command: str = "eval") -> None:
+    """`out` may be new, empty, hold this very evaluation (its metrics.json records the
+    identity `expected`) or what a killed one left (records.jsonl without metrics.json, our
+    temporaries): never another evaluation, and never other files (eval --out, eval-hf)."""
+    require(not out.exists() or out.is_dir(), f"--out {out} is a file; {command} writes a folder.")
+    if not out.is_dir():
+        return
+    others = [p for p in out.iterdir() if p.name not in EVALUATION_FILES
+              and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if not others and not (out / "metrics.json").exists():
+        return
+    try:
+        previous = json.loads((out / "metrics.json").read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    require(not others and previous == expected,
+            f"{out} already holds other files or another evaluation (another model, run, step, "
+            "suite or setting); choose another --out or remove it.")
+
+
 def _hand_eval_name(cfg: EvalConfig, chosen_step: int | None, suite: Suite, own_suite: bool) -> str:
     """`eval-SPLIT`, plus a part for every way this evaluation differs from the run's standard
     one (latest step, own suite, default decoding): `eval-test-step500`, `eval-test-limit7`,
@@ -255,7 +278,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     Refused: a suite with another vocabulary, another task or another evaluated variant than
     the run was trained for (its grammar would judge the model by the wrong format); the run's
     own suite when its meta.json is no longer the one the run recorded; prompts that leave the
-    model no room to write within its context."""
+    model no room to write within its context; with `name_by_settings`, an `out` that holds
+    another evaluation or other files (`refuse_another_evaluation`)."""
     cfg = cfg or EvalConfig()
     cfg.validate()
     run_dir = Path(run_dir)
@@ -299,6 +323,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             f"{context} tokens, which leave it room to write its answer.")
     if out:
         out = Path(out)
+        if name_by_settings:  # the eval command's --out: never replaces another evaluation
+            refuse_another_evaluation(out, identity(run_dir, suite.path, cfg, step))
     elif name_by_settings:
         out = run_dir / _hand_eval_name(cfg, chosen, suite, own_suite)
     else:
