@@ -74,6 +74,9 @@ class EvalConfig:
         require(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature >= 0,
                 f"eval temperature must be a finite non-negative number, got {self.temperature!r}.")
+        require(self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+                f"eval temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g} (logits "
+                f"divided by less overflow to infinity), got {self.temperature!r}.")
         require(self.samples == 1 or self.temperature > 0,
                 f"eval samples={self.samples} needs temperature > 0 (greedy decoding repeats itself).")
         require(isinstance(self.tip_alpha, (int, float)) and math.isfinite(self.tip_alpha)
@@ -104,6 +107,8 @@ def identity(run_dir: str | os.PathLike, suite_path: str | os.PathLike, cfg: Eva
             "decoding": {k: v for k, v in asdict(cfg).items() if k not in NO_RESULT_SETTINGS},
             "retroplan_version": __version__}
 
+
+MIN_TEMPERATURE = 1e-6  # the smallest positive temperature: float32 logits / 1e-6 stay finite
 
 EVALUATION_FILES = ("metrics.json", "records.jsonl")  # what write_evaluation puts in its folder
 

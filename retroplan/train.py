@@ -89,6 +89,9 @@ class TrainConfig:
                     f"train {name} must be a non-negative integer, got {v!r}.")
         require(self.long_examples in ("drop", "cut"),
                 f"long_examples must be drop or cut, got {self.long_examples!r}.")
+        # the model's shape and dropout, checked now (a study checks its file before any suite is
+        # written); the vocabulary and context are the suite's, known only when training starts
+        self.model_config(vocab_size=1, block_size=1)
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             v = getattr(self, name)
             require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v),

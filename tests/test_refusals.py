@@ -202,3 +202,126 @@ def test_a_245_character_name_gets_a_temporary_that_fits(tmp):
     assert not stale.exists()
     # ... and only its own: another long name sharing the first 200 characters keeps its own
     assert fsutil.temp_prefix("f" * 250) != fsutil.temp_prefix("f" * 249)
+
+
+def test_a_vanishing_temperature_is_one_sentence(tmp, capsys):
+    # before: "probability tensor contains either inf, nan or element < 0" (logits / 1e-40)
+    before = folder_bytes(tmp / "run")
+    refused(["eval", tmp / "run", "--temperature", "1e-40", "--limit", "2"], capsys,
+            "eval temperature must be 0 (greedy) or at least 1e-06")
+    assert folder_bytes(tmp / "run") == before
+
+
+def test_sweep_tip_refuses_an_infinite_alpha_before_evaluating(tmp, capsys, monkeypatch):
+    from retroplan import analysis
+
+    monkeypatch.setattr(analysis, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    before = folder_bytes(tmp / "run")
+    refused(["sweep-tip", tmp / "run", "--alphas", "inf", "--betas", "1"], capsys,
+            "alphas must be finite numbers >= 0, got inf")
+    assert folder_bytes(tmp / "run") == before
+
+
+@pytest.mark.parametrize("shard", [(3, 2), (0, 0), (-1, 2), (0, 1, 2)])
+def test_an_impossible_shard_is_refused_before_writing(tmp, shard):
+    spec = SuiteSpec("pathstar", "optimal", PATHSTAR, {}, 0, SIZES)
+    with pytest.raises(UserError, match=r"shard must be a pair \(i, N\) of integers with 0 <= i < N"):
+        generate_suite(spec, tmp / "piece", shard=shard, progress=False)
+    assert not (tmp / "piece").exists()
+    assert [p.name for p in tmp.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_numpy_integers_in_a_config_are_the_integers_they_hold(tmp):
+    import numpy as np
+
+    spec = SuiteSpec("pathstar", "optimal", {k: np.int64(v) for k, v in PATHSTAR.items()}, {},
+                     np.int64(0), {k: np.int64(v) for k, v in SIZES.items()})
+    generate_suite(spec, tmp / "suite-np", progress=False)  # before: "degree must be an integer"
+    assert folder_bytes(tmp / "suite-np") == folder_bytes(tmp / "suite")
+    cfg = TrainConfig(**{**TINY, "steps": np.int64(3), "lr": np.float32(0.5)})
+    cfg.validate()
+    assert type(cfg.steps) is int and cfg.steps == 3 and type(cfg.lr) is float
+
+
+STUDY = """
+name = "refusals"
+task = "pathstar"
+variants = ["optimal"]
+seeds = [0, 1]
+
+[sizes]
+train = 50
+val = 8
+test = 8
+
+[[conditions]]
+label = "d2"
+degree = 2
+path_len = 3
+num_nodes = 10
+
+[train]
+preset = "tiny"
+steps = 2
+batch_size = 8
+threads = 1
+"""
+
+
+@pytest.mark.parametrize("line, message", [
+    ("n_head = 3", "model n_embd (64) must be a multiple of n_head (3)"),
+    ("dropout = 1.5", "model dropout must be in [0, 1), got 1.5"),
+    ("context = 3", "train context 3 is too short for condition 'd2', variant optimal: its prompts are"),
+], ids=["n_head", "dropout", "context"])
+def test_a_study_with_an_impossible_model_writes_nothing_and_takes_the_corrected_file(
+        tmp, capsys, line, message):
+    from retroplan.experiment import load_experiment
+
+    study = tmp / "exp.toml"
+    study.write_text(STUDY + line + "\n")
+    # before the fix: refused in the first piece's training, after its suite was written
+    refused(["run", study, "--out", tmp / "st"], capsys, message)
+    assert not (tmp / "st").exists()
+    study.write_text(STUDY)  # corrected: nothing of the refused one stands in its way
+    load_experiment(study)
+
+
+def test_workers_beyond_the_pieces_start_no_idle_process(monkeypatch, tmp_path):
+    from retroplan import runner
+
+    started = []
+
+    class Pool:  # records the processes asked for; each piece "finished" at once
+        def __init__(self, processes, initializer=None, initargs=()):
+            started.append(processes)
+
+        def apply_async(self, fn, args):
+            job = args[1]
+            return type("Done", (), {"ready": lambda self: True, "get": lambda self: (job, {}, 0.0)})()
+
+        def close(self):
+            pass
+
+        terminate = join = close
+
+    monkeypatch.setattr(runner.multiprocessing, "get_context",
+                        lambda method: type("Ctx", (), {"Pool": Pool, "Queue": list})())
+    todo = [(("d2", "optimal", 0), None), (("d2", "optimal", 1), None)]
+    assert [job for job, _, _ in runner._run_pool(tmp_path, todo, 12, False)] == [job for job, _ in todo]
+    assert started == [2]  # before the fix: 12
+
+
+def test_an_unreachable_ray_address_fails_fast_and_writes_nothing(tmp, capsys):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    study = tmp / "exp.toml"
+    study.write_text(STUDY)
+    t0 = time.monotonic()
+    refused(["run", study, "--out", tmp / "st", "--backend", "ray", "--address", f"127.0.0.1:{port}"],
+            capsys, f"could not reach the Ray cluster at '127.0.0.1:{port}' within 10 s")
+    assert time.monotonic() - t0 < 10
+    assert not (tmp / "st").exists()
