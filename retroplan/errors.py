@@ -26,6 +26,19 @@ def require_seed(value, what: str) -> None:
             f"{what} must be an integer in [0, 2**63), got {value!r}.")
 
 
+def plain(value):
+    """`value` with NumPy scalars (np.int64, np.float32, np.bool_) turned into the Python int,
+    float or bool they hold, inside dicts, lists and tuples too: a config built by NumPy code
+    is taken as written, and written to JSON as plain numbers."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -36,6 +49,8 @@ def require_field_types(config, what: str) -> None:
     import dataclasses
 
     for f in dataclasses.fields(config):
+        if plain(getattr(config, f.name)) is not getattr(config, f.name):  # a NumPy scalar
+            object.__setattr__(config, f.name, plain(getattr(config, f.name)))  # frozen ones too
         value, kind = getattr(config, f.name), type(f.default)
         if kind is bool:
             ok = isinstance(value, bool)

@@ -76,6 +76,9 @@ class EvalConfig:
         require(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature >= 0,
                 f"eval temperature must be a finite non-negative number, got {self.temperature!r}.")
+        require(self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+                f"eval temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g} (logits "
+                f"divided by less overflow to infinity), got {self.temperature!r}.")
         require(self.samples == 1 or self.temperature > 0,
                 f"eval samples={self.samples} needs temperature > 0 (greedy decoding repeats itself).")
         require(isinstance(self.tip_alpha, (int, float)) and math.isfinite(self.tip_alpha)
@@ -109,6 +112,31 @@ def identity(run_dir: str | os.PathLike, suite_path: str | os.PathLike, cfg: Eva
     if objective != "next-token":  # how it was decoded (teacherless: in parallel); absent before
         out["objective"] = objective
     return out
+
+
+MIN_TEMPERATURE = 1e-6  # the smallest positive temperature: float32 logits / 1e-6 stay finite
+
+EVALUATION_FILES = ("metrics.json", "records.jsonl")  # what write_evaluation puts in its folder
+
+
+def refuse_another_evaluation(out: Path, expected: dict, command: str = "eval") -> None:
+    """`out` may be new, empty, hold this very evaluation (its metrics.json records the
+    identity `expected`) or what a killed one left (records.jsonl without metrics.json, our
+    temporaries): never another evaluation, and never other files (eval --out, eval-hf)."""
+    require(not out.exists() or out.is_dir(), f"--out {out} is a file; {command} writes a folder.")
+    if not out.is_dir():
+        return
+    others = [p for p in out.iterdir() if p.name not in EVALUATION_FILES
+              and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if not others and not (out / "metrics.json").exists():
+        return
+    try:
+        previous = json.loads((out / "metrics.json").read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    require(not others and previous == expected,
+            f"{out} already holds other files or another evaluation (another model, run, step, "
+            "suite or setting); choose another --out or remove it.")
 
 
 def _hand_eval_name(cfg: EvalConfig, chosen_step: int | None, suite: Suite, own_suite: bool) -> str:
@@ -317,7 +345,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
     Refused: a suite with another vocabulary, another task or another evaluated variant than
     the run was trained for (its grammar would judge the model by the wrong format); the run's
     own suite when its meta.json is no longer the one the run recorded; prompts that leave the
-    model no room to write within its context."""
+    model no room to write within its context; with `name_by_settings`, an `out` that holds
+    another evaluation or other files (`refuse_another_evaluation`)."""
     cfg = cfg or EvalConfig()
     cfg.validate()
     run_dir = Path(run_dir)
@@ -368,6 +397,8 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             f"{context} tokens, which leave it room to write its answer.")
     if out:
         out = Path(out)
+        if name_by_settings:  # the eval command's --out: never replaces another evaluation
+            refuse_another_evaluation(out, identity(run_dir, suite.path, cfg, step))
     elif name_by_settings:
         out = run_dir / _hand_eval_name(cfg, chosen, suite, own_suite)
     else:

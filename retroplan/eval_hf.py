@@ -16,7 +16,6 @@ nothing is ever downloaded: the model is a folder, or a name already in the loca
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -30,7 +29,15 @@ from tqdm import tqdm
 from . import __version__
 from .device import resolve_device
 from .errors import UserError, require, require_field_types
-from .eval import NO_RESULT_SETTINGS, folder_word, judge, judge_completions, setting_parts, write_evaluation
+from .eval import (
+    NO_RESULT_SETTINGS,
+    folder_word,
+    judge,
+    judge_completions,
+    refuse_another_evaluation,
+    setting_parts,
+    write_evaluation,
+)
 from .fsutil import path_for, sha256_file
 from .rng import SplitMixPy
 from .traces import chance_for, writes
@@ -315,20 +322,6 @@ def default_out(model_dir: Path, suite: Suite, cfg: HFEvalConfig) -> Path:
     return Path("-".join(parts + setting_parts(cfg, HFEvalConfig())))
 
 
-def _refuse_another_evaluation(out: Path, expected: dict) -> None:
-    """`out` may be new, empty, or hold this very evaluation (same identity): never another."""
-    require(not out.exists() or out.is_dir(), f"--out {out} is a file; eval-hf writes a folder.")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    try:
-        previous = json.loads((out / "metrics.json").read_text()).get("identity")
-    except (OSError, ValueError, AttributeError):
-        previous = None
-    require(previous == expected,
-            f"{out} already holds other files or another evaluation (another model, suite or "
-            "setting); choose another --out or remove it.")
-
-
 def evaluate_hf(model: str | os.PathLike, suite_path: str | os.PathLike, cfg: HFEvalConfig | None = None,
                 out: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None,
                 progress: bool = True) -> dict:
@@ -356,7 +349,7 @@ def evaluate_hf(model: str | os.PathLike, suite_path: str | os.PathLike, cfg: HF
     tokenizer_dir = resolve_local_model(tokenizer) if tokenizer is not None else model_dir
     expected = identity(model_dir, tokenizer_dir, suite, cfg)
     out = Path(out) if out is not None else default_out(model_dir, suite, cfg)
-    _refuse_another_evaluation(out, expected)
+    refuse_another_evaluation(out, expected, "eval-hf")
 
     device = resolve_device(cfg.device)
     lm, tok = load_model_and_tokenizer(model_dir, tokenizer_dir, device)

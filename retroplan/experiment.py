@@ -51,7 +51,7 @@ from .runner import check_runner, run_pieces
 from .stats import mean_ci, rate_ci, wilson
 from .study import MARGIN, verdict_lines, verdict_table
 from .traces import check_variant, get_grammar, writes
-from .traces.suite import SuiteSpec, generate_suite, open_suite
+from .traces.suite import SuiteSpec, generate_suite, open_suite, shortest_prompt
 from .train import MACHINE_SETTINGS, TrainConfig, plan_steps, resolve_precision, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
@@ -250,6 +250,21 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
     return exp
 
 
+def _check_context(exp: dict, path) -> None:
+    """A [train] context (0: the suite's longest row) must exceed the prompts of every
+    condition and variant, measured on a few instances written in memory: found before any
+    suite is written (later, every row would be dropped, or no prompt could be evaluated)."""
+    for v, cfg in exp["_train_by_variant"].items():
+        if not cfg.context:
+            continue
+        for label, c in zip(exp["_labels"], exp["conditions"]):
+            shortest = shortest_prompt(_spec(exp, c, v, exp["seeds"][0]))
+            require(cfg.context > shortest,
+                    f"{path}: train context {cfg.context} is too short for condition {label!r}, "
+                    f"variant {v}: its prompts are {shortest} tokens or longer, and the model must read "
+                    "a prompt and write after it; raise context, or give 0 (the suite's longest row).")
+
+
 # settings that decide where and how fast the work runs, never its results beyond rounding (and the report's
 # title and text): an experiment file that differs from the one in --out only in these is the
 # same experiment, so they can be fixed in place. (train.device / compile / threads are also
@@ -434,6 +449,7 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             "with --workers N to run its pieces side by side.")
     overrides = list(overrides)
     exp = load_experiment(path, overrides)
+    _check_context(exp, path)
     out = Path(out)
     source = Path(path).read_bytes()
     if (out / "experiment.toml").exists():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -40,9 +41,23 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+TEMP_NAME_KEEP = 200  # bytes of a name kept in its temporary's (a file name holds at most 255)
+
+
+def temp_prefix(name: str) -> str:
+    """`.NAME.`, the start of a temporary's name for NAME (mkstemp adds 8 characters and the
+    suffix); a NAME longer than `TEMP_NAME_KEEP` bytes is cut there and a digest of the whole
+    name added, so the temporary of a 255-byte name still fits and stays its name's own."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= TEMP_NAME_KEEP:
+        return f".{name}."
+    cut = raw[:TEMP_NAME_KEEP].decode("utf-8", "ignore")
+    return f".{cut}~{hashlib.sha256(raw).hexdigest()[:8]}."
+
+
 def remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries a killed writer of `path` left behind (they carry our own names)."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+    for stale in path.parent.glob(glob.escape(temp_prefix(path.name)) + "*.tmp"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -55,7 +70,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -256,17 +271,20 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, onto_empty: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name; rename it onto `path` only when complete.
 
-    `path` must not exist yet (we never delete what the user has).
+    `path` must not exist yet (we never delete what the user has), or, with `onto_empty`, may
+    be an empty folder, which the rename replaces in one step (until then it stays as it was,
+    and a kill leaves it there).
     """
     path = Path(path)
-    if path.exists():
+    empty = onto_empty and path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    if path.exists() and not empty:
         raise UserError(f"{path} already exists; choose another output path or remove it first.")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _chmod_default(tmp, directory=True)
@@ -291,9 +309,9 @@ class NpyAppender:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.count = 0
-        for stale in self.path.parent.glob(f".{self.path.name}.*.part"):
+        for stale in self.path.parent.glob(glob.escape(temp_prefix(self.path.name)) + "*.part"):
             stale.unlink(missing_ok=True)
-        fd, raw = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
+        fd, raw = tempfile.mkstemp(prefix=temp_prefix(self.path.name), suffix=".part",
                                    dir=self.path.parent)
         self._raw_path = Path(raw)
         self._raw = os.fdopen(fd, "wb")

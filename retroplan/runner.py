@@ -74,6 +74,30 @@ def check_runner(workers: int, backend: str, address: str | None) -> None:
             "--workers sizes the local pool; with --backend ray the cluster decides how many run "
             "at once (leave --workers out).")
     require(address is None or backend == "ray", "--address is for --backend ray only.")
+    if address is not None:
+        check_ray_address(address)
+
+
+RAY_CONNECT_SECONDS = 10  # how long `--address` may take to accept a connection
+
+
+def check_ray_address(address: str) -> None:
+    """A Ray `--address` (`HOST:PORT` or `ray://HOST:PORT`; `auto` and `local` are Ray's own)
+    must accept a TCP connection within `RAY_CONNECT_SECONDS`, checked before anything is
+    written: ray.init itself retries an unreachable one for many minutes."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    require(sep and host and port.isdigit() and 0 < int(port) < 65536,
+            f"--address must be HOST:PORT, ray://HOST:PORT, auto or local, got {address!r}.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise UserError(f"could not reach the Ray cluster at {address!r} within {RAY_CONNECT_SECONDS} "
+                        f"s ({exc.strerror or exc}); start it (ray start --head) or fix --address."
+                        ) from None
 
 
 def run_pieces(exp: dict, out: Path, jobs: list[tuple], workers: int = 1, backend: str = "local",
@@ -138,6 +162,8 @@ def _init_worker(gpus) -> None:
 
 
 def _run_pool(out: Path, todo: list, workers: int, progress: bool):
+    threads = threads_per_run(workers)  # the share --workers asked for, however many run now
+    workers = min(workers, len(todo))  # no process without a piece to run
     n_gpus = _visible_gpus()
     ctx = multiprocessing.get_context("spawn")  # no forked torch / Numba state
     gpus = None
@@ -145,7 +171,6 @@ def _run_pool(out: Path, todo: list, workers: int, progress: bool):
         gpus = ctx.Queue()
         for i in range(workers):
             gpus.put(i % n_gpus)
-    threads = threads_per_run(workers)
     if progress:
         where = f"{min(workers, n_gpus)} GPUs" if n_gpus > 1 else f"{threads} CPU thread(s) each"
         print(f"running {len(todo)} pieces on {workers} local workers ({where})", flush=True)

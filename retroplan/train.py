@@ -42,8 +42,8 @@ from .errors import UserError, require, require_field_types, require_seed
 from .eval import EvalConfig, _generate_all, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
-from .traces import components
 from .models.gpt import training_memory_floor
+from .traces import components
 from .traces.suite import Suite, open_suite
 
 
@@ -96,6 +96,9 @@ class TrainConfig:
                     f"train {name} must be a non-negative integer, got {v!r}.")
         require(self.long_examples in ("drop", "cut"),
                 f"long_examples must be drop or cut, got {self.long_examples!r}.")
+        # the model's shape and dropout, checked now (a study checks its file before any suite is
+        # written); the vocabulary and context are the suite's, known only when training starts
+        self.model_config(vocab_size=1, block_size=1)
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             v = getattr(self, name)
             require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v),
@@ -419,8 +422,9 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     check_memory(model_cfg, device)
     description = _run_description(suite, out, cfg, model_cfg, dropped, cut)
 
-    if main:  # only rank 0 checks and creates the run folder; the others wait for it
-        _open_run_folder(out, description, suite, cfg, resume)
+    # A refusal changes nothing: everything is checked (the folder, and a resumed run's
+    # checkpoint loaded whole) before rank 0 writes anything
+    old = _check_run_folder(out, description, suite, cfg, resume) if main else None
     if world > 1:
         torch.distributed.barrier()
     ckpt = checkpoint.latest_dir(out)
@@ -429,6 +433,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     model = GPT(model_cfg).to(device)
     optimizer = _make_optimizer(model, cfg, device)
     step, state = _resume(out, ckpt, model, optimizer, main)
+    if main:
+        _write_run_folder(out, description, old, cfg, step)
     if (out / "final.json").exists() and step >= cfg.steps:
         return checkpoint._read_json(out / "final.json", "run summary")
 
@@ -598,14 +604,25 @@ def _tensorboard_writer():
     return SummaryWriter
 
 
-def _open_run_folder(out: Path, description: dict, suite: Suite, cfg: TrainConfig,
-                     resume: bool) -> None:
-    """Rank 0's checks of the run folder `out` before training, then run.json written for a new
-    run. A folder with a run.json is resumed only with `resume`, and only when it was the same
-    run (`_same_run`) on the same suite (a changed step count is recorded: `_change_length`); any
-    other non-empty folder is refused. No file of the run may be a symlink."""
+LOG_FILES = ("train_log.jsonl", "curve.jsonl")  # appended; cut back to the step resumed from
+
+
+def _check_run_folder(out: Path, description: dict, suite: Suite, cfg: TrainConfig,
+                      resume: bool) -> dict | None:
+    """Rank 0's checks of the run folder `out` before training; writes nothing. Returns the
+    run.json of the run resumed (None for a new run). A folder with a run.json is resumed only
+    with `resume`, only when it was the same run (`_same_run`) on the same suite, and only from
+    its checkpoint pointer when it has step folders; any other non-empty folder is refused. No
+    file of the run may be a symlink, and what train appends to or replaces must be a file."""
     for name in RUN_FILES:  # never write through a link to somewhere outside the run
         refuse_symlink(out / name)
+    for name in ("run.json", "final.json", "checkpoints/latest.json", *LOG_FILES):
+        require(not (out / name).exists() or (out / name).is_file(),
+                f"cannot train into {out}: its {name} is not a file; move it away or choose "
+                "another --out.")
+    require(not (out / "checkpoints").exists() or (out / "checkpoints").is_dir(),
+            f"cannot train into {out}: its checkpoints is not a folder; move it away or choose "
+            "another --out.")
     if out.exists() and (out / "run.json").exists():
         if not resume:
             raise UserError(f"run folder {out} already exists; pass --resume to continue it or "
@@ -615,45 +632,61 @@ def _open_run_folder(out: Path, description: dict, suite: Suite, cfg: TrainConfi
         if changed:
             raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
         checkpoint.check_suite(out, old, suite, "resume with")
-        _change_length(out, old, cfg)
-    elif out.exists() and any(not _our_temporary(p) for p in out.iterdir()):
+        found = sorted(p.name for p in (out / "checkpoints").glob("step-*")) \
+            if (out / "checkpoints").is_dir() else []
+        # without its pointer a run would start again from step 0 over its own checkpoints
+        newest = max(checkpoint.available_steps(out), default=0)
+        require(checkpoint.latest_dir(out) is not None or not found,
+                f"cannot resume {out}: checkpoints/latest.json is missing but it has the step "
+                f"folders {', '.join(found)}; restore the pointer to the step to resume from "
+                f'(e.g. {{"step": {newest}, "dir": "{checkpoint.step_dir_name(newest)}"}}) or '
+                "choose another --out.")
+        return old
+    if out.exists() and any(not _our_temporary(p) for p in out.iterdir()):
         if resume:
             raise UserError(f"cannot resume {out}: it is not a run (it has no run.json); choose "
                             "a run folder or a new --out.")
         raise UserError(f"output folder {out} exists and is not empty; choose another --out.")
-    if not (out / "run.json").exists():
+    return None
+
+
+def _write_run_folder(out: Path, description: dict, old: dict | None, cfg: TrainConfig,
+                      step: int) -> None:
+    """Rank 0's writes before training, once every check has passed and the checkpoint resumed
+    from (at `step`) has loaded: run.json for a new run (`old` None), a changed step count
+    recorded for a resumed one (`_change_length`), and the logs cut back to `step` (lines a
+    killed run wrote after it)."""
+    if old is None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", description)
+    else:
+        _change_length(out, old, cfg, step)
+    for name in LOG_FILES:
+        _trim_log(out / name, step)
 
 
 def _resume(out: Path, ckpt: Path | None, model: GPT, optimizer: torch.optim.Optimizer,
             main: bool) -> tuple[int, dict]:
     """(step, state) a run starts from: those of the checkpoint `ckpt`, whose weights and
     optimizer moments are loaded into `model` and `optimizer` (state carries the counters, the
-    clocks and the last loss on), or (0, {}) for a new run (`ckpt` None). Rank 0 cuts
-    train_log.jsonl and curve.jsonl back to that step (lines a killed run wrote after it)."""
+    clocks and the last loss on), or (0, {}) for a new run (`ckpt` None). Writes nothing."""
     step = 0
     state: dict = {}
     if ckpt is not None:
         state = checkpoint.load_training_state(ckpt, model, optimizer)
         step = int(state["step"])
-    if main:
-        _trim_log(out / "train_log.jsonl", step)
-        _trim_log(out / "curve.jsonl", step)
     return step, state
 
 
-def _change_length(out: Path, old: dict, cfg: TrainConfig) -> None:
-    """A resumed run asked for another number of steps (`train --resume --steps N`): continue it
-    to N. The first steps stay what they were; the cosine schedule is the one of an N-step run
-    from here on (so after a finished run's end the rate rises from min_lr to where an N-step
-    run would be, then decays to min_lr at N): an extended run is not a fresh N-step run, and
-    run.json says so in `length_changes`."""
+def _change_length(out: Path, old: dict, cfg: TrainConfig, done: int) -> None:
+    """A resumed run (trained `done` steps) asked for another number of steps (`train --resume
+    --steps N`): continue it to N. The first steps stay what they were; the cosine schedule is
+    the one of an N-step run from here on (so after a finished run's end the rate rises from
+    min_lr to where an N-step run would be, then decays to min_lr at N): an extended run is not
+    a fresh N-step run, and run.json says so in `length_changes`."""
     before = old.get("train", {}).get("steps")
     if before == cfg.steps:
         return
-    latest = checkpoint.latest_dir(out)
-    done = checkpoint.read_state(latest)["step"] if latest is not None else 0
     require(cfg.steps >= done, f"cannot resume {out} to {cfg.steps} steps: it has trained {done} "
             f"already; --steps must be at least {done}.")
     changed = dict(old, train=dict(old.get("train", {}), steps=cfg.steps))

@@ -110,3 +110,20 @@ def independent_replay(numbers, target: int, plan, operations: str = "+-*/") -> 
         pool[c] += 1
     left = [n for n, k in pool.items() for _ in range(k)]
     return left == [target]
+
+
+def folder_bytes(root: Path) -> dict[str, str]:
+    """Every entry under `root` (recursive): a file by the sha256 of its bytes, a folder as
+    "dir", a link by its target. Equal before and after a refused command: it changed nothing."""
+    import hashlib
+
+    entries = {}
+    for p in sorted(Path(root).rglob("*")):
+        key = str(p.relative_to(root))
+        if p.is_symlink():
+            entries[key] = "link:" + os.readlink(p)
+        elif p.is_dir():
+            entries[key] = "dir"
+        else:
+            entries[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return entries

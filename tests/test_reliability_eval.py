@@ -18,6 +18,7 @@ import torch
 from retroplan import checkpoint
 from retroplan.cli import main
 from retroplan.errors import UserError
+from retroplan.eval import EvalConfig, evaluate
 from retroplan.experiment import run_experiment
 from retroplan.traces.suite import SuiteSpec, generate_suite
 
@@ -109,12 +110,13 @@ def test_a_hand_eval_with_other_settings_writes_to_a_folder_named_by_what_differ
 
 
 def test_run_reuses_an_evaluation_only_when_everything_its_numbers_depend_on_matches(q, capsys):
-    """The issue's repro: hand evaluations written into the folders run reads (now only when
-    asked, with --out) no longer replace the study's numbers."""
+    """The issue's repro: hand evaluations written into the folders run reads (now only by the
+    Python API: `eval --out` refuses to replace another evaluation, tests/test_refusals.py) no
+    longer replace the study's numbers."""
     before = results(q)
     opt, rev = q / "runs" / "d2-optimal-s0", q / "runs" / "d2-reverse-s0"
-    assert retroplan(["eval", opt, "--limit", 1, "--out", opt / "eval-test"], capsys)[0] == 0
-    assert retroplan(["eval", rev, "--temperature", 2, "--out", rev / "eval-test"], capsys)[0] == 0
+    evaluate(opt, cfg=EvalConfig(limit=1), out=opt / "eval-test", progress=False)
+    evaluate(rev, cfg=EvalConfig(temperature=2.0), out=rev / "eval-test", progress=False)
     assert metrics(opt / "eval-test")["n"] == 1
     untouched = q / "runs" / "d2-optimal+reverse-s0" / "eval-test" / "metrics.json"
     stamp = untouched.stat().st_mtime_ns

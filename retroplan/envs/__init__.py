@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError, require
+from ..errors import UserError, plain, require
 from . import countdown, graph, pathstar
 
 TASKS = {pathstar.NAME: pathstar, graph.NAME: graph, countdown.NAME: countdown}
@@ -23,7 +23,7 @@ def make_config(task_name: str, values: dict):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(f"unknown {task_name} setting {unknown[0]!r}; allowed: {', '.join(fields)}.")
-    cfg = task.Config(**values)
+    cfg = task.Config(**plain(values))
     cfg.validate()
     return cfg
 

@@ -310,7 +310,7 @@ def export_suite(suite_path: str | os.PathLike, out: str | os.PathLike, fmt: str
                  split: str | None = None, limit: int = 0) -> dict[str, int]:
     """Write the suite's splits (or one) as the new dataset folder `out` (see the module
     docstring); returns the rows written per split (retroplan's split names). `out` must not
-    exist, or be an empty folder (which is put back if the export fails)."""
+    exist, or be an empty folder (left as it was if the export fails or is killed)."""
     require(fmt in FORMATS, f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}.")
     require(isinstance(limit, int) and limit >= 0, f"--limit must be a non-negative integer, got {limit!r}.")
     out = Path(out)
@@ -323,15 +323,10 @@ def export_suite(suite_path: str | os.PathLike, out: str | os.PathLike, fmt: str
     require(fmt != "sos" or suite.meta["task"] == "countdown",
             f"the sos format is Countdown's (Stream of Search); this suite is {suite.meta['task']}.")
     names = [split] if split else [s for s in suite.task.SPLITS if s in suite.splits]
-    if empty_folder:
-        out.rmdir()  # atomic_dir renames the finished folder onto this name
-    try:
-        with atomic_dir(out) as tmp:
-            return _write(suite, tmp, fmt, names, split, limit, out)
-    except BaseException:
-        if empty_folder:
-            out.mkdir(exist_ok=True)
-        raise
+    # built in a hidden sibling and renamed onto `out` (an empty folder is replaced by the
+    # rename itself): a failed or killed export leaves the user's folder as it was
+    with atomic_dir(out, onto_empty=True) as tmp:
+        return _write(suite, tmp, fmt, names, split, limit, out)
 
 
 def _write(suite, tmp: Path, fmt: str, names: list[str], split: str | None, limit: int,

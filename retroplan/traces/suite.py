@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..envs import get_task, make_config, out_of_bounds
-from ..errors import UserError, require
+from ..errors import UserError, plain, require
 from ..fsutil import NpyAppender, atomic_dir, sha256_file, write_json, write_npy, write_text
 from . import check_variant, components, get_grammar
 
@@ -60,6 +60,10 @@ class SuiteSpec:
     options: dict = field(default_factory=dict)
     seed: int = 0
     sizes: dict = field(default_factory=lambda: {"train": 1000, "val": 100, "test": 100})
+
+    def __post_init__(self):  # np.int64 and friends are the numbers they hold
+        self.config, self.options, self.sizes, self.seed = plain(
+            (self.config, self.options, self.sizes, self.seed))
 
     def resolve(self):
         """Validate everything; return (task module, config, grammar, options)."""
@@ -157,6 +161,12 @@ def _row_files(tmp: Path, split: str, dtypes: dict):
 def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, int] | None = None,
                    progress: bool = True) -> Path:
     """Generate the suite `spec` (or piece `shard` of it) into the new folder `out`."""
+    if shard is not None:  # before anything is written: (3, 2) made a piece no one could open
+        given = shard
+        shard = plain(tuple(shard)) if isinstance(shard, (list, tuple)) else ()
+        require(len(shard) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+                and 0 <= shard[0] < shard[1],
+                f"shard must be a pair (i, N) of integers with 0 <= i < N, got {given!r}.")
     task, cfg, grammar, options = spec.resolve()
     vocab = grammar.make_vocab(cfg)
     out = Path(out)
@@ -238,6 +248,19 @@ def _require_space(out: Path, tmp: Path, written: int, done: int, remaining: int
             f"No space left on device for suite {out}: the rest of it needs about "
             f"{needed / 1e6:,.1f} MB and {free / 1e6:,.1f} MB are free; generate fewer instances "
             "or free some space.")
+
+
+def shortest_prompt(spec: SuiteSpec, count: int = 8) -> int:
+    """The shortest prompt (tokens) of the first `count` test instances of `spec`'s suite,
+    written in memory only: a model context no longer than it can evaluate none of them
+    (`retroplan run` checks its file with it before it writes anything)."""
+    task, cfg, grammar, options = spec.resolve()
+    split = "test" if "test" in task.SPLITS else task.SPLITS[-1]
+    idx = np.arange(count, dtype=np.int64)
+    batch = task.sample_instances(cfg, spec.seed, split, idx, np.zeros(count, dtype=np.int64))
+    ex = write_rows(grammar, task, cfg, options, spec.variant, spec.seed, split, idx, batch,
+                    grammar.make_vocab(cfg))
+    return int(ex["prompt_len"].min())
 
 
 def write_rows(grammar, task, cfg, options, variant: str, seed: int, split: str,
