@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="only this split (default: all)")
     e.add_argument("--limit", type=int, default=0, help="at most N rows per split")
 
+    em = sub.add_parser(
+        "export-model", help="write a run's model as a Hugging Face transformers folder",
+        description="Write a run's latest checkpoint (or --step N) as a new folder that transformers "
+                    "loads with AutoModelForCausalLM / AutoTokenizer: a GPTNeoXForCausalLM computing "
+                    "exactly the run's logits (checked before writing) and a word-level tokenizer over "
+                    "the suite's vocabulary, saved with save_pretrained, plus a model card. "
+                    "Needs pip install 'retroplan[hf]'.")
+    em.add_argument("run")
+    em.add_argument("--format", choices=("hf",), default="hf", help="hf: a transformers model folder")
+    em.add_argument("--out", required=True, help="new folder for the model (must not exist)")
+    em.add_argument("--step", type=int, default=None, metavar="N",
+                    help="export the checkpoint kept at step N (default: the latest)")
+
     tr = sub.add_parser(
         "train", help="train a model on a suite",
         description="Train a model on a suite. `--resume` continues the run in --out with the "
@@ -293,6 +306,15 @@ def _export(args) -> None:
           f"with its dataset card {os.path.join(args.out, 'README.md')}")
 
 
+def _export_model(args) -> None:
+    from .export_model import export_model
+
+    done = export_model(args.run, args.out, args.format, step=args.step)
+    print(f"wrote {args.out}: the model of {args.run} at step {done['step']} as a transformers "
+          f"GPTNeoXForCausalLM with its tokenizer (logits equal the run's: max |difference| "
+          f"{done['max_logit_difference']:.1e})")
+
+
 def _train(args) -> None:
     from .fsutil import terminate_as_exit
     from .train import TrainConfig, train
@@ -421,7 +443,8 @@ def _sweep_tip(args) -> None:
     print(table.read_text(), end="")
 
 
-COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
+COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export,
+            "export-model": _export_model, "train": _train,
             "eval": _eval, "eval-hf": _eval_hf, "run": _run, "merge-shards": _merge_shards,
             "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list}
 
