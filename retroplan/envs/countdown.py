@@ -617,6 +617,28 @@ def plan_strings(steps: np.ndarray) -> list[str]:
     return [format_step(int(a), int(op), int(b), int(c)) for a, op, b, c in steps]
 
 
+def expression(numbers, solution) -> str:
+    """The forward plan `solution` (`a op b=c` strings) as one arithmetic expression over the
+    inputs, each used once, nested in the order of the steps: inputs 3 5 7 8 and the steps
+    `8-7=1`, `3+5=8`, `8*1=8` give `(3 + 5) * (8 - 7)`. It evaluates to the target with the usual
+    arithmetic (every `-` and `/` is larger first, every `/` exact), which is how readers of
+    expressions such as reasoning-gym's Countdown scorer check an answer."""
+    pool = [(int(v), str(int(v))) for v in numbers]  # (value, the expression that makes it)
+    for step in solution:
+        parsed = parse_step(step)
+        require(parsed is not None, f"countdown step {step!r} is not of the form 'a op b=c'.")
+        a, sym, b, c = parsed
+        operands = []
+        for value in (a, b):
+            at = next((k for k, (v, _) in enumerate(pool) if v == value), None)
+            require(at is not None, f"countdown step {step!r} uses {value}, which is not left over.")
+            operands.append(pool.pop(at)[1])
+        pool.append((c, f"({operands[0]} {sym} {operands[1]})"))
+    require(len(pool) == 1, f"countdown plan {list(solution)!r} leaves {len(pool)} numbers, not one.")
+    text = pool[0][1]
+    return text[1:-1] if len(solution) else text  # the outermost parentheses dropped
+
+
 def instance_at(batch: dict, i: int) -> dict:
     """Instance `i` as plain Python values: the inputs, the target and the reference solution
     (the forward plan as `a op b=c` strings)."""

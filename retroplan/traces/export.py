@@ -61,7 +61,9 @@ HELD_OUT = "held_out"  # the configuration (and folder) of the splits beyond tra
 ROW_FIELDS = """\
 Every row carries the task's fields (graph tasks: `edges` as [[u, v], ...], `start`, `goal`,
 `plan` the forward reference node list; countdown: `numbers`, `target`, `solution` the reference
-forward plan as `"a op b=c"` strings), the difficulty fields, the `split` (retroplan's name:
+forward plan as `"a op b=c"` strings, and `expression`, the same plan as one arithmetic
+expression over the inputs, each used once, e.g. `(3 + 5) * (8 - 7)`: the answer format of
+reasoning-gym's Countdown), the difficulty fields, the `split` (retroplan's name:
 `val` for the `validation` split), the `row` within the split, the instance `index` (the
 instance is a pure function of seed, split and index), the row `kind` (revthink: 0 forward,
 1 backward question, 2 backward reasoning; a mixture `a+b+...`: 0 for a's rows, 1 for b's
@@ -106,6 +108,10 @@ def iter_rows(suite, split: str | None = None, limit: int = 0):
         n = len(data) if not limit else min(limit, len(data))
         for r in range(n):
             row = suite.describe_row(name, r)
+            if suite.meta["task"] == "countdown":  # the solution as one expression (reasoning-gym's answer)
+                from ..envs.countdown import expression
+
+                row["expression"] = expression(row["numbers"], row["solution"])
             searcher = suite.grammar.searcher_of(suite, name, row["index"])
             if searcher is not None:
                 row["searcher"] = searcher
