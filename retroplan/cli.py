@@ -340,7 +340,8 @@ def _train(args) -> None:
     print(f"trained {args.out}: {summary['steps']} steps ({summary.get('examples_seen')} examples, "
           f"{summary.get('supervised_tokens')} supervised tokens), final loss "
           f"{'n/a' if loss is None else format(loss, '.4f')}, "
-          f"{summary['train_seconds']:.1f}s on {summary['device']}")
+          + (f"peak lr {summary['peak_lr']:.2e}, " if "peak_lr" in summary else "")
+          + f"{summary['train_seconds']:.1f}s on {summary['device']}")
 
 
 def _eval(args) -> None:
@@ -450,8 +451,14 @@ COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export,
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # instant: no torch, no Numba
+        print(f"retroplan {__version__}")
+        raise SystemExit(0)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import compile_notice
+
+    compile_notice.install()  # one line when Numba compiles kernels (a first run), else nothing
     try:
         COMMANDS[args.command](args)
     except UserError as exc:

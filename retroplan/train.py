@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -160,6 +161,21 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     span = max(1, cfg.steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """The largest learning rate the schedule reaches in `cfg.steps` steps: `lr`, unless the run
+    ends inside its warm-up (`steps <= warmup_steps`)."""
+    return max(lr_at(cfg, s) for s in range(min(cfg.steps, cfg.warmup_steps + 1)))
+
+
+def warmup_warning(cfg: TrainConfig) -> str | None:
+    """One sentence when the run never leaves its warm-up (the cosine decay never starts), else None."""
+    if cfg.steps > cfg.warmup_steps:
+        return None
+    return (f"retroplan: warning: warmup_steps ({cfg.warmup_steps}) >= steps ({cfg.steps}): the "
+            f"learning rate only rises, to {peak_lr(cfg):.2e} of lr {cfg.lr:g}, and the cosine decay "
+            f"never starts; set warmup_steps below steps (e.g. --warmup-steps {cfg.steps // 10}).")
 
 
 def _make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -345,6 +361,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     device = _ddp_device(cfg, world)
     precision = resolve_precision(cfg, device)
     board_writer = _tensorboard_writer() if cfg.tensorboard and main else None
+    if main and warmup_warning(cfg):
+        print(warmup_warning(cfg), file=sys.stderr, flush=True)
 
     suite = open_suite(suite_path)
     require("train" in suite.splits and len(suite.split("train")) > 0,
@@ -487,6 +505,7 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     elapsed = time.perf_counter() - t0
     summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
                "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
+               "peak_lr": peak_lr(cfg),
                "parameters": model.num_params(), "device": str(device), "precision": precision,
                "val_loss": validation_loss(model, suite, device, max_len=context + 1) if main else None,
                "dropped_long_rows": dropped, "cut_long_rows": cut}
