@@ -364,7 +364,11 @@ def _print_eval_summary(m: dict) -> None:
     def fmt(key):
         v = m[key]["value"]
         return "n/a" if v is None else f"{v:.3f}"
-    print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}): writes the {m.get('writes')}; "
+    samples = int((m.get("decoding") or {}).get("samples") or 1)
+    # with several samples per instance, n counts completions: say so, in the instances' terms too
+    count = (f"n={m['n']}" if samples == 1 else
+             f"n={m['n']} completions: {m['n'] // samples} instances x {samples} samples")
+    print(f"{m['task']}/{m['variant']} on {m['split']} ({count}): writes the {m.get('writes')}; "
           f"accuracy {fmt('accuracy')}, "
           f"first step {fmt('first_step_accuracy')}, teacher-forced tokens {fmt('tf_token_accuracy')}, "
           f"parse failures {fmt('parse_failures')}")
@@ -379,7 +383,7 @@ def _print_eval_summary(m: dict) -> None:
                   f"backtracks/trace {val('backtracks_per_trace', 'mean')}, "
                   f"states {val('states_expanded', 'mean')}")
     for name, v in m.get("sampling", {}).items():
-        print(f"  {name}: {v['value']:.3f} (n={v['n']})")
+        print(f"  {name}: {v['value']:.3f} (n={v['n']} instances)")
     print(f"  wrote {m['eval_dir']}")
 
 
@@ -442,6 +446,8 @@ def _sweep_tip(args) -> None:
                       _numbers(args.betas, int, "--betas"), oracle=args.oracle,
                       base=EvalConfig(split=args.split, limit=args.limit), out=args.out)
     print(table.read_text(), end="")
+    print(f"wrote {table} and {table.with_name('results.csv')} (one evaluation folder per setting "
+          f"beside them)")
 
 
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export,

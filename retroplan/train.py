@@ -496,18 +496,21 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                                 {"train": asdict(cfg), **seen, "loss": loss_value,
                                  "train_seconds": time.perf_counter() - t0,
                                  "curve_seconds": curve_seconds}, keep=keep)
+        elapsed = time.perf_counter() - t0  # (the final validation loss is not training time)
+        final_val_loss = validation_loss(model, suite, device, max_len=context + 1) if main else None
+        if board is not None:  # TensorBoard gets the validation loss too, at the last step
+            board.add_scalar("train/val_loss", final_val_loss, step)
     finally:
         bar.close()
         if log:
             log.close()
         if board is not None:
             board.close()
-    elapsed = time.perf_counter() - t0
     summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
                "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
                "peak_lr": peak_lr(cfg),
                "parameters": model.num_params(), "device": str(device), "precision": precision,
-               "val_loss": validation_loss(model, suite, device, max_len=context + 1) if main else None,
+               "val_loss": final_val_loss,
                "dropped_long_rows": dropped, "cut_long_rows": cut}
     if cfg.curve_every:
         summary["curve_seconds"] = round(curve_seconds, 2)
