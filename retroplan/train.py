@@ -361,8 +361,6 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     device = _ddp_device(cfg, world)
     precision = resolve_precision(cfg, device)
     board_writer = _tensorboard_writer() if cfg.tensorboard and main else None
-    if main and warmup_warning(cfg):
-        print(warmup_warning(cfg), file=sys.stderr, flush=True)
 
     suite = open_suite(suite_path)
     require("train" in suite.splits and len(suite.split("train")) > 0,
@@ -518,6 +516,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         summary["compile"] = {"widths": widths or "dynamic", "graphs": compiled_graphs() - graphs_before}
     if main:
         write_json(out / "final.json", summary)
+        if warmup_warning(cfg):  # at the end, beside the summary: never in front of an error line
+            print(warmup_warning(cfg), file=sys.stderr, flush=True)
     if world > 1:
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the results
         torch.distributed.destroy_process_group()
