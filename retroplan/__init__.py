@@ -21,6 +21,16 @@ ENV_ENTRY_POINTS = {
 }
 
 
+def score(task_or_suite, entry: dict, text: str, variant: str | None = None) -> dict:
+    """Judge one model answer `text` for the dataset row `entry` exactly as `retroplan eval`
+    does: {"correct", "reason", "first_step", "optimal", "plan", "parse_error"}.
+    `task_or_suite` is a suite folder, an export folder or a task name; see
+    `retroplan.scoring.score` for every argument."""
+    from .scoring import score as _score  # (imported here: `import retroplan` stays light)
+
+    return _score(task_or_suite, entry, text, variant)
+
+
 def register_envs() -> None:
     """Register the retroplan ids with Gymnasium (again: nothing happens)."""
     import gymnasium

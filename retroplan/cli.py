@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="only this split (default: all)")
     e.add_argument("--limit", type=int, default=0, help="at most N rows per split")
 
+    em = sub.add_parser(
+        "export-model", help="write a run's model as a Hugging Face transformers folder",
+        description="Write a run's latest checkpoint (or --step N) as a new folder that transformers "
+                    "loads with AutoModelForCausalLM / AutoTokenizer: a GPTNeoXForCausalLM computing "
+                    "exactly the run's logits (checked before writing) and a word-level tokenizer over "
+                    "the suite's vocabulary, saved with save_pretrained, plus a model card. "
+                    "Needs pip install 'retroplan[hf]'.")
+    em.add_argument("run")
+    em.add_argument("--format", choices=("hf",), default="hf", help="hf: a transformers model folder")
+    em.add_argument("--out", required=True, help="new folder for the model (must not exist)")
+    em.add_argument("--step", type=int, default=None, metavar="N",
+                    help="export the checkpoint kept at step N (default: the latest)")
+
     tr = sub.add_parser(
         "train", help="train a model on a suite",
         description="Train a model on a suite. `--resume` continues the run in --out with the "
@@ -300,6 +313,15 @@ def _export(args) -> None:
           f"with its dataset card {os.path.join(args.out, 'README.md')}")
 
 
+def _export_model(args) -> None:
+    from .export_model import export_model
+
+    done = export_model(args.run, args.out, args.format, step=args.step)
+    print(f"wrote {args.out}: the model of {args.run} at step {done['step']} as a transformers "
+          f"GPTNeoXForCausalLM with its tokenizer (logits equal the run's: max |difference| "
+          f"{done['max_logit_difference']:.1e})")
+
+
 def _train(args) -> None:
     from .fsutil import terminate_as_exit
     from .train import TrainConfig, train
@@ -325,7 +347,8 @@ def _train(args) -> None:
     print(f"trained {args.out}: {summary['steps']} steps ({summary.get('examples_seen')} examples, "
           f"{summary.get('supervised_tokens')} supervised tokens), final loss "
           f"{'n/a' if loss is None else format(loss, '.4f')}, "
-          f"{summary['train_seconds']:.1f}s on {summary['device']}")
+          + (f"peak lr {summary['peak_lr']:.2e}, " if "peak_lr" in summary else "")
+          + f"{summary['train_seconds']:.1f}s on {summary['device']}")
 
 
 def _eval(args) -> None:
@@ -348,7 +371,11 @@ def _print_eval_summary(m: dict) -> None:
     def fmt(key):
         v = m[key]["value"]
         return "n/a" if v is None else f"{v:.3f}"
-    print(f"{m['task']}/{m['variant']} on {m['split']} (n={m['n']}): writes the {m.get('writes')}; "
+    samples = int((m.get("decoding") or {}).get("samples") or 1)
+    # with several samples per instance, n counts completions: say so, in the instances' terms too
+    count = (f"n={m['n']}" if samples == 1 else
+             f"n={m['n']} completions: {m['n'] // samples} instances x {samples} samples")
+    print(f"{m['task']}/{m['variant']} on {m['split']} ({count}): writes the {m.get('writes')}; "
           f"accuracy {fmt('accuracy')}, "
           f"first step {fmt('first_step_accuracy')}, teacher-forced tokens {fmt('tf_token_accuracy')}, "
           f"parse failures {fmt('parse_failures')}")
@@ -363,7 +390,7 @@ def _print_eval_summary(m: dict) -> None:
                   f"backtracks/trace {val('backtracks_per_trace', 'mean')}, "
                   f"states {val('states_expanded', 'mean')}")
     for name, v in m.get("sampling", {}).items():
-        print(f"  {name}: {v['value']:.3f} (n={v['n']})")
+        print(f"  {name}: {v['value']:.3f} (n={v['n']} instances)")
     print(f"  wrote {m['eval_dir']}")
 
 
@@ -431,16 +458,25 @@ def _sweep_tip(args) -> None:
                       _numbers(args.betas, int, "--betas"), oracle=args.oracle,
                       base=EvalConfig(split=args.split, limit=args.limit), out=args.out)
     print(table.read_text(), end="")
+    print(f"wrote {table} and {table.with_name('results.csv')} (one evaluation folder per setting "
+          f"beside them)")
 
 
-COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
+COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export,
+            "export-model": _export_model, "train": _train,
             "eval": _eval, "eval-hf": _eval_hf, "run": _run, "merge-shards": _merge_shards,
             "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # instant: no torch, no Numba
+        print(f"retroplan {__version__}")
+        raise SystemExit(0)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import compile_notice
+
+    compile_notice.install()  # one line when Numba compiles kernels (a first run), else nothing
     try:
         COMMANDS[args.command](args)
     except UserError as exc:

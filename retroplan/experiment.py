@@ -568,9 +568,38 @@ def _run_locked(path, out: Path, exp: dict, source: bytes, overrides: list[str],
             sections += probe_lines
     reused = sum(1 for r in results.values() if r["reused"]["train"] or r["reused"]["suite"]
                  or r["reused"]["evals"])
-    write_text(report, _report(exp, Path(path), out, overrides, rows, pngs, time.perf_counter() - t_start,
+    # every invocation's wall time, kept: a later one that reuses the runs adds its own
+    # seconds rather than replacing the time the study took with the reuse's
+    timing = _invocations(out) + [{"seconds": round(time.perf_counter() - t_start, 1), "reused": reused}]
+    write_json(out / TIMING_FILE, {"invocations": timing})
+    write_text(report, _report(exp, Path(path), out, overrides, rows, pngs, timing,
                                verdicts, sections, reused))
     return report
+
+
+TIMING_FILE = "timing.json"  # in --out: the wall time of every `retroplan run` of the study
+
+
+def _invocations(out: Path) -> list[dict]:
+    """The earlier invocations' wall times (timing.json; none when absent or unreadable)."""
+    try:
+        found = json.loads((out / TIMING_FILE).read_text())["invocations"]
+        return [{"seconds": float(i["seconds"]), "reused": int(i["reused"])} for i in found]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _wall_time(timing: list[dict], reused: int, runs: int) -> str:
+    """The report's wall-time sentence: one invocation's time, or the sum over the study's
+    invocations with the last one's apart (a reuse never replaces the time the work took)."""
+    last = timing[-1]["seconds"]
+    done = (f"{reused} of {runs} runs were already done in part or whole, and were reused"
+            if reused else "no run was reused")
+    if len(timing) == 1:
+        return f"whole run {last:.0f} s" + (f" ({done})." if reused else ".")
+    total = sum(t["seconds"] for t in timing)
+    return (f"wall time {total:.0f} s over {len(timing)} invocations of `retroplan run` (the last, "
+            f"{last:.0f} s: {done}).")
 
 
 def _accuracy_curves(exp: dict, out: Path) -> dict[str, dict[int, list[dict]]]:
@@ -748,7 +777,7 @@ def _trace_lines(exp: dict, out: Path, traces: list[tuple[str, int, list[Path]]]
 
 
 def _report(exp: dict, source: Path, out: Path, overrides: list[str], rows: list[dict], figures: list[str],
-            seconds: float, verdicts: list[dict], sections: list[str], reused: int) -> str:
+            timing: list[dict], verdicts: list[dict], sections: list[str], reused: int) -> str:
     lines = [f"# {exp['name']}", ""]
     if exp.get("description"):
         lines += [exp["description"].strip(), ""]
@@ -824,9 +853,8 @@ def _report(exp: dict, source: Path, out: Path, overrides: list[str], rows: list
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     lines += ["", "## Machine", "",
               f"retroplan {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-              f"{platform.machine()} with {os.cpu_count()} CPUs, GPU: {gpu}; whole run "
-              f"{seconds:.0f} s" + (f" ({reused} of {len(rows) // len(exp['_splits'])} runs were "
-                                    "already done in part or whole, and were reused)." if reused else "."),
+              f"{platform.machine()} with {os.cpu_count()} CPUs, GPU: {gpu}; " + _wall_time(
+                  timing, reused, len(rows) // len(exp["_splits"])),
               "",
               "## Experiment file", "", "```toml", source.read_text().strip(), "```", ""]
     return "\n".join(lines)

@@ -31,6 +31,15 @@ def _no_dates(ext: str) -> dict:
     return {"Date": None} if ext == "svg" else {"Software": None}
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _no_data(ax, text: str) -> None:
+    """Say in the panel that there is nothing to draw yet (rather than leave empty axes)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
+
+
 def accuracy_by_variant(rows: list[dict], path: Path, metric: str = "accuracy",
                         title: str = "Forward planning accuracy") -> list[Path]:
     """One panel per condition: a bar per variant (mean over seeds) with its 95% interval (a
@@ -88,16 +97,30 @@ def learning_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> l
     """Training loss per supervised token against supervised tokens seen, one line per run:
     variants whose completions differ in length (a plan, a stream, a mixture) are compared at
     the same amount of supervision rather than at the same step."""
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for label, points in curves.items():
+    drawn = 0
+    for k, (label, points) in enumerate(curves.items()):
         if points:
             tokens, losses = zip(*points)
-            ax.plot(tokens, losses, label=label, lw=1)
+            # variants with completions of one length share their x values and, early on, their
+            # losses: a line style and marker each keep a curve drawn under another visible
+            ax.plot(tokens, losses, label=label, lw=1.3, color=plt.cm.tab10.colors[k % 10],
+                    ls=LINE_STYLES[k % len(LINE_STYLES)], marker=MARKERS[k % len(MARKERS)], ms=4,
+                    markevery=max(1, len(points) // 8), alpha=0.9)
+            drawn += 1
     ax.set_xlabel("supervised tokens seen (completion tokens that carry loss)")
     ax.set_ylabel("training loss per supervised token")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 3.8, not 3.8 x 10^0, within a decade
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    if drawn:
+        ax.legend(fontsize=7, frameon=False)
+    else:
+        _no_data(ax, "no training loss logged yet")
     fig.tight_layout()
     return save(fig, path)
 
@@ -152,19 +175,22 @@ def clever_hans(rows: list[dict], path: Path) -> list[Path]:
     for ax, panel in zip(axes[0], panels):
         for x, variant in enumerate(variants):
             rs = [r for r in rows if r.get("panel", r["condition"]) == panel and r["variant"] == variant]
-            for j, (key, label) in enumerate(bars):
+            for j, (key, _) in enumerate(bars):
                 m, _, _ = mean_ci([r.get(key) for r in rs])
                 if m == m:
-                    ax.bar(x + (j - 1.5) * width, m, width, color=colors[j],
-                           label=label if x == 0 else None)
+                    ax.bar(x + (j - 1.5) * width, m, width, color=colors[j])
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(panel, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=7, frameon=False, loc="lower left")
+    # below the panels: inside, it covered the bars (which start at 0, where a legend goes)
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=c, label=label) for c, (_, label) in zip(colors, bars)],
+               loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle("Teacher-forced vs generated accuracy (the Clever Hans gap)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save(fig, path)
 
 
@@ -224,6 +250,7 @@ def behaviour_bars(rows: list[dict], path: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(BEHAVIOUR_PANELS), figsize=(2.6 * len(BEHAVIOUR_PANELS), 3.2),
                              squeeze=False)
     for ax, (metric, label) in zip(axes[0], BEHAVIOUR_PANELS):
+        tallest, drawn = 0.0, False
         for x, variant in enumerate(variants):
             for dx, prefix, hatch in ((-0.2, "", None), (0.2, "teacher_", "//")):
                 vals = [r[prefix + metric] for r in rows
@@ -236,8 +263,16 @@ def behaviour_bars(rows: list[dict], path: Path) -> list[Path]:
                 ax.text(x + dx, m, f"{m:.2g}", ha="center", va="bottom", fontsize=7)
                 if len(vals) > 1:
                     ax.errorbar(x + dx, m, yerr=[[m - lo], [hi - m]], color="black", capsize=3, lw=0.8)
+                tallest = max(tallest, hi if len(vals) > 1 else m)
+                drawn = True
+        # the variant's tick under its pair of bars, whichever of the two has data
+        ax.set_xlim(-0.6, len(variants) - 0.4)
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=7)
-        ax.set_ylim(bottom=0)
+        # rates on their whole 0..1 scale (all zero early in training: not an empty 0..0.05 axis)
+        ax.set_ylim(0, max(1.0, 1.15 * tallest) if metric == "backtracks_per_trace" else 1.05)
+        if not drawn:
+            _no_data(ax, "no value yet\n(no stream" + (" failed" if metric == "xi_ut" else "")
+                     + (" backtracked)" if metric == "premature_backtracks" else ")"))
         ax.set_title(label, fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Search behaviour: model (solid) vs teacher stream (hatched)", fontsize=10)
@@ -387,7 +422,7 @@ def draw_search_tree(ax, stats, label=str, title: str = "") -> None:
 
     if root is None:
         ax.set_axis_off()
-        ax.set_title(title + "\n(no stream)", fontsize=9)
+        ax.set_title(_wrap(title + "\n(no stream)"), fontsize=9)
         return
     place(root, 0)
     final = set(zip(stats.path, stats.path[1:]))
@@ -427,9 +462,25 @@ def draw_search_tree(ax, stats, label=str, title: str = "") -> None:
                 bbox=dict(boxstyle="round,pad=0.3", fc=face, ec=edge, lw=1.1))
         if node in dead:
             ax.scatter([x], [y - 0.3], marker="x", color="tab:red", s=30, zorder=4)
-    ax.set_title(title, fontsize=9)
+    if len(pos) == 1:
+        title += "\n(the stream made no move)"
+    ax.set_title(_wrap(title), fontsize=9)
     ax.set_axis_off()
-    ax.margins(0.12)
+    # limits from the nodes themselves: the labels are text, which autoscaling ignores, so a
+    # tree of one node (an empty stream) would otherwise sit at the edge of default limits
+    xs, ys = [x for x, _ in pos.values()], [y for _, y in pos.values()]
+    pad_x = 0.12 * (max(xs) - min(xs)) + 0.8
+    pad_y = 0.12 * (max(ys) - min(ys)) + 0.6
+    ax.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+    ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
+
+
+def _wrap(title: str, width: int = 60) -> str:
+    """A panel title in lines of at most `width` characters (a long verdict would otherwise
+    push the figure wider than its panels)."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def show_trace(panels: list[tuple[str, object]], path: Path, suptitle: str = "", label=str) -> list[Path]:
@@ -441,7 +492,7 @@ def show_trace(panels: list[tuple[str, object]], path: Path, suptitle: str = "",
 
             ax.text(0.02, 0.98, textwrap.fill(stats, 60), va="top", ha="left", fontsize=7,
                     family="monospace", transform=ax.transAxes)
-            ax.set_title(title, fontsize=9)
+            ax.set_title(_wrap(title), fontsize=9)
             ax.set_axis_off()
         else:
             draw_search_tree(ax, stats, label=label, title=title)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -173,6 +174,21 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     span = max(1, cfg.steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """The largest learning rate the schedule reaches in `cfg.steps` steps: `lr`, unless the run
+    ends inside its warm-up (`steps <= warmup_steps`)."""
+    return max(lr_at(cfg, s) for s in range(min(cfg.steps, cfg.warmup_steps + 1)))
+
+
+def warmup_warning(cfg: TrainConfig) -> str | None:
+    """One sentence when the run never leaves its warm-up (the cosine decay never starts), else None."""
+    if cfg.steps > cfg.warmup_steps:
+        return None
+    return (f"retroplan: warning: warmup_steps ({cfg.warmup_steps}) >= steps ({cfg.steps}): the "
+            f"learning rate only rises, to {peak_lr(cfg):.2e} of lr {cfg.lr:g}, and the cosine decay "
+            f"never starts; set warmup_steps below steps (e.g. --warmup-steps {cfg.steps // 10}).")
 
 
 def _make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -560,18 +576,22 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
                                  **({"loss_by_component": kind_loss} if mixture else {}),
                                  "train_seconds": time.perf_counter() - t0,
                                  "curve_seconds": curve_seconds}, keep=keep)
+        elapsed = time.perf_counter() - t0  # (the final validation loss is not training time)
+        final_val_loss = (validation_loss(model, suite, device, max_len=context + 1, teacherless=teacherless)
+                          if main else None)
+        if board is not None:  # TensorBoard gets the validation loss too, at the last step
+            board.add_scalar("train/val_loss", final_val_loss, step)
     finally:
         bar.close()
         if log:
             log.close()
         if board is not None:
             board.close()
-    elapsed = time.perf_counter() - t0
     summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
                "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
+               "peak_lr": peak_lr(cfg),
                "parameters": model.num_params(), "device": str(device), "precision": precision,
-               "val_loss": validation_loss(model, suite, device, max_len=context + 1,
-                                           teacherless=teacherless) if main else None,
+               "val_loss": final_val_loss,
                "dropped_long_rows": dropped, "cut_long_rows": cut}
     if mixture:  # "final_loss" is the last batch's, whose rows mix the components: each one's
         summary["final_loss_by_component"] = kind_loss
@@ -581,6 +601,8 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
         summary["compile"] = {"widths": widths or "dynamic", "graphs": compiled_graphs() - graphs_before}
     if main:
         write_json(out / "final.json", summary)
+        if warmup_warning(cfg):  # at the end, beside the summary: never in front of an error line
+            print(warmup_warning(cfg), file=sys.stderr, flush=True)
     if world > 1:
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the results
         torch.distributed.destroy_process_group()

@@ -82,8 +82,16 @@ def test_a_rerun_skips_everything_already_done(study):
     final = out / "runs" / "d2-stream-s0" / "final.json"
     metrics = out / "runs" / "d2-stream-s0" / "eval-test" / "metrics.json"
     stamps = (final.stat().st_mtime_ns, metrics.stat().st_mtime_ns)
+    before = json.loads((out / "timing.json").read_text())["invocations"]
     run_experiment(toml, out, progress=False)
     assert (final.stat().st_mtime_ns, metrics.stat().st_mtime_ns) == stamps
+    # the reuse adds its wall time to the report's; it does not replace the study's with its own
+    timing = json.loads((out / "timing.json").read_text())["invocations"]
+    assert timing[:-1] == before and timing[-1]["reused"] == 12
+    total = sum(t["seconds"] for t in timing)
+    report = (out / "report.md").read_text()
+    assert (f"wall time {total:.0f} s over {len(timing)} invocations of `retroplan run` (the last, "
+            f"{timing[-1]['seconds']:.0f} s: 12 of 12 runs were already done") in report
 
 
 def test_a_different_experiment_file_cannot_reuse_the_folder(study, tmp_path):
@@ -132,6 +140,14 @@ def test_sweep_tip_tabulates_every_setting(study, tmp_path):
     assert "| greedy |" in table.read_text()
     m = json.loads((tmp_path / "sweep" / "a2-b4" / "metrics.json").read_text())
     assert m["decoding"]["tip_alpha"] == 2.0 and m["decoding"]["tip_beta"] == 4
+
+
+def test_sweep_tip_says_where_it_wrote(study, tmp_path, capsys):
+    _, out, _ = study
+    sweep = tmp_path / "sweep"
+    assert main(["sweep-tip", str(out / "runs" / "d2-stream-s0"), "--alphas", "1", "--betas", "2",
+                 "--limit", "3", "--out", str(sweep)]) == 0
+    assert f"wrote {sweep / 'table.md'} and {sweep / 'results.csv'}" in capsys.readouterr().out
 
 
 def test_tip_on_a_variant_without_streams_is_refused(study):

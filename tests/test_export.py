@@ -89,17 +89,63 @@ def test_held_out_splits_keep_their_names_and_an_empty_split_has_no_file(make_su
     out = tmp_path / "dataset"
     counts = export_suite(suite_dir, out, "parquet")
     assert counts == sizes
-    loaded = load(out, "parquet", tmp_path)
-    assert {name: len(split) for name, split in loaded.items()} == {
-        "train": 60, "validation": 10, "test": 10, "val_target": 10}
-    assert {"numbers", "target", "solution", "searcher", "found"} <= set(loaded["val_target"].column_names)
+    held_out = datasets.load_dataset("parquet", data_dir=str(out / "held_out"),
+                                     cache_dir=str(tmp_path / "hf"))
+    assert {name: len(split) for name, split in held_out.items()} == {"val_target": 10}
+    assert {"numbers", "target", "solution", "searcher", "found"} <= set(held_out["val_target"].column_names)
     held = set(cd.held_out_targets(cd.Config()).tolist())
-    assert set(loaded["val_target"]["target"]) <= held
+    assert set(held_out["val_target"]["target"]) <= held
+    loaded = load(out, "parquet", tmp_path)
     assert not set(loaded["train"]["target"]) & held
     card, _ = card_of(out)
     assert card["retroplan"]["splits"]["test_target"] == {
         "name": "test_target", "file": None, "rows": 0, "suite_rows": 0, "suite_instances": 0}
-    assert not (out / "data" / "test_target-00000-of-00001.parquet").exists()
+    assert not (out / "held_out" / "data" / "test_target-00000-of-00001.parquet").exists()
+
+
+@pytest.mark.parametrize("fmt,builder", [("parquet", "parquet"), ("jsonl", "json")])
+def test_every_way_of_loading_keeps_held_out_targets_out_of_validation_and_test(make_suite, tmp_path,
+                                                                                 fmt, builder):
+    """`datasets` reads `val_target-...` in a plain folder as a `validation` file (keyword `val`):
+    the export folder, its `data/` folder, the `held_out` folder and configuration must each give
+    exactly the suite's splits with their row counts, and the card's dataset_info must say so."""
+    suite_dir = make_suite("countdown", "stream", {}, sizes=COUNTDOWN_SIZES)
+    out = tmp_path / "dataset"
+    assert export_suite(suite_dir, out, fmt) == COUNTDOWN_SIZES
+    cache = str(tmp_path / "hf")
+
+    def sizes_of(loaded):
+        return {name: len(split) for name, split in loaded.items()}
+
+    def splits_of(loaded):
+        return {name: set(split["split"]) for name, split in loaded.items()}
+
+    in_distribution = {"train": 60, "validation": 10, "test": 10}
+    for folder in (out, out / "data"):
+        loaded = datasets.load_dataset(builder, data_dir=str(folder), cache_dir=cache)
+        assert sizes_of(loaded) == in_distribution, folder
+        assert splits_of(loaded) == {"train": {"train"}, "validation": {"val"}, "test": {"test"}}
+    assert sizes_of(datasets.load_dataset(str(out), cache_dir=cache)) == in_distribution
+
+    held_out = datasets.load_dataset(builder, data_dir=str(out / "held_out"), cache_dir=cache)
+    assert sizes_of(held_out) == {"val_target": 10, "test_target": 10}
+    assert splits_of(held_out) == {"val_target": {"val_target"}, "test_target": {"test_target"}}
+    by_config = datasets.load_dataset(str(out), "held_out", cache_dir=cache)
+    assert splits_of(by_config) == splits_of(held_out) and sizes_of(by_config) == sizes_of(held_out)
+    # its own data/ folder read by keyword: the held-out rows alone, under the keyword names
+    by_keyword = datasets.load_dataset(builder, data_dir=str(out / "held_out" / "data"), cache_dir=cache)
+    assert splits_of(by_keyword) == {"validation": {"val_target"}, "test": {"test_target"}}
+
+    card, _ = card_of(out)
+    info = {c["config_name"]: c for c in card["dataset_info"]}
+    assert {name: {s["name"]: s["num_examples"] for s in c["splits"]} for name, c in info.items()} == {
+        "default": in_distribution, "held_out": {"val_target": 10, "test_target": 10}}
+    default = datasets.load_dataset(str(out), cache_dir=cache)
+    for name, loaded in (("default", default), ("held_out", held_out)):
+        features = datasets.Features._from_yaml_list(info[name]["features"])
+        for split in loaded.values():
+            assert split.features == features, name
+    assert [c["config_name"] for c in card["configs"]] == ["default", "held_out"]
 
 
 def test_sos_writes_one_file_per_split_and_no_held_out_target_in_train(make_suite, tmp_path):

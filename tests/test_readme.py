@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_gpt2
 
 from retroplan.cli import main
 from retroplan.experiment import load_experiment
@@ -64,9 +63,6 @@ def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
             assert argv[0] == "run"
             load_experiment(argv[1])
             continue
-        if argv[0] == "eval-hf" and not Path(argv[1]).exists():
-            # the tour's stand-in for the reader's own model: a random GPT-2 over the suite's words
-            save_tiny_gpt2(argv[2], Path(argv[1]))
         if argv == ["--version"]:
             with pytest.raises(SystemExit) as exit_info:
                 main(argv)
@@ -74,6 +70,7 @@ def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
             continue
         assert main(argv) == 0, f"{command}\n{capsys.readouterr().err}"
     assert (tmp_path / "ds-reverse" / "README.md").exists()
+    assert (tmp_path / "models" / "ps-stream" / "config.json").exists()
     assert (tmp_path / "runs" / "quick-short" / "report.md").exists()
     # the Python example, as a reader would paste it
     code = _block_after("**Python**", "```python")

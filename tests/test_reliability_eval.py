@@ -94,9 +94,12 @@ def test_a_hand_eval_with_other_settings_writes_to_a_folder_named_by_what_differ
     code, out, _ = retroplan(["eval", run, "--limit", 3], capsys)
     assert code == 0 and f"wrote {run / 'eval-test-limit3'}" in out
     assert metrics(run / "eval-test-limit3")["n"] == 3
-    code, _, _ = retroplan(["eval", run, "--temperature", 1, "--samples", 2, "--seed", 5,
-                            "--batch-size", 4], capsys)  # the batch size changes no number: not named
+    code, out, _ = retroplan(["eval", run, "--temperature", 1, "--samples", 2, "--seed", 5,
+                              "--batch-size", 4], capsys)  # the batch size changes no number: not named
     assert code == 0 and metrics(run / "eval-test-temperature1-samples2-seed5")["n"] == 12
+    # one n throughout: the completions counted as instances x samples, pass@k per instance
+    assert "(n=12 completions: 6 instances x 2 samples)" in out and "pass@2: " in out
+    assert all(line.endswith("(n=6 instances)") for line in out.splitlines() if "pass@" in line)
     other = q / "suites" / "d2-optimal+reverse-s0"  # a mixture holds optimal's test rows
     assert retroplan(["eval", run, "--suite", other], capsys)[0] == 0
     assert metrics(run / "eval-test-suite-d2-optimal+reverse-s0")["n"] == 6

@@ -71,7 +71,10 @@ def test_tensorboard_gets_loss_lr_and_curve_points(make_suite, tmp_path):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "curve/val_accuracy"} <= tags
+    assert {"train/loss", "train/lr", "train/val_loss", "curve/val_accuracy"} <= tags
+    final = json.loads((run / "final.json").read_text())  # the validation loss of the summary
+    val_loss = [(e.step, e.value) for e in events.Scalars("train/val_loss")]
+    assert val_loss == [(6, pytest.approx(final["val_loss"]))]
     logged = {e.step: e.value for e in events.Scalars("train/loss")}
     assert logged == pytest.approx({r["step"]: r["loss"] for r in _log(run)}, abs=1e-5)
 

@@ -622,6 +622,28 @@ def plan_strings(steps: np.ndarray) -> list[str]:
     return [format_step(int(a), int(op), int(b), int(c)) for a, op, b, c in steps]
 
 
+def expression(numbers, solution) -> str:
+    """The forward plan `solution` (`a op b=c` strings) as one arithmetic expression over the
+    inputs, each used once, nested in the order of the steps: inputs 3 5 7 8 and the steps
+    `8-7=1`, `3+5=8`, `8*1=8` give `(3 + 5) * (8 - 7)`. It evaluates to the target with the usual
+    arithmetic (every `-` and `/` is larger first, every `/` exact), which is how readers of
+    expressions such as reasoning-gym's Countdown scorer check an answer."""
+    pool = [(int(v), str(int(v))) for v in numbers]  # (value, the expression that makes it)
+    for step in solution:
+        parsed = parse_step(step)
+        require(parsed is not None, f"countdown step {step!r} is not of the form 'a op b=c'.")
+        a, sym, b, c = parsed
+        operands = []
+        for value in (a, b):
+            at = next((k for k, (v, _) in enumerate(pool) if v == value), None)
+            require(at is not None, f"countdown step {step!r} uses {value}, which is not left over.")
+            operands.append(pool.pop(at)[1])
+        pool.append((c, f"({operands[0]} {sym} {operands[1]})"))
+    require(len(pool) == 1, f"countdown plan {list(solution)!r} leaves {len(pool)} numbers, not one.")
+    text = pool[0][1]
+    return text[1:-1] if len(solution) else text  # the outermost parentheses dropped
+
+
 def instance_at(batch: dict, i: int) -> dict:
     """Instance `i` as plain Python values: the inputs, the target and the reference solution
     (the forward plan as `a op b=c` strings)."""
@@ -907,6 +929,17 @@ def max_episode_steps(cfg: Config) -> int:
     return 4 * (cfg.n_inputs - 1)
 
 
+OBSERVATIONS = ("raw", "scaled")  # the env's observation: int64 values, or log-scaled float32
+
+
+def scale_observation(cfg: Config, values) -> np.ndarray:
+    """`observation="scaled"`: each value v >= 0 as log1p(v) / log1p(max_value(cfg)) (float32 in
+    [0, 1]); -1 (an empty slot) stays -1."""
+    values = np.asarray(values, dtype=np.float64)
+    scaled = np.log1p(np.maximum(values, 0.0)) / math.log1p(max_value(cfg))
+    return np.where(values < 0, -1.0, scaled).astype(np.float32)
+
+
 class Env(gym.Env):
     """`retroplan/Countdown-v0`: combine the numbers into the target.
 
@@ -926,6 +959,16 @@ class Env(gym.Env):
     (i * n + j) * 4 + op in `Discrete(n * n * 4)` (what MaskablePPO needs: its MultiDiscrete masks
     are per dimension and cannot say which pairs are legal).
 
+    `observation="scaled"` gives the same observation as float32 in a fixed range, for RL
+    libraries whose networks expect one (raw numbers reach `max_value(cfg)`, ~10^8 by default):
+    each value v >= 0 becomes log1p(v) / log1p(max_value(cfg)) in [0, 1] (monotone; the target
+    on the same scale as the numbers, so "equal to the target" stays an equality), an empty slot
+    -1. The map is fixed, not a running statistic, so a policy sees the same input for the same
+    state in every run; every integer up to 800,000 (every target among them) stays distinct in
+    float32, larger neighbours may round together (the first pair does at 810,536 with
+    n_inputs=6, max_input=999; tests/test_env_observation.py). `scale_observation(cfg, v)` is
+    the map.
+
     Reward 1 when the last number is the target; the episode ends when one number is left, or,
     with `info["stuck"] = True` and reward 0, when no legal move is left (possible only with
     `operations="/"`). An illegal action (same or empty slot, inexact division or by zero, an
@@ -942,20 +985,32 @@ class Env(gym.Env):
 
     def __init__(self, render_mode: str | None = None, illegal: str = "end",
                  illegal_penalty: float = rl.DEFAULT_ILLEGAL_PENALTY, max_steps: int | None = None,
-                 flat_actions: bool = False, **config):
+                 flat_actions: bool = False, observation: str = "raw", **config):
         self.config = Config(**config)
         self.config.validate()
         rl.check_options(illegal, illegal_penalty, max_steps)
         require(isinstance(flat_actions, bool), f"flat_actions must be true or false, got {flat_actions!r}.")
+        require(observation in OBSERVATIONS,
+                f"observation must be one of {', '.join(OBSERVATIONS)}, got {observation!r}.")
+        self.observation = observation
         self.illegal = illegal
         self.illegal_penalty = float(illegal_penalty)
         self.max_steps = max_episode_steps(self.config) if max_steps is None else max_steps
         self.flat_actions = flat_actions
         n = self.config.n_inputs
-        self.observation_space = spaces.Dict({
-            "numbers": spaces.Box(-1, max_value(self.config), shape=(n,), dtype=np.int64),
-            "target": spaces.Box(self.config.min_target, self.config.max_target, shape=(1,), dtype=np.int64),
-        })
+        if observation == "scaled":
+            low_target, high_target = scale_observation(self.config, [self.config.min_target,
+                                                                      self.config.max_target])
+            self.observation_space = spaces.Dict({
+                "numbers": spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32),
+                "target": spaces.Box(low_target, high_target, shape=(1,), dtype=np.float32),
+            })
+        else:
+            self.observation_space = spaces.Dict({
+                "numbers": spaces.Box(-1, max_value(self.config), shape=(n,), dtype=np.int64),
+                "target": spaces.Box(self.config.min_target, self.config.max_target, shape=(1,),
+                                     dtype=np.int64),
+            })
         self.action_space = spaces.Discrete(n * n * 4) if flat_actions else spaces.MultiDiscrete([n, n, 4])
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}.")
@@ -969,6 +1024,9 @@ class Env(gym.Env):
 
     def _obs(self):
         slots = self._numbers + [-1] * (self.config.n_inputs - len(self._numbers))
+        if self.observation == "scaled":
+            return {"numbers": scale_observation(self.config, slots),
+                    "target": scale_observation(self.config, [self._target])}
         return {"numbers": np.array(slots, dtype=np.int64),
                 "target": np.array([self._target], dtype=np.int64)}
 

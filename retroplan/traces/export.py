@@ -13,13 +13,26 @@ complete):
     data/{split}-00000-of-00001.parquet     parquet: one file per split; the same provenance
                                             as JSON in the schema metadata (key `retroplan`)
     data/{split}-00000-of-00001.jsonl       jsonl: one file per split
+    held_out/data/{split}-00000-of-00001.*  the splits beyond train/val/test (Countdown's
+                                            held-out targets `val_target`, `test_target`)
     {split}.json                            sos: one SoS data file per split
 
 Split names follow Hugging Face's where they differ (`SPLIT_NAMES`: retroplan's `val` is
-`validation`); the held-out ones keep their names (`val_target`, `test_target`). The sos files
-keep retroplan's names, which are SoS's own (`train`, `val`, `val_target`). So
-`datasets.load_dataset("parquet", data_dir=DIR)` (or `"json"`, or `load_dataset(DIR)`) returns
-a DatasetDict with one split per file, and held-out rows never share a file with training rows.
+`validation`); the held-out ones keep their names (`val_target`, `test_target`). The card's
+`configs:` has two configurations: `default` (train, validation, test) and `held_out` (the
+held-out splits), each with its `dataset_info` (features, rows per split).
+
+Why a second folder: `datasets` infers splits from file names by keyword when a folder does
+not follow its `data/{split}-NNNNN-of-NNNNN` layout, and `val_target-...` contains the keyword
+`val`, so loading `data/` itself with the held-out files beside the others would merge
+`val_target` into `validation` and `test_target` into `test`. Kept apart, every way of loading
+gives held-out rows their own splits: `load_dataset("parquet", data_dir=DIR)` (or
+`load_dataset(DIR)`) -> train/validation/test; `data_dir=DIR/held_out` (or
+`load_dataset(DIR, "held_out")`) -> val_target/test_target; `data_dir=DIR/data` ->
+train/validation/test by keyword (and `DIR/held_out/data` -> the held-out rows under the
+keyword names `validation`/`test`, never mixed with in-distribution rows). The sos files keep
+retroplan's names, which are SoS's own (`train`, `val`, `val_target`), for SoS's code, which
+names each file; their card's `configs:` keeps the splits apart for `load_dataset(DIR)`.
 A split with no rows gets no file (`datasets` cannot load an empty one); the card lists it.
 The row fields are described in `ROW_FIELDS` and `SOS_FIELDS`, which every card repeats.
 """
@@ -27,6 +40,7 @@ The row fields are described in `ROW_FIELDS` and `SOS_FIELDS`, which every card 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shlex
 from pathlib import Path
@@ -34,6 +48,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UserError, require
 from ..fsutil import atomic_dir, json_line, json_text, write_text
+from ..tasks import REQUIRED_SPLITS
 from .suite import open_suite
 
 FORMATS = ("jsonl", "parquet", "sos")
@@ -41,11 +56,14 @@ SPLIT_NAMES = {"val": "validation"}  # retroplan split -> Hugging Face split; th
 LICENSE = "MIT"
 VOCAB_FILE = "vocab.json"
 METADATA_KEY = "retroplan"  # the Parquet schema-metadata key holding the provenance (JSON)
+HELD_OUT = "held_out"  # the configuration (and folder) of the splits beyond train/val/test
 
 ROW_FIELDS = """\
 Every row carries the task's fields (graph tasks: `edges` as [[u, v], ...], `start`, `goal`,
 `plan` the forward reference node list; countdown: `numbers`, `target`, `solution` the reference
-forward plan as `"a op b=c"` strings), the difficulty fields, the `split` (retroplan's name:
+forward plan as `"a op b=c"` strings, and `expression`, the same plan as one arithmetic
+expression over the inputs, each used once, e.g. `(3 + 5) * (8 - 7)`: the answer format of
+reasoning-gym's Countdown), the difficulty fields, the `split` (retroplan's name:
 `val` for the `validation` split), the `row` within the split, the instance `index` (the
 instance is a pure function of seed, split and index), the row `kind` (revthink: 0 forward,
 1 backward question, 2 backward reasoning; a mixture `a+b+...`: 0 for a's rows, 1 for b's
@@ -70,11 +88,18 @@ def hf_split(split: str) -> str:
     return SPLIT_NAMES.get(split, split)
 
 
+def config_of(split: str) -> str:
+    """The card configuration a split belongs to: `default` for train/val/test, `held_out` for
+    the others (Countdown's held-out targets)."""
+    return "default" if split in REQUIRED_SPLITS else HELD_OUT
+
+
 def data_file(fmt: str, split: str) -> str:
     """Where a split's rows go inside the export folder."""
     if fmt == "sos":
         return f"{split}.json"
-    return f"data/{hf_split(split)}-00000-of-00001.{fmt}"
+    folder = "data" if config_of(split) == "default" else f"{HELD_OUT}/data"
+    return f"{folder}/{hf_split(split)}-00000-of-00001.{fmt}"
 
 
 def iter_rows(suite, split: str | None = None, limit: int = 0):
@@ -83,6 +108,10 @@ def iter_rows(suite, split: str | None = None, limit: int = 0):
         n = len(data) if not limit else min(limit, len(data))
         for r in range(n):
             row = suite.describe_row(name, r)
+            if suite.meta["task"] == "countdown":  # the solution as one expression (reasoning-gym's answer)
+                from ..envs.countdown import expression
+
+                row["expression"] = expression(row["numbers"], row["solution"])
             searcher = suite.grammar.searcher_of(suite, name, row["index"])
             if searcher is not None:
                 row["searcher"] = searcher
@@ -196,35 +225,73 @@ def provenance(suite, fmt: str, split: str | None, limit: int, counts: dict[str,
     }
 
 
-def _yaml(obj: dict, indent: int = 0) -> list[str]:
-    """A mapping as block YAML, every leaf written as JSON (which YAML reads as it is)."""
-    lines = []
-    pad = "  " * indent
-    for key, value in obj.items():
-        if isinstance(value, dict) and value:
-            lines.append(f"{pad}{key}:")
-            lines += _yaml(value, indent + 1)
-        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            lines.append(f"{pad}{key}:")
-            lines += [f"{pad}- {json.dumps(v)}" for v in value]
-        else:
-            lines.append(f"{pad}{key}: {json.dumps(value)}")
-    return lines
+def _feature(value):
+    """The `datasets` feature type of one value as the card's `dataset_info` writes it (a dtype
+    name, or `{"list": ...}` for a list); None while unknown (an empty list)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, numbers.Integral):
+        return "int64"
+    if isinstance(value, numbers.Real):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        inner = next((t for t in map(_feature, value) if t is not None), None)
+        return None if inner is None else {"list": inner}
+    raise TypeError(f"no feature type for {value!r}")
 
 
-def dataset_card(prov: dict, columns: list[str]) -> str:
-    """README.md: the YAML header Hugging Face reads (licence, `configs:` naming each split's
-    file) with the provenance under `retroplan:`, then a short description of the data."""
+class Features:
+    """The columns of a configuration's rows and their feature types, learnt as rows go by (a
+    column's type comes from its first value that is not an empty list)."""
+
+    def __init__(self):
+        self.types: dict[str, object] = {}
+
+    def add(self, row: dict) -> None:
+        for key, value in row.items():
+            if self.types.get(key) is None:
+                self.types[key] = _feature(value)
+
+    def yaml_list(self) -> list[dict]:
+        """As `datasets.Features._to_yaml_list()` writes them (a never-filled list: of null)."""
+        out = []
+        for name, t in self.types.items():
+            t = {"list": "null"} if t is None else t
+            out.append({"name": name, "dtype": t} if isinstance(t, str) else {"name": name, **t})
+        return out
+
+
+def dataset_card(prov: dict, columns: list[str], features: dict[str, Features] | None = None) -> str:
+    """README.md: the dataset card, built with `huggingface_hub`'s card classes: the YAML header
+    Hugging Face reads (licence, `configs:` naming each split's file, `dataset_info` with the
+    features and rows per split of each configuration) with the provenance under `retroplan:`,
+    then a short description of the data."""
+    try:
+        from huggingface_hub import DatasetCard, DatasetCardData
+    except ImportError:
+        raise UserError("export writes its dataset card with huggingface_hub: "
+                        "pip install 'retroplan[parquet]'.") from None
     fmt = prov["format"]
     written = {s: v for s, v in prov["splits"].items() if v["file"]}
     title = f"retroplan {prov['task']} / {prov['variant']}"
-    header = ["---", f"license: {LICENSE.lower()}", f"pretty_name: {json.dumps(title)}",
-              "task_categories:", "- text-generation",
-              "tags:", "- synthetic", "- planning", "- retroplan",
-              "configs:", "- config_name: default", "  data_files:"]
-    for info in written.values():
-        header += [f"  - split: {info['name']}", f"    path: {info['file']}"]
-    header += [f"{METADATA_KEY}:"] + _yaml(prov, 1) + ["---", ""]
+    by_config: dict[str, dict] = {}
+    for s, info in written.items():
+        by_config.setdefault(config_of(s), {})[s] = info
+    configs = [{"config_name": name, "data_files": [{"split": info["name"], "path": info["file"]}
+                                                     for info in splits.values()]}
+               for name, splits in by_config.items()]
+    dataset_info = [{"config_name": name,
+                     "features": (features or {}).get(name, Features()).yaml_list(),
+                     "splits": [{"name": info["name"], "num_examples": info["rows"]}
+                                for info in splits.values()]}
+                    for name, splits in by_config.items()]
+    card_data = DatasetCardData(license=LICENSE.lower(), pretty_name=title,
+                                task_categories=["text-generation"],
+                                tags=["synthetic", "planning", "retroplan"],
+                                configs=configs, dataset_info=dataset_info,
+                                **{METADATA_KEY: prov})
     rows = ["| split | retroplan split | file | rows | suite rows | suite instances |",
             "|---|---|---|---:|---:|---:|"]
     for s, info in prov["splits"].items():
@@ -237,6 +304,9 @@ def dataset_card(prov: dict, columns: list[str]) -> str:
     else:
         builder = "parquet" if fmt == "parquet" else "json"
         load = f"datasets.load_dataset({builder!r}, data_dir=THIS_FOLDER)  # or load_dataset(THIS_FOLDER)"
+        if HELD_OUT in by_config:
+            load += (f"\ndatasets.load_dataset({builder!r}, data_dir=THIS_FOLDER + \"/{HELD_OUT}\")  "
+                     f"# or load_dataset(THIS_FOLDER, {HELD_OUT!r})")
         fields = ROW_FIELDS
     body = [
         f"# {title} (seed {prov['seed']})",
@@ -253,6 +323,10 @@ def dataset_card(prov: dict, columns: list[str]) -> str:
          else "Split names: retroplan's `val` is Hugging Face's `validation`; the others keep their names.")
         + " Held-out splits (`test`, and Countdown's held-out targets `val_target`, `test_target`) "
         "never share a file, or an instance, with `train`."
+        + ("" if fmt == "sos" or HELD_OUT not in by_config else
+           f" The held-out targets are their own configuration, `{HELD_OUT}`, in their own folder "
+           f"`{HELD_OUT}/data/`: `datasets` reads a split from a file name by keyword (`val`, "
+           "`test`), so `val_target` beside `validation` in `data/` would be merged into it.")
         + (f" At most {prov['limit']} per split were exported (`--limit`)." if prov["limit"] else "")
         + " A split with no rows has no file.",
         "",
@@ -285,7 +359,7 @@ def dataset_card(prov: dict, columns: list[str]) -> str:
         "```",
         "",
     ]
-    return "\n".join(header + body)
+    return str(DatasetCard("---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(body)))
 
 
 # --------------------------------------------------------------------------- writing
@@ -334,6 +408,7 @@ def _write(suite, tmp: Path, fmt: str, names: list[str], split: str | None, limi
     """The export's files, written into the folder `tmp` (renamed onto `out` when complete)."""
     counts: dict[str, int] = {}
     columns: list[str] = []
+    features: dict[str, Features] = {}
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -344,19 +419,24 @@ def _write(suite, tmp: Path, fmt: str, names: list[str], split: str | None, limi
         for name, table in tables.items():
             if table.num_rows:
                 columns = columns or table.column_names
-                (tmp / "data").mkdir(exist_ok=True)
-                pq.write_table(table.replace_schema_metadata(metadata), tmp / data_file(fmt, name))
+                for row in table.to_pylist():
+                    features.setdefault(config_of(name), Features()).add(row)
+                path = tmp / data_file(fmt, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table.replace_schema_metadata(metadata), path)
     else:
         for name in names:
             rows = sos_rows(suite, name, limit) if fmt == "sos" else iter_rows(suite, name, limit)
             path = tmp / data_file(fmt, name)
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            config = features.setdefault(config_of(name), Features())
             count = 0
             with open(path, "w") as f:
                 if fmt == "sos":  # SoS's files: one JSON array, indented as theirs
                     f.write("[")
                 for row in rows:
                     columns = columns or list(row)
+                    config.add(row)
                     if fmt == "sos":
                         f.write(("," if count else "") + "\n" + json.dumps(row, indent=4))
                     else:
@@ -367,9 +447,10 @@ def _write(suite, tmp: Path, fmt: str, names: list[str], split: str | None, limi
             counts[name] = count
             if not count:  # datasets cannot load an empty file; the card lists the split
                 path.unlink()
-        if (tmp / "data").is_dir() and not any((tmp / "data").iterdir()):
-            (tmp / "data").rmdir()
+        for folder in (tmp / HELD_OUT / "data", tmp / HELD_OUT, tmp / "data"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         prov = provenance(suite, fmt, split, limit, counts, out)
     write_text(tmp / VOCAB_FILE, json_text(suite.meta["vocab"], indent=None) + "\n")
-    write_text(tmp / "README.md", dataset_card(prov, columns))
+    write_text(tmp / "README.md", dataset_card(prov, columns, features))
     return counts

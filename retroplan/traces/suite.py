@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +169,10 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
                 and 0 <= shard[0] < shard[1],
                 f"shard must be a pair (i, N) of integers with 0 <= i < N, got {given!r}.")
     task, cfg, grammar, options = spec.resolve()
+    if progress:  # a first run compiles the kernels (minutes): say so rather than look hung
+        from .. import compile_notice
+
+        compile_notice.install()
     vocab = grammar.make_vocab(cfg)
     out = Path(out)
     order = _split_order(task, spec.sizes)
@@ -177,6 +182,9 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
                     for s in order)
     bar = tqdm(total=total, desc=f"generate {spec.task}/{spec.variant}", unit="inst",
                disable=None if progress else True, leave=False)
+    # where the bar cannot draw (a batch log), a plain line per chunk of a multi-chunk suite
+    plain_lines = progress and bar.disable and total > CHUNK
+    started = time.perf_counter()
     splits_meta = {}
     done, written = 0, 0  # instances generated so far (all splits) and the bytes their rows took
     with atomic_dir(out) as tmp:
@@ -209,6 +217,9 @@ def generate_suite(spec: SuiteSpec, out: str | os.PathLike, shard: tuple[int, in
                     stats["redrawn"] += redrawn
                     bar.update(idx.shape[0])
                     done += idx.shape[0]
+                    if plain_lines:
+                        print(f"generate {spec.task}/{spec.variant}: {done}/{total} instances "
+                              f"({split}), {time.perf_counter() - started:.0f} s", flush=True)
                     written += sum(getattr(v, "nbytes", 0) for part in (ex, batch) for v in part.values())
                     _require_space(out, tmp, written, done, total - done)
             for key, parts in inst_parts.items():
