@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(hf, HFEvalConfig)
 
     r = sub.add_parser("run", help="run a TOML experiment end to end (resumable)")
-    r.add_argument("experiment", help="an experiments/*.toml file")
+    r.add_argument("experiment", help="a TOML experiment file, or the name of a shipped one "
+                                      "(quick, answer, ...: `retroplan list`)")
     r.add_argument("--out", required=True, help="folder for suites, runs, results and report")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the file: a dotted key and a TOML value, e.g. "
@@ -197,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="folder for probe.json (default RUN/probe-TARGET-SPLIT)")
     pr.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N")
 
-    sub.add_parser("list", help="list tasks, variants and model presets")
+    ex = sub.add_parser("example", help="print a shipped experiment file (to copy and edit: "
+                                        "retroplan example quick > my.toml)")
+    ex.add_argument("name", help="quick, answer, ...: `retroplan list`")
+
+    sub.add_parser("list", help="list tasks, variants, model presets and shipped experiments")
     return p
 
 
@@ -377,6 +382,7 @@ def _merge_shards(args) -> None:
 
 def _list(args) -> None:
     from .envs import TASKS
+    from .experiment import shipped_experiments
     from .models import PRESETS
     from .traces import GRAMMARS
 
@@ -385,6 +391,17 @@ def _list(args) -> None:
         print(f"{name} ({task.ENV_ID}): {fields}")
         print(f"  variants: {', '.join(GRAMMARS[name].VARIANTS)}")
     print("model presets: " + ", ".join(f"{k} ({v['n_layer']}x{v['n_embd']})" for k, v in PRESETS.items()))
+    print("shipped experiments (retroplan run NAME, retroplan example NAME): "
+          + ", ".join(shipped_experiments()))
+
+
+def _example(args) -> None:
+    from .experiment import SHIPPED_DIR, shipped_experiments
+
+    if args.name not in shipped_experiments():
+        raise UserError(f"no shipped experiment named {args.name!r}; shipped: "
+                        f"{', '.join(shipped_experiments())}.")
+    print((SHIPPED_DIR / f"{args.name}.toml").read_text(), end="")
 
 
 def _show_trace(args) -> None:
@@ -423,7 +440,8 @@ def _sweep_tip(args) -> None:
 
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
             "eval": _eval, "eval-hf": _eval_hf, "run": _run, "merge-shards": _merge_shards,
-            "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list}
+            "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list,
+            "example": _example}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,11 +227,11 @@ def test_a_matched_budget_study_with_a_mixture_gives_verdicts_curves_and_counts(
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["answer", "answer_graph"])
 def test_the_answer_studies_run_end_to_end_at_smoke_size(tmp_path, name):
-    """experiments/answer*.toml with every variant, mixture and seed, shrunk to seconds."""
+    """retroplan/experiments/answer*.toml with every variant, mixture and seed, shrunk to seconds."""
     import re
     from pathlib import Path
 
-    text = (Path(__file__).parent.parent / "experiments" / f"{name}.toml").read_text()
+    text = (Path(__file__).parent.parent / "retroplan" / "experiments" / f"{name}.toml").read_text()
     shrink = {"train": 150, "val": 12, "test": 16, "n_embd": 32, "steps": 6, "warmup_steps": 2,
               "checkpoint_every": 6, "curve_every": 3, "curve_examples": 8}
     for key, value in shrink.items():
