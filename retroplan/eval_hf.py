@@ -5,11 +5,12 @@ The model reads each instance's prompt as text (the suite's words separated by s
 line, and writes a continuation. The continuation is cut at the first newline and after the
 first end-of-sequence word (`<eos>`), split into words (on whitespace; Countdown's grammar also
 reads numbers written the usual way, `2494` for the suite's `2 _ 494`, and `99-96=3` without
-spaces: `traces.countdown.text_words`) and mapped word by word through the suite's vocabulary; the ids are then judged by `eval.judge` and counted by
-`eval.judge_completions`, so every number means what it means for `retroplan eval`. A word
-outside the vocabulary makes the completion a parse failure (judged as far as the words before
-it go, like a completion cut at the context). Teacher-forced accuracies are `null` (n = 0):
-the model's tokens need not be the suite's words.
+spaces: `traces.countdown.text_words`) and mapped word by word through the suite's vocabulary;
+the ids are then judged by `eval.judge` and counted by `eval.judge_completions`, so every
+number means what it means for `retroplan eval`. A word outside the vocabulary makes the
+completion a parse failure (judged as far as the words before it go, like a completion cut at
+the context). Teacher-forced accuracies are `null` (n = 0): the model's tokens need not be the
+suite's words.
 
 `transformers` is an optional extra (`pip install 'retroplan[hf]'`), imported only here, and
 nothing is ever downloaded: the model is a folder, or a name already in the local cache.

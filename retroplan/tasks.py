@@ -96,9 +96,11 @@ class Task(Protocol):
     Env: type                       # a gymnasium.Env passing check_env, with envs/rl.py's RL options
 
     def sample_instances(self, cfg, seed: int, split: str, indices: np.ndarray,
-                         salts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                         salts: np.ndarray | None = None, serial: bool = False) -> dict[str, np.ndarray]:
         """Instances `indices` of (seed, split) as a dict of arrays with a leading instance axis;
-        instance i is a function of (seed, split, index, salt) alone (not of the batch)."""
+        instance i is a function of (seed, split, index, salt) alone (not of the batch).
+        `serial`: the same instances drawn on the calling thread, no parallel kernel (the
+        Gymnasium env's path, so a process that used an env can still fork)."""
 
     def fingerprints(self, batch: dict) -> np.ndarray:
         """uint64 per instance, equal for equal instances (keeps held-out splits out of train)."""
