@@ -404,6 +404,8 @@ def _check_sampling(task, cfg, seed: int, split: str, count: int, what: str) -> 
     if not _same_batch(batch, task.sample_instances(cfg, seed, split, indices,
                                                     np.zeros(count, dtype=np.int64))):
         _fail(f"{what}: sample_instances with salts of 0 must equal sample_instances without salts.")
+    if not _same_batch(batch, task.sample_instances(cfg, seed, split, indices, serial=True)):
+        _fail(f"{what}: sample_instances(serial=True) (the env's draws) must equal the parallel draws.")
     picked = [count - 1, 1]
     part = task.sample_instances(cfg, seed, split, indices[picked])
     if not _same_batch(part, _rows(batch, picked)):
