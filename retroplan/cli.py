@@ -165,9 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("show-trace", help="draw one stream as a search tree (teacher vs model)")
     st.add_argument("source", help="a suite (the teacher's stream) or an eval folder / run (both)")
-    st.add_argument("--index", type=int, required=True, help="row of the split")
+    which = st.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, help="row of the split")
+    which.add_argument("--pick", metavar="WHICH",
+                       help="a row worth drawing: first-failure, first-backtrack, first-difference "
+                            "(model and teacher search differently), most-states")
     st.add_argument("--split", default="test")
     st.add_argument("--out", default=None, help="PNG path (an SVG is written beside it)")
+
+    pl = sub.add_parser("plot", help="draw a figure from evaluated runs")
+    plsub = pl.add_subparsers(dest="figure", required=True, metavar="FIGURE", parser_class=_Parser)
+    tj = plsub.add_parser("trajectories", help="model vs teacher streams per test instance (tokens, "
+                                               "states), one panel per evaluated stream run")
+    tj.add_argument("sources", nargs="+", metavar="EVAL", help="eval folders or runs (their eval-SPLIT)")
+    tj.add_argument("--split", default="test")
+    tj.add_argument("--out", default="trajectories.png", help="PNG path (an SVG is written beside it)")
 
     tip = sub.add_parser("sweep-tip", help="evaluate a stream run under the thought-switch penalty grid")
     tip.add_argument("run")
@@ -405,9 +417,20 @@ def _example(args) -> None:
 
 
 def _show_trace(args) -> None:
-    from .analysis import show_trace
+    from .analysis import pick_row, show_trace
 
-    written = show_trace(args.source, args.index, args.split, args.out)
+    index = args.index
+    if args.pick is not None:
+        index = pick_row(args.source, args.pick, args.split)
+        print(f"--pick {args.pick}: row {index}")
+    written = show_trace(args.source, index, args.split, args.out)
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _plot(args) -> None:
+    from .analysis import plot_trajectories
+
+    written = plot_trajectories(args.sources, args.out, args.split)
     print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -441,7 +464,7 @@ def _sweep_tip(args) -> None:
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export, "train": _train,
             "eval": _eval, "eval-hf": _eval_hf, "run": _run, "merge-shards": _merge_shards,
             "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list,
-            "example": _example}
+            "example": _example, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:

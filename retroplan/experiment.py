@@ -540,9 +540,10 @@ FIGURE_CAPTIONS = {
                       "move is written last).",
     "difficulty.png": "Accuracy against difficulty.",
     "behaviour.png": "Search behaviour of the model's streams next to its teacher's.",
-    "trajectories.png": "States explored and tokens used per test instance, model (o) vs teacher (x), "
-                        "each coloured by its own outcome; a marker's area grows with the instances "
-                        "at that point.",
+    "trajectories.png": "Tokens written and distinct states expanded per test instance: the model "
+                        "(blue circles) vs its teacher (orange squares), filled when that stream's "
+                        "plan is right, hollow when not, equal points dodged and jittered; below, the "
+                        "per-instance difference model - teacher in states.",
     "loss.png": "Training loss per supervised token against supervised tokens seen, so variants "
                 "whose completions differ in length are compared at equal supervision.",
     "accuracy_curves.png": "Verified generation accuracy on a fixed validation subset during "
