@@ -322,6 +322,7 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
                     "run": path_for(out, run_dir), "task": suite.meta["task"], "variant": suite.name,
                     "task_config": suite.meta["config"], "decoding": asdict(cfg),
                     "identity": identity(run_dir, suite.path, cfg, step)})
+    metrics["suite_digest"] = suite.meta.get("meta_sha256")  # the join key of run.json and export cards
     metrics["writes"] = writes(suite.name)
     metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     write_evaluation(out, records, metrics)

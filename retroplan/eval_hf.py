@@ -390,6 +390,7 @@ def evaluate_hf(model: str | os.PathLike, suite_path: str | os.PathLike, cfg: HF
                     "task": suite.meta["task"], "variant": suite.name,
                     "task_config": suite.meta["config"], "decoding": asdict(cfg),
                     "max_new_tokens": max_new_tokens, "identity": expected})
+    metrics["suite_digest"] = suite.meta.get("meta_sha256")  # the join key of run.json and export cards
     metrics["writes"] = writes(suite.name)
     metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     write_evaluation(out, records, metrics)
