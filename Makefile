@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 
 # The quick path-star study: generate -> train each variant -> verified eval -> report.
 demo: $(STAMP)
-	$(VENV)/bin/retroplan run experiments/quick.toml --out runs/quick
+	$(VENV)/bin/retroplan run quick --out runs/quick
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_graphs.py

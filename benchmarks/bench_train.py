@@ -23,7 +23,7 @@ Generation (fp32, as eval generates), random weights so that no row stops early:
 
 Workloads (`--workload`): path-star `optimal` suites, whose rows all have one length:
   quick     degree 2, path_len 4, 20 labels (27 tokens), batch 64: the CPU demo's task
-  pathstar  degree 5, path_len 5, 50 labels (70 tokens), batch 256: experiments/pathstar.toml
+  pathstar  degree 5, path_len 5, 50 labels (70 tokens), batch 256: retroplan/experiments/pathstar.toml
   long      degree 113, path_len 4, 400 labels (1,026 tokens, cut to a context of 1,024), batch 16
 
     NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/bench_train.py --preset small

@@ -4,18 +4,18 @@ benchmarks/gpu_check.json and benchmarks/gpu_check.md (rewritten after every sta
 cut short keeps what it measured).
 
 Stages (`--only` picks some):
-  train-paper       benchmarks/bench_train.py: `paper` preset (6 x 384), experiments/pathstar.toml's
+  train-paper       benchmarks/bench_train.py: `paper` preset (6 x 384), retroplan/experiments/pathstar.toml's
                     degree-5 task at batch 256, bf16 autocast, compiled: trainer vs bare loop, MFU
   train-85m         the same for `gpt2-small` (12 x 768, ~85M) at a context of 1,024, batch 16
   generate          `paper` preset, 1,024 new tokens, KV cache vs none; prompts of 4 lengths
-  study-pathstar    experiments/pathstar.toml scaled: the degree-5 condition, optimal and reverse,
+  study-pathstar    retroplan/experiments/pathstar.toml scaled: the degree-5 condition, optimal and reverse,
                     seed 0, test 1,000; steps as many as fit `--pathstar-seconds` (40) per run at
                     the step time train-paper measured (at most the file's 5,000)
-  study-countdown   experiments/countdown.toml scaled: optimal and stream, 10,000 train problems,
+  study-countdown   retroplan/experiments/countdown.toml scaled: optimal and stream, 10,000 train problems,
                     100 test problems per split, context 2,048, 200 steps
 The full studies (pathstar.toml: 30 runs of 5,000 steps; countdown.toml: 4 runs of 1,200 steps
 with a context of 4,096) take 30+ and ~10 minutes by their own estimates, so they are not run
-here; `retroplan run experiments/<name>.toml` runs them.
+here; `retroplan run <name>` runs them.
 
 Not measured yet on any GPU (written on a CPU-only machine): the sizes are estimates, and the
 stage times in the JSON are there to correct them. Where one command may run 10 minutes at most,
@@ -75,9 +75,9 @@ TOY_TRAIN = {"preset": "tiny", "steps": 6, "batch_size": 8, "checkpoint_every": 
 
 
 def scaled_pathstar(steps: int, toy: bool) -> dict:
-    exp = tomllib.loads((ROOT / "experiments" / "pathstar.toml").read_text())
+    exp = tomllib.loads((ROOT / "retroplan" / "experiments" / "pathstar.toml").read_text())
     exp["name"] = "pathstar-gpu-check"
-    exp["description"] = "experiments/pathstar.toml scaled by benchmarks/gpu_check.py to fit its budget."
+    exp["description"] = "The shipped pathstar experiment, scaled by benchmarks/gpu_check.py to fit."
     exp["conditions"] = [c for c in exp["conditions"] if c["label"] == "degree5"]
     exp["variants"] = ["optimal", "reverse"]
     exp["seeds"] = [0]
@@ -91,9 +91,9 @@ def scaled_pathstar(steps: int, toy: bool) -> dict:
 
 
 def scaled_countdown(toy: bool) -> dict:
-    exp = tomllib.loads((ROOT / "experiments" / "countdown.toml").read_text())
+    exp = tomllib.loads((ROOT / "retroplan" / "experiments" / "countdown.toml").read_text())
     exp["name"] = "countdown-gpu-check"
-    exp["description"] = "experiments/countdown.toml scaled by benchmarks/gpu_check.py to fit its budget."
+    exp["description"] = "The shipped countdown experiment, scaled by benchmarks/gpu_check.py to fit."
     exp["variants"] = ["optimal", "stream"]
     exp["sizes"] = {"train": 10_000, "val": 100, "test": 100, "val_target": 100, "test_target": 100}
     exp["train"].update(context=2048, steps=200, checkpoint_every=200, log_every=50)

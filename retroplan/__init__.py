@@ -37,7 +37,9 @@ def register_envs() -> None:
 
     for env_id, entry_point in ENV_ENTRY_POINTS.items():
         if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point=entry_point)
+            # the entry point adds make's own wrappers itself, inside `ActionMasks` (envs/rl.py)
+            gymnasium.register(id=env_id, entry_point=entry_point, order_enforce=False,
+                               disable_env_checker=True)
 
 
 register_envs()

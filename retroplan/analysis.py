@@ -28,6 +28,68 @@ def _records(eval_dir: Path) -> list[dict]:
         raise UserError(f"{path} is not valid JSON lines (corrupt).") from None
 
 
+# `show-trace --pick`: which row is worth drawing, read from an evaluation's records (first sample)
+PICKS = {
+    "first-failure": ("the first row the model got wrong", lambda r: not r["correct"]),
+    "first-backtrack": ("the first row whose model stream backtracks (on a suite: the teacher's)",
+                        lambda r: r.get("behaviour", {}).get("backtracks", 0) > 0),
+    "first-difference": ("the first row where the model's stream and the teacher's differ in tokens or "
+                         "states", lambda r: "behaviour" in r and (
+                             r["behaviour"]["tokens"], r["behaviour"]["expanded"])
+                         != (r.get("teacher_tokens"), r.get("teacher_expanded"))),
+    "most-states": ("the row whose model stream expanded the most states", None),
+}
+
+
+def pick_row(source: str | os.PathLike, pick: str, split: str = "test") -> int:
+    """The row of `split` that `pick` names (`PICKS`), from an eval folder or run; on a suite,
+    `first-backtrack` reads the teacher's streams."""
+    require(pick in PICKS, f"--pick must be one of {', '.join(PICKS)}, got {pick!r}.")
+    source = Path(source)
+    require(source.exists(), f"{source} does not exist.")
+    if (source / "meta.json").exists():
+        require(pick == "first-backtrack", f"--pick {pick} needs a model's evaluation (an eval folder or "
+                f"a run); {source} is a suite, where only first-backtrack (the teacher's) applies.")
+        suite = open_suite(source)
+        data = suite.split(split)
+        for row in range(len(data)):
+            stats = judge(suite, data.instances, int(data.instance[row]), data.completion(row))["behaviour"]
+            require(stats is not None, f"variant {suite.variant} writes no search stream.")
+            if stats.backtracks > 0:
+                return row
+        raise UserError(f"no teacher stream of split {split} in {source} backtracks.")
+    eval_dir = source if (source / "records.jsonl").exists() else source / f"eval-{split}"
+    records = [r for r in _records(eval_dir) if r.get("sample", 0) == 0]
+    if pick == "most-states":
+        streams = [r for r in records if "behaviour" in r]
+        require(bool(streams), f"{eval_dir} holds no model streams.")
+        return max(streams, key=lambda r: (r["behaviour"]["expanded"], -r["row"]))["row"]
+    match = [r["row"] for r in records if PICKS[pick][1](r)]
+    require(bool(match), f"no row of {eval_dir} is {PICKS[pick][0]} (none matches --pick {pick}).")
+    return match[0]
+
+
+def plot_trajectories(sources: list[str | os.PathLike], out: str | os.PathLike,
+                      split: str = "test") -> list[Path]:
+    """`plots.trajectory_vs_stream` for evaluated stream runs: each source an eval folder or a
+    run (its eval-`split`), one panel each, titled by variant and run."""
+    panels = {}
+    for source in map(Path, sources):
+        require(source.exists(), f"{source} does not exist.")
+        eval_dir = source if (source / "records.jsonl").exists() else source / f"eval-{split}"
+        records = _records(eval_dir)
+        require(any("behaviour" in r and r.get("teacher_tokens") is not None for r in records),
+                f"{eval_dir} holds no model and teacher streams (a stream variant's evaluation is needed).")
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+        run = eval_dir.parent.name if eval_dir.name.startswith("eval") else eval_dir.name
+        label = f"{metrics.get('variant', '?')}: {run}"
+        if label in panels:
+            label = f"{label} ({eval_dir})"
+        panels[label] = records
+    out = Path(out)
+    return plots.trajectory_vs_stream(panels, out.with_suffix("") if out.suffix == ".png" else out)
+
+
 def show_trace(source: str | os.PathLike, index: int, split: str = "test",
                out: str | os.PathLike | None = None) -> list[Path]:
     """Draw row `index` of `split`: the teacher's stream from a suite, or, given an eval

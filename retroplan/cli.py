@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(hf, HFEvalConfig)
 
     r = sub.add_parser("run", help="run a TOML experiment end to end (resumable)")
-    r.add_argument("experiment", help="an experiments/*.toml file")
+    r.add_argument("experiment", help="a TOML experiment file, or the name of a shipped one "
+                                      "(quick, answer, ...: `retroplan list`)")
     r.add_argument("--out", required=True, help="folder for suites, runs, results and report")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the file: a dotted key and a TOML value, e.g. "
@@ -177,9 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("show-trace", help="draw one stream as a search tree (teacher vs model)")
     st.add_argument("source", help="a suite (the teacher's stream) or an eval folder / run (both)")
-    st.add_argument("--index", type=int, required=True, help="row of the split")
+    which = st.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, help="row of the split")
+    which.add_argument("--pick", metavar="WHICH",
+                       help="a row worth drawing: first-failure, first-backtrack, first-difference "
+                            "(model and teacher search differently), most-states")
     st.add_argument("--split", default="test")
     st.add_argument("--out", default=None, help="PNG path (an SVG is written beside it)")
+
+    pl = sub.add_parser("plot", help="draw a figure from evaluated runs")
+    plsub = pl.add_subparsers(dest="figure", required=True, metavar="FIGURE", parser_class=_Parser)
+    tj = plsub.add_parser("trajectories", help="model vs teacher streams per test instance (tokens, "
+                                               "states), one panel per evaluated stream run")
+    tj.add_argument("sources", nargs="+", metavar="EVAL", help="eval folders or runs (their eval-SPLIT)")
+    tj.add_argument("--split", default="test")
+    tj.add_argument("--out", default="trajectories.png", help="PNG path (an SVG is written beside it)")
 
     tip = sub.add_parser("sweep-tip", help="evaluate a stream run under the thought-switch penalty grid")
     tip.add_argument("run")
@@ -211,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="folder for probe.json (default RUN/probe-TARGET-SPLIT)")
     pr.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N")
 
-    sub.add_parser("list", help="list tasks, variants and model presets")
+    ex = sub.add_parser("example", help="print a shipped experiment file (to copy and edit: "
+                                        "retroplan example quick > my.toml)")
+    ex.add_argument("name", help="quick, answer, ...: `retroplan list`")
+
+    sub.add_parser("list", help="list tasks, variants, model presets and shipped experiments")
     return p
 
 
@@ -413,6 +430,7 @@ def _merge_shards(args) -> None:
 
 def _list(args) -> None:
     from .envs import TASKS
+    from .experiment import shipped_experiments
     from .models import PRESETS
     from .traces import GRAMMARS
     from .traces.vocab import MIXABLE
@@ -424,12 +442,34 @@ def _list(args) -> None:
     print(f"mixtures: a+b+... of {', '.join(MIXABLE)} (the first is evaluated); a+a is the data "
           "control (a's rows again behind [a]), e.g. optimal+optimal")
     print("model presets: " + ", ".join(f"{k} ({v['n_layer']}x{v['n_embd']})" for k, v in PRESETS.items()))
+    print("shipped experiments (retroplan run NAME, retroplan example NAME): "
+          + ", ".join(shipped_experiments()))
+
+
+def _example(args) -> None:
+    from .experiment import SHIPPED_DIR, shipped_experiments
+
+    if args.name not in shipped_experiments():
+        raise UserError(f"no shipped experiment named {args.name!r}; shipped: "
+                        f"{', '.join(shipped_experiments())}.")
+    print((SHIPPED_DIR / f"{args.name}.toml").read_text(), end="")
 
 
 def _show_trace(args) -> None:
-    from .analysis import show_trace
+    from .analysis import pick_row, show_trace
 
-    written = show_trace(args.source, args.index, args.split, args.out)
+    index = args.index
+    if args.pick is not None:
+        index = pick_row(args.source, args.pick, args.split)
+        print(f"--pick {args.pick}: row {index}")
+    written = show_trace(args.source, index, args.split, args.out)
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _plot(args) -> None:
+    from .analysis import plot_trajectories
+
+    written = plot_trajectories(args.sources, args.out, args.split)
     print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -465,7 +505,8 @@ def _sweep_tip(args) -> None:
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export,
             "export-model": _export_model, "train": _train,
             "eval": _eval, "eval-hf": _eval_hf, "run": _run, "merge-shards": _merge_shards,
-            "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list}
+            "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list,
+            "example": _example, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:

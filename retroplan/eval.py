@@ -426,6 +426,7 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
                     "identity": identity(run_dir, suite.path, cfg, step), "objective": objective,
                     "generation": "parallel from dummy inputs (teacherless)" if teacherless else
                                   "autoregressive"})
+    metrics["suite_digest"] = suite.meta.get("meta_sha256")  # the join key of run.json and export cards
     metrics["writes"] = writes(suite.name)
     metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     write_evaluation(out, records, metrics)

@@ -3,12 +3,14 @@
 The model reads each instance's prompt as text (the suite's words separated by spaces, what
 `retroplan inspect` prints), optionally after K solved examples of the train split, one per
 line, and writes a continuation. The continuation is cut at the first newline and after the
-first end-of-sequence word (`<eos>`), split on whitespace and mapped word by word through the
-suite's vocabulary; the ids are then judged by `eval.judge` and counted by
-`eval.judge_completions`, so every number means what it means for `retroplan eval`. A word
-outside the vocabulary makes the completion a parse failure (judged as far as the words before
-it go, like a completion cut at the context). Teacher-forced accuracies are `null` (n = 0):
-the model's tokens need not be the suite's words.
+first end-of-sequence word (`<eos>`), split into words (on whitespace; Countdown's grammar also
+reads numbers written the usual way, `2494` for the suite's `2 _ 494`, and `99-96=3` without
+spaces: `traces.countdown.text_words`) and mapped word by word through the suite's vocabulary;
+the ids are then judged by `eval.judge` and counted by `eval.judge_completions`, so every
+number means what it means for `retroplan eval`. A word outside the vocabulary makes the
+completion a parse failure (judged as far as the words before it go, like a completion cut at
+the context). Teacher-forced accuracies are `null` (n = 0): the model's tokens need not be the
+suite's words.
 
 `transformers` is an optional extra (`pip install 'retroplan[hf]'`), imported only here, and
 nothing is ever downloaded: the model is a folder, or a name already in the local cache.
@@ -162,19 +164,27 @@ def choose_shots(count: int, shots: int, seed: int, index: int) -> list[int]:
     return chosen
 
 
-def completion_words(text: str, eos_word: str = EOS) -> list[str]:
-    """The words of a generated text that are judged: up to the first newline, split on
-    whitespace, and cut after the first `eos_word` (which stays: the grammar needs it)."""
-    words = text.split(SHOT_SEPARATOR, 1)[0].split()
+def completion_words(text: str, eos_word: str = EOS, split=str.split) -> list[str]:
+    """The words of a generated text that are judged: up to the first newline, split into words
+    (`split`: on whitespace, or the grammar's `text_words`), and cut after the first `eos_word`
+    (which stays: the grammar needs it)."""
+    words = split(text.split(SHOT_SEPARATOR, 1)[0])
     return words[: words.index(eos_word) + 1] if eos_word in words else words
 
 
+def text_splitter(suite: Suite):
+    """How the suite's grammar reads text into its words: its `text_words` where it has one
+    (Countdown: plain numbers of any size, words without spaces between them), else whitespace."""
+    return getattr(suite.grammar, "text_words", str.split)
+
+
 def judge_text(suite: Suite, instances: dict, i: int, text: str) -> dict:
-    """`eval.judge` of a generated text: its words (`completion_words`) mapped through the
-    suite's vocabulary. A word outside it makes the completion a parse failure, judged as far
-    as the words before it go (they hold no `<eos>`, so no plan is read)."""
+    """`eval.judge` of a generated text: its words (`completion_words`, read by the grammar's
+    `text_splitter`) mapped through the suite's vocabulary. A word outside it makes the
+    completion a parse failure, judged as far as the words before it go (they hold no `<eos>`,
+    so no plan is read)."""
     ids, unknown = [], None
-    for word in completion_words(text):
+    for word in completion_words(text, split=text_splitter(suite)):
         if word not in suite.vocab.ids:
             unknown = word
             break
@@ -186,12 +196,13 @@ def judge_text(suite: Suite, instances: dict, i: int, text: str) -> dict:
     return verdict
 
 
-def record_fields(text: str, model_tokens: int = 0, shots: list[int] | tuple = ()) -> dict:
+def record_fields(text: str, model_tokens: int = 0, shots: list[int] | tuple = (), split=str.split) -> dict:
     """A generated text's fields of its record, in `eval`'s layout: `generated` holds the judged
-    words, `generated_tokens` counts them (`<eos>` included, as eval counts suite tokens); no
-    teacher forcing (null); `output` is the text as decoded, `model_tokens` the model's tokens
-    and `shots` the train rows of the examples before the prompt."""
-    words = completion_words(text)
+    words (read by `split`, the suite's `text_splitter`), `generated_tokens` counts them
+    (`<eos>` included, as eval counts suite tokens); no teacher forcing (null); `output` is the
+    text as decoded, `model_tokens` the model's tokens and `shots` the train rows of the
+    examples before the prompt."""
+    words = completion_words(text, split=split)
     return {"generated": " ".join(words), "lookahead": "plain", "forced": "",
             "generated_tokens": len(words), "logprob": None,
             "tf_token_acc": None, "tf_first_token": None, "tf_exact": None, "tf_deciding_token": None,
@@ -363,7 +374,8 @@ def evaluate_hf(model: str | os.PathLike, suite_path: str | os.PathLike, cfg: HF
     max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(suite, split, rows, tok)
     outputs = generate_texts(lm, tok, prompts, cfg, max_new_tokens, device, progress)
 
-    completions = {(int(r), 0): (record_fields(text, model_tokens, shots_of[int(r)]), text)
+    words_of = text_splitter(suite)
+    completions = {(int(r), 0): (record_fields(text, model_tokens, shots_of[int(r)], words_of), text)
                    for r, (text, model_tokens) in zip(rows, outputs)}
     records, metrics = judge_completions(suite, split, rows, completions, judge_one=judge_text)
     metrics.update({"split": cfg.split, "suite": path_for(out, suite.path),
@@ -371,6 +383,7 @@ def evaluate_hf(model: str | os.PathLike, suite_path: str | os.PathLike, cfg: HF
                     "task": suite.meta["task"], "variant": suite.name,
                     "task_config": suite.meta["config"], "decoding": asdict(cfg),
                     "max_new_tokens": max_new_tokens, "identity": expected})
+    metrics["suite_digest"] = suite.meta.get("meta_sha256")  # the join key of run.json and export cards
     metrics["writes"] = writes(suite.name)
     metrics["chance"] = chance_for(suite.task, suite.config, suite.variant)
     write_evaluation(out, records, metrics)

@@ -114,10 +114,31 @@ def _parse_experiment(path: Path, text: str | bytes, overrides=()) -> dict:
     return apply_overrides(raw, overrides)
 
 
-def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Parse and check an experiment file whole (with `--set KEY=VALUE` overrides applied)."""
+# The experiments that ship with the package (`retroplan run quick`, `retroplan example quick`):
+# the one copy of each file, so an installed retroplan runs its own tour and studies.
+SHIPPED_DIR = Path(__file__).parent / "experiments"
+
+
+def shipped_experiments() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.toml"))
+
+
+def resolve_experiment(path: str | os.PathLike) -> Path:
+    """An experiment file: `path` itself when it is a file, else the shipped experiment of that
+    name (`quick`), so the same command works from any folder."""
     path = Path(path)
-    require(path.is_file(), f"experiment file {path} does not exist.")
+    if path.is_file():
+        return path
+    if path.parent == Path() and path.stem in shipped_experiments() and path.suffix in ("", ".toml"):
+        return SHIPPED_DIR / f"{path.stem}.toml"
+    raise UserError(f"experiment file {path} does not exist; give a TOML file or the name of a shipped "
+                    f"experiment: {', '.join(shipped_experiments())}.")
+
+
+def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Parse and check an experiment file whole (with `--set KEY=VALUE` overrides applied); a
+    shipped experiment may be named instead (`quick`)."""
+    path = resolve_experiment(path)
     try:
         text = path.read_text()
     except UnicodeDecodeError as exc:
@@ -448,10 +469,11 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
             "under torchrun every rank would race on the same suites); run it without torchrun, "
             "with --workers N to run its pieces side by side.")
     overrides = list(overrides)
+    path = resolve_experiment(path)
     exp = load_experiment(path, overrides)
     _check_context(exp, path)
     out = Path(out)
-    source = Path(path).read_bytes()
+    source = path.read_bytes()
     if (out / "experiment.toml").exists():
         require(_same_experiment((out / "experiment.toml").read_bytes(), stored_overrides(out),
                                  source, overrides),
@@ -660,9 +682,10 @@ FIGURE_CAPTIONS = {
                       "move is written last).",
     "difficulty.png": "Accuracy against difficulty.",
     "behaviour.png": "Search behaviour of the model's streams next to its teacher's.",
-    "trajectories.png": "States explored and tokens used per test instance, model (o) vs teacher (x), "
-                        "each coloured by its own outcome; a marker's area grows with the instances "
-                        "at that point.",
+    "trajectories.png": "Tokens written and distinct states expanded per test instance: the model "
+                        "(blue circles) vs its teacher (orange squares), filled when that stream's "
+                        "plan is right, hollow when not, equal points dodged and jittered; below, the "
+                        "per-instance difference model - teacher in states.",
     "loss.png": "Training loss per supervised token against supervised tokens seen, so variants "
                 "whose completions differ in length are compared at equal supervision.",
     "accuracy_curves.png": "Verified generation accuracy on a fixed validation subset during "
@@ -784,7 +807,9 @@ def _report(exp: dict, source: Path, out: Path, overrides: list[str], rows: list
     lines += ["Every accuracy below counts plans that were parsed by the task's grammar and replayed "
               "move by move in the task's environment.", "",
               "## Reproduce", "", "```", "retroplan run " + " ".join(
-                  [shlex.quote(str(source)), "--out", shlex.quote(str(out))]
+                  # a shipped experiment by its name, not by where this install put it
+                  [source.stem if source.parent == SHIPPED_DIR else shlex.quote(str(source)),
+                   "--out", shlex.quote(str(out))]
                   + [f"--set {shlex.quote(o)}" for o in overrides]), "```", ""]
     lines += verdict_lines(verdicts)
     lines += ["## Results", ""]

@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -280,47 +281,79 @@ def behaviour_bars(rows: list[dict], path: Path) -> list[Path]:
     return save(fig, path)
 
 
+# who wrote a stream: one colour each, in every figure that compares them
+WHO_COLOUR = {"model": "tab:blue", "teacher": "tab:orange"}
+WHO_MARKER = {"model": "o", "teacher": "s"}
+
+
+def trajectory_points(records: list[dict]) -> dict[str, dict[str, list]]:
+    """{who: {"tokens", "states", "solved"}} per test instance holding both streams (first
+    sample only): the stream's own tokens, the distinct states it expanded, its own outcome
+    (records from before `teacher_correct` was kept: the teacher's reference rows end in the
+    right plan, so solved)."""
+    recs = [r for r in records if r.get("sample", 0) == 0 and "behaviour" in r
+            and r.get("teacher_tokens") is not None]
+    return {"model": {"tokens": [r["behaviour"]["tokens"] for r in recs],
+                      "states": [r["behaviour"]["expanded"] for r in recs],
+                      "solved": [bool(r["correct"]) for r in recs]},
+            "teacher": {"tokens": [r["teacher_tokens"] for r in recs],
+                        "states": [r["teacher_expanded"] for r in recs],
+                        "solved": [bool(r.get("teacher_correct", True)) for r in recs]}}
+
+
+def _dodged(values: list, side: float, rng) -> np.ndarray:
+    """Integer counts spread so equal points stay visible: each side shifted by `side` of a
+    unit (teacher left, model right) plus a seeded jitter, both scaled to the axis span."""
+    v = np.asarray(values, dtype=float)
+    unit = max(1.0, (v.max() - v.min()) / 30) if len(v) else 1.0
+    return v + unit * (side + rng.uniform(-0.17, 0.17, len(v)))
+
+
 def trajectory_vs_stream(records_by_variant: dict[str, list[dict]], path: Path) -> list[Path]:
-    """States explored and tokens used by each trace, solved vs unsolved, model vs teacher."""
-    variants = [v for v, recs in records_by_variant.items()
-                if any("behaviour" in r or "teacher_tokens" in r for r in recs)]
-    if not variants:
+    """Per test instance, the model's stream (blue circles) against its teacher's (orange
+    squares): tokens written vs distinct states expanded, filled when that stream's own plan is
+    right, hollow when not; equal points dodged and jittered (seed 0). Below, the per-instance
+    difference model - teacher in states, the comparison without any overlap."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = {label: trajectory_points(recs) for label, recs in records_by_variant.items()}
+    panels = {label: pts for label, pts in panels.items() if pts["model"]["tokens"]}
+    if not panels:
         return []
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.0 * len(variants), 3.4), squeeze=False)
-    for ax, variant in zip(axes[0], variants):
-        recs = records_by_variant[variant]
-        for who, key_tok, key_states, marker in (("teacher", "teacher_tokens", "teacher_expanded", "x"),
-                                                 ("model", None, None, "o")):
-            for solved, colour in ((True, "tab:green"), (False, "tab:red")):
-                # each side coloured by its own outcome (records from before `teacher_correct`
-                # was kept: the teacher's reference rows end in the right plan, so solved)
-                outcome = "correct" if who == "model" else "teacher_correct"
-                sel = [r for r in recs if bool(r.get(outcome, True)) == solved]
-                if who == "model":
-                    xs = [r["behaviour"]["tokens"] for r in sel if "behaviour" in r]
-                    ys = [r["behaviour"]["expanded"] for r in sel if "behaviour" in r]
-                else:
-                    xs = [r[key_tok] for r in sel if r.get(key_tok) is not None]
-                    ys = [r[key_states] for r in sel if r.get(key_states) is not None]
-                if xs:  # identical points drawn once, marker area growing with their count
-                    counts: dict = defaultdict(int)
-                    for xy in zip(xs, ys):
-                        counts[xy] += 1
-                    pts = list(counts)
-                    sizes = [12 + 250 * counts[p] / len(recs) for p in pts]
-                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=sizes, marker=marker,
-                               alpha=0.5, color=colour,
-                               label=f"{who}, {'solved' if solved else 'unsolved'} ({len(xs)})")
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.8 * len(panels), 6.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1.4]})
+    for col, (label, pts) in enumerate(panels.items()):
+        rng = np.random.default_rng(0)
+        ax = axes[0, col]
+        for who, side in (("teacher", -0.25), ("model", 0.25)):
+            p = pts[who]
+            xs, ys = _dodged(p["tokens"], side, rng), _dodged(p["states"], side, rng)
+            solved = np.asarray(p["solved"])
+            for ok in (True, False):
+                sel = solved == ok
+                if not sel.any():
+                    continue
+                ax.scatter(xs[sel], ys[sel], s=22, marker=WHO_MARKER[who], linewidths=1.1, alpha=0.75,
+                           edgecolors=WHO_COLOUR[who], facecolors=WHO_COLOUR[who] if ok else "none",
+                           label=f"{who}, {'solved' if ok else 'unsolved'} ({int(sel.sum())})")
         ax.set_xlabel("tokens in the stream")
-        ax.set_ylabel("distinct states entered")
-        ax.set_title(variant, fontsize=9)
+        ax.set_ylabel("distinct states expanded")
+        ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.margins(0.15)
-        legend = ax.legend(fontsize=6, frameon=False, loc="lower right")
-        for handle in legend.legend_handles:
-            handle.set_sizes([18])
-    fig.suptitle("Trajectories against streams (per test instance; colour = each side's own outcome;\n"
-                 "marker area grows with the number of instances at a point)", fontsize=9)
+        ax.legend(fontsize=8, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        diff = np.asarray(pts["model"]["states"]) - np.asarray(pts["teacher"]["states"])
+        bx = axes[1, col]
+        lo, hi = int(diff.min()), int(diff.max())
+        bx.hist(diff, bins=np.arange(lo - 0.5, hi + 1.5), color=WHO_COLOUR["model"], alpha=0.8)
+        bx.axvline(0, color="black", lw=0.8)
+        bx.set_xlabel("model - teacher, distinct states expanded (per instance)")
+        bx.set_ylabel("instances")
+        bx.set_title(f"model more: {int((diff > 0).sum())}, equal: {int((diff == 0).sum())}, "
+                     f"fewer: {int((diff < 0).sum())}", fontsize=9)
+        for a in (ax, bx):
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("Model vs teacher search, per test instance (points dodged and jittered)", fontsize=11)
     fig.tight_layout()
     return save(fig, path)
 

@@ -96,9 +96,11 @@ class Task(Protocol):
     Env: type                       # a gymnasium.Env passing check_env, with envs/rl.py's RL options
 
     def sample_instances(self, cfg, seed: int, split: str, indices: np.ndarray,
-                         salts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                         salts: np.ndarray | None = None, serial: bool = False) -> dict[str, np.ndarray]:
         """Instances `indices` of (seed, split) as a dict of arrays with a leading instance axis;
-        instance i is a function of (seed, split, index, salt) alone (not of the batch)."""
+        instance i is a function of (seed, split, index, salt) alone (not of the batch).
+        `serial`: the same instances drawn on the calling thread, no parallel kernel (the
+        Gymnasium env's path, so a process that used an env can still fork)."""
 
     def fingerprints(self, batch: dict) -> np.ndarray:
         """uint64 per instance, equal for equal instances (keeps held-out splits out of train)."""
@@ -412,6 +414,8 @@ def _check_sampling(task, cfg, seed: int, split: str, count: int, what: str) -> 
     if not _same_batch(batch, task.sample_instances(cfg, seed, split, indices,
                                                     np.zeros(count, dtype=np.int64))):
         _fail(f"{what}: sample_instances with salts of 0 must equal sample_instances without salts.")
+    if not _same_batch(batch, task.sample_instances(cfg, seed, split, indices, serial=True)):
+        _fail(f"{what}: sample_instances(serial=True) (the env's draws) must equal the parallel draws.")
     picked = [count - 1, 1]
     part = task.sample_instances(cfg, seed, split, indices[picked])
     if not _same_batch(part, _rows(batch, picked)):

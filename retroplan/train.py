@@ -308,17 +308,31 @@ def check_memory(model_cfg: GPTConfig, device: torch.device) -> None:
             "available; choose a smaller n_embd, n_layer or context.")
 
 
+def built_size(cfg: TrainConfig, model_cfg: GPTConfig) -> dict:
+    """The train settings that name the model's size, as built: n_layer, n_head, n_embd, and
+    `preset` only when a preset has exactly that size (a 2 x 256 model is no `small`)."""
+    size = {name: getattr(model_cfg, name) for name in ("n_layer", "n_head", "n_embd")}
+    named = [name for name, preset in PRESETS.items()
+             if all(preset[k] == v for k, v in size.items())]
+    return {**({"preset": named[0]} if named else {}), **size}
+
+
 def _run_description(suite: Suite, out: Path, cfg: TrainConfig, model_cfg: GPTConfig, dropped: int,
                      cut: int) -> dict:
+    train_settings = {k: v for k, v in asdict(cfg).items() if k != "preset"}
     return {
         "retroplan_version": __version__,
         "suite": path_for(out, suite.path),  # relative: a study folder moved whole still finds it
+        # two digests, one name each: the sha256 of meta.json's bytes (what resume and eval check)
+        # and the suite's own content digest (meta.json's meta_sha256), the one export cards and
+        # metrics.json carry as suite_digest, to join runs, evaluations and exported datasets
         "suite_meta_sha256": sha256_file(suite.path / "meta.json"),
+        "suite_digest": suite.meta.get("meta_sha256"),
         "task": suite.meta["task"],
         "variant": suite.meta["variant"],
         "task_config": suite.meta["config"],
         "vocab": suite.meta["vocab"],
-        "train": asdict(cfg),
+        "train": {**train_settings, **built_size(cfg, model_cfg)},
         "model": model_cfg.to_dict(),
         "long_examples": {"policy": cfg.long_examples, "dropped": dropped, "cut": cut},
     }
@@ -338,6 +352,8 @@ def _same_run(old: dict, new: dict) -> str | None:
     defaults = asdict(TrainConfig())  # a run made before a setting existed had its default
     for key, value in new["train"].items():
         if key in MACHINE_SETTINGS or key == "steps":  # steps: checked by train (a run may grow)
+            continue
+        if key in ("preset", "n_layer", "n_head", "n_embd"):  # the built model: compared as "model"
             continue
         if old.get("train", {}).get(key, defaults.get(key)) != value:
             return f"train.{key}"

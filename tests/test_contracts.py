@@ -104,10 +104,18 @@ def test_a_replay_that_accepts_a_wrong_plan_is_caught():
 
 
 def test_sampling_that_depends_on_the_batch_is_caught():
-    def sample(cfg, seed, split, indices, salts=None):  # numbers instances by batch position
-        return pathstar.sample_instances(cfg, seed, split, np.arange(len(indices)), salts)
+    def sample(cfg, seed, split, indices, salts=None, serial=False):  # numbers instances by batch position
+        return pathstar.sample_instances(cfg, seed, split, np.arange(len(indices)), salts, serial)
 
     with broken("task pathstar (train): sample_instances depends on the batch: instances [3, 1]"):
+        check_task(fake(pathstar, sample_instances=sample))
+
+
+def test_a_serial_sampler_that_draws_other_instances_is_caught():
+    def sample(cfg, seed, split, indices, salts=None, serial=False):  # the env's draws off by one seed
+        return pathstar.sample_instances(cfg, seed + serial, split, indices, salts, serial)
+
+    with broken("task pathstar (train): sample_instances(serial=True) (the env's draws) must equal"):
         check_task(fake(pathstar, sample_instances=sample))
 
 

@@ -647,13 +647,13 @@ def _toml(exp: dict) -> str:
 
 @pytest.mark.slow
 def test_the_countdown_experiment_runs_end_to_end_at_cpu_size(tmp_path):
-    """experiments/countdown.toml with CPU-sized counts, model and steps: every variant is
+    """retroplan/experiments/countdown.toml with CPU-sized counts, model and steps: every variant is
     generated, trained, evaluated and reported, and the held-out targets evaluate too."""
     import tomllib
 
     from retroplan.experiment import run_experiment
 
-    exp = tomllib.loads(open("experiments/countdown.toml").read())
+    exp = tomllib.loads(open("retroplan/experiments/countdown.toml").read())
     exp["sizes"] = {"train": 300, "val": 20, "test": 24, "val_target": 10, "test_target": 16}
     exp["train"].update(preset="tiny", context=512, steps=30, batch_size=8, warmup_steps=5,
                         checkpoint_every=30, log_every=10, compile=False, threads=1)

@@ -488,3 +488,72 @@ def test_the_registration_table_names_every_task():
     assert retroplan.ENV_ENTRY_POINTS == {t.ENV_ID: f"{t.__name__}:make_env" for t in TASKS.values()}
     for env_id in retroplan.ENV_ENTRY_POINTS:
         assert gym.spec(env_id).entry_point == retroplan.ENV_ENTRY_POINTS[env_id]
+
+
+ENV_IDS = ("retroplan/PathStar-v0", "retroplan/GraphPlan-v0", "retroplan/Countdown-v0")
+
+
+def test_async_vector_envs_fork_after_the_parent_used_an_env():
+    """`gym.make_vec(..., vectorization_mode="async")` forks; GNU OpenMP aborts a process that
+    forks after starting its runtime. The env's own path (reset samples an instance, step) runs
+    no parallel kernel, so a parent that played every env can still fork vector envs."""
+    code = (
+        "import gymnasium as gym, numba, numpy as np, retroplan\n"
+        f"ids = {ENV_IDS!r}\n"
+        "for env_id in ids:\n"
+        "    env = gym.make(env_id)\n"
+        "    _, info = env.reset(seed=0)\n"
+        "    legal = int(np.flatnonzero(info['action_mask'])[0])\n"
+        "    mask = info['action_mask']\n"
+        "    env.step(np.unravel_index(legal, mask.shape) if mask.ndim > 1 else legal)\n"
+        "assert not numba.np.ufunc.parallel._is_initialized  # no threading layer started\n"
+        "for env_id in ids:\n"
+        "    venv = gym.make_vec(env_id, num_envs=2, vectorization_mode='async')\n"
+        "    obs, info = venv.reset(seed=0)\n"
+        "    masks = info['action_mask'].reshape(2, -1)\n"
+        "    assert masks.any(axis=1).all()  # each env has a legal move\n"
+        "    venv.step(venv.action_space.sample())\n"
+        "    venv.close()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_serial_sampler_draws_the_same_instances():
+    from retroplan.envs import countdown as cd
+
+    for task, cfg in ((pathstar, pathstar.Config()), (graph, graph.Config(structure="balanced")),
+                      (graph, graph.Config()), (cd, cd.Config())):
+        indices = np.arange(5, 40)
+        parallel = task.sample_instances(cfg, 3, "train", indices)
+        serial = task.sample_instances(cfg, 3, "train", indices, serial=True)
+        assert parallel.keys() == serial.keys()
+        assert all(np.array_equal(parallel[k], serial[k]) for k in parallel)
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("retroplan/PathStar-v0", {}), ("retroplan/GraphPlan-v0", {"structure": "dead-ends"}),
+    ("retroplan/Countdown-v0", {"flat_actions": True}), ("retroplan/Countdown-v0", {}),
+])
+def test_action_masks_is_reachable_from_what_gym_make_returns(env_id, kwargs):
+    """MaskablePPO's convention on the object `gym.make` returns (sb3-contrib's
+    `get_action_masks` when it is installed, else the method it calls), and through a user's
+    own wrapper by `get_wrapper_attr`, as SB3's vector envs reach it."""
+    try:
+        from sb3_contrib.common.maskable.utils import get_action_masks
+    except ImportError:
+        def get_action_masks(env):
+            return env.action_masks()
+    env = gym.make(env_id, **kwargs)
+    _, info = env.reset(seed=1)
+    assert np.array_equal(get_action_masks(env), info["action_mask"]) and info["action_mask"].any()
+    mask = info["action_mask"]
+    legal = np.flatnonzero(mask)[0]
+    action = int(legal) if mask.ndim == 1 else np.unravel_index(legal, mask.shape)
+    info = env.step(action)[-1]
+    assert np.array_equal(env.action_masks(), info["action_mask"])
+    wrapped = gym.wrappers.RecordEpisodeStatistics(env)
+    assert np.array_equal(wrapped.get_wrapper_attr("action_masks")(), info["action_mask"])
+    with pytest.raises(gym.error.ResetNeeded):  # gym.make's own wrappers are still there
+        gym.make(env_id, **kwargs).step(action)

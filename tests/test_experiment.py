@@ -244,13 +244,13 @@ def test_a_matched_budget_study_with_a_mixture_gives_verdicts_curves_and_counts(
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["answer", "answer_fwdex", "answer_control", "answer_graph"])
 def test_the_answer_studies_run_end_to_end_at_smoke_size(tmp_path, name):
-    """experiments/answer*.toml with every variant, mixture and condition, shrunk to seconds and
-    3 seeds: the whole file passes `retroplan run`'s validation and runs to its verdicts."""
+    """retroplan/experiments/answer*.toml with every variant, mixture and condition, shrunk to
+    seconds and 3 seeds: the whole file passes `retroplan run`'s validation and runs to its verdicts."""
     import re
     import tomllib
     from pathlib import Path
 
-    text = (Path(__file__).parent.parent / "experiments" / f"{name}.toml").read_text()
+    text = (Path(__file__).parent.parent / "retroplan" / "experiments" / f"{name}.toml").read_text()
     exp = tomllib.loads(text)
     shrink = {"train": 150, "val": 12, "test": 16, "n_embd": 32, "steps": 6, "warmup_steps": 2,
               "checkpoint_every": 6, "curve_every": 3, "curve_examples": 8}

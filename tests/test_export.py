@@ -66,7 +66,7 @@ def test_datasets_loads_the_splits_with_their_names_sizes_and_rows(make_suite, t
     assert card["license"] == "mit" and prov["license"] == "MIT"
     assert (prov["task"], prov["variant"], prov["seed"]) == ("pathstar", "revfwd", 0)
     assert prov["config"] == suite.meta["config"] and prov["options"] == suite.meta["options"]
-    assert prov["suite_meta_sha256"] == suite.meta["meta_sha256"]
+    assert prov["suite_digest"] == suite.meta["meta_sha256"] and "suite_meta_sha256" not in prov
     assert prov["retroplan_version"] == suite.meta["retroplan_version"]
     assert {s: (v["name"], v["rows"]) for s, v in prov["splits"].items()} == {
         "train": ("train", 300), "val": ("validation", 40), "test": ("test", 60)}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from retroplan.cli import main
-from retroplan.experiment import load_experiment
+from retroplan.experiment import SHIPPED_DIR, load_experiment, shipped_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -51,12 +51,34 @@ def test_the_tour_is_parsed_into_commands():
     assert [c for c, gpu in commands if gpu] and not all(gpu for _, gpu in commands)
 
 
+def test_the_tours_experiments_ship_with_the_package(tmp_path, monkeypatch, capsys):
+    """`retroplan run quick` works from any folder: every experiment the README names is a file of
+    the package (declared as package data, so a wheel carries it), and `example` prints it."""
+    import tomllib
+
+    named = {shlex.split(c, comments=True)[2] for c, _ in tour_commands()
+             if shlex.split(c, comments=True)[1] == "run"}
+    assert named and named <= set(shipped_experiments())
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "experiments/*.toml" in package_data["retroplan"]
+    assert SHIPPED_DIR == ROOT / "retroplan" / "experiments"
+    assert not (ROOT / "experiments" / "quick.toml").exists()  # one copy of each file, no drift
+    monkeypatch.chdir(tmp_path)
+    assert main(["example", "quick"]) == 0
+    (tmp_path / "mine.toml").write_text(capsys.readouterr().out)
+    assert (tmp_path / "mine.toml").read_bytes() == (SHIPPED_DIR / "quick.toml").read_bytes()
+    assert load_experiment("mine.toml") == load_experiment("quick")
+    assert main(["run", "quik", "--out", "o"]) == 2
+    assert "experiment file quik does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     pytest.importorskip("transformers")
     pytest.importorskip("ray")
-    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    monkeypatch.chdir(tmp_path)
+    assert not any(tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)  # an empty folder, nothing linked: the package brings its experiments
     for command, gpu_sized in tour_commands():
         argv = shlex.split(command, comments=True)[1:]
         if gpu_sized:  # sized for a GPU: its file must load (every entry checked), not run here

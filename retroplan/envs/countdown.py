@@ -363,29 +363,47 @@ def solvable(nums, target, mask, vals, kid, need):
 def _sample(seed, stream, indices, salts, targets, n, lo, hi, mask, max_draws, numbers, target,
             plan, draws, abort):
     for k in prange(indices.shape[0]):
-        state = rng.new_state(seed, stream, indices[k], salts[k])
-        vals = np.empty((n, n), dtype=np.int64)
-        kid = np.empty(n, dtype=np.int64)
-        path = np.empty((n, 4), dtype=np.int64)
-        need = np.empty(8, dtype=np.int64)
-        t = targets[rng.randbelow(state, targets.shape[0])]
-        target[k] = t
-        count = 0
-        while True:
-            count += 1
-            for s in range(n):
-                numbers[k, s] = lo + rng.randbelow(state, hi - lo + 1)
-            # the fast check rejects most draws; the ordered search then finds SoS's first solution
-            if solvable(numbers[k], t, mask, vals, kid, need):
-                solutions(numbers[k], t, mask, True, plan[k], vals, kid, path)
-                break
-            # Give up on an unreachable target; `abort` (set by any instance that gives up)
-            # lets the rest of the batch stop early. It never changes a successful result.
-            if count >= max_draws or abort[0]:
-                abort[0] = 1
-                count = -1
-                break
-        draws[k] = count
+        _sample_at(k, seed, stream, indices, salts, targets, n, lo, hi, mask, max_draws, numbers,
+                   target, plan, draws, abort)
+
+
+# The same draws on the calling thread, for the Gymnasium env (rl.sample_one): no parallel
+# kernel, so no OpenMP runtime starts in a process that may fork vector envs later.
+@njit(cache=True)
+def _sample_serial(seed, stream, indices, salts, targets, n, lo, hi, mask, max_draws, numbers, target,
+                   plan, draws, abort):
+    for k in range(indices.shape[0]):
+        _sample_at(k, seed, stream, indices, salts, targets, n, lo, hi, mask, max_draws, numbers,
+                   target, plan, draws, abort)
+
+
+@njit(cache=True)
+def _sample_at(k, seed, stream, indices, salts, targets, n, lo, hi, mask, max_draws, numbers, target,
+               plan, draws, abort):
+    """Instance k of the batch: inputs redrawn until solvable (draws[k] = -1 when it gave up)."""
+    state = rng.new_state(seed, stream, indices[k], salts[k])
+    vals = np.empty((n, n), dtype=np.int64)
+    kid = np.empty(n, dtype=np.int64)
+    path = np.empty((n, 4), dtype=np.int64)
+    need = np.empty(8, dtype=np.int64)
+    t = targets[rng.randbelow(state, targets.shape[0])]
+    target[k] = t
+    count = 0
+    while True:
+        count += 1
+        for s in range(n):
+            numbers[k, s] = lo + rng.randbelow(state, hi - lo + 1)
+        # the fast check rejects most draws; the ordered search then finds SoS's first solution
+        if solvable(numbers[k], t, mask, vals, kid, need):
+            solutions(numbers[k], t, mask, True, plan[k], vals, kid, path)
+            break
+        # Give up on an unreachable target; `abort` (set by any instance that gives up)
+        # lets the rest of the batch stop early. It never changes a successful result.
+        if count >= max_draws or abort[0]:
+            abort[0] = 1
+            count = -1
+            break
+    draws[k] = count
 
 
 @njit(cache=True, parallel=True)
@@ -575,8 +593,9 @@ def backward_questions(cfg: Config, batch: dict) -> dict:
 
 
 def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
-                     salts: np.ndarray | None = None) -> dict:
-    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
+                     salts: np.ndarray | None = None, serial: bool = False) -> dict:
+    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup); `serial`
+    draws on the calling thread (the same instances; what the Gymnasium env uses)."""
     indices = np.ascontiguousarray(indices, dtype=np.int64)
     n = indices.shape[0]
     salts = np.zeros(n, dtype=np.int64) if salts is None else np.ascontiguousarray(salts, np.int64)
@@ -597,7 +616,8 @@ def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
             f"{split}; use at least 10 targets or give {split} size 0.")
     abort = np.zeros(1, dtype=np.int64)
     stream = rng.stream_key(rng.STREAM_INSTANCE, split)
-    _sample(np.uint64(seed), stream, indices, salts, targets, k, cfg.min_input,
+    kernel = _sample_serial if serial else _sample
+    kernel(np.uint64(seed), stream, indices, salts, targets, k, cfg.min_input,
             cfg.max_input, ops_mask(cfg), MAX_DRAWS, batch["numbers"], batch["target"],
             batch["plan"], batch["draws"], abort)
     if abort[0]:

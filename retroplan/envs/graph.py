@@ -382,50 +382,69 @@ def _pick_goal(state, dist, live, dmin, dmax):
 @njit(cache=True, parallel=True)
 def _sample(structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, lmax, edges, start,
             goal, plan, plan_len):
-    """Every structure's instances: up to _ATTEMPTS draws each (plan_len 0 when all fail)."""
-    n_edges = n * k
     for idx in prange(indices.shape[0]):
-        plan_len[idx] = 0
-        if structure == _DEAD_ENDS and (n_dead < k + 1 or n - n_dead < 2):
-            continue  # does not fit (validate() rules this out)
-        raw = np.empty((n_edges, 2), dtype=np.int32)
-        live = np.ones(n, dtype=np.bool_)
-        labels = np.arange(n, dtype=np.int32)  # the node labels, for draws among all nodes
-        for attempt in range(_ATTEMPTS):
-            state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
-            if structure == _BALANCED:
-                s, g, look, d = _draw_balanced(state, n, k, dmin, dmax, lmax, labels, raw)
-                # the construction guarantees d and the lookahead; checked so that no instance
-                # can break them
-                if (s < 0 or digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)[g] != d
-                        or digraph.lookahead(raw, s, g, n) != look):
-                    continue
+        _sample_at(idx, structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, lmax, edges,
+                   start, goal, plan, plan_len)
+
+
+# The same draws on the calling thread, for the Gymnasium env (rl.sample_one): no parallel
+# kernel, so no OpenMP runtime starts in a process that may fork vector envs later.
+@njit(cache=True)
+def _sample_serial(structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, lmax, edges,
+                   start, goal, plan, plan_len):
+    for idx in range(indices.shape[0]):
+        _sample_at(idx, structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, lmax, edges,
+                   start, goal, plan, plan_len)
+
+
+@njit(cache=True)
+def _sample_at(idx, structure, seed, stream, indices, salts, n, k, dmin, dmax, n_dead, lmax, edges,
+               start, goal, plan, plan_len):
+    """Instance idx of the batch, any structure: up to _ATTEMPTS draws (plan_len 0 when all fail)."""
+    n_edges = n * k
+    plan_len[idx] = 0
+    if structure == _DEAD_ENDS and (n_dead < k + 1 or n - n_dead < 2):
+        return  # does not fit (validate() rules this out)
+    raw = np.empty((n_edges, 2), dtype=np.int32)
+    live = np.ones(n, dtype=np.bool_)
+    labels = np.arange(n, dtype=np.int32)  # the node labels, for draws among all nodes
+    for attempt in range(_ATTEMPTS):
+        state = rng.new_state(seed, stream, indices[idx], salts[idx] * _ATTEMPTS + attempt)
+        if structure == _BALANCED:
+            s, g, look, d = _draw_balanced(state, n, k, dmin, dmax, lmax, labels, raw)
+            # the construction guarantees d and the lookahead; checked so that no instance
+            # can break them
+            if (s < 0 or digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n)[g] != d
+                    or digraph.lookahead(raw, s, g, n) != look):
+                continue
+        else:
+            if structure == _DEAD_ENDS:
+                order = _draw_dead_ends(state, n, k, n_dead, labels, raw, live)
+                s = order[n_dead + rng.randbelow(state, n - n_dead)]
             else:
-                if structure == _DEAD_ENDS:
-                    order = _draw_dead_ends(state, n, k, n_dead, labels, raw, live)
-                    s = order[n_dead + rng.randbelow(state, n - n_dead)]
-                else:
-                    _draw(state, n, k, labels, raw)
-                    s = rng.randbelow(state, n)
-                g = _pick_goal(state, digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n), live, dmin, dmax)
-                if g < 0:
-                    continue
-            start[idx] = s
-            goal[idx] = g
-            plan_len[idx] = _emit(state, raw, s, g, n, edges[idx], plan[idx])
-            break
+                _draw(state, n, k, labels, raw)
+                s = rng.randbelow(state, n)
+            g = _pick_goal(state, digraph.bfs_distances(raw[:, 0], raw[:, 1], s, n), live, dmin, dmax)
+            if g < 0:
+                continue
+        start[idx] = s
+        goal[idx] = g
+        plan_len[idx] = _emit(state, raw, s, g, n, edges[idx], plan[idx])
+        break
 
 
 def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
-                     salts: np.ndarray | None = None) -> dict:
-    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
+                     salts: np.ndarray | None = None, serial: bool = False) -> dict:
+    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup); `serial`
+    draws on the calling thread (the same instances; what the Gymnasium env uses)."""
     indices, salts, batch = digraph.empty_batch(indices, salts, num_edges(cfg), cfg.max_distance + 1)
     n = indices.shape[0]
     out = (batch["edges"], batch["start"], batch["goal"], batch["plan"], batch["plan_len"])
     stream = rng.stream_key(rng.STREAM_INSTANCE, split)
     n_dead = dead_nodes(cfg) if cfg.structure == "dead-ends" else 0
     lmax = lookahead_max(cfg) if cfg.structure == "balanced" else 0
-    _sample(STRUCTURES.index(cfg.structure), np.uint64(seed), stream, indices, salts, cfg.num_nodes,
+    kernel = _sample_serial if serial else _sample
+    kernel(STRUCTURES.index(cfg.structure), np.uint64(seed), stream, indices, salts, cfg.num_nodes,
             cfg.out_degree, cfg.min_distance, cfg.max_distance, n_dead, lmax, *out)
     if n and batch["plan_len"].min() == 0:
         where = " (its live part)" if cfg.structure == "dead-ends" else ""

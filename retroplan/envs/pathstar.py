@@ -95,43 +95,59 @@ def split_summary(cfg: Config, instances: dict) -> str | None:
 
 @njit(cache=True, parallel=True)
 def _sample(seed, stream, indices, salts, degree, path_len, num_nodes, edges, start, goal, plan):
+    for k in prange(indices.shape[0]):
+        _sample_at(k, seed, stream, indices, salts, degree, path_len, num_nodes, edges, start, goal, plan)
+
+
+# The same draws on the calling thread, for the Gymnasium env (rl.sample_one): no parallel
+# kernel, so no OpenMP runtime starts in a process that may fork vector envs later.
+@njit(cache=True)
+def _sample_serial(seed, stream, indices, salts, degree, path_len, num_nodes, edges, start, goal, plan):
+    for k in range(indices.shape[0]):
+        _sample_at(k, seed, stream, indices, salts, degree, path_len, num_nodes, edges, start, goal, plan)
+
+
+@njit(cache=True)
+def _sample_at(k, seed, stream, indices, salts, degree, path_len, num_nodes, edges, start, goal, plan):
+    """Instance k of the batch."""
     arm_len = path_len - 1
     n_edges = degree * arm_len
-    for k in prange(indices.shape[0]):
-        state = rng.new_state(seed, stream, indices[k], salts[k])
-        labels = np.arange(num_nodes, dtype=np.int32)
-        for i in range(n_edges + 1):  # partial Fisher-Yates: labels without replacement
-            j = i + rng.randbelow(state, num_nodes - i)
-            t = labels[i]
-            labels[i] = labels[j]
-            labels[j] = t
-        order = np.arange(n_edges, dtype=np.int32)
-        rng.shuffle(state, order)
-        centre = labels[0]
-        e = 0
-        for a in range(degree):
-            prev = centre
-            for j in range(arm_len):
-                node = labels[1 + a * arm_len + j]
-                edges[k, order[e], 0] = prev
-                edges[k, order[e], 1] = node
-                e += 1
-                prev = node
-        g = rng.randbelow(state, degree)
-        start[k] = centre
-        plan[k, 0] = centre
+    state = rng.new_state(seed, stream, indices[k], salts[k])
+    labels = np.arange(num_nodes, dtype=np.int32)
+    for i in range(n_edges + 1):  # partial Fisher-Yates: labels without replacement
+        j = i + rng.randbelow(state, num_nodes - i)
+        t = labels[i]
+        labels[i] = labels[j]
+        labels[j] = t
+    order = np.arange(n_edges, dtype=np.int32)
+    rng.shuffle(state, order)
+    centre = labels[0]
+    e = 0
+    for a in range(degree):
+        prev = centre
         for j in range(arm_len):
-            plan[k, 1 + j] = labels[1 + g * arm_len + j]
-        goal[k] = plan[k, arm_len]
+            node = labels[1 + a * arm_len + j]
+            edges[k, order[e], 0] = prev
+            edges[k, order[e], 1] = node
+            e += 1
+            prev = node
+    g = rng.randbelow(state, degree)
+    start[k] = centre
+    plan[k, 0] = centre
+    for j in range(arm_len):
+        plan[k, 1 + j] = labels[1 + g * arm_len + j]
+    goal[k] = plan[k, arm_len]
 
 
 def sample_instances(cfg: Config, seed: int, split: str, indices: np.ndarray,
-                     salts: np.ndarray | None = None) -> dict:
-    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup)."""
+                     salts: np.ndarray | None = None, serial: bool = False) -> dict:
+    """Instances `indices` of (`seed`, `split`); `salts` redraws chosen ones (dedup); `serial`
+    draws on the calling thread (the same instances; what the Gymnasium env uses)."""
     indices, salts, batch = digraph.empty_batch(indices, salts, num_edges(cfg), cfg.path_len)
     batch["plan_len"][:] = cfg.path_len  # every plan runs from the centre to a leaf
     stream = rng.stream_key(rng.STREAM_INSTANCE, split)
-    _sample(np.uint64(seed), stream, indices, salts, cfg.degree, cfg.path_len,
+    kernel = _sample_serial if serial else _sample
+    kernel(np.uint64(seed), stream, indices, salts, cfg.degree, cfg.path_len,
             cfg.num_nodes, batch["edges"], batch["start"], batch["goal"], batch["plan"])
     return batch
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
-import numba
 import numpy as np
 
 from ..errors import require
@@ -41,25 +40,42 @@ def check_options(illegal: str, illegal_penalty: float, max_steps: int | None) -
             f"max_steps must be a positive integer (or None for the task's default), got {max_steps!r}.")
 
 
+class ActionMasks(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """The outermost wrapper of what `gymnasium.make` returns: it forwards `action_masks()`
+    (MaskablePPO's convention), which gymnasium 1.x wrappers do not forward. Through wrappers
+    of your own, `env.get_wrapper_attr("action_masks")()` reaches it (what SB3's vector envs call)."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def action_masks(self) -> np.ndarray:
+        return self.env.get_wrapper_attr("action_masks")()
+
+
 def entry_point(env_class: type[gym.Env]):
-    """A task's registered Gymnasium entry point (`make_env`): `env_class(**kwargs)` in a
-    `TimeLimit` of its own `max_steps`."""
+    """A task's registered Gymnasium entry point (`make_env`): `env_class(**kwargs)` in the
+    wrappers `gymnasium.make` would add, in its order (the passive env checker, order
+    enforcing), a `TimeLimit` of the env's own `max_steps`, and `ActionMasks` outermost. The ids
+    are registered with `order_enforce=False, disable_env_checker=True` (retroplan/__init__.py)
+    so that `make` adds none of them again outside `ActionMasks`."""
 
     def make_env(**kwargs) -> gym.Env:
         env = env_class(**kwargs)
-        return gym.wrappers.TimeLimit(env, env.max_steps)
+        max_steps = env.max_steps
+        env = gym.wrappers.OrderEnforcing(gym.wrappers.PassiveEnvChecker(env))
+        return ActionMasks(gym.wrappers.TimeLimit(env, max_steps))
 
-    make_env.__doc__ = f"`{env_class.__module__}.Env(**kwargs)` in a TimeLimit of its max_steps."
+    make_env.__doc__ = (f"`{env_class.__module__}.Env(**kwargs)` in a TimeLimit of its max_steps, "
+                        "`action_masks()` on the outermost wrapper.")
     return make_env
 
 
 def sample_one(task, cfg, seed: int) -> dict:
-    """Instance 0 of the `env` split for `seed`, sampled on the calling thread: for one instance a
-    parallel launch costs more than the sampling (measured: 0.1 ms on one thread against 1 to 15
-    ms with two threads on a busy machine). An instance never depends on the thread count."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return task.sample_instances(cfg, seed, "env", np.arange(1))
-    finally:
-        numba.set_num_threads(previous)
+    """Instance 0 of the `env` split for `seed`, sampled on the calling thread by the task's serial
+    kernel (`serial=True`: the same instance). No parallel kernel runs in an env, so using one
+    starts no OpenMP runtime: GNU OpenMP aborts a process that forks after starting it, and
+    `gymnasium.make_vec(..., vectorization_mode="async")` forks. (For one instance a parallel
+    launch also costs more than the sampling: 0.1 ms on one thread against 1 to 15 ms with two
+    threads on a busy machine.)"""
+    return task.sample_instances(cfg, seed, "env", np.arange(1), serial=True)

@@ -43,10 +43,14 @@ in SoS); the other variants answer with the oracle's plan.
 Vocabulary: one token per integer 0..999 and a group separator `_`: a number >= 1000 is written
 in base-1000 groups, most significant first (9504 -> `9 _ 504`, 1000005 -> `1 _ 0 _ 5`), so
 every integer an instance can produce has exactly one spelling with 1,000 number tokens.
+Text written the usual way reads too (`text_words`, `parse_text`: what `eval-hf` and outside
+scorers judge): `86 * 29 = 2494` is `86 * 29 = 2 _ 494`, and words need no spaces between them
+(`99-96=3, 63/3=21`, the exported `solution` strings).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -67,6 +71,7 @@ _WORDS = ["<pad>", "<bos>", "<eos>", "+", "*", "-", "/", "=", ",", ";", ":", "->
 (PAD, BOS, EOS, PLUS, TIMES, MINUS, SLASH, EQ, COMMA, SEMI, COLON, ARROW, QMARK, GROUP, AT, TRY, GO, BACK,
  GOAL, DEAD, NONE, BQ, BR, T_OPEN, T_CLOSE) = range(len(_WORDS))
 STRUCTURE = _WORDS + MIX_TOKENS   # then the numbers
+EOS_WORD = _WORDS[EOS]
 OP0 = PLUS            # token of operation code op is OP0 + op (the order of cd.OP_SYMBOLS)
 NUM0 = len(STRUCTURE)
 NUMBER_TOKENS = 1000  # integers 0..999; larger ones in base-1000 groups
@@ -755,6 +760,54 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
         return CountdownParsed(plan)
     except _ParseError as exc:
         return CountdownParsed(None, error=str(exc))
+
+
+# --------------------------------------------------------------------------- text written the usual way
+
+# One word of a text: a run of digits, `->`, a bracketed word (`<eos>`, `</T>`, `[bq]`), a run of
+# letters, or any other single character (`+ - * / = , ; : ? _`).
+_TEXT_WORD = re.compile(r"[0-9]+|->|<[^<>\s]*>|\[[^\[\]\s]*\]|[A-Za-z]+|\S")
+
+
+def spell_number(value: int) -> list[str]:
+    """The grammar's words for a non-negative integer: itself below 1,000, else its base-1000
+    groups, most significant first (2494 -> `2 _ 494`), as the writer spells it."""
+    groups = [value % NUMBER_TOKENS]  # least significant first
+    while value >= NUMBER_TOKENS:
+        value //= NUMBER_TOKENS
+        groups.append(value % NUMBER_TOKENS)
+    words = [str(groups[-1])]
+    for group in reversed(groups[:-1]):
+        words += ["_", str(group)]
+    return words
+
+
+def text_words(text: str) -> list[str]:
+    """The grammar's words of a text written the usual way: words need no spaces between them
+    (`99-96=3,`) and a plain integer of any size is one number (`2494` -> `2 _ 494`). The
+    suite's own spelling reads unchanged. A number written with a leading zero (`007`) is kept
+    as written: it is no number of this grammar, so the text does not parse."""
+    words = []
+    for word in _TEXT_WORD.findall(text):
+        if word[0] in "0123456789" and (word == "0" or word[0] != "0"):
+            words += spell_number(int(word))
+        else:
+            words.append(word)
+    return words
+
+
+def parse_text(variant: str, text: str, vocab: Vocab) -> Parsed:
+    """`parse` of a completion written as text the usual way (`text_words`), for scorers that
+    hold text, not token ids: `parse_text("optimal", "86*29=2494, 2494-2470=24", vocab)`. The
+    text ends where it ends (an `<eos>` is added when it has none). A word outside the
+    vocabulary is a parse failure that names it."""
+    words = text_words(text)
+    unknown = [w for w in words if w not in vocab.ids]
+    if unknown:
+        return CountdownParsed(None, error=f"the word {unknown[0]!r} is not in the suite's vocabulary")
+    if EOS_WORD not in words:
+        words.append(EOS_WORD)
+    return parse(variant, [vocab.ids[w] for w in words], vocab)
 
 
 def eval_prefix(variant: str, mode: str, instances: dict, i: int, vocab: Vocab) -> list[int]:

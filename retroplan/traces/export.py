@@ -219,7 +219,7 @@ def provenance(suite, fmt: str, split: str | None, limit: int, counts: dict[str,
         "vocabulary": {"size": len(meta["vocab"]), "file": VOCAB_FILE},
         "retroplan_version": meta.get("retroplan_version"),
         "exported_by": f"retroplan {__version__}",
-        "suite_meta_sha256": meta.get("meta_sha256"),
+        "suite_digest": meta.get("meta_sha256"),  # = run.json's and metrics.json's suite_digest
         "license": LICENSE,
         "regenerate": regenerate_commands(suite, fmt, split, limit, out),
     }
@@ -315,7 +315,7 @@ def dataset_card(prov: dict, columns: list[str], features: dict[str, Features] |
         f"under the {LICENSE} licence of the retroplan project. Every row is a pure function of "
         "the task config, the trace variant and options, the seed, the split and the instance "
         "index; the suite it came from has `meta_sha256` "
-        f"`{prov['suite_meta_sha256']}`.",
+        f"`{prov['suite_digest']}` (`suite_digest` in a retroplan run.json or metrics.json).",
         "",
         *rows,
         "",
