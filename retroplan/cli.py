@@ -357,6 +357,9 @@ def _print_eval_summary(m: dict) -> None:
                   f"states {val('states_expanded', 'mean')}")
     for name, v in m.get("sampling", {}).items():
         print(f"  {name}: {v['value']:.3f} (n={v['n']})")
+    if "pass_at_k" in m:
+        print("  pass@k, k = 1.." + str(m["pass_at_k"]["samples"]) + ": "
+              + " ".join(f"{v:.3f}" for v in m["pass_at_k"]["value"]))
     print(f"  wrote {m['eval_dir']}")
 
 

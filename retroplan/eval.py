@@ -28,12 +28,13 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 from .batching import IGNORE, collate
-from .decoding import TIPPenalty, pass_at_k
+from .decoding import TIPPenalty
 from .device import resolve_device
 from .errors import require, require_field_types
 from .fsutil import atomic_path, json_line, path_for, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
+from .passk import pass_at_k, pass_at_k_curve
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
@@ -373,6 +374,7 @@ def judge_completions(suite: Suite, split, rows, completions: dict, samples: int
                                                            [t["correct"] for t in streams])
     if samples > 1:
         metrics["sampling"] = _sampling_block(records, samples)
+        metrics["pass_at_k"] = pass_at_k_curve(records)  # every k = 1..samples (passk.py)
     return records, metrics
 
 
