@@ -53,13 +53,18 @@ def prompt_index(suite: Suite) -> dict[str, tuple[str, int]]:
     return index
 
 
-def verified_reward(suite: str | os.PathLike | Suite, shaped: bool = False):
+def verified_reward(suite: str | os.PathLike | Suite, tokenizer=None, shaped: bool = False):
     """A reward function with TRL's `reward_funcs` signature, `(prompts, completions, **kwargs)
     -> list[float]`: each completion (text) judged for the instance whose prompt is the last
     line of its prompt (few-shot examples may come before), exactly as `retroplan eval-hf`
     judges text (`eval_hf.judge_text`: words up to the first newline and `<eos>`, mapped
     through the suite's vocabulary, parsed by the grammar, replayed in the environment).
-    A prompt that is no prompt of the suite is an error naming it. `shaped`: the shaped reward."""
+    A prompt that is no prompt of the suite is an error naming it. `shaped`: the shaped reward.
+
+    TRL decodes completions with `skip_special_tokens=True`: where `<eos>` is a special token
+    of the model's tokenizer it is gone from the text, and a finished plan would read as
+    unfinished. Given that `tokenizer`, the reward decodes the `completion_ids` TRL passes
+    with the special tokens kept instead."""
     from .eval_hf import judge_text  # text judging lives with eval-hf (no transformers import)
 
     suite = suite if isinstance(suite, Suite) else open_suite(suite)
@@ -67,7 +72,11 @@ def verified_reward(suite: str | os.PathLike | Suite, shaped: bool = False):
     kind = "shaped" if shaped else "verified"
     splits = {}
 
-    def reward(prompts, completions, **kwargs) -> list[float]:
+    def reward(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        if tokenizer is not None and completion_ids is not None:
+            completions = tokenizer.batch_decode([list(ids) for ids in completion_ids],
+                                                 skip_special_tokens=False,
+                                                 clean_up_tokenization_spaces=False)
         out = []
         for prompt, completion in zip(prompts, completions):
             prompt, completion = _text(prompt), _text(completion)
