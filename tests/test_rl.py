@@ -151,6 +151,11 @@ def test_rl_refuses_bad_input_in_one_sentence(stream_run, tmp_path, make_suite):
         rl(tmp_path / "nothing", tmp_path / "out", RLConfig(steps=1, device="cpu"), progress=False)
     with pytest.raises(UserError, match="cannot resume .* it is not a run"):
         rl(stream_run, tmp_path / "new", RLConfig(steps=1, device="cpu"), resume=True, progress=False)
+    rl(stream_run, tmp_path / "rl", RLConfig(steps=1, prompts_per_step=2, group_size=2, device="cpu"),
+       progress=False)
+    with pytest.raises(UserError, match="it is an RL run; continue it with retroplan rl"):
+        train(checkpoint.run_suite(stream_run, checkpoint.read_run(stream_run)), tmp_path / "rl",
+              TrainConfig(preset="tiny", steps=41, batch_size=16, log_every=10, device="cpu"), resume=True)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(UserError, match="exists and is not empty"):
