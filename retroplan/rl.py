@@ -276,6 +276,9 @@ def rl(run: str | os.PathLike | None, out: str | os.PathLike, cfg: RLConfig, res
         require(run is None or Path(run).resolve() == parent.resolve(),
                 f"cannot resume {out} from {run}: it was started from {parent}.")
         parent_step = int(description["parent_step"])
+        if description["rl"].get("steps") != cfg.steps:  # continued to another length: say so
+            description = dict(description, rl=dict(description["rl"], steps=cfg.steps))
+            write_json(out / "run.json", description)
     else:
         require(not resume, f"cannot resume {out}: it is not a run (it has no run.json).")
         require(run is not None, "rl needs the run to start from (retroplan rl RUN --out RL_RUN).")

@@ -170,5 +170,54 @@ def test_the_rl_command(stream_run, tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["rl"]["reward"] == "shaped"
     assert main(["rl", "--out", str(out), "--resume", "--steps", "3"]) == 0  # settings from run.json
     assert json.loads((out / "final.json").read_text())["steps"] == 3
+    assert json.loads((out / "run.json").read_text())["rl"]["steps"] == 3
     assert main(["rl", str(stream_run), "--out", str(tmp_path / "x"), "--reward", "nope"]) == 2
     assert "rl reward must be one of" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- [rl] in a study
+
+
+def test_the_elicit_study_gives_every_run_an_rl_stage_at_smoke_size(tmp_path):
+    """experiments/elicit_pathstar.toml, shrunk with --set overrides to seconds: every SFT run
+    gets a RUN-rl folder, the report a before/after table, the stream behaviour and a verdict per
+    variant against the baseline; a second run reuses everything."""
+    from pathlib import Path
+
+    from retroplan.experiment import run_experiment
+
+    toml = Path(__file__).parent.parent / "experiments" / "elicit_pathstar.toml"
+    small = ["seeds=[0]", "train.steps=20", "sizes.train=120", "sizes.val=8", "sizes.test=10",
+             "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.samples=2"]
+    out = tmp_path / "study"
+    report = run_experiment(toml, out, progress=False, overrides=small).read_text()
+    for variant in ("optimal", "stream", "optimal+reverse"):
+        rl_dir = out / "runs" / f"degree2-{variant}-s0-rl"
+        assert json.loads((rl_dir / "final.json").read_text())["steps"] == 2
+        assert (rl_dir / "eval-rl-sampled" / "metrics.json").is_file()
+        assert f"| {variant} | 1 | " in report
+    assert "## RL: what GRPO with the verified reward elicits" in report
+    assert "| pass@2 SFT | pass@2 SFT+RL | Δpass@2" in report
+    assert "backtracks per trace" in report and "Does a variant's SFT leave more" in report
+    assert (out / "rl_passk.png").is_file()
+    log = (out / "runs" / "degree2-stream-s0-rl" / "rl_log.jsonl").read_bytes()
+    again = run_experiment(toml, out, progress=False, overrides=small).read_text()
+
+    def rl_section(text):
+        return text[text.index("## RL"): text.index("## Figures")]
+    assert rl_section(again) == rl_section(report)
+    assert (out / "runs" / "degree2-stream-s0-rl" / "rl_log.jsonl").read_bytes() == log
+
+
+def test_a_bad_rl_table_is_one_sentence(tmp_path):
+    from pathlib import Path
+
+    from retroplan.experiment import load_experiment
+
+    toml = Path(__file__).parent.parent / "experiments" / "elicit_pathstar.toml"
+    with pytest.raises(UserError, match="unknown rl setting 'stepz'"):
+        load_experiment(toml, ["rl.stepz=3"])
+    with pytest.raises(UserError, match="samples must be an integer of at least 2"):
+        load_experiment(toml, ["rl.samples=1"])
+    with pytest.raises(UserError, match="rl reward must be one of"):
+        load_experiment(toml, ['rl.reward="x"'])
