@@ -28,12 +28,14 @@ def _add_dataclass_flags(parser, cls, prefix: str = "", skip=()) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
                                                          "bool": bool}.get(str(f.type), str)
+        what = getattr(cls, "HELP", {}).get(f.name, "")  # a config may say what each field does
+        text = f"{what} (default {f.default})" if what else f"(default {f.default})"
         if kind is bool:
             parser.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=f"(default {f.default})")
+                                default=None, help=text)
         else:
             parser.add_argument(flag, dest=prefix + f.name, type=kind, default=None,
-                                metavar=f.name.upper(), help=f"(default {f.default})")
+                                metavar=f.name.upper(), help=text)
 
 
 def _given(args, cls, prefix: str = "", skip=()) -> dict:
@@ -156,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("--out", default=None,
                     help="folder for metrics.json and records.jsonl (default: see above)")
     _add_dataclass_flags(hf, HFEvalConfig)
+
+    from .rl import RLConfig
+
+    rlp = sub.add_parser(
+        "rl", help="reinforcement learning of a trained run with the verifier's reward (GRPO)",
+        description="GRPO fine-tuning of a run's latest checkpoint on its suite's train prompts: groups "
+                    "of sampled completions, each rewarded by the task's own verifier (parse, replay), "
+                    "group-relative advantages, the clipped ratio and a KL penalty to the run itself. "
+                    "--out is a new run folder (run.json names its parent); eval, probe and show-trace "
+                    "work on it. --resume continues it with the settings it was started with.")
+    rlp.add_argument("run", nargs="?", default=None, help="the trained run to start from (with --resume: "
+                                                           "optional, read from --out's run.json)")
+    rlp.add_argument("--out", required=True, help="new run folder for the RL run")
+    rlp.add_argument("--resume", action="store_true", help="continue the RL run in --out")
+    _add_dataclass_flags(rlp, RLConfig)
 
     r = sub.add_parser("run", help="run a TOML experiment end to end (resumable)")
     r.add_argument("experiment", help="a TOML experiment file, or the name of a shipped one "
@@ -408,7 +425,26 @@ def _print_eval_summary(m: dict) -> None:
                   f"states {val('states_expanded', 'mean')}")
     for name, v in m.get("sampling", {}).items():
         print(f"  {name}: {v['value']:.3f} (n={v['n']} instances)")
+    if "pass_at_k" in m:
+        print("  pass@k, k = 1.." + str(m["pass_at_k"]["samples"]) + ": "
+              + " ".join(f"{v:.3f}" for v in m["pass_at_k"]["value"]))
     print(f"  wrote {m['eval_dir']}")
+
+
+def _rl(args) -> None:
+    from .fsutil import terminate_as_exit
+    from .rl import RLConfig, rl, rl_settings_from
+
+    given = _given(args, RLConfig)
+    if args.resume and (Path(args.out) / "run.json").is_file():  # the run's own settings first
+        given = {**rl_settings_from(Path(args.out)), **given}
+    cfg = RLConfig.from_dict(given)
+    with terminate_as_exit():  # a `kill` removes the temporaries of a checkpoint being written
+        summary = rl(args.run, args.out, cfg, resume=args.resume)
+    last = summary.get("last") or {}
+    print(f"rl {args.out}: {summary['steps']} steps, last step reward {last.get('reward_mean', 'n/a')}, "
+          f"pass rate {last.get('pass_rate', 'n/a')}, KL {last.get('kl', 'n/a')}, "
+          f"{summary['rl_seconds']:.1f}s on {summary['device']}")
 
 
 def _run(args) -> None:
@@ -505,7 +541,7 @@ def _sweep_tip(args) -> None:
 COMMANDS = {"generate": _generate, "inspect": _inspect, "export": _export,
             "export-model": _export_model, "train": _train,
             "eval": _eval, "eval-hf": _eval_hf, "run": _run, "merge-shards": _merge_shards,
-            "show-trace": _show_trace, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list,
+            "show-trace": _show_trace, "rl": _rl, "sweep-tip": _sweep_tip, "probe": _probe, "list": _list,
             "example": _example, "plot": _plot}
 
 

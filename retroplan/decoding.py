@@ -1,4 +1,4 @@
-"""Decoding options beyond greedy: the thought-switch penalty (TIP) and pass@k.
+"""Decoding options beyond greedy: the thought-switch penalty (TIP); pass@k lives in passk.py.
 
 TIP (Wang et al. 2025, adapted to exact streams): subtract `alpha` from the logits of the
 thought-switch tokens while fewer than `beta` moves have been made in the current thought,
@@ -8,9 +8,9 @@ penalises only when the current state can still reach the goal (R = 1).
 
 from __future__ import annotations
 
-from math import comb
-
 import torch
+
+from .passk import pass_at_k  # noqa: F401  (re-exported: its old home)
 
 
 class TIPPenalty:
@@ -39,9 +39,3 @@ class TIPPenalty:
                 logits[idx, tok] -= self.alpha
         return logits
 
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)

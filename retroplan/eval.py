@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 from .batching import IGNORE, collate
-from .decoding import TIPPenalty, pass_at_k
+from .decoding import TIPPenalty
 from .device import resolve_device
 from .errors import require, require_field_types, require_seed
 from .fsutil import atomic_path, json_line, path_for, refuse_foreign_output, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
 from .models.gpt import row_generators
+from .passk import pass_at_k, pass_at_k_curve
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
@@ -478,6 +479,7 @@ def judge_completions(suite: Suite, split, rows, completions: dict, samples: int
                                                            [t["correct"] for t in streams])
     if samples > 1:
         metrics["sampling"] = _sampling_block(records, samples)
+        metrics["pass_at_k"] = pass_at_k_curve(records)  # every k = 1..samples (passk.py)
     return records, metrics
 
 

@@ -47,6 +47,7 @@ from .eval import EvalConfig, evaluate, identity, metrics_current
 from .fsutil import LOCK_NAME, hold_lock, path_for, sha256_file, write_bytes, write_json, write_text
 from .metrics import flatten_behaviour
 from .probe import check_probe_section, probe_study
+from .rl_study import check_rl_section, rl_study
 from .runner import check_runner, run_pieces
 from .stats import mean_ci, rate_ci, wilson
 from .study import MARGIN, verdict_lines, verdict_table
@@ -55,7 +56,7 @@ from .traces.suite import SuiteSpec, generate_suite, open_suite, shortest_prompt
 from .train import MACHINE_SETTINGS, TrainConfig, plan_steps, resolve_precision, train
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
-             "train", "eval", "study", "probe"}
+             "train", "eval", "study", "probe", "rl"}
 _STUDY_KEYS = {"baseline", "budget", "margin"}
 # what a study may hold equal between each variant and its baseline -> the run's counter
 BUDGETS = {"steps": "steps", "examples": "examples_seen", "forward_examples": "forward_examples",
@@ -246,6 +247,10 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | tuple[str, .
                          if "probe" in exp else None)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
+    try:  # [rl]: a GRPO stage for every run after it is evaluated (rl_study.py)
+        exp["_rl"] = check_rl_section(exp["rl"]) if "rl" in exp else None
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     # the devices asked for must exist here: found now, not after the first suite is generated
     try:
         for cfg in [exp["_train"], *exp["_train_by_piece"].values()]:
@@ -293,9 +298,10 @@ def _check_context(exp: dict, path) -> None:
 # rounding, but they do change that: another device, compiled kernels or another CPU thread
 # count sum in another order, so the weights (and through them a close call) may differ in the
 # last bits; a study compared byte for byte keeps them fixed (docs/RELIABILITY.md section 1).
-# [probe] only analyses the finished runs; each probe's
-# result records its own settings and is redone when they change.
-NO_RESULT_KEYS = {"": ("name", "description", "probe"), "train": MACHINE_SETTINGS,
+# [probe] only analyses the finished runs; each probe's result records its own settings and is
+# redone when they change. [rl] too adds a stage after the finished runs (RUN-rl folders; `rl`
+# refuses to continue one with other settings).
+NO_RESULT_KEYS = {"": ("name", "description", "probe", "rl"), "train": MACHINE_SETTINGS,
                   "eval": ("device", "batch_size"), "study": ("margin",)}
 
 
@@ -588,6 +594,17 @@ def _run_locked(path, out: Path, exp: dict, source: bytes, overrides: list[str],
                 heading=f"Probes: {label}" if several else "Probes")
             figures += probe_figures
             sections += probe_lines
+    if exp["_rl"]:  # an RL stage of every run, before/after table and verdict (rl_study.py)
+        for label in exp["_labels"]:
+            run_dirs = {v: {seed: out / "runs" / f"{label}-{v}-s{seed}" for seed in exp["seeds"]}
+                        for v in exp["variants"]}
+            several = len(exp["_labels"]) > 1
+            rl_figures, rl_lines = rl_study(exp["_rl"], run_dirs, exp["_baseline"], out,
+                                            title=f"{exp['name']}" + (f" / {label}" if several else ""),
+                                            progress=progress,
+                                            name=f"rl_passk-{label}" if several else "rl_passk")
+            figures += rl_figures
+            sections += rl_lines
     reused = sum(1 for r in results.values() if r["reused"]["train"] or r["reused"]["suite"]
                  or r["reused"]["evals"])
     # every invocation's wall time, kept: a later one that reuses the runs adds its own

@@ -543,3 +543,27 @@ def show_trace(panels: list[tuple[str, object]], path: Path, suptitle: str = "",
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save(fig, path)
+
+
+def pass_at_k_curves(curves: dict[str, dict], path: Path, title: str = "",
+                     paired: bool = False) -> list[Path]:
+    """pass@k against k (log scale), one line per evaluation (`passk.pass_at_k_curve` of each,
+    e.g. "SFT" and "SFT + RL"): RL that only sharpens lifts the left end and leaves the right
+    end flat or lower; RL that adds capability lifts the right end too (Yue et al. 2025).
+    `paired`: the curves come in (before, after) pairs, drawn in one color, after dashed."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    colors = plt.cm.tab10.colors
+    for j, (label, curve) in enumerate(curves.items()):
+        color = colors[(j // 2 if paired else j) % 10]
+        ax.plot(curve["k"], curve["value"], marker="o", ms=3, lw=1.5, color=color,
+                ls="--" if paired and j % 2 else "-", label=f"{label} (n={curve['n']})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per instance)")
+    ax.set_ylabel("pass@k (unbiased, Chen et al. 2021)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

@@ -666,6 +666,8 @@ def _check_run_folder(out: Path, description: dict, suite: Suite, cfg: TrainConf
             raise UserError(f"run folder {out} already exists; pass --resume to continue it or "
                             "choose another --out.")
         old = checkpoint.read_run(out)
+        require("rl" not in old, f"cannot resume {out} with train: it is an RL run; continue it with "
+                                 f"retroplan rl --out {out} --resume.")
         changed = _same_run(old, description)
         if changed:
             raise UserError(f"cannot resume {out}: its {changed} differs from what was asked now.")
