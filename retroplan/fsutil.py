@@ -169,21 +169,29 @@ def open_append(path: str | os.PathLike):
 
 
 @contextlib.contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    """While inside, SIGTERM (what `kill` and job schedulers send) ends the process through
-    SystemExit, so the temporaries of an unfinished write are removed on the way out (only
-    SIGKILL leaves them, for the next run to delete)."""
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
+def _handled(signum: int, handler) -> Iterator[None]:
+    """`handler` for `signum` while inside, the previous one restored after; outside the main
+    thread, where Python cannot set signal handlers, nothing is changed."""
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signum, handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """While inside, SIGTERM (what `kill` and job schedulers send) ends the process through
+    SystemExit, so the temporaries of an unfinished write are removed on the way out (only
+    SIGKILL leaves them, for the next run to delete)."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    with _handled(signal.SIGTERM, handler):
+        yield
 
 
 @contextlib.contextmanager
@@ -196,15 +204,8 @@ def interrupt_noted() -> Iterator[None]:
     def handler(signum, frame):
         noted.append(signum)
         raise KeyboardInterrupt
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave signals alone
+    with _handled(signal.SIGINT, handler):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if noted:
         raise KeyboardInterrupt
 
