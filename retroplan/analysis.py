@@ -150,7 +150,7 @@ def sweep_tip(run_dir: str | os.PathLike, alphas: list[float], betas: list[int],
     require(all(a >= 0 for a in alphas) and all(isinstance(b, int) and b >= 1 for b in betas),
             "alphas must be >= 0 and betas positive integers.")
     bad = [a for a in alphas if not math.isfinite(a)]  # before the greedy evaluation runs
-    require(not bad, f"alphas must be finite numbers >= 0, got {bad[0]!r}.")
+    require(not bad, f"alphas must be finite numbers >= 0, got {bad[0] if bad else None!r}.")
     out = Path(out) if out else run_dir / "tip-sweep"
     grid = [(0.0, 0, False)] + [(float(a), int(b), g) for g in ([False, True] if oracle else [False])
                                 for a in alphas if a > 0 for b in betas]

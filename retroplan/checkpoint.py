@@ -64,9 +64,12 @@ TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 
 
 # run.json's fields that make a run itself and never change while it grows (`train` less the
-# settings a resume may change: where it runs, and how many steps)
+# settings a resume may change: where it runs, and how many steps; and less the settings that
+# name the model's size, which `model` holds as built: a run.json from before they were recorded
+# as built says `preset` and 0s for the same model)
 _IDENTITY_FIELDS = ("suite_meta_sha256", "task", "variant", "task_config", "vocab", "model", "long_examples")
-_GROWING_SETTINGS = ("steps", "device", "compile", "threads", "tensorboard")
+_GROWING_SETTINGS = ("steps", "device", "compile", "threads", "tensorboard",
+                     "preset", "n_layer", "n_head", "n_embd")
 
 
 def run_identity(run: dict) -> str:

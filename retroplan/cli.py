@@ -426,8 +426,9 @@ def _print_eval_summary(m: dict) -> None:
     for name, v in m.get("sampling", {}).items():
         print(f"  {name}: {v['value']:.3f} (n={v['n']} instances)")
     if "pass_at_k" in m:
-        print("  pass@k, k = 1.." + str(m["pass_at_k"]["samples"]) + ": "
-              + " ".join(f"{v:.3f}" for v in m["pass_at_k"]["value"]))
+        curve = m["pass_at_k"]
+        print(f"  pass@k, k = 1..{curve['samples']}: " + " ".join(f"{v:.3f}" for v in curve["value"])
+              + f" (n={curve['n']} instances)")
     print(f"  wrote {m['eval_dir']}")
 
 

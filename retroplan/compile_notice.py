@@ -21,14 +21,14 @@ import os
 import sys
 
 _state = {"installed": False, "printed": False, "stream": None}
+PREFIX = "retroplan: compiling Numba kernels"  # how the notice starts (tests tell it from an error)
 
 
 def _notice(dispatcher) -> str:
     cache = os.environ.get("NUMBA_CACHE_DIR") or getattr(getattr(dispatcher, "_cache", None),
                                                          "_cache_path", None)
     where = f"cached in {cache}" if cache else "cached by Numba"
-    return (f"retroplan: compiling Numba kernels (first run only; minutes on a slow or busy machine), "
-            f"{where} for later runs")
+    return f"{PREFIX} (first run only; minutes on a slow or busy machine), {where} for later runs"
 
 
 def install(stream=None) -> None:

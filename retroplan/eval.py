@@ -398,13 +398,13 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             f"{context} tokens, which leave it room to write its answer.")
     if out:
         out = Path(out)
+        refuse_foreign_output(out, run_dir, "eval")  # a suite, the run itself, its checkpoints, another run
         if name_by_settings:  # the eval command's --out: never replaces another evaluation
             refuse_another_evaluation(out, identity(run_dir, suite.path, cfg, step))
     elif name_by_settings:
         out = run_dir / _hand_eval_name(cfg, chosen, suite, own_suite)
     else:
         out = run_dir / (f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}")
-    refuse_foreign_output(out, run_dir, "eval")
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device, teacherless)
     generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes, teacherless)

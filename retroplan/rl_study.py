@@ -27,7 +27,8 @@ from .errors import require
 from .eval import EvalConfig, evaluate, identity, metrics_current
 from .passk import pass_at_k_curve
 from .rl import RLConfig, rl
-from .stats import mean_ci, paired_bootstrap, verdict
+from .stats import holm, mean_ci, paired_bootstrap, paired_t, tost, verdict
+from .study import MARGIN, MIN_SEEDS
 
 EVAL_KEYS = {"samples": 8, "temperature": 1.0, "split": "test", "limit": 0}
 EVAL_DIR = "eval-rl-sampled"
@@ -153,23 +154,43 @@ def rl_study(settings: dict, run_dirs: dict[str, dict[int, Path]], baseline: str
                 cells.append(f"{np.mean(b):.3f} → {np.mean(a):.3f}" if a and b else "n/a")
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if baseline in per_variant and len(per_variant) > 1:
-        lines += ["", f"Does a variant's SFT leave more for RL to elicit than {baseline}'s? "
-                  f"Δpass@1(variant) − Δpass@1({baseline}), paired over (seed, instance) (verdict: "
-                  "stats.verdict at α = 0.05).",
-                  "", "| variant | difference [95% CI] | p | verdict |", "|---|---|---|---|"]
+        lines += ["", f"Does a variant's SFT leave more for RL to elicit than {baseline}'s? Per training "
+                  f"seed, the mean over shared instances of Δpass@1(variant) − Δpass@1({baseline}); "
+                  "verdict by the study rule (docs/METRICS.md, Verdicts): paired t over seeds and TOST "
+                  f"within ±{MARGIN:g}, Holm across the rows of this table; none below {MIN_SEEDS} seeds. "
+                  "The pooled (seed, instance) bootstrap interval is shown beside it.",
+                  "", "| variant | seeds | per-seed mean [95% t-CI] | p (Holm) | pooled Δ [95% CI] "
+                  "| verdict |",
+                  "|---|---|---|---|---|---|"]
         base = per_variant[baseline]["items"]
+        rows = []
         for variant, s in per_variant.items():
             if variant == baseline:
                 continue
             shared = sorted(set(s["items"]) & set(base))
-            if not shared:
-                lines.append(f"| {variant} | n/a (no shared instances) | | |")
+            seeds = sorted({x[0] for x in shared})
+            per_seed = [float(np.mean([s["items"][x] - base[x] for x in shared if x[0] == seed]))
+                        for seed in seeds]
+            pooled = paired_bootstrap(np.array([s["items"][x] for x in shared]),
+                                      np.array([base[x] for x in shared]),
+                                      strata=np.array([x[0] for x in shared])) if shared else None
+            t = paired_t(per_seed) if len(per_seed) >= 2 else None
+            rows.append({"variant": variant, "per_seed": per_seed, "t": t, "pooled": pooled,
+                         "p": t["p"] if t else float("nan"),
+                         "tost": tost(per_seed, MARGIN)["p"] if t else float("nan")})
+        for r, p_diff, p_equiv in zip(rows, holm([r["p"] for r in rows]), holm([r["tost"] for r in rows])):
+            if not r["per_seed"]:
+                lines.append(f"| {r['variant']} | 0 | n/a (no shared instances) | | | |")
                 continue
-            test = paired_bootstrap(np.array([s["items"][x] for x in shared]),
-                                    np.array([base[x] for x in shared]),
-                                    strata=np.array([x[0] for x in shared]))
-            word = {"helps": "leaves more to elicit", "hurts": "leaves less to elicit"}.get(
-                verdict(test["ci"], test["p"]), "no detectable difference at this n")
-            lines.append(f"| {variant} | {test['delta']:+.3f} [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}] | "
-                         f"{test['p']:.3g} | {word} |")
+            mean = float(np.mean(r["per_seed"]))
+            if len(r["per_seed"]) < MIN_SEEDS:
+                word = f"not judged: {len(r['per_seed'])} seed(s) (a claim needs >= {MIN_SEEDS})"
+            else:
+                said = verdict(mean, p_diff, p_equiv, MARGIN)
+                word = {"helps": "leaves more to elicit", "hurts": "leaves less to elicit"}.get(said, said)
+            ci = f" [{r['t']['ci'][0]:+.3f}, {r['t']['ci'][1]:+.3f}]" if r["t"] else ""
+            pooled = r["pooled"]
+            lines.append(f"| {r['variant']} | {len(r['per_seed'])} | {mean:+.3f}{ci} | "
+                         f"{p_diff:.3g} | {pooled['delta']:+.3f} [{pooled['ci'][0]:+.3f}, "
+                         f"{pooled['ci'][1]:+.3f}] | {word} |")
     return figures, lines + [""]

@@ -29,7 +29,7 @@ from retroplan.train import TrainConfig, train
 
 PATHSTAR = {"degree": 2, "path_len": 3, "num_nodes": 10}
 SIZES = {"train": 50, "val": 8, "test": 12}
-TINY = dict(preset="tiny", batch_size=8, checkpoint_every=1, log_every=1, threads=1)
+TINY = dict(preset="tiny", batch_size=8, checkpoint_every=1, log_every=1, threads=1, warmup_steps=0)
 
 
 @pytest.fixture(scope="module")
