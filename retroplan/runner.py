@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from .errors import UserError, require
@@ -174,21 +175,24 @@ def _run_pool(out: Path, todo: list, workers: int, progress: bool):
     if progress:
         where = f"{min(workers, n_gpus)} GPUs" if n_gpus > 1 else f"{threads} CPU thread(s) each"
         print(f"running {len(todo)} pieces on {workers} local workers ({where})", flush=True)
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(gpus,))
+    # A ProcessPoolExecutor, not multiprocessing.Pool: when a `kill` reaches the whole process
+    # group, a Pool worker can die holding the task queue's lock and Pool.terminate() then waits
+    # on that lock forever; the executor notices dead workers and its processes can be stopped.
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(gpus,))
+    pending: set = set()
     try:
-        pending = [pool.apply_async(run_piece_in_worker, (str(out.resolve()), job, amount, threads))
-                   for job, amount in todo]
+        pending = {pool.submit(run_piece_in_worker, str(out.resolve()), job, amount, threads)
+                   for job, amount in todo}
         while pending:
-            ready = [p for p in pending if p.ready()]
-            for p in ready:
-                pending.remove(p)
-                yield p.get()  # re-raises a piece's error here (the finally stops the others)
-            if not ready:
-                time.sleep(0.2)
-        pool.close()
+            ready, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in ready:
+                yield future.result()  # re-raises a piece's error here (the finally stops the others)
     finally:
-        pool.terminate()
-        pool.join()
+        if pending:  # stopped early (an error, a signal): end the pieces still running
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True)
 
 
 def _run_ray(out: Path, todo: list, address: str | None, progress: bool):
