@@ -289,23 +289,23 @@ def test_a_study_with_an_impossible_model_writes_nothing_and_takes_the_corrected
 def test_workers_beyond_the_pieces_start_no_idle_process(monkeypatch, tmp_path):
     from retroplan import runner
 
+    from concurrent.futures import Future
+
     started = []
 
     class Pool:  # records the processes asked for; each piece "finished" at once
-        def __init__(self, processes, initializer=None, initargs=()):
-            started.append(processes)
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            started.append(max_workers)
 
-        def apply_async(self, fn, args):
-            job = args[1]
-            return type("Done", (), {"ready": lambda self: True, "get": lambda self: (job, {}, 0.0)})()
+        def submit(self, fn, out, job, amount, threads):
+            done = Future()
+            done.set_result((job, {}, 0.0))
+            return done
 
-        def close(self):
+        def shutdown(self, wait=True, cancel_futures=False):
             pass
 
-        terminate = join = close
-
-    monkeypatch.setattr(runner.multiprocessing, "get_context",
-                        lambda method: type("Ctx", (), {"Pool": Pool, "Queue": list})())
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
     todo = [(("d2", "optimal", 0), None), (("d2", "optimal", 1), None)]
     assert [job for job, _, _ in runner._run_pool(tmp_path, todo, 12, False)] == [job for job, _ in todo]
     assert started == [2]  # before the fix: 12

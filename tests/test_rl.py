@@ -186,7 +186,7 @@ def test_the_elicit_study_gives_every_run_an_rl_stage_at_smoke_size(tmp_path):
 
     from retroplan.experiment import run_experiment
 
-    toml = Path(__file__).parent.parent / "experiments" / "elicit_pathstar.toml"
+    toml = Path(__file__).parent.parent / "retroplan" / "experiments" / "elicit_pathstar.toml"
     small = ["seeds=[0]", "train.steps=20", "sizes.train=120", "sizes.val=8", "sizes.test=10",
              "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.samples=2"]
     out = tmp_path / "study"
@@ -214,7 +214,7 @@ def test_a_bad_rl_table_is_one_sentence(tmp_path):
 
     from retroplan.experiment import load_experiment
 
-    toml = Path(__file__).parent.parent / "experiments" / "elicit_pathstar.toml"
+    toml = Path(__file__).parent.parent / "retroplan" / "experiments" / "elicit_pathstar.toml"
     with pytest.raises(UserError, match="unknown rl setting 'stepz'"):
         load_experiment(toml, ["rl.stepz=3"])
     with pytest.raises(UserError, match="samples must be an integer of at least 2"):
