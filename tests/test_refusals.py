@@ -287,9 +287,9 @@ def test_a_study_with_an_impossible_model_writes_nothing_and_takes_the_corrected
 
 
 def test_workers_beyond_the_pieces_start_no_idle_process(monkeypatch, tmp_path):
-    from retroplan import runner
-
     from concurrent.futures import Future
+
+    from retroplan import runner
 
     started = []
 

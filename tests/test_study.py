@@ -247,3 +247,20 @@ def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
     assert "-0.009 [-0.130, +0.111]" in rows["optimal+stream"]
     assert "0.254 [0.000, 0.758]" in rows["lookahead"]  # inside [0, 1]
     assert "Convergence not checked for 9 of 9 comparisons" in done.stdout
+
+
+def test_compare_conditions_reads_the_committed_control_study_by_seed():
+    """experiments/compare_conditions.py on the committed answer_control study: the teacherless
+    objective against next-token training on the same len4 graphs, per training seed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "experiments" / "compare_conditions.py"),
+                           str(root / "experiments" / "results" / "answer_control"), "optimal",
+                           "len4-teacherless", "len4"], capture_output=True, text=True, check=True, env=env)
+    assert "s0 -0.498, s1 -0.478, s2 -0.500; mean -0.492" in done.stdout
+    assert "(3 seeds)" in done.stdout
