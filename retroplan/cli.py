@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
 from .errors import UserError
+from .version import __version__
 
 EXIT_USER_ERROR = 2
 

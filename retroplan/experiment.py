@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, checkpoint, plots
+from . import checkpoint, plots
 from .device import resolve_device
 from .envs import get_task, make_config
 from .errors import SEED_LIMIT, UserError, require
@@ -54,6 +54,7 @@ from .study import MARGIN, verdict_lines, verdict_table
 from .traces import check_variant, get_grammar, writes
 from .traces.suite import SuiteSpec, generate_suite, open_suite, shortest_prompt
 from .train import MACHINE_SETTINGS, TrainConfig, plan_steps, resolve_precision, train
+from .version import __version__
 
 _TOP_KEYS = {"name", "description", "task", "variants", "seeds", "sizes", "conditions", "options",
              "train", "eval", "study", "probe", "rl"}
