@@ -275,7 +275,7 @@ threads = 1
 ], ids=["n_head", "dropout", "context"])
 def test_a_study_with_an_impossible_model_writes_nothing_and_takes_the_corrected_file(
         tmp, capsys, line, message):
-    from retroplan.experiment import load_experiment
+    from retroplan.experiment_file import load_experiment
 
     study = tmp / "exp.toml"
     study.write_text(STUDY + line + "\n")
@@ -287,27 +287,28 @@ def test_a_study_with_an_impossible_model_writes_nothing_and_takes_the_corrected
 
 
 def test_workers_beyond_the_pieces_start_no_idle_process(monkeypatch, tmp_path):
+    from concurrent.futures import Future
+
     from retroplan import runner
 
     started = []
 
     class Pool:  # records the processes asked for; each piece "finished" at once
-        def __init__(self, processes, initializer=None, initargs=()):
-            started.append(processes)
+        def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
+            started.append(workers)
 
-        def apply_async(self, fn, args):
-            job = args[1]
-            return type("Done", (), {"ready": lambda self: True, "get": lambda self: (job, {}, 0.0)})()
+        def submit(self, fn, piece, name, args, threads):
+            done = Future()
+            done.set_result((name, {}, 0.0))
+            return done
 
-        def close(self):
+        def shutdown(self, wait=True, cancel_futures=False):
             pass
 
-        terminate = join = close
-
-    monkeypatch.setattr(runner.multiprocessing, "get_context",
-                        lambda method: type("Ctx", (), {"Pool": Pool, "Queue": list})())
-    todo = [(("d2", "optimal", 0), None), (("d2", "optimal", 1), None)]
-    assert [job for job, _, _ in runner._run_pool(tmp_path, todo, 12, False)] == [job for job, _ in todo]
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
+    pieces = [("d2-optimal-s0", ()), ("d2-optimal-s1", ())]
+    assert [name for name, _, _ in runner._run_pool(print, pieces, 12, False)] == [
+        name for name, _ in pieces]
     assert started == [2]  # before the fix: 12
 
 
