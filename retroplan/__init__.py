@@ -3,7 +3,7 @@ make a small transformer plan better forward, on tasks whose every plan is verif
 
 import os as _os
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (retroplan.__version__)
 
 # Numba caches compiled kernels beside the source; where the install is read-only (a system
 # site-packages), cache them in the user's cache folder instead.

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
 from .errors import UserError
+from .version import __version__
 
 EXIT_USER_ERROR = 2
 
@@ -467,7 +467,7 @@ def _merge_shards(args) -> None:
 
 def _list(args) -> None:
     from .envs import TASKS
-    from .experiment import shipped_experiments
+    from .experiment_file import shipped_experiments
     from .models import PRESETS
     from .traces import GRAMMARS
     from .traces.vocab import MIXABLE
@@ -484,7 +484,7 @@ def _list(args) -> None:
 
 
 def _example(args) -> None:
-    from .experiment import SHIPPED_DIR, shipped_experiments
+    from .experiment_file import SHIPPED_DIR, shipped_experiments
 
     if args.name not in shipped_experiments():
         raise UserError(f"no shipped experiment named {args.name!r}; shipped: "

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__, checkpoint
+from . import checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty
 from .device import resolve_device
@@ -39,6 +39,7 @@ from .passk import pass_at_k, pass_at_k_curve
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
+from .version import __version__
 
 
 @dataclass

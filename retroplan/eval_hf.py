@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__
 from .device import resolve_device
 from .errors import UserError, require, require_field_types
 from .eval import (
@@ -45,6 +44,7 @@ from .rng import SplitMixPy
 from .traces import chance_for, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EOS
+from .version import __version__
 
 MISSING_EXTRA = "eval-hf needs the optional extra: pip install 'retroplan[hf]'"
 SHOT_STREAM = 4  # rng stream of the few-shot example choice (rng.py's streams are 1-3)

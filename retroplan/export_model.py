@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .checkpoint import load_model
 from .errors import UserError, require
 from .fsutil import atomic_dir, json_text, write_text
 from .traces.vocab import BOS, EOS, PAD
+from .version import __version__
 
 FORMATS = ("hf",)
 TOLERANCE = 1e-4  # max |logit difference| allowed in float32 between the run and its export

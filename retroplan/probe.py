@@ -86,7 +86,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, checkpoint, plots
+from . import checkpoint, plots
 from .batching import collate
 from .device import resolve_device
 from .envs import digraph, get_task
@@ -98,6 +98,7 @@ from .stats import mean_ci, wilson
 from .traces import components
 from .traces import digraphs as graph_grammar
 from .traces.suite import Suite, open_suite
+from .version import __version__
 
 TARGETS = ("arm", "distance", "live", "arm-eq")
 GRAPH_TASKS = ("pathstar", "graph")

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import __version__, checkpoint
+from . import checkpoint
 from .device import resolve_device
 from .errors import UserError, require, require_field_types
 from .eval import judge
@@ -49,6 +49,7 @@ from .fsutil import atomic_path, json_line, open_append, path_for, path_from, re
 from .models import GPT, generate
 from .rewards import REWARDS, information_gain, reward_of
 from .traces.suite import Suite, open_suite
+from .version import __version__
 
 ADVANTAGE_EPS = 1e-4  # TRL's: a group with a tiny spread does not get huge advantages
 

@@ -17,7 +17,7 @@ whether any is (the unbiased estimator at k = n).
 from __future__ import annotations
 
 import json
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +34,17 @@ EVAL_KEYS = {"samples": 8, "temperature": 1.0, "split": "test", "limit": 0}
 EVAL_DIR = "eval-rl-sampled"
 
 
-def check_rl_section(section: dict) -> dict:
+@dataclass(frozen=True)
+class RLStage:
+    """An experiment's `[rl]` table, checked."""
+
+    config: RLConfig     # the GRPO stage of every run
+    sampled: EvalConfig  # the sampled evaluation before and after it (pass@k)
+
+
+def check_rl_section(section: dict) -> RLStage:
     """Validate an experiment's `[rl]` table: RLConfig settings plus the sampled evaluation's
-    samples (default 8, at least 2), temperature (1.0), split (test) and limit (0: all).
-    Returns {"rl": RLConfig, "eval": EvalConfig}."""
+    samples (default 8, at least 2), temperature (1.0), split (test) and limit (0: all)."""
     require(isinstance(section, dict), f"[rl] must be a table, got {section!r}.")
     known = {f.name for f in fields(RLConfig)} | set(EVAL_KEYS)
     unknown = sorted(set(section) - known)
@@ -51,7 +58,7 @@ def check_rl_section(section: dict) -> dict:
                          samples=ev["samples"], seed=0)
     sampled.validate()
     require(sampled.temperature > 0, "[rl] temperature must be positive (pass@k samples).")
-    return {"rl": cfg, "eval": sampled}
+    return RLStage(config=cfg, sampled=sampled)
 
 
 def _sampled_eval(run_dir: Path, cfg: EvalConfig, progress: bool) -> dict:
@@ -84,42 +91,17 @@ def _delta(pairs: list[tuple[float, float, int]]) -> dict:
     return paired_bootstrap(after, before, strata=seeds)
 
 
-def rl_study(settings: dict, run_dirs: dict[str, dict[int, Path]], baseline: str, out: Path, title: str,
+def rl_study(stage: RLStage, run_dirs: dict[str, dict[int, Path]], baseline: str, out: Path, title: str,
              progress: bool, name: str = "rl_passk") -> tuple[list[Path], list[str]]:
     """RL for every run (variant -> seed -> SFT run folder), sampled evaluations before and
     after, the pass@k figure OUT/NAME.png and the report's `## RL` section."""
-    cfg, sampled = settings["rl"], settings["eval"]
+    cfg, sampled = stage.config, stage.sampled
     k = sampled.samples
     per_variant: dict[str, dict] = {}
     curves = {}
     for variant, by_seed in run_dirs.items():
-        stats = {"before": [], "after": [], "before_k": [], "after_k": [], "pairs1": [], "pairsk": [],
-                 "items": {}, "behaviour": {"before": [], "after": []}}
-        records_before, records_after = [], []
-        for seed, run_dir in sorted(by_seed.items()):
-            rl_dir = run_dir.parent / f"{run_dir.name}-rl"
-            rl(run_dir, rl_dir, replace(cfg, seed=seed), resume=(rl_dir / "run.json").is_file(),
-               progress=progress)
-            m0, m1 = _sampled_eval(run_dir, sampled, progress), _sampled_eval(rl_dir, sampled, progress)
-            for when, m in (("before", m0), ("after", m1)):
-                stats[when].append(m["pass_at_k"]["value"][0])
-                stats[f"{when}_k"].append(m["pass_at_k"]["value"][-1])
-                if m.get("behaviour"):
-                    b = m["behaviour"]
-                    stats["behaviour"][when].append((b["wandering"]["value"], b["xi_ut"]["value"],
-                                                     b["backtracks_per_trace"]["mean"]))
-            a0, a1 = _per_instance(run_dir / EVAL_DIR), _per_instance(rl_dir / EVAL_DIR)
-            for i in sorted(set(a0) & set(a1)):
-                stats["pairs1"].append((a1[i][0], a0[i][0], seed))
-                stats["pairsk"].append((a1[i][1], a0[i][1], seed))
-                stats["items"][(seed, i)] = a1[i][0] - a0[i][0]
-            records_before += [json.loads(x) | {"row": (seed, json.loads(x)["row"])} for x in
-                               (run_dir / EVAL_DIR / "records.jsonl").read_text().splitlines()]
-            records_after += [json.loads(x) | {"row": (seed, json.loads(x)["row"])} for x in
-                              (rl_dir / EVAL_DIR / "records.jsonl").read_text().splitlines()]
-        curves[f"{variant} SFT"] = pass_at_k_curve(records_before)
-        curves[f"{variant} SFT+RL"] = pass_at_k_curve(records_after)
-        per_variant[variant] = stats
+        per_variant[variant], curves[f"{variant} SFT"], curves[f"{variant} SFT+RL"] = _rl_variant(
+            stage, by_seed, progress)
     title_part = f" ({title})" if name != "rl_passk" else ""
     figures = plots.pass_at_k_curves(curves, out / name, title=f"{title}: pass@k before and after RL",
                                      paired=True)
@@ -141,56 +123,104 @@ def rl_study(settings: dict, run_dirs: dict[str, dict[int, Path]], baseline: str
                      f"{d1['delta']:+.3f} [{d1['ci'][0]:+.3f}, {d1['ci'][1]:+.3f}], p={d1['p']:.3g} | "
                      f"{_fmt(s['before_k'])} | {_fmt(s['after_k'])} | {dk['delta']:+.3f} "
                      f"[{dk['ci'][0]:+.3f}, {dk['ci'][1]:+.3f}], p={dk['p']:.3g} |")
-    streams = {v: s for v, s in per_variant.items() if s["behaviour"]["before"]}
-    if streams:
-        lines += ["", "Stream behaviour of the sampled completions before → after RL (mean over seeds): "
-                  "does RL make the models wander or switch thoughts more?", "",
-                  "| variant | wandering | ξ_UT | backtracks per trace |", "|---|---|---|---|"]
-        for v, s in streams.items():
-            cells = []
-            for j in range(3):
-                b = [x[j] for x in s["behaviour"]["before"] if x[j] is not None]
-                a = [x[j] for x in s["behaviour"]["after"] if x[j] is not None]
-                cells.append(f"{np.mean(b):.3f} → {np.mean(a):.3f}" if a and b else "n/a")
-            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += _behaviour_lines(per_variant)
     if baseline in per_variant and len(per_variant) > 1:
-        lines += ["", f"Does a variant's SFT leave more for RL to elicit than {baseline}'s? Per training "
-                  f"seed, the mean over shared instances of Δpass@1(variant) − Δpass@1({baseline}); "
-                  "verdict by the study rule (docs/METRICS.md, Verdicts): paired t over seeds and TOST "
-                  f"within ±{MARGIN:g}, Holm across the rows of this table; none below {MIN_SEEDS} seeds. "
-                  "The pooled (seed, instance) bootstrap interval is shown beside it.",
-                  "", "| variant | seeds | per-seed mean [95% t-CI] | p (Holm) | pooled Δ [95% CI] "
-                  "| verdict |",
-                  "|---|---|---|---|---|---|"]
-        base = per_variant[baseline]["items"]
-        rows = []
-        for variant, s in per_variant.items():
-            if variant == baseline:
-                continue
-            shared = sorted(set(s["items"]) & set(base))
-            seeds = sorted({x[0] for x in shared})
-            per_seed = [float(np.mean([s["items"][x] - base[x] for x in shared if x[0] == seed]))
-                        for seed in seeds]
-            pooled = paired_bootstrap(np.array([s["items"][x] for x in shared]),
-                                      np.array([base[x] for x in shared]),
-                                      strata=np.array([x[0] for x in shared])) if shared else None
-            t = paired_t(per_seed) if len(per_seed) >= 2 else None
-            rows.append({"variant": variant, "per_seed": per_seed, "t": t, "pooled": pooled,
-                         "p": t["p"] if t else float("nan"),
-                         "tost": tost(per_seed, MARGIN)["p"] if t else float("nan")})
-        for r, p_diff, p_equiv in zip(rows, holm([r["p"] for r in rows]), holm([r["tost"] for r in rows])):
-            if not r["per_seed"]:
-                lines.append(f"| {r['variant']} | 0 | n/a (no shared instances) | | | |")
-                continue
-            mean = float(np.mean(r["per_seed"]))
-            if len(r["per_seed"]) < MIN_SEEDS:
-                word = f"not judged: {len(r['per_seed'])} seed(s) (a claim needs >= {MIN_SEEDS})"
-            else:
-                said = verdict(mean, p_diff, p_equiv, MARGIN)
-                word = {"helps": "leaves more to elicit", "hurts": "leaves less to elicit"}.get(said, said)
-            ci = f" [{r['t']['ci'][0]:+.3f}, {r['t']['ci'][1]:+.3f}]" if r["t"] else ""
-            pooled = r["pooled"]
-            lines.append(f"| {r['variant']} | {len(r['per_seed'])} | {mean:+.3f}{ci} | "
-                         f"{p_diff:.3g} | {pooled['delta']:+.3f} [{pooled['ci'][0]:+.3f}, "
-                         f"{pooled['ci'][1]:+.3f}] | {word} |")
+        lines += _elicit_lines(per_variant, baseline)
     return figures, lines + [""]
+
+
+def _rl_variant(stage: RLStage, by_seed: dict[int, Path], progress: bool) -> tuple[dict, list, list]:
+    """One variant's runs (seed -> SFT run folder) given their RL stage and both sampled
+    evaluations: (its numbers, pass@k curve before, after)."""
+    stats = {"before": [], "after": [], "before_k": [], "after_k": [], "pairs1": [], "pairsk": [],
+             "items": {}, "behaviour": {"before": [], "after": []}}
+    records_before, records_after = [], []
+    for seed, run_dir in sorted(by_seed.items()):
+        rl_dir = run_dir.parent / f"{run_dir.name}-rl"
+        rl(run_dir, rl_dir, replace(stage.config, seed=seed), resume=(rl_dir / "run.json").is_file(),
+           progress=progress)
+        m0 = _sampled_eval(run_dir, stage.sampled, progress)
+        m1 = _sampled_eval(rl_dir, stage.sampled, progress)
+        for when, m in (("before", m0), ("after", m1)):
+            stats[when].append(m["pass_at_k"]["value"][0])
+            stats[f"{when}_k"].append(m["pass_at_k"]["value"][-1])
+            if m.get("behaviour"):
+                b = m["behaviour"]
+                stats["behaviour"][when].append((b["wandering"]["value"], b["xi_ut"]["value"],
+                                                 b["backtracks_per_trace"]["mean"]))
+        a0, a1 = _per_instance(run_dir / EVAL_DIR), _per_instance(rl_dir / EVAL_DIR)
+        for i in sorted(set(a0) & set(a1)):
+            stats["pairs1"].append((a1[i][0], a0[i][0], seed))
+            stats["pairsk"].append((a1[i][1], a0[i][1], seed))
+            stats["items"][(seed, i)] = a1[i][0] - a0[i][0]
+        records_before += _seed_records(run_dir, seed)
+        records_after += _seed_records(rl_dir, seed)
+    return stats, pass_at_k_curve(records_before), pass_at_k_curve(records_after)
+
+
+def _seed_records(run_dir: Path, seed: int) -> list[dict]:
+    """A run's sampled records, each row named with its seed (one curve holds several seeds)."""
+    return [json.loads(x) | {"row": (seed, json.loads(x)["row"])} for x in
+            (run_dir / EVAL_DIR / "records.jsonl").read_text().splitlines()]
+
+
+def _behaviour_lines(per_variant: dict[str, dict]) -> list[str]:
+    """The stream behaviour before -> after RL, for the variants that write streams."""
+    streams = {v: s for v, s in per_variant.items() if s["behaviour"]["before"]}
+    if not streams:
+        return []
+    lines = ["", "Stream behaviour of the sampled completions before → after RL (mean over seeds): "
+             "does RL make the models wander or switch thoughts more?", "",
+             "| variant | wandering | ξ_UT | backtracks per trace |", "|---|---|---|---|"]
+    for v, s in streams.items():
+        cells = []
+        for j in range(3):
+            b = [x[j] for x in s["behaviour"]["before"] if x[j] is not None]
+            a = [x[j] for x in s["behaviour"]["after"] if x[j] is not None]
+            cells.append(f"{np.mean(b):.3f} → {np.mean(a):.3f}" if a and b else "n/a")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _elicit_lines(per_variant: dict[str, dict], baseline: str) -> list[str]:
+    """The verdict per variant: does its SFT leave more for RL to elicit than the baseline's?"""
+    lines = ["", f"Does a variant's SFT leave more for RL to elicit than {baseline}'s? Per training "
+             f"seed, the mean over shared instances of Δpass@1(variant) − Δpass@1({baseline}); "
+             "verdict by the study rule (docs/METRICS.md, Verdicts): paired t over seeds and TOST "
+             f"within ±{MARGIN:g}, Holm across the rows of this table; none below {MIN_SEEDS} seeds. "
+             "The pooled (seed, instance) bootstrap interval is shown beside it.",
+             "", "| variant | seeds | per-seed mean [95% t-CI] | p (Holm) | pooled Δ [95% CI] "
+             "| verdict |",
+             "|---|---|---|---|---|---|"]
+    base = per_variant[baseline]["items"]
+    rows = []
+    for variant, s in per_variant.items():
+        if variant == baseline:
+            continue
+        shared = sorted(set(s["items"]) & set(base))
+        seeds = sorted({x[0] for x in shared})
+        per_seed = [float(np.mean([s["items"][x] - base[x] for x in shared if x[0] == seed]))
+                    for seed in seeds]
+        pooled = paired_bootstrap(np.array([s["items"][x] for x in shared]),
+                                  np.array([base[x] for x in shared]),
+                                  strata=np.array([x[0] for x in shared])) if shared else None
+        t = paired_t(per_seed) if len(per_seed) >= 2 else None
+        rows.append({"variant": variant, "per_seed": per_seed, "t": t, "pooled": pooled,
+                     "p": t["p"] if t else float("nan"),
+                     "tost": tost(per_seed, MARGIN)["p"] if t else float("nan")})
+    for r, p_diff, p_equiv in zip(rows, holm([r["p"] for r in rows]), holm([r["tost"] for r in rows])):
+        if not r["per_seed"]:
+            lines.append(f"| {r['variant']} | 0 | n/a (no shared instances) | | | |")
+            continue
+        mean = float(np.mean(r["per_seed"]))
+        if len(r["per_seed"]) < MIN_SEEDS:
+            word = f"not judged: {len(r['per_seed'])} seed(s) (a claim needs >= {MIN_SEEDS})"
+        else:
+            said = verdict(mean, p_diff, p_equiv, MARGIN)
+            word = {"helps": "leaves more to elicit", "hurts": "leaves less to elicit"}.get(said, said)
+        ci = f" [{r['t']['ci'][0]:+.3f}, {r['t']['ci'][1]:+.3f}]" if r["t"] else ""
+        pooled = r["pooled"]
+        lines.append(f"| {r['variant']} | {len(r['per_seed'])} | {mean:+.3f}{ci} | "
+                     f"{p_diff:.3g} | {pooled['delta']:+.3f} [{pooled['ci'][0]:+.3f}, "
+                     f"{pooled['ci'][1]:+.3f}] | {word} |")
+    return lines

@@ -1,11 +1,13 @@
-"""Where a study's runs execute: one after another in this process, side by side in local
+"""Where a study's pieces execute: one after another in this process, side by side in local
 processes (`retroplan run --workers N`), or as tasks on a Ray cluster (`--backend ray`).
 
-A piece (`experiment.run_piece`: suite, training, evaluations of one variant x seed x
-condition) writes only inside its own folders and is resumable, so pieces can run in any order
-and in parallel; the parent gathers what each returns and writes the results and the report as
-a serial run would. Under a matched budget the baselines run first (every other piece's steps
-follow from its baseline's counters), then the rest.
+The runner knows no study. It is handed a piece function and the pieces: each piece a name and
+the arguments `piece(*args, progress=...)` takes. The function must be importable by name (a
+module-level function: local workers and Ray tasks get it by reference) and its arguments plain
+values, so only names cross the process boundary; a study's piece (`experiment.run_stored_piece`)
+reads its experiment back from --out/experiment.toml. A piece writes only inside its own folders
+and is resumable, so pieces can run in any order and in parallel. What runs first, and with which
+arguments, is the caller's policy (experiment.py: baselines first under a matched budget).
 
 Numbers: torch's CPU kernels round differently with different thread counts, so a run made with
 1 thread and one made with 2 differ in the last bits of their weights (and, rarely, in a
@@ -20,12 +22,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from pathlib import Path
 
 from .errors import UserError, require
 
 BACKENDS = ("local", "ray")
+Piece = tuple[str, tuple]  # (name, the arguments of the piece function)
 
 
 def cpu_cores() -> int:
@@ -44,27 +47,6 @@ def _visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _phases(exp: dict, jobs: list[tuple]) -> list[list[tuple]]:
-    if exp["_budget"] == "steps":
-        return [jobs]
-    return [[j for j in jobs if j[1] == exp["_baseline"]], [j for j in jobs if j[1] != exp["_baseline"]]]
-
-
-def _amount(exp: dict, results: dict, job: tuple) -> int | None:
-    from .experiment import BUDGETS
-
-    label, variant, seed = job
-    if exp["_budget"] == "steps" or variant == exp["_baseline"]:
-        return None
-    return results[(label, exp["_baseline"], seed)]["summary"][BUDGETS[exp["_budget"]]]
-
-
-def _metrics_line(result: dict) -> str:
-    return "; ".join(f"{split}: accuracy {m['accuracy']['value']:.3f} (n={m['n']}), first step "
-                     f"{m['first_step_accuracy']['value']:.3f}, teacher-forced tokens "
-                     f"{m['tf_token_accuracy']['value']:.3f}" for split, m in result["metrics"].items())
 
 
 def check_runner(workers: int, backend: str, address: str | None) -> None:
@@ -101,59 +83,52 @@ def check_ray_address(address: str) -> None:
                         ) from None
 
 
-def run_pieces(exp: dict, out: Path, jobs: list[tuple], workers: int = 1, backend: str = "local",
-               address: str | None = None, progress: bool = True) -> dict[tuple, dict]:
-    """Run every (label, variant, seed) piece of `jobs`; returns piece -> run_piece's result."""
+def run_pieces(piece: Callable[..., dict], pieces: list[Piece], workers: int = 1, backend: str = "local",
+               address: str | None = None, progress: bool = True, describe: Callable[[dict], str] = str,
+               counted: tuple[int, int] | None = None) -> dict[str, dict]:
+    """Run `piece(*args)` for every (name, args) of `pieces`; returns name -> its result. With
+    `progress`, a line per piece: its number (`counted`: pieces done before these, and the total
+    of the whole work) and name, and `describe(result)` when it is done."""
     check_runner(workers, backend, address)
-    results: dict[tuple, dict] = {}
-    done = 0
-    for phase in _phases(exp, jobs):
-        todo = [(job, _amount(exp, results, job)) for job in phase]
-        if backend == "ray":
-            finished = _run_ray(out, todo, address, progress)
-        elif workers == 1:
-            finished = _run_here(exp, out, todo, done, len(jobs), progress)
-        else:
-            finished = _run_pool(out, todo, workers, progress)
-        for job, result, seconds in finished:
-            results[job] = result
-            done += 1
-            if progress and (backend == "ray" or workers > 1):
-                label, variant, seed = job
-                print(f"[{done}/{len(jobs)}] {label}-{variant}-s{seed} done [{seconds:.0f} s]: "
-                      + _metrics_line(result), flush=True)
+    done, total = counted or (0, len(pieces))
+    if backend == "ray":
+        finished = _run_ray(piece, pieces, address, progress)
+    elif workers == 1:
+        finished = _run_here(piece, pieces, done, total, progress, describe)
+    else:
+        finished = _run_pool(piece, pieces, workers, progress)
+    results: dict[str, dict] = {}
+    for name, result, seconds in finished:
+        results[name] = result
+        done += 1
+        if progress and (backend == "ray" or workers > 1):
+            print(f"[{done}/{total}] {name} done [{seconds:.0f} s]: " + describe(result), flush=True)
     return results
 
 
-def _run_here(exp: dict, out: Path, todo: list, done: int, total: int, progress: bool):
-    from .experiment import run_piece
-
-    for n, (job, amount) in enumerate(todo, done + 1):
-        label, variant, seed = job
+def _run_here(piece, pieces: list[Piece], done: int, total: int, progress: bool, describe) -> Iterator:
+    for n, (name, args) in enumerate(pieces, done + 1):
         if progress:
-            print(f"[{n}/{total}] {label}-{variant}-s{seed}", flush=True)
-        result = run_piece(exp, out, label, variant, seed, amount, progress=progress)
+            print(f"[{n}/{total}] {name}", flush=True)
+        result = piece(*args, progress=progress)
         if progress:
-            print("      " + _metrics_line(result), flush=True)
-        yield job, result, None
+            print("      " + describe(result), flush=True)
+        yield name, result, None
 
 
-def run_piece_in_worker(out: str, job: tuple, amount: int | None, threads: int) -> tuple:
-    """A piece in a fresh process (a pool worker or a Ray task): the experiment is read back from
-    `out`/experiment.toml (the file `run` just wrote), so only names cross the process boundary."""
+def run_in_worker(piece, name: str, args: tuple, threads: int) -> tuple:
+    """A piece in a fresh process (a pool worker or a Ray task), with `threads` torch threads:
+    (name, its result, seconds)."""
     import torch
 
-    from .experiment import load_experiment, run_piece, stored_overrides
     from .fsutil import terminate_as_exit
 
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    out = Path(out)
-    exp = load_experiment(out / "experiment.toml", stored_overrides(out))
     with terminate_as_exit():  # a `kill` (or the pool's terminate) removes this piece's temporaries
-        result = run_piece(exp, out, *job, amount, progress=False)
-    return job, result, time.perf_counter() - t0
+        result = piece(*args, progress=False)
+    return name, result, time.perf_counter() - t0
 
 
 def _init_worker(gpus) -> None:
@@ -162,9 +137,9 @@ def _init_worker(gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
-def _run_pool(out: Path, todo: list, workers: int, progress: bool):
+def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool) -> Iterator:
     threads = threads_per_run(workers)  # the share --workers asked for, however many run now
-    workers = min(workers, len(todo))  # no process without a piece to run
+    workers = min(workers, len(pieces))  # no process without a piece to run
     n_gpus = _visible_gpus()
     ctx = multiprocessing.get_context("spawn")  # no forked torch / Numba state
     gpus = None
@@ -174,15 +149,14 @@ def _run_pool(out: Path, todo: list, workers: int, progress: bool):
             gpus.put(i % n_gpus)
     if progress:
         where = f"{min(workers, n_gpus)} GPUs" if n_gpus > 1 else f"{threads} CPU thread(s) each"
-        print(f"running {len(todo)} pieces on {workers} local workers ({where})", flush=True)
+        print(f"running {len(pieces)} pieces on {workers} local workers ({where})", flush=True)
     # A ProcessPoolExecutor, not multiprocessing.Pool: when a `kill` reaches the whole process
     # group, a Pool worker can die holding the task queue's lock and Pool.terminate() then waits
     # on that lock forever; the executor notices dead workers and its processes can be stopped.
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(gpus,))
     pending: set = set()
     try:
-        pending = {pool.submit(run_piece_in_worker, str(out.resolve()), job, amount, threads)
-                   for job, amount in todo}
+        pending = {pool.submit(run_in_worker, piece, name, args, threads) for name, args in pieces}
         while pending:
             ready, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in ready:
@@ -195,7 +169,7 @@ def _run_pool(out: Path, todo: list, workers: int, progress: bool):
         pool.shutdown(wait=True)
 
 
-def _run_ray(out: Path, todo: list, address: str | None, progress: bool):
+def _run_ray(piece, pieces: list[Piece], address: str | None, progress: bool) -> Iterator:
     try:
         import ray
     except ImportError:
@@ -212,11 +186,11 @@ def _run_ray(out: Path, todo: list, address: str | None, progress: bool):
         gpus = ray.cluster_resources().get("GPU", 0)
         # one GPU per task where the cluster has GPUs; otherwise one CPU core (1 torch thread),
         # so Ray packs as many runs per node as it has cores
-        task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=0)(run_piece_in_worker)
+        task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=0)(run_in_worker)
         if progress:
-            print(f"running {len(todo)} pieces as Ray tasks ({'1 GPU' if gpus else '1 CPU core'} "
+            print(f"running {len(pieces)} pieces as Ray tasks ({'1 GPU' if gpus else '1 CPU core'} "
                   f"each; cluster: {ray.cluster_resources()})", flush=True)
-        refs = [task.remote(str(out.resolve()), job, amount, 1) for job, amount in todo]
+        refs = [task.remote(piece, name, args, 1) for name, args in pieces]
         while refs:
             ready, refs = ray.wait(refs, num_returns=1)
             try:

@@ -227,29 +227,21 @@ def judge(table: list[dict]) -> list[dict]:
     return table
 
 
-def verdict_table(exp: dict, out: Path, baseline: str) -> list[dict]:
-    """One comparison per condition, split and variant other than the baseline, judged together
-    (one Holm family for the whole study)."""
-    margin = exp.get("_margin", MARGIN)
+def verdict_table(evaluations: dict[tuple[str, str], dict[str, dict[int, Path]]], baseline: str,
+                  margin: float = MARGIN) -> list[dict]:
+    """One comparison per (condition, split) of `evaluations` and variant other than the baseline,
+    judged together (one Holm family for the whole study). `evaluations`: (condition, split) ->
+    variant -> seed -> evaluation folder, for the evaluations that have records."""
     table = []
-    for label in exp["_labels"]:
-        for split in exp["_splits"]:
-            def dirs(variant, label=label, split=split):
-                found = {}
-                for seed in exp["seeds"]:
-                    d = out / "runs" / f"{label}-{variant}-s{seed}" / f"eval-{split}"
-                    if (d / "records.jsonl").is_file():
-                        found[seed] = d
-                return found
-
-            base = dirs(baseline)
-            for variant in exp["variants"]:
-                if variant == baseline:
-                    continue
-                result = compare(dirs(variant), base, margin)
-                if result is not None:
-                    table.append({"condition": label, "split": split, "variant": variant,
-                                  "baseline": baseline, **result})
+    for (label, split), by_variant in evaluations.items():
+        base = by_variant.get(baseline, {})
+        for variant, dirs in by_variant.items():
+            if variant == baseline:
+                continue
+            result = compare(dirs, base, margin)
+            if result is not None:
+                table.append({"condition": label, "split": split, "variant": variant,
+                              "baseline": baseline, **result})
     return judge(table)
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__, checkpoint
+from . import checkpoint
 from . import device as devices
 from .batching import IGNORE, BatchOrder, budget_steps, collate, compile_widths, pad_to_bucket
 from .errors import UserError, require, require_field_types, require_seed
@@ -46,6 +46,7 @@ from .models import GPT, PRESETS, GPTConfig
 from .models.gpt import training_memory_floor
 from .traces import components
 from .traces.suite import Suite, open_suite
+from .version import __version__
 
 
 @dataclass

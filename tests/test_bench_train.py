@@ -67,7 +67,7 @@ def test_peak_table_knows_the_cards():
 
 @pytest.mark.parametrize("toy", [False, True])
 def test_scaled_experiments_are_valid_toml_of_what_was_meant(toy, tmp_path):
-    from retroplan.experiment import load_experiment
+    from retroplan.experiment_file import load_experiment
 
     for exp in (gpu_check.scaled_pathstar(1200, toy), gpu_check.scaled_countdown(toy)):
         text = gpu_check.toml_text(exp)

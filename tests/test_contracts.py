@@ -1,5 +1,6 @@
-"""The task and grammar contracts (retroplan/tasks.py): every registered task and its grammar keep
-them, and a module that breaks one is reported with a sentence naming the member and the fault."""
+"""The task and grammar contracts (retroplan/contracts.py, checked by retroplan/tasks.py): every
+registered task and its grammar keep them, and a module that breaks one is reported with a
+sentence naming the member and the fault."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 
 from retroplan import ENV_ENTRY_POINTS
+from retroplan.contracts import DigraphTask, Task
 from retroplan.envs import TASKS, pathstar
 from retroplan.errors import UserError
-from retroplan.tasks import ContractError, DigraphTask, Task, check_grammar, check_task, task_contract
+from retroplan.tasks import ContractError, check_grammar, check_task, task_contract
 from retroplan.traces import GRAMMARS, digraphs
 from retroplan.traces.common import Parsed
 

@@ -8,7 +8,7 @@ import tomllib
 import numpy as np
 
 from retroplan.cli import main
-from retroplan.experiment import experiment_identity, load_experiment
+from retroplan.experiment_file import experiment_identity, load_experiment
 from retroplan.traces import writes
 from retroplan.traces.suite import open_suite
 from retroplan.train import TrainConfig, plan_steps
@@ -83,7 +83,7 @@ train = {objective = "teacherless"}
     threads["conditions"][0]["train"] = {"threads": 2}   # a table of machine settings only
     del threads["conditions"][1]["train"]["lr"]
     assert experiment_identity(threads) == experiment_identity(raw)
-    pieces = exp["_train_by_piece"]
+    pieces = exp.train
     assert pieces[("degree2-path_len4", "optimal")].objective == "next-token"
     assert pieces[("teacherless", "optimal")].objective == "teacherless"
     assert pieces[("teacherless", "optimal+optimal")].lr == 2e-3     # by_variant, then the condition

@@ -289,7 +289,7 @@ def test_every_json_file_a_study_writes_is_strict_json(study):
 
 
 def test_set_overrides_dotted_keys_with_toml_values():
-    from retroplan.experiment import apply_overrides
+    from retroplan.experiment_file import apply_overrides
 
     raw = {"seeds": [0], "train": {"steps": 12}, "conditions": [{"degree": 2}, {"degree": 3}]}
     got = apply_overrides(raw, ["train.steps=3000", "seeds=[0, 1, 2]", "conditions.1.degree=4",

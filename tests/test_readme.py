@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from retroplan.cli import main
-from retroplan.experiment import SHIPPED_DIR, load_experiment, shipped_experiments
+from retroplan.experiment_file import SHIPPED_DIR, load_experiment, shipped_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

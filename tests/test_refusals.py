@@ -275,7 +275,7 @@ threads = 1
 ], ids=["n_head", "dropout", "context"])
 def test_a_study_with_an_impossible_model_writes_nothing_and_takes_the_corrected_file(
         tmp, capsys, line, message):
-    from retroplan.experiment import load_experiment
+    from retroplan.experiment_file import load_experiment
 
     study = tmp / "exp.toml"
     study.write_text(STUDY + line + "\n")
@@ -294,20 +294,21 @@ def test_workers_beyond_the_pieces_start_no_idle_process(monkeypatch, tmp_path):
     started = []
 
     class Pool:  # records the processes asked for; each piece "finished" at once
-        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
-            started.append(max_workers)
+        def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
+            started.append(workers)
 
-        def submit(self, fn, out, job, amount, threads):
+        def submit(self, fn, piece, name, args, threads):
             done = Future()
-            done.set_result((job, {}, 0.0))
+            done.set_result((name, {}, 0.0))
             return done
 
         def shutdown(self, wait=True, cancel_futures=False):
             pass
 
     monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
-    todo = [(("d2", "optimal", 0), None), (("d2", "optimal", 1), None)]
-    assert [job for job, _, _ in runner._run_pool(tmp_path, todo, 12, False)] == [job for job, _ in todo]
+    pieces = [("d2-optimal-s0", ()), ("d2-optimal-s1", ())]
+    finished = runner._run_pool(print, pieces, 12, False)
+    assert sorted(name for name, _, _ in finished) == sorted(name for name, _ in pieces)
     assert started == [2]  # before the fix: 12
 
 

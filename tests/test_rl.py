@@ -212,7 +212,7 @@ def test_the_elicit_study_gives_every_run_an_rl_stage_at_smoke_size(tmp_path):
 def test_a_bad_rl_table_is_one_sentence(tmp_path):
     from pathlib import Path
 
-    from retroplan.experiment import load_experiment
+    from retroplan.experiment_file import load_experiment
 
     toml = Path(__file__).parent.parent / "retroplan" / "experiments" / "elicit_pathstar.toml"
     with pytest.raises(UserError, match="unknown rl setting 'stepz'"):

@@ -23,7 +23,7 @@ import retroplan
 from retroplan import checkpoint
 from retroplan.errors import UserError
 from retroplan.eval import evaluate
-from retroplan.experiment import load_experiment
+from retroplan.experiment_file import load_experiment
 from retroplan.traces.suite import SuiteSpec, generate_suite, merge_shards, open_suite
 from retroplan.train import TrainConfig, train
 
@@ -157,7 +157,7 @@ def test_an_experiment_label_cannot_name_a_folder_outside_out(tmp_path, label):
     toml.write_text(f'name = "x"\ntask = "pathstar"\nvariants = ["optimal"]\n'
                     f'[[conditions]]\nlabel = {json.dumps(label)}\ndegree = 2\n')
     if label == "":  # an empty label falls back to the config's own name, which is safe
-        assert load_experiment(toml)["_labels"] == ["degree2"]
+        assert load_experiment(toml).labels == ("degree2",)
         return
     with pytest.raises(UserError, match="must be a plain name"):
         load_experiment(toml)

@@ -306,12 +306,12 @@ def test_backward_stream_searches_on_graph_but_not_on_pathstar(make_suite):
 
 
 def test_an_experiment_sets_the_lookahead_mode_in_its_eval_table(tmp_path):
-    from retroplan.experiment import load_experiment
+    from retroplan.experiment_file import load_experiment
 
     toml = tmp_path / "e.toml"
     body = 'name = "la"\ntask = "pathstar"\nvariants = ["lookahead"]\n[eval]\nlookahead = "{}"\n'
     toml.write_text(body.format("given-goal"))
-    assert load_experiment(toml)["_eval"].lookahead == "given-goal"
+    assert load_experiment(toml).eval.lookahead == "given-goal"
     toml.write_text(body.format("goal-first"))
     with pytest.raises(UserError, match="eval lookahead must be plain, model-goal or given-goal"):
         load_experiment(toml)

@@ -46,11 +46,11 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rng
+from ..contracts import DigraphTask
 from ..envs import digraph, get_task
 from ..errors import require
 from ..events import Event
 from ..searchers import digraph_search
-from ..tasks import DigraphTask
 from . import common
 from .common import STREAM_VARIANTS, VARIANTS, Parsed, example_rows
 from .vocab import MIX_TOKENS, Vocab, forced_open

@@ -45,10 +45,10 @@ import os
 import shlex
 from pathlib import Path
 
-from .. import __version__
+from ..contracts import REQUIRED_SPLITS
 from ..errors import UserError, require
 from ..fsutil import atomic_dir, json_line, json_text, write_text
-from ..tasks import REQUIRED_SPLITS
+from ..version import __version__
 from .suite import open_suite
 
 FORMATS = ("jsonl", "parquet", "sos")

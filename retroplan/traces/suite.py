@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import __version__
 from ..envs import get_task, make_config, out_of_bounds
 from ..errors import UserError, plain, require
 from ..fsutil import NpyAppender, atomic_dir, sha256_file, write_json, write_npy, write_text
+from ..version import __version__
 from . import check_variant, components, get_grammar
 
 FORMAT = "retroplan-suite/1"
