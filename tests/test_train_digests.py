@@ -1,0 +1,121 @@
+"""The trainer's output pinned: a few tiny runs (one per path `train` takes: a plain run with
+val loss, learning curves, kept steps and dropped long rows; a mixture with dropout and cut
+rows; the teacherless objective; a run resumed to a longer length) trained on CPU in fp32 with
+one thread, and every deterministic byte they write compared against the sha256 digests in
+`tests/data/train_digests.json`: the weights and optimizer state (moments and RNG state) of
+every checkpoint kept, state.json, train_log.jsonl, curve.jsonl, final.json and run.json, less
+their wall-clock fields and the fields that carry the library version.
+
+A refactor of train.py must leave every digest as it is. A change that is meant to change
+training regenerates the file on purpose, in the same commit:
+
+    .venv/bin/python tests/test_train_digests.py --write
+
+The digests are of the torch version the file names: another version may sum in another order
+(its last bits differ), so under another one the test is skipped, not failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from retroplan.traces.suite import SuiteSpec, generate_suite
+from retroplan.train import TrainConfig, train
+
+GOLDEN = Path(__file__).parent / "data" / "train_digests.json"
+
+PATHSTAR = {"degree": 2, "path_len": 4, "num_nodes": 20}
+SIZES = {"train": 48, "val": 8, "test": 4}
+TINY = dict(n_layer=1, n_head=2, n_embd=32, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+            log_every=2, checkpoint_every=3, device="cpu", threads=1, precision="fp32", seed=3)
+
+# (suite variant, suite options, train settings, steps of a first run resumed to `steps`)
+CASES = {
+    "plain": ("stream", {}, dict(TINY, steps=6, eval_every=2, curve_every=3, curve_examples=4,
+                                 keep_steps=[2], context=36), None),
+    "mixture": ("optimal+reverse", {}, dict(TINY, steps=6, dropout=0.1, long_examples="cut",
+                                            context=27), None),
+    "teacherless": ("optimal", {}, dict(TINY, steps=5, objective="teacherless", curve_every=5,
+                                        curve_examples=4), None),
+    "resumed": ("stream", {}, dict(TINY, steps=7, curve_every=2, curve_examples=4), 4),
+}
+
+# wall-clock fields, and fields that change with the library's version (the suite's meta.json
+# carries it, and with it its digests and the run identity)
+UNPINNED = {"elapsed_s", "train_seconds", "curve_seconds", "tokens_per_second", "retroplan_version",
+            "suite", "suite_meta_sha256", "suite_digest", "run_identity"}
+
+
+def _pinned(record: dict) -> str:
+    return json.dumps({k: v for k, v in record.items() if k not in UNPINNED}, sort_keys=True)
+
+
+def _digest(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def run_digests(case: str, root: Path) -> dict[str, str]:
+    """Train case `case` under `root`; the digest of each deterministic file it wrote (a JSON
+    file or log by its records less `UNPINNED`, a tensor file by its bytes)."""
+    variant, options, settings, first_steps = CASES[case]
+    suite = generate_suite(SuiteSpec("pathstar", variant, PATHSTAR, options, 5, SIZES), root / "suite",
+                           progress=False)
+    run = root / "run"
+    threads = torch.get_num_threads()
+    try:
+        if first_steps:
+            train(suite, run, TrainConfig(**dict(settings, steps=first_steps)), progress=False)
+        summary = train(suite, run, TrainConfig(**settings), resume=bool(first_steps), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    final = json.loads((run / "final.json").read_text())
+    assert summary == final  # what train returns is what it wrote
+    digests = {}
+    for path in sorted(p for p in run.rglob("*") if p.is_file()):
+        name = str(path.relative_to(run))
+        if path.suffix == ".safetensors":
+            digests[name] = _digest(path.read_bytes())
+        elif path.suffix == ".json":
+            digests[name] = _digest(_pinned(json.loads(path.read_text())))
+        elif path.suffix == ".jsonl":
+            digests[name] = _digest("\n".join(_pinned(json.loads(line))
+                                              for line in path.read_text().splitlines()))
+        else:
+            raise AssertionError(f"{case}: train wrote {name}, which this test does not pin")
+    return digests
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_training_bytes_are_pinned(case, tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    if golden["torch"] != torch.__version__:
+        pytest.skip(f"the digests are of torch {golden['torch']}, this is {torch.__version__}")
+    assert case in golden["runs"], f"{case} has no pinned digests; run tests/test_train_digests.py --write"
+    got = run_digests(case, tmp_path)
+    want = golden["runs"][case]
+    changed = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))
+    assert not changed, f"{case}: these files changed: {', '.join(changed)}"
+
+
+def test_golden_file_names_exactly_the_cases():
+    assert sorted(json.loads(GOLDEN.read_text())["runs"]) == sorted(CASES)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python tests/test_train_digests.py --write")
+    runs = {}
+    for name in sorted(CASES):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs[name] = run_digests(name, Path(tmp))
+    GOLDEN.write_text(json.dumps({"torch": torch.__version__, "runs": runs}, indent=1, sort_keys=True)
+                      + "\n")
+    print(f"wrote {GOLDEN} ({len(runs)} runs)")
