@@ -13,8 +13,9 @@ training regenerates the file on purpose, in the same commit:
 
     .venv/bin/python tests/test_train_digests.py --write
 
-The digests are of the torch version the file names: another version may sum in another order
-(its last bits differ), so under another one the test is skipped, not failed.
+The digests are of the torch version and CPU kernel level (`torch.backends.cpu.get_cpu_capability`:
+AVX512, AVX2, ...) the file names: another version or another instruction set may sum in another
+order (the last bits differ), so under another one the test is skipped, not failed.
 """
 
 from __future__ import annotations
@@ -115,11 +116,16 @@ def run_digests(case: str, root: Path) -> dict[str, str]:
     return digests
 
 
+def _machine() -> str:
+    """What the bits of CPU training depend on besides the code: torch and its kernel level."""
+    return f"torch {torch.__version__} on {torch.backends.cpu.get_cpu_capability()}"
+
+
 @pytest.mark.parametrize("case", sorted(CASES) + sorted(RL_CASES))
 def test_training_bytes_are_pinned(case, tmp_path):
     golden = json.loads(GOLDEN.read_text())
-    if golden["torch"] != torch.__version__:
-        pytest.skip(f"the digests are of torch {golden['torch']}, this is {torch.__version__}")
+    if golden["machine"] != _machine():
+        pytest.skip(f"the digests are of {golden['machine']}, this is {_machine()}")
     assert case in golden["runs"], f"{case} has no pinned digests; run tests/test_train_digests.py --write"
     got = run_digests(case, tmp_path)
     want = golden["runs"][case]
@@ -140,6 +146,5 @@ if __name__ == "__main__":
     for name in sorted([*CASES, *RL_CASES]):
         with tempfile.TemporaryDirectory() as tmp:
             runs[name] = run_digests(name, Path(tmp))
-    GOLDEN.write_text(json.dumps({"torch": torch.__version__, "runs": runs}, indent=1, sort_keys=True)
-                      + "\n")
+    GOLDEN.write_text(json.dumps({"machine": _machine(), "runs": runs}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN} ({len(runs)} runs)")
