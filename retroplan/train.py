@@ -191,12 +191,16 @@ def warmup_warning(cfg: TrainConfig) -> str | None:
             f"never starts; set warmup_steps below steps (e.g. --warmup-steps {cfg.steps // 10}).")
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: the matrices decayed by `weight_decay`, the vectors (biases,
+    norms) not decayed (train's and rl's optimizers)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=device.type == "cuda")
 
 
@@ -509,7 +513,7 @@ def _open_data(suite_path: str | os.PathLike, cfg: TrainConfig) -> _TrainingData
 
 def _open_run(out: Path, data: _TrainingData, cfg: TrainConfig, model_cfg: GPTConfig,
               machine: _Machine, resume: bool) -> tuple[GPT, torch.optim.AdamW, int, dict]:
-    """(model, optimizer, step, state) the run starts from (`_resume`). Everything is checked
+    """(model, optimizer, step, state) the run starts from (`resume_point`). Everything is checked
     (the folder, and a resumed run's checkpoint loaded whole) before rank 0 writes anything."""
     description = _run_description(data.suite, out, cfg, model_cfg, data.dropped, data.cut)
     old = _check_run_folder(out, description, data.suite, cfg, resume) if machine.main else None
@@ -519,7 +523,7 @@ def _open_run(out: Path, data: _TrainingData, cfg: TrainConfig, model_cfg: GPTCo
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(machine.device)
     optimizer = _make_optimizer(model, cfg, machine.device)
-    step, state = _resume(ckpt, model, optimizer)
+    step, state = resume_point(ckpt, model, optimizer)
     if machine.main:
         _write_run_folder(out, description, old, cfg, step)
     return model, optimizer, step, state
@@ -822,10 +826,10 @@ def _write_run_folder(out: Path, description: dict, old: dict | None, cfg: Train
     else:
         _change_length(out, old, cfg, step)
     for name in LOG_FILES:
-        _trim_log(out / name, step)
+        trim_log(out / name, step)
 
 
-def _resume(ckpt: Path | None, model: GPT, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+def resume_point(ckpt: Path | None, model: GPT, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
     """(step, state) a run starts from: those of the checkpoint `ckpt`, whose weights and
     optimizer moments are loaded into `model` and `optimizer` (state carries the counters, the
     clocks and the last loss on), or (0, {}) for a new run (`ckpt` None). Writes nothing."""
@@ -870,7 +874,7 @@ def _first_bad_step(bad_step: torch.Tensor, world: int) -> int:
     return int(bad_step)
 
 
-def _trim_log(path: Path, step: int) -> None:
+def trim_log(path: Path, step: int) -> None:
     """Keep only complete log lines up to the checkpoint we resume from."""
     if not path.exists():
         return
