@@ -3,7 +3,7 @@
 One run: a path-star stream suite (the quick demo's task: degree 2, path_len 4, 20 labels), a
 model of preset `small` (4x128) trained `--sft-steps` steps, then, in the same process:
 
-* eval's generation rate: `eval._generate_all` (the KV-cache sampler `retroplan eval
+* eval's generation rate: `eval.generate_completions` (the KV-cache sampler `retroplan eval
   --temperature 1 --samples G` uses, batches of 256) on `--prompts` test prompts x G samples;
 * RL's sampling rate: `rl.sample_groups` (the same KV-cache generation, one step's
   prompts_per_step x group_size completions at a time) on the same number of completions;
@@ -30,7 +30,7 @@ import torch
 from timing import cpu_name  # benchmarks/timing.py (this folder is on sys.path)
 
 from retroplan import checkpoint
-from retroplan.eval import EvalConfig, _generate_all, judge
+from retroplan.eval import EvalConfig, generate_completions, judge
 from retroplan.rl import RLConfig, rl, sample_groups
 from retroplan.traces.suite import SuiteSpec, generate_suite, open_suite
 from retroplan.train import TrainConfig, train
@@ -71,8 +71,9 @@ def main() -> None:
         g = args.group_size
         completions = args.prompts * g
         sampled = EvalConfig(temperature=1.0, samples=g, device="cpu")
-        eval_rate = best_rate(lambda: _generate_all(model, suite, test, np.arange(args.prompts), sampled,
-                                                    "cpu", progress=False), completions, args.repeats)
+        eval_rate = best_rate(lambda: generate_completions(model, suite, test, np.arange(args.prompts),
+                                                           sampled, "cpu", progress=False),
+                              completions, args.repeats)
         cfg = RLConfig(prompts_per_step=args.prompts_per_step, group_size=g, device="cpu")
         train_rows = np.arange(args.prompts)
         per_step = args.prompts_per_step

@@ -17,7 +17,7 @@ peak (`PEAK_BF16_TFLOPS`, or `--peak-tflops`).
 
 Generation (fp32, as eval generates), random weights so that no row stops early:
   `models.gpt.generate` of `--gen-tokens` tokens with the KV cache vs without it (baseline), and
-  prompts of `--mixed-lengths` different lengths generated as eval's `_generate_all` does (one
+  prompts of `--mixed-lengths` different lengths generated as eval's `generate_completions` does (one
   batch per prompt length, no padding) vs the same number of prompts of one length (baseline).
   Each timed `--repeats` + 1 times, the best kept.
 

@@ -257,8 +257,8 @@ def eval_prefixes(suite: Suite, split, rows, cfg: EvalConfig) -> dict[int, list[
             for r in rows}
 
 
-def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, progress: bool,
-                  prefixes: dict[int, list[int]] | None = None, teacherless: bool = False):
+def generate_completions(model, suite: Suite, split, rows, cfg: EvalConfig, device, progress: bool,
+                         prefixes: dict[int, list[int]] | None = None, teacherless: bool = False):
     """{(row, sample): (token ids up to <eos>, summed log-prob)} for every row and sample;
     the model continues each prompt after its forced `prefixes[row]` (not in the ids). A
     `teacherless` model decodes as it was trained (`_generate_teacherless`).
@@ -408,7 +408,7 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
         out = run_dir / (f"eval-{cfg.split}" if chosen is None else f"eval-{cfg.split}-step{step}")
 
     tf = teacher_forced(model, suite, split, rows, min(cfg.batch_size, 128), device, teacherless)
-    generated = _generate_all(model, suite, split, rows, cfg, device, progress, prefixes, teacherless)
+    generated = generate_completions(model, suite, split, rows, cfg, device, progress, prefixes, teacherless)
     completions = {}
     for k, r in enumerate(rows):
         for s in range(cfg.samples):

@@ -100,108 +100,136 @@ def analyse_stream(events: list, event_ends: list[int], walk, n_tokens: int | No
     the end of its last event); `finished=False` for a stream read only as far as it goes."""
     if n_tokens is None:
         n_tokens = max(event_ends, default=0)
-    st = TraceStats(tokens=n_tokens, finished=finished)
-    root = walk.root
-    st.root_distance = walk.distance(root) if walk.live(root) else None
-    current = root
-    path = [root]
-    parent = {root: None}
-    entered = {root}
-    expanded: set = set()
-    in_thought = False
-    live_thought_open = False  # inside the first thought that began in a live state
-    first_move_seen = False
-
-    def bad(kind):
-        st.invalid += 1
-        st.invalid_kinds[kind] = st.invalid_kinds.get(kind, 0) + 1
-
+    judge = _StreamJudge(walk, TraceStats(tokens=n_tokens, finished=finished))
+    st = judge.st
     for k, event in enumerate(events):
         kind, payload = event[0], event[1]
         written = event[2] if len(event) > 2 else True
         end = event_ends[k] if k < len(event_ends) else n_tokens
-        if kind in (Event.BACK, Event.JUMP) and written:  # an implied return is no thought switch
-            in_thought = live_thought_open = False
-        elif live_thought_open:
-            st.first_live_thought_end = end
+        judge.thought_boundary(kind, written, end)
         if kind == Event.START:
-            if k != 0 or payload != root:
-                st.steps += 1
-                bad("wrong_start")
+            judge.start(k, payload)
         elif kind == Event.GO:
-            st.steps += 1
-            st.moves += 1
-            state, why = walk.go(current, payload)
-            if why:
-                bad(why)
-            elif state in expanded:
-                st.redundant += 1
-            if not first_move_seen:
-                first_move_seen = True
-                st.first_move_optimal = (why is None and st.root_distance is not None
-                                         and walk.live(state)
-                                         and walk.distance(state) == st.root_distance - 1)
-            if not in_thought:
-                in_thought = True
-                st.thoughts += 1
-                if st.first_live_thought_end is None and why is None and walk.live(state):
-                    live_thought_open = True
-                    st.first_live_thought_end = end
-            if state is None:
-                continue
-            expanded.add(current)
-            st.tree.append((current, state, "invalid" if why else "move"))
-            if state not in entered:
-                entered.add(state)
-                parent[state] = current
-            path.append(state)
-            current = state
+            judge.go(payload, end)
         elif kind == Event.JUMP:
-            st.steps += 1
-            st.jumps += 1
-            target = walk.back_target(payload)
-            if target is not None and target in entered:
-                st.tree.append((current, target, "jump"))
-                path = _path_to(parent, target)
-                current = target
-            else:
-                bad("bad_jump")
+            judge.jump(payload)
         elif kind == Event.BACK:
-            st.steps += 1
-            st.backtracks += 1
-            st.written_backtracks += bool(written)
-            target = walk.back_target(payload)
-            if target is not None and target in path[:-1]:
-                idx = path.index(target)
-                abandoned = path[idx + 1:]
-                live_left = [(v, u) for v in abandoned for u in walk.successors(v)
-                             if u not in entered and walk.live(u)]
-                premature = bool(live_left)
-                st.abandoned_live += live_left
-                label = "premature" if premature else "necessary"
-                st.premature += premature
-                st.necessary += not premature
-                st.backtrack_depths[label].append(len(abandoned))
-                st.tree.append((current, target, label))
-                path = path[: idx + 1]
-                current = target
-            else:
-                bad("bad_backtrack")
-                st.invalid_backtracks += 1
-                st.backtrack_depths["invalid"].append(0)
-                if target is not None and target in entered:
-                    st.tree.append((current, target, "invalid_back"))
-                    path = _path_to(parent, target)
-                    current = target
+            judge.back(payload, written)
         elif kind == Event.DEAD:
-            st.dead_ends.append(current)
-        elif kind == Event.GOAL and not walk.is_goal(current):
+            st.dead_ends.append(judge.current)
+        elif kind == Event.GOAL and not walk.is_goal(judge.current):
             st.false_goal += 1
-    st.entered = len(entered)
-    st.expanded = len(expanded)
+    st.entered = len(judge.entered)
+    st.expanded = len(judge.expanded)
     st.self_loop = has_self_loop([tuple(e[:2]) for e in events])
-    st.path = path
+    st.path = judge.path
     return st
+
+
+class _StreamJudge:
+    """`analyse_stream`'s walk through one stream: where the stream is (`current`, on `path`
+    from the root), the states it entered (each with the `parent` it was first entered from)
+    and expanded, and whether it is inside a thought; one method per event kind counts into
+    `st`."""
+
+    def __init__(self, walk, st: TraceStats):
+        self.walk, self.st = walk, st
+        root = walk.root
+        st.root_distance = walk.distance(root) if walk.live(root) else None
+        self.root = self.current = root
+        self.path = [root]
+        self.parent = {root: None}
+        self.entered = {root}
+        self.expanded: set = set()
+        self.in_thought = False
+        self.live_thought_open = False  # inside the first thought that began in a live state
+        self.first_move_seen = False
+
+    def bad(self, kind: str) -> None:
+        self.st.invalid += 1
+        self.st.invalid_kinds[kind] = self.st.invalid_kinds.get(kind, 0) + 1
+
+    def thought_boundary(self, kind, written: bool, end: int) -> None:
+        """A written BT or a JUMP ends the thought; inside the first live thought, every event
+        moves its end to `end`."""
+        if kind in (Event.BACK, Event.JUMP) and written:  # an implied return is no thought switch
+            self.in_thought = self.live_thought_open = False
+        elif self.live_thought_open:
+            self.st.first_live_thought_end = end
+
+    def start(self, k: int, payload) -> None:
+        if k != 0 or payload != self.root:
+            self.st.steps += 1
+            self.bad("wrong_start")
+
+    def go(self, payload, end: int) -> None:
+        st, walk = self.st, self.walk
+        st.steps += 1
+        st.moves += 1
+        state, why = walk.go(self.current, payload)
+        if why:
+            self.bad(why)
+        elif state in self.expanded:
+            st.redundant += 1
+        if not self.first_move_seen:
+            self.first_move_seen = True
+            st.first_move_optimal = (why is None and st.root_distance is not None and walk.live(state)
+                                     and walk.distance(state) == st.root_distance - 1)
+        if not self.in_thought:
+            self.in_thought = True
+            st.thoughts += 1
+            if st.first_live_thought_end is None and why is None and walk.live(state):
+                self.live_thought_open = True
+                st.first_live_thought_end = end
+        if state is None:
+            return
+        self.expanded.add(self.current)
+        st.tree.append((self.current, state, "invalid" if why else "move"))
+        if state not in self.entered:
+            self.entered.add(state)
+            self.parent[state] = self.current
+        self.path.append(state)
+        self.current = state
+
+    def jump(self, payload) -> None:
+        self.st.steps += 1
+        self.st.jumps += 1
+        target = self.walk.back_target(payload)
+        if target is not None and target in self.entered:
+            self.st.tree.append((self.current, target, "jump"))
+            self.path = _path_to(self.parent, target)
+            self.current = target
+        else:
+            self.bad("bad_jump")
+
+    def back(self, payload, written: bool) -> None:
+        st, path = self.st, self.path
+        st.steps += 1
+        st.backtracks += 1
+        st.written_backtracks += bool(written)
+        target = self.walk.back_target(payload)
+        if target is not None and target in path[:-1]:
+            idx = path.index(target)
+            abandoned = path[idx + 1:]
+            live_left = [(v, u) for v in abandoned for u in self.walk.successors(v)
+                         if u not in self.entered and self.walk.live(u)]
+            premature = bool(live_left)
+            st.abandoned_live += live_left
+            label = "premature" if premature else "necessary"
+            st.premature += premature
+            st.necessary += not premature
+            st.backtrack_depths[label].append(len(abandoned))
+            st.tree.append((self.current, target, label))
+            self.path = path[: idx + 1]
+            self.current = target
+            return
+        self.bad("bad_backtrack")
+        st.invalid_backtracks += 1
+        st.backtrack_depths["invalid"].append(0)
+        if target is not None and target in self.entered:
+            st.tree.append((self.current, target, "invalid_back"))
+            self.path = _path_to(self.parent, target)
+            self.current = target
 
 
 def _path_to(parent: dict, state) -> list:

@@ -49,6 +49,7 @@ from .fsutil import atomic_path, json_line, open_append, path_for, path_from, re
 from .models import GPT, generate
 from .rewards import REWARDS, information_gain, reward_of
 from .traces.suite import Suite, open_suite
+from .train import decay_groups, resume_point, trim_log
 from .version import __version__
 
 ADVANTAGE_EPS = 1e-4  # TRL's: a group with a tiny spread does not get huge advantages
@@ -257,7 +258,12 @@ def _ema_path(out: Path, step: int) -> Path:
 def rl(run: str | os.PathLike | None, out: str | os.PathLike, cfg: RLConfig, resume: bool = False,
        progress: bool = True) -> dict:
     """GRPO fine-tuning of the run `run` (its latest checkpoint) into the new run folder `out`;
-    with `resume`, continue `out` (its parent from its run.json). Returns the summary."""
+    with `resume`, continue `out` (its parent from its run.json). Returns the summary.
+
+    The steps: the run folder (checked; a resumed run's parent read from it); the frozen parent
+    model (the reference) and the prompts; the policy, its optimizer and RLP's EMA model, new or
+    resumed from the latest checkpoint; the loop (`_grpo_step` at a time, a log line each,
+    checkpoints at their steps); the summary (final.json)."""
     cfg.validate()
     out = Path(out)
     for name in RL_FILES:
@@ -265,6 +271,59 @@ def rl(run: str | os.PathLike | None, out: str | os.PathLike, cfg: RLConfig, res
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    parent, parent_step, description = _open_rl_folder(run, out, cfg, resume)
+    reference, parent_run, parent_step = checkpoint.load_model(parent, device, step=parent_step)
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    suite, rows = _rl_prompts(parent, parent_run, reference, cfg)
+    if description is None:
+        description = _describe(parent, out, parent_run, parent_step, suite, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run.json", description)
+
+    policy = GPT(reference.cfg).to(device)
+    policy.load_state_dict(reference.state_dict())
+    optimizer = torch.optim.AdamW(decay_groups(policy, cfg.weight_decay), lr=cfg.lr)
+    step, state = resume_point(checkpoint.latest_dir(out), policy, optimizer)
+    trim_log(out / "rl_log.jsonl", step)  # the lines a killed run wrote after its checkpoint
+    # RLP's no-thought baseline: an exponential moving average of the policy
+    ema = _ema_model(out, policy, step, device) if cfg.reward == "verified+rlp" else None
+    if (out / "final.json").is_file() and step >= cfg.steps:
+        return checkpoint._read_json(out / "final.json", "run summary")
+    (out / "final.json").unlink(missing_ok=True)
+
+    log = open_append(out / "rl_log.jsonl")
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl {suite.variant}", unit="step",
+               disable=None if progress else True, leave=False)
+    t0 = time.perf_counter() - float(state.get("rl_seconds", 0.0))
+    record = {}
+    try:
+        while step < cfg.steps:
+            numbers, gain = _grpo_step(policy, reference, ema, optimizer, suite, rows, cfg, step, device)
+            step += 1
+            record = {"step": step, **numbers, "elapsed_s": round(time.perf_counter() - t0, 3)}
+            if gain is not None:
+                record["information_gain"] = round(float(gain.mean()), 6)
+            log.write(json_line(record))
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save(out, step, policy, optimizer, ema, cfg, t0)
+    finally:
+        bar.close()
+        log.close()
+    summary = {"steps": step, "rl_seconds": round(time.perf_counter() - t0, 2), "device": str(device),
+               "parameters": policy.num_params(), "last": record}
+    write_json(out / "final.json", summary)
+    return summary
+
+
+def _open_rl_folder(run: str | os.PathLike | None, out: Path, cfg: RLConfig,
+                    resume: bool) -> tuple[Path, int | None, dict | None]:
+    """(parent run, its step, run.json) of the RL run `out`: those `out` records, when it is
+    resumed (a changed step count recorded in its run.json); else (`run`, None: its latest
+    checkpoint, None: a new run.json), once `out` is checked to be new or empty."""
     if (out / "run.json").is_file():
         require(resume, f"run folder {out} already exists; pass --resume to continue it or choose "
                         "another --out.")
@@ -276,20 +335,21 @@ def rl(run: str | os.PathLike | None, out: str | os.PathLike, cfg: RLConfig, res
         parent = path_from(out, description["parent"])
         require(run is None or Path(run).resolve() == parent.resolve(),
                 f"cannot resume {out} from {run}: it was started from {parent}.")
-        parent_step = int(description["parent_step"])
         if description["rl"].get("steps") != cfg.steps:  # continued to another length: say so
             description = dict(description, rl=dict(description["rl"], steps=cfg.steps))
             write_json(out / "run.json", description)
-    else:
-        require(not resume, f"cannot resume {out}: it is not a run (it has no run.json).")
-        require(run is not None, "rl needs the run to start from (retroplan rl RUN --out RL_RUN).")
-        require(not out.exists() or not any(out.iterdir()),
-                f"output folder {out} exists and is not empty; choose another --out.")
-        parent, parent_step, description = Path(run), None, None
+        return parent, int(description["parent_step"]), description
+    require(not resume, f"cannot resume {out}: it is not a run (it has no run.json).")
+    require(run is not None, "rl needs the run to start from (retroplan rl RUN --out RL_RUN).")
+    require(not out.exists() or not any(out.iterdir()),
+            f"output folder {out} exists and is not empty; choose another --out.")
+    return Path(run), None, None
 
-    reference, parent_run, parent_step = checkpoint.load_model(parent, device, step=parent_step)
-    for p in reference.parameters():
-        p.requires_grad_(False)
+
+def _rl_prompts(parent: Path, parent_run: dict, reference: GPT, cfg: RLConfig) -> tuple[Suite, np.ndarray]:
+    """The parent's suite and the rows RL draws its prompts from (the train split's forward
+    rows), checked: the model has room to write after each, and RLP's reward has a thought to
+    reward."""
     suite = open_suite(checkpoint.run_suite(parent, parent_run))
     checkpoint.check_suite(parent, parent_run, suite, "train the run's RL stage on")
     require("train" in suite.splits, f"suite {suite.path} has no train split to draw RL prompts from.")
@@ -304,114 +364,83 @@ def rl(run: str | os.PathLike | None, out: str | os.PathLike, cfg: RLConfig, res
     require(not rlp or (suite.variant in RLP_VARIANTS and suite.meta["task"] in ("pathstar", "graph")),
             f"rl reward verified+rlp rewards a thought written before `;`; {suite.meta['task']} "
             f"{suite.variant} writes none (allowed: pathstar or graph, variants {', '.join(RLP_VARIANTS)}).")
-    if description is None:
-        description = _describe(parent, out, parent_run, parent_step, suite, cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", description)
+    return suite, rows
 
-    policy = GPT(reference.cfg).to(device)
-    policy.load_state_dict(reference.state_dict())
-    decay = [p for p in policy.parameters() if p.dim() >= 2]
-    no_decay = [p for p in policy.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    step, state = 0, {}
-    latest = checkpoint.latest_dir(out)
-    if latest is not None:
-        state = checkpoint.load_training_state(latest, policy, optimizer)
-        step = int(state["step"])
-    from .train import _trim_log  # the same cut of lines a killed run wrote after its checkpoint
-    _trim_log(out / "rl_log.jsonl", step)
-    ema = None
-    if rlp:  # RLP's no-thought baseline: an exponential moving average of the policy
-        ema = GPT(reference.cfg).to(device)
-        if step:
-            path = _ema_path(out, step)
-            require(path.is_file(), f"cannot resume {out}: its EMA model of step {step} ({path}) is missing.")
-            weights = load_file(str(path))
-            weights["head.weight"] = weights["tok_emb.weight"]
-            ema.load_state_dict(weights)
-        else:
-            ema.load_state_dict(policy.state_dict())
-        for p in ema.parameters():
-            p.requires_grad_(False)
-        ema.eval()
-    if (out / "final.json").is_file() and step >= cfg.steps:
-        return checkpoint._read_json(out / "final.json", "run summary")
-    (out / "final.json").unlink(missing_ok=True)
 
+def _ema_model(out: Path, policy: GPT, step: int, device) -> GPT:
+    """RLP's EMA model (frozen, eval mode): the policy's copy at step 0, else the one saved
+    with the checkpoint of `step`."""
+    ema = GPT(policy.cfg).to(device)
+    if step:
+        path = _ema_path(out, step)
+        require(path.is_file(), f"cannot resume {out}: its EMA model of step {step} ({path}) is missing.")
+        weights = load_file(str(path))
+        weights["head.weight"] = weights["tok_emb.weight"]
+        ema.load_state_dict(weights)
+    else:
+        ema.load_state_dict(policy.state_dict())
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    ema.eval()
+    return ema
+
+
+def _grpo_step(policy: GPT, reference: GPT, ema: GPT | None, optimizer: torch.optim.Optimizer, suite: Suite,
+               rows: np.ndarray, cfg: RLConfig, step: int, device) -> tuple[dict, torch.Tensor | None]:
+    """GRPO step `step` (the module's 1-4; then the EMA model follows the policy): what the log
+    records of it, and RLP's information gain of each completion (None without `ema`)."""
+    split = suite.split("train")
     pad, eos = suite.vocab.pad_id, suite.vocab.eos_id
-    semi = suite.vocab.ids.get(";")
-    log = open_append(out / "rl_log.jsonl")
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl {suite.variant}", unit="step",
-               disable=None if progress else True, leave=False)
-    t0 = time.perf_counter() - float(state.get("rl_seconds", 0.0))
-    record = {}
-    try:
-        while step < cfg.steps:
-            chosen = step_prompts(rows, cfg, step)
-            policy.eval()  # no dropout: the ratio compares the same function
-            completions = sample_groups(policy, suite, split, chosen, cfg, step, device)
-            prompts = [split.prompt(int(r)).tolist() for r in chosen for _ in range(cfg.group_size)]
-            instances = [int(split.instance[r]) for r in chosen for _ in range(cfg.group_size)]
-            verdicts = [judge(suite, split.instances, i, c) for i, c in zip(instances, completions)]
-            kind = "shaped" if cfg.reward == "shaped" else "verified"
-            rewards = torch.tensor([reward_of(v, kind) for v in verdicts])
-            gain = None
-            if rlp:
-                gain = information_gain(policy, ema, prompts, completions, semi, eos, pad)
-                rewards = rewards + cfg.rlp_coef * gain
-            advantages = group_advantages(rewards.view(-1, cfg.group_size)).view(-1).to(device)
-            x, mask = pack(prompts, completions, pad)
-            x, mask = x.to(device), mask.to(device)
-            with torch.no_grad():
-                old_logp = token_logprobs(policy, x, cfg.temperature)
-                ref_logp = token_logprobs(reference, x, cfg.temperature)
-            for _ in range(cfg.updates_per_step):
-                logp = token_logprobs(policy, x, cfg.temperature)
-                loss, kl, clipped = grpo_loss(logp, old_logp, ref_logp, advantages, mask,
-                                              cfg.clip_eps, cfg.kl_coef)
-                require(bool(torch.isfinite(loss)),
-                        f"rl diverged: the loss was not finite at step {step + 1}; lower lr "
-                        f"(now {cfg.lr:g}).")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                optimizer.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for e, p in zip(ema.parameters(), policy.parameters()):
-                        e.mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
-            step += 1
-            uniform = (rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean()
-            record = {"step": step, "reward_mean": round(float(rewards.mean()), 6),
-                      "pass_rate": round(float(np.mean([v["correct"] for v in verdicts])), 6),
-                      "kl": round(kl.item(), 6), "loss": round(loss.item(), 6),
-                      "clipped": round(float(clipped), 6), "uniform_groups": round(float(uniform), 6),
-                      "completion_tokens": round(float(np.mean([len(c) for c in completions])), 3),
-                      "elapsed_s": round(time.perf_counter() - t0, 3)}
-            if gain is not None:
-                record["information_gain"] = round(float(gain.mean()), 6)
-            log.write(json_line(record))
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                if ema is not None:  # before the checkpoint that names the step
-                    (out / "ema").mkdir(exist_ok=True)
-                    with atomic_path(_ema_path(out, step)) as tmp:
-                        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()
-                                   if k != "head.weight"}, str(tmp))
-                checkpoint.save(out, step, policy, optimizer,
-                                {"rl": asdict(cfg), "rl_seconds": time.perf_counter() - t0})
-    finally:
-        bar.close()
-        log.close()
-    summary = {"steps": step, "rl_seconds": round(time.perf_counter() - t0, 2), "device": str(device),
-               "parameters": policy.num_params(), "last": record}
-    write_json(out / "final.json", summary)
-    return summary
+    chosen = step_prompts(rows, cfg, step)
+    policy.eval()  # no dropout: the ratio compares the same function
+    completions = sample_groups(policy, suite, split, chosen, cfg, step, device)
+    prompts = [split.prompt(int(r)).tolist() for r in chosen for _ in range(cfg.group_size)]
+    instances = [int(split.instance[r]) for r in chosen for _ in range(cfg.group_size)]
+    verdicts = [judge(suite, split.instances, i, c) for i, c in zip(instances, completions)]
+    kind = "shaped" if cfg.reward == "shaped" else "verified"
+    rewards = torch.tensor([reward_of(v, kind) for v in verdicts])
+    gain = None
+    if ema is not None:
+        gain = information_gain(policy, ema, prompts, completions, suite.vocab.ids.get(";"), eos, pad)
+        rewards = rewards + cfg.rlp_coef * gain
+    advantages = group_advantages(rewards.view(-1, cfg.group_size)).view(-1).to(device)
+    x, mask = pack(prompts, completions, pad)
+    x, mask = x.to(device), mask.to(device)
+    with torch.no_grad():
+        old_logp = token_logprobs(policy, x, cfg.temperature)
+        ref_logp = token_logprobs(reference, x, cfg.temperature)
+    for _ in range(cfg.updates_per_step):
+        logp = token_logprobs(policy, x, cfg.temperature)
+        loss, kl, clipped = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg.clip_eps, cfg.kl_coef)
+        require(bool(torch.isfinite(loss)),
+                f"rl diverged: the loss was not finite at step {step + 1}; lower lr (now {cfg.lr:g}).")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        optimizer.step()
+    if ema is not None:
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), policy.parameters()):
+                e.mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
+    uniform = (rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean()
+    return {"reward_mean": round(float(rewards.mean()), 6),
+            "pass_rate": round(float(np.mean([v["correct"] for v in verdicts])), 6),
+            "kl": round(kl.item(), 6), "loss": round(loss.item(), 6),
+            "clipped": round(float(clipped), 6), "uniform_groups": round(float(uniform), 6),
+            "completion_tokens": round(float(np.mean([len(c) for c in completions])), 3)}, gain
+
+
+def _save(out: Path, step: int, policy: GPT, optimizer: torch.optim.Optimizer, ema: GPT | None,
+          cfg: RLConfig, t0: float) -> None:
+    """The checkpoint of `step` (the RL clock started at `t0`), after the EMA model's file of
+    the same step (a checkpoint never names a step whose EMA model is missing)."""
+    if ema is not None:
+        (out / "ema").mkdir(exist_ok=True)
+        with atomic_path(_ema_path(out, step)) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()
+                       if k != "head.weight"}, str(tmp))
+    checkpoint.save(out, step, policy, optimizer, {"rl": asdict(cfg), "rl_seconds": time.perf_counter() - t0})
 
 
 def rl_settings_from(out: Path) -> dict:

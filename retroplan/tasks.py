@@ -242,6 +242,13 @@ def _check_sampling(task, cfg, seed: int, split: str, count: int, what: str) -> 
     if not _same_batch(part, _rows(batch, picked)):
         _fail(f"{what}: sample_instances depends on the batch: instances {picked} drawn on their own "
               f"differ from the same instances drawn among 0..{count - 1}.")
+    _check_instance_readers(task, cfg, split, count, batch, part, picked, what)
+
+
+def _check_instance_readers(task, cfg, split: str, count: int, batch: dict, part: dict,
+                            picked: list[int], what: str) -> None:
+    """fingerprints, instance_at, difficulty, instance_bounds and split_summary of the `count`
+    instances `batch` (`part`: those of `picked`, drawn on their own)."""
     fp = task.fingerprints(batch)
     if not (isinstance(fp, np.ndarray) and fp.dtype == np.uint64 and fp.shape == (count,)):
         _fail(f"{what}: fingerprints must return uint64 ({count},), got "
@@ -352,10 +359,38 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
     raised, and eval_prefix, StreamTracker, variant_note and searcher_of answer as their
     Protocol says. `options` (a `grammar.Options`; default: its defaults) are the writer's
     settings the rows are written with. Raises ContractError."""
-    from .metrics import analyse_stream
-    from .traces.common import VARIANTS, Parsed
-
     what = f"grammar {getattr(grammar, '__name__', grammar)}"
+    defaults = _check_grammar_members(grammar, task, what)
+    options = defaults if options is None else options
+    cfg = task.Config()
+    vocab = grammar.make_vocab(cfg)
+    _check_token_ids(grammar, vocab, what)
+    indices = np.arange(count, dtype=np.int64)
+    batch = task.sample_instances(cfg, seed, "test", indices)
+    plans = reference_plans(task, grammar, cfg, seed, "test", indices, batch, vocab)
+    noise = np.random.default_rng(seed)
+    for variant in grammar.VARIANTS:
+        where = f"{what}, variant {variant}"
+        _check_variant_answers(grammar, task, options, variant, seed, batch, vocab, where)
+        ex = _check_variant_rows(grammar, task, cfg, options, variant, seed, indices, batch, vocab, where)
+        for i, (start, end, prompt) in enumerate(_row_spans(ex)):
+            completion = [int(t) for t in ex["tokens"][start + prompt:end]]
+            parsed = _check_parses_back(grammar, task, variant, completion, vocab, batch, i, plans[i], where)
+            if variant in grammar.STREAM_VARIANTS:
+                _check_teacher_stream(grammar, task, cfg, variant, parsed, completion, batch, i, where)
+            _check_broken_completions(grammar, variant, completion, vocab, noise, where)
+    if "lookahead" in grammar.VARIANTS:
+        for mode in ("model-goal", "given-goal"):
+            prefix = grammar.eval_prefix("lookahead", mode, batch, 0, vocab)
+            if not (prefix and all(isinstance(t, int) and 0 <= t < len(vocab) for t in prefix)):
+                _fail(f"{what}: eval_prefix('lookahead', {mode!r}) must force token ids, got {prefix!r}.")
+
+
+def _check_grammar_members(grammar, task, what: str):
+    """The grammar's members and variant lists, and the task's members the grammar asks for;
+    the default `grammar.Options`."""
+    from .traces.common import VARIANTS
+
     check_members(grammar, Grammar, what)
     contract = task_contract(grammar)
     check_members(task, contract, f"task module {getattr(task, '__name__', task)} (written by {what})")
@@ -365,89 +400,109 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
               f"{grammar.VARIANTS!r}.")
     if not set(grammar.STREAM_VARIANTS) <= set(grammar.VARIANTS):
         _fail(f"{what}: STREAM_VARIANTS {grammar.STREAM_VARIANTS!r} must be among VARIANTS.")
-    defaults = _check_settings(grammar.Options, f"{what}: Options")
-    options = defaults if options is None else options
-    cfg = task.Config()
-    vocab = grammar.make_vocab(cfg)
+    return _check_settings(grammar.Options, f"{what}: Options")
+
+
+def _check_token_ids(grammar, vocab, what: str) -> None:
     size = len(vocab)
     if not all(isinstance(t, int) and 0 <= t < size for t in grammar.no_loss_tokens(vocab)):
         _fail(f"{what}: no_loss_tokens must be token ids of the vocabulary.")
     switch = grammar.StreamTracker.switch_tokens
     if not all(isinstance(t, int) and 0 <= t < size for t in switch):
         _fail(f"{what}: StreamTracker.switch_tokens must be token ids of the vocabulary, got {switch!r}.")
-    indices = np.arange(count, dtype=np.int64)
-    batch = task.sample_instances(cfg, seed, "test", indices)
-    plans = reference_plans(task, grammar, cfg, seed, "test", indices, batch, vocab)
-    noise = np.random.default_rng(seed)
-    for variant in grammar.VARIANTS:
-        where = f"{what}, variant {variant}"
-        note = grammar.variant_note(task.NAME, variant)
-        if note is not None and not (isinstance(note, str) and note):
-            _fail(f"{where}: variant_note must return a sentence or None, got {note!r}.")
-        suite = _SuiteStub(variant, options, {"task": task.NAME, "variant": variant, "seed": seed})
-        searcher = grammar.searcher_of(suite, "test", 0)
-        if searcher is not None and not (isinstance(searcher, str) and searcher):
-            _fail(f"{where}: searcher_of must return a name or None, got {searcher!r}.")
-        prefix = grammar.eval_prefix(variant, "plain", batch, 0, vocab)
-        if list(prefix) != []:
-            _fail(f"{where}: eval_prefix in plain mode must force no tokens, got {prefix!r}.")
-        train = grammar.write_examples(task, cfg, options, variant, seed, "train", indices,
-                                       task.sample_instances(cfg, seed, "train", indices))
-        _check_rows(train, vocab, count, f"{where} (train)")
-        if variant == "revthink":
-            _check_revthink_question_alone(train, f"{where} (train)")
-        ex = grammar.write_examples(task, cfg, options, variant, seed, "test", indices, batch)
-        _check_rows(ex, vocab, count, f"{where} (test)")
-        if not (np.array_equal(ex["instance"], indices) and not ex["kind"].any()):
-            _fail(f"{where}: a test split holds one forward row (kind 0) per instance, in order.")
-        last = count - 1
-        alone = grammar.write_examples(task, cfg, options, variant, seed, "test", indices[last:],
-                                       _rows(batch, slice(last, None)))
-        start, end, _ = _row_spans(ex)[last]
-        if not np.array_equal(alone["tokens"], ex["tokens"][start:end]):
-            _fail(f"{where}: the row of instance {last} depends on the batch it is written in.")
-        stream = variant in grammar.STREAM_VARIANTS
-        for i, (start, end, prompt) in enumerate(_row_spans(ex)):
-            completion = [int(t) for t in ex["tokens"][start + prompt:end]]
-            parsed = _parse(grammar, variant, completion, vocab, where)
-            if not isinstance(parsed, Parsed) or parsed.error is not None or parsed.plan is None:
-                _fail(f"{where}: the row of instance {i} does not parse back: "
-                      f"{getattr(parsed, 'error', parsed)!r}.")
-            if not stream or variant == "corrupted":
-                if parsed.plan != plans[i]:
-                    _fail(f"{where}: the row of instance {i} parses to {parsed.plan!r}, not to the "
-                          f"instance's reference plan {plans[i]!r}.")
-            elif parsed.plan:  # a stream answers with the path it found ([]: its search failed)
-                if not task.replay_plan(task.instance_at(batch, i), parsed.plan)[0]:
-                    _fail(f"{where}: the plan of instance {i}'s stream, {parsed.plan!r}, does not replay.")
-                if grammar.stream_plan(parsed) != parsed.plan:
-                    _fail(f"{where}: the teacher stream of instance {i} is not faithful: stream_plan "
-                          f"gives {grammar.stream_plan(parsed)!r}, the plan is {parsed.plan!r}.")
-            if stream:
-                walk = task.Walk(cfg, batch, i, backward=parsed.backward)
-                if not parsed.events:
-                    _fail(f"{where}: the stream of instance {i} parses to no events.")
-                if variant != "corrupted":  # corrupted's stream is another instance's
-                    stats = analyse_stream(parsed.events, parsed.event_ends, walk, finished=True)
-                    if stats.invalid or stats.invalid_backtracks:
-                        _fail(f"{where}: the teacher stream of instance {i} has {stats.invalid} invalid "
-                              f"moves and {stats.invalid_backtracks} invalid backtracks by the task's Walk.")
-                tracker = grammar.StreamTracker(walk)
-                for t in completion:
-                    tracker.feed(t)
-                    if not isinstance(tracker.should_penalise(2, True), bool):
-                        _fail(f"{where}: StreamTracker.should_penalise must return a bool.")
-            cut = _parse(grammar, variant, completion[:-1], vocab, where)
-            if cut.plan is not None or not cut.error:
-                _fail(f"{where}: a completion without its <eos> must parse to no plan and an error, got "
-                      f"{cut!r}.")
-            _parse(grammar, variant, noise.integers(0, size + 2, size=len(completion)).tolist(), vocab,
-                   f"{where} (random tokens)")
-    if "lookahead" in grammar.VARIANTS:
-        for mode in ("model-goal", "given-goal"):
-            prefix = grammar.eval_prefix("lookahead", mode, batch, 0, vocab)
-            if not (prefix and all(isinstance(t, int) and 0 <= t < size for t in prefix)):
-                _fail(f"{what}: eval_prefix('lookahead', {mode!r}) must force token ids, got {prefix!r}.")
+
+
+def _check_variant_answers(grammar, task, options, variant: str, seed: int, batch: dict, vocab,
+                           where: str) -> None:
+    """variant_note, searcher_of and eval_prefix (plain mode) of one variant."""
+    note = grammar.variant_note(task.NAME, variant)
+    if note is not None and not (isinstance(note, str) and note):
+        _fail(f"{where}: variant_note must return a sentence or None, got {note!r}.")
+    suite = _SuiteStub(variant, options, {"task": task.NAME, "variant": variant, "seed": seed})
+    searcher = grammar.searcher_of(suite, "test", 0)
+    if searcher is not None and not (isinstance(searcher, str) and searcher):
+        _fail(f"{where}: searcher_of must return a name or None, got {searcher!r}.")
+    prefix = grammar.eval_prefix(variant, "plain", batch, 0, vocab)
+    if list(prefix) != []:
+        _fail(f"{where}: eval_prefix in plain mode must force no tokens, got {prefix!r}.")
+
+
+def _check_variant_rows(grammar, task, cfg, options, variant: str, seed: int, indices: np.ndarray,
+                        batch: dict, vocab, where: str) -> dict:
+    """One variant's train and test rows well formed, a test split one forward row per
+    instance, and a row the same whatever batch it is written in; the test rows."""
+    count = len(indices)
+    train = grammar.write_examples(task, cfg, options, variant, seed, "train", indices,
+                                   task.sample_instances(cfg, seed, "train", indices))
+    _check_rows(train, vocab, count, f"{where} (train)")
+    if variant == "revthink":
+        _check_revthink_question_alone(train, f"{where} (train)")
+    ex = grammar.write_examples(task, cfg, options, variant, seed, "test", indices, batch)
+    _check_rows(ex, vocab, count, f"{where} (test)")
+    if not (np.array_equal(ex["instance"], indices) and not ex["kind"].any()):
+        _fail(f"{where}: a test split holds one forward row (kind 0) per instance, in order.")
+    last = count - 1
+    alone = grammar.write_examples(task, cfg, options, variant, seed, "test", indices[last:],
+                                   _rows(batch, slice(last, None)))
+    start, end, _ = _row_spans(ex)[last]
+    if not np.array_equal(alone["tokens"], ex["tokens"][start:end]):
+        _fail(f"{where}: the row of instance {last} depends on the batch it is written in.")
+    return ex
+
+
+def _check_parses_back(grammar, task, variant: str, completion: list[int], vocab, batch: dict, i: int,
+                       plan, where: str):
+    """Instance `i`'s test row parses to its reference `plan` (a stream: to a path that replays,
+    the one its stream reached); the parse."""
+    from .traces.common import Parsed
+
+    parsed = _parse(grammar, variant, completion, vocab, where)
+    if not isinstance(parsed, Parsed) or parsed.error is not None or parsed.plan is None:
+        _fail(f"{where}: the row of instance {i} does not parse back: "
+              f"{getattr(parsed, 'error', parsed)!r}.")
+    if variant not in grammar.STREAM_VARIANTS or variant == "corrupted":
+        if parsed.plan != plan:
+            _fail(f"{where}: the row of instance {i} parses to {parsed.plan!r}, not to the "
+                  f"instance's reference plan {plan!r}.")
+    elif parsed.plan:  # a stream answers with the path it found ([]: its search failed)
+        if not task.replay_plan(task.instance_at(batch, i), parsed.plan)[0]:
+            _fail(f"{where}: the plan of instance {i}'s stream, {parsed.plan!r}, does not replay.")
+        if grammar.stream_plan(parsed) != parsed.plan:
+            _fail(f"{where}: the teacher stream of instance {i} is not faithful: stream_plan "
+                  f"gives {grammar.stream_plan(parsed)!r}, the plan is {parsed.plan!r}.")
+    return parsed
+
+
+def _check_teacher_stream(grammar, task, cfg, variant: str, parsed, completion: list[int], batch: dict,
+                          i: int, where: str) -> None:
+    """Instance `i`'s teacher stream has events, every step valid by the task's Walk, and
+    StreamTracker follows it token by token."""
+    from .metrics import analyse_stream
+
+    walk = task.Walk(cfg, batch, i, backward=parsed.backward)
+    if not parsed.events:
+        _fail(f"{where}: the stream of instance {i} parses to no events.")
+    if variant != "corrupted":  # corrupted's stream is another instance's
+        stats = analyse_stream(parsed.events, parsed.event_ends, walk, finished=True)
+        if stats.invalid or stats.invalid_backtracks:
+            _fail(f"{where}: the teacher stream of instance {i} has {stats.invalid} invalid "
+                  f"moves and {stats.invalid_backtracks} invalid backtracks by the task's Walk.")
+    tracker = grammar.StreamTracker(walk)
+    for t in completion:
+        tracker.feed(t)
+        if not isinstance(tracker.should_penalise(2, True), bool):
+            _fail(f"{where}: StreamTracker.should_penalise must return a bool.")
+
+
+def _check_broken_completions(grammar, variant: str, completion: list[int], vocab, noise, where: str) -> None:
+    """A completion cut before its <eos> parses to no plan and an error; random tokens (drawn
+    from `noise`, ids up to two past the vocabulary) parse without raising."""
+    cut = _parse(grammar, variant, completion[:-1], vocab, where)
+    if cut.plan is not None or not cut.error:
+        _fail(f"{where}: a completion without its <eos> must parse to no plan and an error, got "
+              f"{cut!r}.")
+    _parse(grammar, variant, noise.integers(0, len(vocab) + 2, size=len(completion)).tolist(), vocab,
+           f"{where} (random tokens)")
 
 
 @dataclasses.dataclass

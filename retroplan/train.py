@@ -40,7 +40,7 @@ from . import checkpoint
 from . import device as devices
 from .batching import IGNORE, BatchOrder, budget_steps, collate, compile_widths, pad_to_bucket
 from .errors import UserError, require, require_field_types, require_seed
-from .eval import EvalConfig, _generate_all, judge, teacher_forced
+from .eval import EvalConfig, generate_completions, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
 from .models.gpt import training_memory_floor
@@ -192,12 +192,16 @@ def warmup_warning(cfg: TrainConfig) -> str | None:
             f"never starts; set warmup_steps below steps (e.g. --warmup-steps {cfg.steps // 10}).")
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: the matrices decayed by `weight_decay`, the vectors (biases,
+    norms) not decayed (train's and rl's optimizers)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=device.type == "cuda")
 
 
@@ -406,8 +410,8 @@ def curve_point(model: GPT, suite: Suite, rows: np.ndarray, device, batch_size: 
     split = suite.split("val")
     model.eval()
     tf = teacher_forced(model, suite, split, rows, min(batch_size, 128), device, teacherless=teacherless)
-    generated = _generate_all(model, suite, split, rows, EvalConfig(batch_size=batch_size),
-                              device, progress=False, teacherless=teacherless)
+    generated = generate_completions(model, suite, split, rows, EvalConfig(batch_size=batch_size),
+                                     device, progress=False, teacherless=teacherless)
     correct = [judge(suite, split.instances, int(split.instance[r]), generated[(int(r), 0)][0])["correct"]
                for r in rows]
     return {"val_accuracy": float(np.mean(correct)), "val_n": len(rows),
@@ -424,11 +428,52 @@ def _sum_over_ranks(counts: np.ndarray, world: int, device: torch.device) -> np.
 
 def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig,
           resume: bool = False, progress: bool = True) -> dict:
-    """Train on `suite_path`'s train split into the run folder `out`; returns the summary."""
+    """Train on `suite_path`'s train split into the run folder `out`; returns the summary.
+
+    The steps: the machine (DDP rank, device, precision); the data; the run folder, checked
+    whole before anything is written (a refusal changes nothing), with the model and optimizer
+    built or resumed from its latest checkpoint; the loop (`_TrainingLoop`: a batch and an
+    optimizer step at a time, logs, learning-curve points and checkpoints at their steps); the
+    summary (final.json)."""
     cfg.validate()
     out = Path(out)
+    machine = _open_machine(cfg)
+    board_writer = _tensorboard_writer() if cfg.tensorboard and machine.main else None
+    data = _open_data(suite_path, cfg)
+    model_cfg = cfg.model_config(len(data.suite.vocab), data.context)
+    check_memory(model_cfg, machine.device)
+    model, optimizer, step, state = _open_run(out, data, cfg, model_cfg, machine, resume)
+    if (out / "final.json").exists() and step >= cfg.steps:  # finished already
+        return checkpoint._read_json(out / "final.json", "run summary")
+
+    loop = _TrainingLoop(out, cfg, machine, data, model, optimizer, step, state, progress, board_writer)
+    try:
+        loop.run()
+        elapsed = loop.clock()  # (the final validation loss is not training time)
+        final_val_loss = loop.final_validation_loss()
+    finally:
+        loop.close()
+    summary = loop.summary(elapsed, final_val_loss)
+    _finish(out, cfg, machine, summary)
+    return summary
+
+
+@dataclass
+class _Machine:
+    """Where this process trains: its rank among `world` DDP ranks, its device and precision."""
+    rank: int
+    world: int
+    device: torch.device
+    precision: str
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes the run folder, the logs, the curves and the checkpoints."""
+        return self.rank == 0
+
+
+def _open_machine(cfg: TrainConfig) -> _Machine:
     rank, world = _ddp()
-    main = rank == 0
     # more threads than cores only slows training down (and 10^5 of them crash torch's pool)
     require(cfg.threads <= (os.cpu_count() or 1),
             f"train threads must be at most this machine's {os.cpu_count() or 1} CPU cores, got "
@@ -436,9 +481,22 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _ddp_device(cfg, world)
-    precision = resolve_precision(cfg, device)
-    board_writer = _tensorboard_writer() if cfg.tensorboard and main else None
+    return _Machine(rank, world, device, resolve_precision(cfg, device))
 
+
+@dataclass
+class _TrainingData:
+    """The suite, and what the trainer draws from it."""
+    suite: Suite
+    split: object               # the train split
+    rows: np.ndarray            # the train rows batches are drawn from (`training_rows`)
+    context: int                # the model's context
+    dropped: int                # rows longer than the context, left out (long_examples drop)
+    cut: int                    # ... or cut to it (long_examples cut)
+    curve: np.ndarray | None    # the val rows of the learning curve; None without one
+
+
+def _open_data(suite_path: str | os.PathLike, cfg: TrainConfig) -> _TrainingData:
     suite = open_suite(suite_path)
     require("train" in suite.splits and len(suite.split("train")) > 0,
             f"suite {suite.path} has no training rows.")
@@ -451,179 +509,245 @@ def train(suite_path: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfi
     curve = curve_rows(suite, cfg.curve_examples) if cfg.curve_every else None
     require(curve is None or len(curve) > 0,
             f"train curve_every needs forward rows in a val split, and suite {suite.path} has none.")
-    model_cfg = cfg.model_config(len(suite.vocab), context)
-    check_memory(model_cfg, device)
-    description = _run_description(suite, out, cfg, model_cfg, dropped, cut)
+    return _TrainingData(suite, split, rows, context, dropped, cut, curve)
 
-    # A refusal changes nothing: everything is checked (the folder, and a resumed run's
-    # checkpoint loaded whole) before rank 0 writes anything
-    old = _check_run_folder(out, description, suite, cfg, resume) if main else None
-    if world > 1:
+
+def _open_run(out: Path, data: _TrainingData, cfg: TrainConfig, model_cfg: GPTConfig,
+              machine: _Machine, resume: bool) -> tuple[GPT, torch.optim.AdamW, int, dict]:
+    """(model, optimizer, step, state) the run starts from (`resume_point`). Everything is checked
+    (the folder, and a resumed run's checkpoint loaded whole) before rank 0 writes anything."""
+    description = _run_description(data.suite, out, cfg, model_cfg, data.dropped, data.cut)
+    old = _check_run_folder(out, description, data.suite, cfg, resume) if machine.main else None
+    if machine.world > 1:
         torch.distributed.barrier()
     ckpt = checkpoint.latest_dir(out)
-
     torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(device)
-    optimizer = _make_optimizer(model, cfg, device)
-    step, state = _resume(out, ckpt, model, optimizer, main)
-    if main:
+    model = GPT(model_cfg).to(machine.device)
+    optimizer = _make_optimizer(model, cfg, machine.device)
+    step, state = resume_point(ckpt, model, optimizer)
+    if machine.main:
         _write_run_folder(out, description, old, cfg, step)
-    if (out / "final.json").exists() and step >= cfg.steps:
-        return checkpoint._read_json(out / "final.json", "run summary")
+    return model, optimizer, step, state
 
-    net = _ddp_wrap(model, device, world)
-    mixture = is_mixture(suite)
-    # the log's name of each row kind: the first component, then each other one by its tag
-    component_names = [f"[{c}]" if k else c for k, c in enumerate(components(suite.name))]
-    order = BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed,
-                       kinds=np.asarray(split.kind) if mixture else None)
-    widths = None  # with compile: the batch widths compiled for (None: any width, dynamic)
-    if cfg.compile:
-        widths = compile_widths(split.lengths, order, context + 1)
-        net = compile_model(net, widths)
-        graphs_before = compiled_graphs()
-    autocast = _autocast(precision, device)
-    no_loss = suite.grammar.no_loss_tokens(suite.vocab)
-    log = open_append(out / "train_log.jsonl") if main else None
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {suite.meta['variant']}", unit="step",
-               disable=None if (progress and main) else True, leave=False)
-    # where the bar cannot draw (a SLURM or nohup log), a plain line at about 20 logged steps
-    plain_every = (cfg.log_every * max(1, math.ceil(cfg.steps / cfg.log_every / 20))
-                   if progress and main and bar.disable else 0)
-    board = board_writer(log_dir=str(out / "tensorboard")) if board_writer else None
-    t0 = time.perf_counter() - float(state.get("train_seconds", 0.0))
-    curve_seconds = float(state.get("curve_seconds", 0.0))
-    # counters of the whole batch (every rank's slice), exact, carried on by a resumed run;
-    # each rank adds its slice to `pending`, summed over ranks at the steps they are written
-    seen = {key: int(state.get(key, 0)) for key in COUNTERS}
-    pending = np.zeros(len(COUNTERS), dtype=np.int64)
-    loss_value = state.get("loss")  # None until a step is logged (null in JSON)
-    # the first step (1-based) whose loss was not finite, 0 while none; kept on the device
-    # (no synchronisation per step) and checked where the counters are summed
-    bad_step = torch.zeros((), dtype=torch.int64, device=device)
-    kind = np.asarray(split.kind)
-    teacherless = cfg.objective == "teacherless"
-    kind_loss = state.get("loss_by_component")  # a mixture: the last logged batch's, per component
-    keep = set(cfg.keep_steps)
-    model.train()
-    try:
-        while step < cfg.steps:
-            batch_rows = order.batch(step)[rank::world]
-            x, y = collate(split, batch_rows, suite.vocab.pad_id, no_loss, context + 1, teacherless)
-            pending += (len(batch_rows), int((kind[batch_rows] == 0).sum()),
-                        int((y != IGNORE).sum()), x.numel())
-            if widths:  # compiled for these widths only: pad up to one (counted above unpadded)
-                x, y = pad_to_bucket(x, y, widths, suite.vocab.pad_id)
-            if device.type == "cuda":  # from pinned memory the copy need not wait for the GPU
-                x, y = x.pin_memory(), y.pin_memory()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, step)
-            logs_next = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-            with autocast:
-                if mixture and logs_next:  # the batch's loss per component, for the log
-                    loss, logits = masked_loss(net, x, y, with_logits=True)
-                    kind_loss = loss_by_kind(logits, y, kind[batch_rows], component_names)
-                else:
-                    loss = masked_loss(net, x, y)
-            bad_step = torch.where((bad_step == 0) & ~torch.isfinite(loss.detach()), step + 1, bad_step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            last = step == cfg.steps
+
+class _TrainingLoop:
+    """The training loop and its state between steps. A step draws this rank's slice of the
+    step's batch and takes one optimizer step on it; at the steps that log, measure a curve
+    point or save, the counters are summed over the ranks first (and a non-finite loss stops
+    the run), then each of those is done, in that order."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, machine: _Machine, data: _TrainingData, model: GPT,
+                 optimizer: torch.optim.Optimizer, step: int, state: dict, progress: bool, board_writer):
+        suite, split, main = data.suite, data.split, machine.main
+        self.out, self.cfg, self.machine, self.data = out, cfg, machine, data
+        self.model, self.optimizer, self.step = model, optimizer, step
+        self.net = _ddp_wrap(model, machine.device, machine.world)
+        self.mixture = is_mixture(suite)
+        # the log's name of each row kind: the first component, then each other one by its tag
+        self.component_names = [f"[{c}]" if k else c for k, c in enumerate(components(suite.name))]
+        self.kind = np.asarray(split.kind)
+        self.order = BatchOrder(split.lengths, data.rows, cfg.batch_size, cfg.seed,
+                                kinds=self.kind if self.mixture else None)
+        self.widths = None  # with compile: the batch widths compiled for (None: any width, dynamic)
+        if cfg.compile:
+            self.widths = compile_widths(split.lengths, self.order, data.context + 1)
+            self.net = compile_model(self.net, self.widths)
+            self.graphs_before = compiled_graphs()
+        self.autocast = _autocast(machine.precision, machine.device)
+        self.no_loss = suite.grammar.no_loss_tokens(suite.vocab)
+        self.teacherless = cfg.objective == "teacherless"
+        self.log = open_append(out / "train_log.jsonl") if main else None
+        self.bar = tqdm(total=cfg.steps, initial=step, desc=f"train {suite.meta['variant']}", unit="step",
+                        disable=None if (progress and main) else True, leave=False)
+        # where the bar cannot draw (a SLURM or nohup log), a plain line at about 20 logged steps
+        self.plain_every = (cfg.log_every * max(1, math.ceil(cfg.steps / cfg.log_every / 20))
+                            if progress and main and self.bar.disable else 0)
+        self.board = board_writer(log_dir=str(out / "tensorboard")) if board_writer else None
+        self.t0 = time.perf_counter() - float(state.get("train_seconds", 0.0))
+        self.curve_seconds = float(state.get("curve_seconds", 0.0))
+        # counters of the whole batch (every rank's slice), exact, carried on by a resumed run;
+        # each rank adds its slice to `pending`, summed over ranks at the steps they are written
+        self.seen = {key: int(state.get(key, 0)) for key in COUNTERS}
+        self.pending = np.zeros(len(COUNTERS), dtype=np.int64)
+        self.loss_value = state.get("loss")  # None until a step is logged (null in JSON)
+        # the first step (1-based) whose loss was not finite, 0 while none; kept on the device
+        # (no synchronisation per step) and checked where the counters are summed
+        self.bad_step = torch.zeros((), dtype=torch.int64, device=machine.device)
+        self.kind_loss = state.get("loss_by_component")  # a mixture: the last logged batch's, per component
+
+    def run(self) -> None:
+        cfg, keep = self.cfg, set(self.cfg.keep_steps)
+        self.model.train()
+        while self.step < cfg.steps:
+            loss = self._optimizer_step(*self._batch())
+            self.step += 1
+            self.bar.update(1)
+            step, last = self.step, self.step == cfg.steps
             logs = step % cfg.log_every == 0 or last
             saves = step % cfg.checkpoint_every == 0 or step in keep or last
             curves = bool(cfg.curve_every) and (step % cfg.curve_every == 0 or last)
             if logs or saves or curves:  # the same steps on every rank
-                for key, value in zip(COUNTERS, _sum_over_ranks(pending, world, device)):
-                    seen[key] += int(value)
-                pending[:] = 0
-                diverged = _first_bad_step(bad_step, world)
-                if diverged:  # before anything is logged or saved: no NaN reaches a file
-                    raise UserError(
-                        f"training diverged: the loss was not finite (NaN or infinite) at step "
-                        f"{diverged}; lower lr (now {cfg.lr:g}) or raise warmup_steps, and train anew "
-                        f"(the last checkpoint, if any, is from before step {diverged}).")
+                self._sum_counters()
             if logs:
-                loss_value = loss.item()
-                record = {"step": step, "loss": round(loss_value, 6), "lr": lr_at(cfg, step - 1),
-                          **seen, "elapsed_s": round(time.perf_counter() - t0, 3)}
-                if mixture:  # the loss of each component's rows in this batch (rank 0's slice)
-                    record["loss_by_component"] = kind_loss
-                if cfg.compile:  # grows only when a batch of a new shape was compiled for
-                    record["compiled_graphs"] = compiled_graphs() - graphs_before
-                if cfg.eval_every and step % cfg.eval_every == 0 and main:
-                    record["val_loss"] = validation_loss(model, suite, device, max_len=context + 1,
-                                                         teacherless=teacherless)
-                if main:
-                    log.write(json_line(record))
-                    log.flush()
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-                if plain_every and (step % plain_every == 0 or last):
-                    print(f"train {suite.meta['variant']} {out.name}: step {step}/{cfg.steps}, loss "
-                          f"{loss_value:.4f}, lr {record['lr']:.2e}, {record['elapsed_s']:.0f} s"
-                          + (f", val loss {record['val_loss']:.4f}" if "val_loss" in record else ""),
-                          flush=True)
-                if board is not None:
-                    for key in ("loss", "lr", "val_loss"):
-                        if key in record:
-                            board.add_scalar(f"train/{key}", record[key], step)
-            if main and curves:  # before the checkpoint: a resumed run never misses a point
-                c0 = time.perf_counter()
-                point = curve_point(model, suite, curve, device, teacherless=teacherless)
-                model.train()
-                with open_append(out / "curve.jsonl") as fh:
-                    fh.write(json_line({"step": step, "examples_seen": seen["examples_seen"],
-                                        "supervised_tokens": seen["supervised_tokens"],
-                                        "forward_examples": seen["forward_examples"], **point}))
-                if board is not None:
-                    for key, value in point.items():
-                        if isinstance(value, (int, float)) and not isinstance(value, bool):
-                            board.add_scalar(f"curve/{key}", value, step)
-                spent = time.perf_counter() - c0
-                curve_seconds += spent
-                t0 += spent  # the training clock leaves the curves out
-            if main and saves:
-                checkpoint.save(out, step, model, optimizer,
-                                {"train": asdict(cfg), **seen, "loss": loss_value,
-                                 **({"loss_by_component": kind_loss} if mixture else {}),
-                                 "train_seconds": time.perf_counter() - t0,
-                                 "curve_seconds": curve_seconds}, keep=keep)
-        elapsed = time.perf_counter() - t0  # (the final validation loss is not training time)
-        final_val_loss = (validation_loss(model, suite, device, max_len=context + 1, teacherless=teacherless)
-                          if main else None)
-        if board is not None:  # TensorBoard gets the validation loss too, at the last step
-            board.add_scalar("train/val_loss", final_val_loss, step)
-    finally:
-        bar.close()
-        if log:
-            log.close()
-        if board is not None:
-            board.close()
-    summary = {"steps": step, **seen, "final_loss": loss_value, "train_seconds": round(elapsed, 2),
-               "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
-               "peak_lr": peak_lr(cfg),
-               "parameters": model.num_params(), "device": str(device), "precision": precision,
-               "val_loss": final_val_loss,
-               "dropped_long_rows": dropped, "cut_long_rows": cut}
-    if mixture:  # "final_loss" is the last batch's, whose rows mix the components: each one's
-        summary["final_loss_by_component"] = kind_loss
-    if cfg.curve_every:
-        summary["curve_seconds"] = round(curve_seconds, 2)
-    if cfg.compile:
-        summary["compile"] = {"widths": widths or "dynamic", "graphs": compiled_graphs() - graphs_before}
-    if main:
+                self._log(loss, last)
+            if self.machine.main and curves:  # before the checkpoint: a resumed run never misses a point
+                self._curve_point()
+            if self.machine.main and saves:
+                self._save()
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(inputs, targets) of this rank's slice of the batch of the current step, on the
+        device, and its rows; counted in `pending`."""
+        data, machine, device = self.data, self.machine, self.machine.device
+        pad = data.suite.vocab.pad_id
+        batch_rows = self.order.batch(self.step)[machine.rank::machine.world]
+        x, y = collate(data.split, batch_rows, pad, self.no_loss, data.context + 1, self.teacherless)
+        self.pending += (len(batch_rows), int((self.kind[batch_rows] == 0).sum()),
+                         int((y != IGNORE).sum()), x.numel())
+        if self.widths:  # compiled for these widths only: pad up to one (counted above unpadded)
+            x, y = pad_to_bucket(x, y, self.widths, pad)
+        if device.type == "cuda":  # from pinned memory the copy need not wait for the GPU
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True), batch_rows
+
+    def _optimizer_step(self, x: torch.Tensor, y: torch.Tensor, batch_rows: np.ndarray) -> torch.Tensor:
+        """One optimizer step on the batch; its loss (on the device, not synchronised)."""
+        cfg, step, optimizer = self.cfg, self.step, self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        logs_next = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        with self.autocast:
+            if self.mixture and logs_next:  # the batch's loss per component, for the log
+                loss, logits = masked_loss(self.net, x, y, with_logits=True)
+                self.kind_loss = loss_by_kind(logits, y, self.kind[batch_rows], self.component_names)
+            else:
+                loss = masked_loss(self.net, x, y)
+        self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss.detach()), step + 1,
+                                    self.bad_step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        return loss
+
+    def _sum_counters(self) -> None:
+        """Add every rank's counts since the last sum to `seen`; stop on a loss that was not
+        finite, before anything is logged or saved (no NaN reaches a file)."""
+        world, device = self.machine.world, self.machine.device
+        for key, value in zip(COUNTERS, _sum_over_ranks(self.pending, world, device)):
+            self.seen[key] += int(value)
+        self.pending[:] = 0
+        diverged = _first_bad_step(self.bad_step, world)
+        if diverged:
+            raise UserError(
+                f"training diverged: the loss was not finite (NaN or infinite) at step "
+                f"{diverged}; lower lr (now {self.cfg.lr:g}) or raise warmup_steps, and train anew "
+                f"(the last checkpoint, if any, is from before step {diverged}).")
+
+    def _log(self, loss: torch.Tensor, last: bool) -> None:
+        """A train_log.jsonl line (rank 0), the bar's loss, a plain progress line, TensorBoard."""
+        cfg, step, main = self.cfg, self.step, self.machine.main
+        self.loss_value = loss.item()
+        record = {"step": step, "loss": round(self.loss_value, 6), "lr": lr_at(cfg, step - 1),
+                  **self.seen, "elapsed_s": round(self.clock(), 3)}
+        if self.mixture:  # the loss of each component's rows in this batch (rank 0's slice)
+            record["loss_by_component"] = self.kind_loss
+        if cfg.compile:  # grows only when a batch of a new shape was compiled for
+            record["compiled_graphs"] = compiled_graphs() - self.graphs_before
+        if cfg.eval_every and step % cfg.eval_every == 0 and main:
+            record["val_loss"] = self._validation_loss()
+        if main:
+            self.log.write(json_line(record))
+            self.log.flush()
+        self.bar.set_postfix(loss=f"{self.loss_value:.3f}")
+        if self.plain_every and (step % self.plain_every == 0 or last):
+            print(f"train {self.data.suite.meta['variant']} {self.out.name}: step {step}/{cfg.steps}, "
+                  f"loss {self.loss_value:.4f}, lr {record['lr']:.2e}, {record['elapsed_s']:.0f} s"
+                  + (f", val loss {record['val_loss']:.4f}" if "val_loss" in record else ""),
+                  flush=True)
+        if self.board is not None:
+            for key in ("loss", "lr", "val_loss"):
+                if key in record:
+                    self.board.add_scalar(f"train/{key}", record[key], step)
+
+    def _curve_point(self) -> None:
+        """A curve.jsonl line (`curve_point`); its time is left out of the training clock."""
+        c0 = time.perf_counter()
+        point = curve_point(self.model, self.data.suite, self.data.curve, self.machine.device,
+                            teacherless=self.teacherless)
+        self.model.train()
+        seen = self.seen
+        with open_append(self.out / "curve.jsonl") as fh:
+            fh.write(json_line({"step": self.step, "examples_seen": seen["examples_seen"],
+                                "supervised_tokens": seen["supervised_tokens"],
+                                "forward_examples": seen["forward_examples"], **point}))
+        if self.board is not None:
+            for key, value in point.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(f"curve/{key}", value, self.step)
+        spent = time.perf_counter() - c0
+        self.curve_seconds += spent
+        self.t0 += spent  # the training clock leaves the curves out
+
+    def _save(self) -> None:
+        checkpoint.save(self.out, self.step, self.model, self.optimizer,
+                        {"train": asdict(self.cfg), **self.seen, "loss": self.loss_value,
+                         **({"loss_by_component": self.kind_loss} if self.mixture else {}),
+                         "train_seconds": self.clock(),
+                         "curve_seconds": self.curve_seconds}, keep=set(self.cfg.keep_steps))
+
+    def clock(self) -> float:
+        """Seconds of training so far (a resumed run's earlier ones included, curves left out)."""
+        return time.perf_counter() - self.t0
+
+    def _validation_loss(self) -> float | None:
+        return validation_loss(self.model, self.data.suite, self.machine.device,
+                               max_len=self.data.context + 1, teacherless=self.teacherless)
+
+    def final_validation_loss(self) -> float | None:
+        """The validation loss at the end (rank 0; None on the others), also for TensorBoard."""
+        value = self._validation_loss() if self.machine.main else None
+        if self.board is not None:  # TensorBoard gets the validation loss too, at the last step
+            self.board.add_scalar("train/val_loss", value, self.step)
+        return value
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.log:
+            self.log.close()
+        if self.board is not None:
+            self.board.close()
+
+    def summary(self, elapsed: float, final_val_loss: float | None) -> dict:
+        """final.json: the counters, the last loss, the clock, the model and the rows left out."""
+        cfg, seen, data = self.cfg, self.seen, self.data
+        summary = {"steps": self.step, **seen, "final_loss": self.loss_value,
+                   "train_seconds": round(elapsed, 2),
+                   "tokens_per_second": round(seen["tokens"] / max(elapsed, 1e-9), 1),
+                   "peak_lr": peak_lr(cfg),
+                   "parameters": self.model.num_params(), "device": str(self.machine.device),
+                   "precision": self.machine.precision, "val_loss": final_val_loss,
+                   "dropped_long_rows": data.dropped, "cut_long_rows": data.cut}
+        if self.mixture:  # "final_loss" is the last batch's, whose rows mix the components: each one's
+            summary["final_loss_by_component"] = self.kind_loss
+        if cfg.curve_every:
+            summary["curve_seconds"] = round(self.curve_seconds, 2)
+        if cfg.compile:
+            summary["compile"] = {"widths": self.widths or "dynamic",
+                                  "graphs": compiled_graphs() - self.graphs_before}
+        return summary
+
+
+def _finish(out: Path, cfg: TrainConfig, machine: _Machine, summary: dict) -> None:
+    """Rank 0 writes final.json (and the warm-up warning); every rank leaves the process group."""
+    if machine.main:
         write_json(out / "final.json", summary)
         if warmup_warning(cfg):  # at the end, beside the summary: never in front of an error line
             print(warmup_warning(cfg), file=sys.stderr, flush=True)
-    if world > 1:
+    if machine.world > 1:
         torch.distributed.barrier()  # nobody leaves before rank 0 has written the results
         torch.distributed.destroy_process_group()
-    return summary
 
 
 COUNTERS = ("examples_seen", "forward_examples", "supervised_tokens", "tokens")
@@ -703,11 +827,10 @@ def _write_run_folder(out: Path, description: dict, old: dict | None, cfg: Train
     else:
         _change_length(out, old, cfg, step)
     for name in LOG_FILES:
-        _trim_log(out / name, step)
+        trim_log(out / name, step)
 
 
-def _resume(out: Path, ckpt: Path | None, model: GPT, optimizer: torch.optim.Optimizer,
-            main: bool) -> tuple[int, dict]:
+def resume_point(ckpt: Path | None, model: GPT, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
     """(step, state) a run starts from: those of the checkpoint `ckpt`, whose weights and
     optimizer moments are loaded into `model` and `optimizer` (state carries the counters, the
     clocks and the last loss on), or (0, {}) for a new run (`ckpt` None). Writes nothing."""
@@ -752,7 +875,7 @@ def _first_bad_step(bad_step: torch.Tensor, world: int) -> int:
     return int(bad_step)
 
 
-def _trim_log(path: Path, step: int) -> None:
+def trim_log(path: Path, step: int) -> None:
     """Keep only complete log lines up to the checkpoint we resume from."""
     if not path.exists():
         return
