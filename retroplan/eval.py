@@ -29,8 +29,8 @@ from tqdm import tqdm
 from . import __version__, checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty
-from .device import resolve_device
-from .errors import require, require_field_types, require_seed
+from .device import DEVICE_HELP, resolve_device
+from .errors import require, require_field_types, require_seed, setting
 from .fsutil import atomic_path, json_line, path_for, refuse_foreign_output, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
@@ -43,19 +43,23 @@ from .traces.vocab import EVAL_MODES
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    limit: int = 0            # evaluate the first N instances (0: all)
-    batch_size: int = 256
-    device: str = "auto"
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0            # sample among the k most likely tokens (0: all)
-    samples: int = 1          # completions per instance (pass@k, best-of-n); needs temperature > 0
-    seed: int = 0             # the sampling generator's seed
-    tip_alpha: float = 0.0    # thought-switch penalty on the logits (0: off)
-    tip_beta: int = 0         # ... while the current thought has made fewer than beta moves
-    tip_oracle: bool = False  # ... and only where the current state can still reach the goal
-    lookahead: str = "plain"  # lookahead models (TRELAWNEY): plain, model-goal (force `<T>`) or
-                              # given-goal (force `<T> goal </T>`) after the prompt
+    split: str = setting("test", "the split to evaluate (`retroplan inspect SUITE` lists a suite's)")
+    limit: int = setting(0, "evaluate the first N instances of the split (0: every instance)")
+    batch_size: int = setting(256, "prompts generated side by side (changes no number)")
+    device: str = setting("auto", DEVICE_HELP + " (changes no number beyond float rounding)")
+    temperature: float = setting(0.0, "sampling temperature (0: greedy)")
+    top_k: int = setting(0, "sample among the k most likely tokens (0: all)")
+    samples: int = setting(1, "completions per instance, for pass@k and best-of-n; more than 1 needs "
+                              "temperature > 0")
+    seed: int = setting(0, "the sampling generator's seed")
+    tip_alpha: float = setting(0.0, "thought-switch penalty (TIP): subtracted from the logits of the "
+                                    "tokens that switch thought (0: off)")
+    tip_beta: int = setting(0, "... while the current thought has made fewer than N moves")
+    tip_oracle: bool = setting(False, "... and only where the current state can still reach the goal "
+                                      "(the oracle-gated upper bound)")
+    lookahead: str = setting("plain", f"for lookahead models (TRELAWNEY): {', '.join(EVAL_MODES)}: "
+                                      "generate freely, force `<T>`, or force `<T> goal </T>` after "
+                                      "the prompt")
 
     def validate(self) -> None:
         require_field_types(self, "eval")

@@ -88,9 +88,9 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint, plots
 from .batching import collate
-from .device import resolve_device
+from .device import DEVICE_HELP, resolve_device
 from .envs import digraph, get_task
-from .errors import require, require_seed
+from .errors import require, require_seed, setting
 from .eval import deciding_positions
 from .events import Event
 from .fsutil import path_for, refuse_foreign_output, sha256_file, write_json
@@ -127,12 +127,18 @@ MIN_INSTANCES = 4            # at least 2 on each side of the split
 
 @dataclass
 class ProbeConfig:
-    target: str = "arm"
-    split: str = "test"
-    limit: int = 0          # the first N instances of the split (0: all)
-    seed: int = 0           # instance split, label shuffle and bootstrap
-    device: str = "auto"    # where the model runs (changes no number beyond float rounding)
-    batch_size: int = 32
+    target: str = setting("arm", "arm: the first move, where it is predicted (pathstar, graph; "
+                                 "arm-eq: at the last prompt token `=`, one position earlier); "
+                                 "distance: the plan node's distance to the goal (pathstar, graph); "
+                                 "live: the goal is still reachable, at each move of a stream / "
+                                 "backward-stream run")
+    split: str = setting("test", "the held-out split to probe on")
+    limit: int = setting(0, "the first N instances of the split (0: every instance)")
+    seed: int = setting(0, "seed of the probe-train / held-out split of instances, the shuffled "
+                           "control and the bootstrap")
+    device: str = setting("auto", DEVICE_HELP + " (changes no number beyond float rounding)")
+    batch_size: int = setting(32, "rows run through the model side by side (changes no number beyond float "
+                                 "rounding)")
 
     def validate(self) -> None:
         require(self.target in TARGETS,

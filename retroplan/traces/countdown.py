@@ -59,7 +59,7 @@ from numba import njit, prange
 
 from .. import rng
 from ..envs import countdown as cd
-from ..errors import require
+from ..errors import require, setting
 from ..events import Event
 from ..searchers import countdown_search as cs
 from . import common
@@ -83,10 +83,11 @@ DONOR_SALT = 1 << 40  # `corrupted`: a salt no dedup redraw reaches, so donors a
 class Options:
     """How the traces are written (every knob of the writer, stored in meta.json)."""
 
-    searcher: str = "mix"       # the search behind `stream` / `corrupted`: mix, one of the 12 SoS
-                                # strategies, or dfs-full (complete forward DFS)
-    max_tries: int = 10_000     # a search gives up after this many tries (never reached with 4 inputs)
-    lookahead_p: float = 0.5    # share of `lookahead` rows that get a <T> span
+    searcher: str = setting("mix", "the search behind stream / corrupted: mix (SoS's: one of the 12 "
+                                   "strategies per instance), one strategy (" + ", ".join(cs.FORWARD[1:-1])
+                                   + ") or dfs-full (complete forward DFS)")
+    max_tries: int = setting(10_000, "a search gives up after this many tries (never reached with 4 inputs)")
+    lookahead_p: float = setting(0.5, "share of lookahead rows that get a <T> span, in [0, 1]")
 
     def validate(self) -> None:
         require(self.searcher in cs.FORWARD,

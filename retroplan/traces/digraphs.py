@@ -47,7 +47,7 @@ from numba import njit, prange
 
 from .. import rng
 from ..envs import digraph, get_task
-from ..errors import require
+from ..errors import require, setting
 from ..events import Event
 from ..searchers import digraph_search
 from ..tasks import DigraphTask
@@ -74,10 +74,11 @@ _PROMPT_SALT = 1
 class Options:
     """How the traces are written (every knob of the writer, stored in meta.json)."""
 
-    stream_searcher: str = "dfs"        # dfs | bfs: the search behind `stream`/`corrupted`
-    child_order: str = "random"         # random | distance: the order successors are tried in
-    lookahead_p: float = 0.5            # share of `lookahead` examples that get a <T> span
-    prompt: str = "edges"               # edges | adjacency: how the prompt writes the graph
+    stream_searcher: str = setting("dfs", "the search behind stream / corrupted: dfs or bfs")
+    child_order: str = setting("random", "the order successors are tried in: "
+                                         + ", ".join(digraph_search.ORDERS))
+    lookahead_p: float = setting(0.5, "share of lookahead rows that get a <T> span, in [0, 1]")
+    prompt: str = setting("edges", "how the prompt writes the graph: " + ", ".join(PROMPTS))
 
     def validate(self) -> None:
         require(self.stream_searcher in ("dfs", "bfs"),
