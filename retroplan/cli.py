@@ -275,8 +275,9 @@ def _generate(args) -> None:
 def _inspect(args) -> None:
     import numpy as np
 
-    from .traces import CITES, components, is_data_control, writes
+    from .traces import components, is_data_control, writes
     from .traces.suite import open_suite
+    from .variants import VARIANT
 
     if args.rows < 0:
         raise UserError(f"--rows must be a non-negative integer, got {args.rows}.")
@@ -296,7 +297,7 @@ def _inspect(args) -> None:
             print(f"  [{part}]: {part}'s own rows again behind [{part}] (a data control: as many "
                   "extra rows and tokens as another component, no other content)")
             continue
-        print(f"  {part}: writes the {writes(part)}; after {CITES.get(part, '?')}")
+        print(f"  {part}: writes the {writes(part)}; after {VARIANT[part].cites}")
         note = suite.grammar.variant_note(meta["task"], part)
         if note:
             print(f"    note: {note}")
@@ -321,7 +322,8 @@ def _inspect(args) -> None:
         # mixture's components) and, for lookahead, one with a <T> span: checkable by hand
         data = suite.split("train")
         firsts = [int(np.flatnonzero(data.kind == k)[0]) for k in np.unique(data.kind)]
-        if "lookahead" in components(suite.name) and "<T>" in suite.vocab.ids:
+        spans = any(VARIANT[part].lookahead_spans for part in components(suite.name))
+        if spans and "<T>" in suite.vocab.ids:
             span = next((r for r in range(min(len(data), 1000))
                          if suite.vocab["<T>"] in data.completion(r).tolist()), None)
             firsts += [span] if span is not None and span not in firsts else []
@@ -471,13 +473,13 @@ def _list(args) -> None:
     from .experiment import shipped_experiments
     from .models import PRESETS
     from .traces import GRAMMARS
-    from .traces.vocab import MIXABLE
+    from .variants import names
 
     for name, task in TASKS.items():
         fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(task.Config))
         print(f"{name} ({task.ENV_ID}): {fields}")
         print(f"  variants: {', '.join(GRAMMARS[name].VARIANTS)}")
-    print(f"mixtures: a+b+... of {', '.join(MIXABLE)} (the first is evaluated); a+a is the data "
+    print(f"mixtures: a+b+... of {', '.join(names('mixable'))} (the first is evaluated); a+a is the data "
           "control (a's rows again behind [a]), e.g. optimal+optimal")
     print("model presets: " + ", ".join(f"{k} ({v['n_layer']}x{v['n_embd']})" for k, v in PRESETS.items()))
     print("shipped experiments (retroplan run NAME, retroplan example NAME): "

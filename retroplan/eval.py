@@ -39,6 +39,7 @@ from .passk import pass_at_k, pass_at_k_curve
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
+from .variants import VARIANT
 
 
 @dataclass
@@ -188,7 +189,7 @@ def judge(suite: Suite, instances: dict, i: int, completion_ids) -> dict:
     and is the path the stream itself reached, so its denominator is every instance."""
     ids = [int(t) for t in completion_ids]
     parsed = suite.grammar.parse(suite.variant, ids, suite.vocab)
-    stream = suite.variant in suite.grammar.STREAM_VARIANTS
+    stream = VARIANT[suite.variant].stream
     out = {"plan": parsed.plan, "parse_error": parsed.error, "correct": False,
            "reason": parsed.error or "", "first_step": False, "optimal": False,
            "faithful": False if stream else None, "stream_first_step": None,
@@ -276,7 +277,7 @@ def _generate_all(model, suite: Suite, split, rows, cfg: EvalConfig, device, pro
     by_prompt_len = defaultdict(list)
     for r in rows:
         by_prompt_len[int(split.prompt_len[r]) + len(prefixes.get(int(r), ()))].append(int(r))
-    backward = suite.variant == "backward-stream"
+    backward = VARIANT[suite.variant].backward_search
     bar = tqdm(total=len(rows) * cfg.samples, desc=f"eval {suite.variant}", unit="ex",
                disable=None if progress else True, leave=False)
     out = {}
@@ -375,9 +376,9 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             f"{run_dir} (trained on {task} {run.get('variant')}) writes variant {trained_variant} "
             f"and is judged by its grammar; evaluate it on a {task} suite of variant "
             f"{trained_variant} or of a mixture that starts with it.")
-    require(not cfg.uses_tip or suite.variant in suite.grammar.STREAM_VARIANTS,
+    require(not cfg.uses_tip or VARIANT[suite.variant].stream,
             f"the thought-switch penalty needs a stream variant; {suite.variant} has no thoughts to switch.")
-    require(cfg.lookahead == "plain" or suite.variant == "lookahead",
+    require(cfg.lookahead == "plain" or VARIANT[suite.variant].lookahead_spans,
             f"eval lookahead {cfg.lookahead} needs a lookahead suite; {suite.variant} is trained "
             "without <T> spans.")
     objective = run.get("train", {}).get("objective", "next-token")

@@ -98,10 +98,10 @@ from .stats import mean_ci, wilson
 from .traces import components
 from .traces import digraphs as graph_grammar
 from .traces.suite import Suite, open_suite
+from .variants import VARIANT, names
 
 TARGETS = ("arm", "distance", "live", "arm-eq")
 GRAPH_TASKS = ("pathstar", "graph")
-LIVE_VARIANTS = ("stream", "backward-stream")   # streams of the instance's own search
 TARGET_TASKS = {"arm": GRAPH_TASKS, "distance": GRAPH_TASKS, "live": GRAPH_TASKS + ("countdown",),
                 "arm-eq": GRAPH_TASKS}
 REGRESSION_TARGETS = ("distance",)
@@ -166,8 +166,8 @@ def target_problem(task_name: str, variant: str, target: str) -> str | None:
         return (f"{task_name} has no {target} target (allowed there: "
                 f"{', '.join(t for t in TARGETS if task_name in TARGET_TASKS[t])})")
     first = components(variant)[0]
-    if target == "live" and first not in LIVE_VARIANTS:
-        return (f"live needs a stream of the instance's own search ({', '.join(LIVE_VARIANTS)}), "
+    if target == "live" and not (first in VARIANT and VARIANT[first].own_stream):
+        return (f"live needs a stream of the instance's own search ({', '.join(names('own_stream'))}), "
                 f"and {variant} writes none")
     return None
 

@@ -49,9 +49,9 @@ from .fsutil import atomic_path, json_line, open_append, path_for, path_from, re
 from .models import GPT, generate
 from .rewards import REWARDS, information_gain, reward_of
 from .traces.suite import Suite, open_suite
+from .variants import VARIANT, names
 
 ADVANTAGE_EPS = 1e-4  # TRL's: a group with a tiny spread does not get huge advantages
-RLP_VARIANTS = ("stream", "backward-stream", "revfwd", "corrupted")
 
 
 @dataclass
@@ -74,7 +74,7 @@ class RLConfig:
     reward: str = setting("verified", "verified (1 solved, 0 not), shaped (0.5 for an unsolved plan "
                                       "whose first move is on a shortest path) or verified+rlp (plus "
                                       "rlp_coef x RLP information gain of the thought; "
-                                      f"{', '.join(RLP_VARIANTS)} graph variants)")
+                                      f"{', '.join(names('thought'))} graph variants)")
     rlp_coef: float = setting(0.1, "weight of the RLP information gain in verified+rlp")
     ema_decay: float = setting(0.99, "decay of the EMA model that is RLP's no-thought baseline, in [0, 1)")
     seed: int = setting(0, "seeds the prompts and the samples of every step")
@@ -283,9 +283,10 @@ def rl(run: str | os.PathLike | None, out: str | os.PathLike, cfg: RLConfig, res
             f"the train split of {suite.path} has prompts of {longest} tokens, and the model's context "
             f"is {reference.cfg.block_size}: it has no room to write.")
     rlp = cfg.reward == "verified+rlp"
-    require(not rlp or (suite.variant in RLP_VARIANTS and suite.meta["task"] in ("pathstar", "graph")),
+    require(not rlp or (VARIANT[suite.variant].thought and suite.meta["task"] in ("pathstar", "graph")),
             f"rl reward verified+rlp rewards a thought written before `;`; {suite.meta['task']} "
-            f"{suite.variant} writes none (allowed: pathstar or graph, variants {', '.join(RLP_VARIANTS)}).")
+            f"{suite.variant} writes none (allowed: pathstar or graph, variants "
+            f"{', '.join(names('thought'))}).")
     if description is None:
         description = _describe(parent, out, parent_run, parent_step, suite, cfg)
         out.mkdir(parents=True, exist_ok=True)

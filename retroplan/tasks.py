@@ -533,6 +533,7 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
     settings the rows are written with. Raises ContractError."""
     from .metrics import analyse_stream
     from .traces.common import VARIANTS, Parsed
+    from .variants import VARIANT
 
     what = f"grammar {getattr(grammar, '__name__', grammar)}"
     check_members(grammar, Grammar, what)
@@ -573,7 +574,7 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
         train = grammar.write_examples(task, cfg, options, variant, seed, "train", indices,
                                        task.sample_instances(cfg, seed, "train", indices))
         _check_rows(train, vocab, count, f"{where} (train)")
-        if variant == "revthink":
+        if VARIANT[variant].backward_objectives:
             _check_revthink_question_alone(train, f"{where} (train)")
         ex = grammar.write_examples(task, cfg, options, variant, seed, "test", indices, batch)
         _check_rows(ex, vocab, count, f"{where} (test)")
@@ -592,7 +593,7 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
             if not isinstance(parsed, Parsed) or parsed.error is not None or parsed.plan is None:
                 _fail(f"{where}: the row of instance {i} does not parse back: "
                       f"{getattr(parsed, 'error', parsed)!r}.")
-            if not stream or variant == "corrupted":
+            if not stream or VARIANT[variant].foreign_stream:
                 if parsed.plan != plans[i]:
                     _fail(f"{where}: the row of instance {i} parses to {parsed.plan!r}, not to the "
                           f"instance's reference plan {plans[i]!r}.")
@@ -606,7 +607,7 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
                 walk = task.Walk(cfg, batch, i, backward=parsed.backward)
                 if not parsed.events:
                     _fail(f"{where}: the stream of instance {i} parses to no events.")
-                if variant != "corrupted":  # corrupted's stream is another instance's
+                if VARIANT[variant].own_stream:  # corrupted's stream is another instance's
                     stats = analyse_stream(parsed.events, parsed.event_ends, walk, finished=True)
                     if stats.invalid or stats.invalid_backtracks:
                         _fail(f"{where}: the teacher stream of instance {i} has {stats.invalid} invalid "
@@ -622,11 +623,11 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
                       f"{cut!r}.")
             _parse(grammar, variant, noise.integers(0, size + 2, size=len(completion)).tolist(), vocab,
                    f"{where} (random tokens)")
-    if "lookahead" in grammar.VARIANTS:
+    for variant in [v for v in grammar.VARIANTS if VARIANT[v].lookahead_spans]:
         for mode in ("model-goal", "given-goal"):
-            prefix = grammar.eval_prefix("lookahead", mode, batch, 0, vocab)
+            prefix = grammar.eval_prefix(variant, mode, batch, 0, vocab)
             if not (prefix and all(isinstance(t, int) and 0 <= t < size for t in prefix)):
-                _fail(f"{what}: eval_prefix('lookahead', {mode!r}) must force token ids, got {prefix!r}.")
+                _fail(f"{what}: eval_prefix({variant!r}, {mode!r}) must force token ids, got {prefix!r}.")
 
 
 @dataclasses.dataclass
