@@ -1034,7 +1034,8 @@ class Env(gym.Env):
                 "target": spaces.Box(self.config.min_target, self.config.max_target, shape=(1,),
                                      dtype=np.int64),
             })
-        self.action_space = spaces.Discrete(n * n * 4) if flat_actions else spaces.MultiDiscrete([n, n, 4])
+        self.action_space = (rl.MaskedDiscrete(n * n * 4) if flat_actions
+                             else rl.JointMaskedMultiDiscrete([n, n, 4]))
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}.")
         self.render_mode = render_mode
