@@ -47,7 +47,7 @@ class EvalConfig:
     split: str = setting("test", "the split to evaluate (`retroplan inspect SUITE` lists a suite's)")
     limit: int = setting(0, "evaluate the first N instances of the split (0: every instance)")
     batch_size: int = setting(256, "prompts generated side by side (changes no number)")
-    device: str = setting("auto", DEVICE_HELP + " (changes no number beyond float rounding)")
+    device: str = setting("auto", DEVICE_HELP + " (changes no number)")
     temperature: float = setting(0.0, "sampling temperature (0: greedy)")
     top_k: int = setting(0, "sample among the k most likely tokens (0: all)")
     samples: int = setting(1, "completions per instance, for pass@k and best-of-n; more than 1 needs "

@@ -130,8 +130,8 @@ class ProbeConfig:
     target: str = setting("arm", "arm: the first move, where it is predicted (pathstar, graph; "
                                  "arm-eq: at the last prompt token `=`, one position earlier); "
                                  "distance: the plan node's distance to the goal (pathstar, graph); "
-                                 "live: the goal is still reachable, at each move of a stream / "
-                                 "backward-stream run")
+                                 "live: the goal is still reachable, at each move of a "
+                                 f"{' / '.join(names('own_stream'))} run")
     split: str = setting("test", "the held-out split to probe on")
     limit: int = setting(0, "the first N instances of the split (0: every instance)")
     seed: int = setting(0, "seed of the probe-train / held-out split of instances, the shuffled "
