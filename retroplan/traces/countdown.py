@@ -84,8 +84,9 @@ DONOR_SALT = 1 << 40  # `corrupted`: a salt no dedup redraw reaches, so donors a
 class Options:
     """How the traces are written (every knob of the writer, stored in meta.json)."""
 
-    searcher: str = setting("mix", "the search behind stream / corrupted: mix (SoS's: one of the 12 "
-                                   "strategies per instance), one strategy (" + ", ".join(cs.FORWARD[1:-1])
+    searcher: str = setting("mix", "the search behind stream / corrupted: mix (per instance one of "
+                                   "SoS's 12 strategies, with SoS's weights), one of them ("
+                                   + ", ".join(s.name for s in cs.STRATEGY_TABLE if s.mix_weight)
                                    + ") or dfs-full (complete forward DFS)")
     max_tries: int = setting(10_000, "a search gives up after this many tries (never reached with 4 inputs)")
     lookahead_p: float = setting(0.5, "share of lookahead rows that get a <T> span, in [0, 1]")
