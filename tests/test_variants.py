@@ -69,3 +69,11 @@ def test_the_scan_finds_a_name_comparison(tmp_path):
     assert list(_variant_comparisons(probe, tmp_path)) == [
         ("probe.py", 1, "variant == 'stream'"), ("probe.py", 2, "v in ('reverse', 'x')")]
 
+
+
+def test_a_mixture_has_no_variant_note_of_its_own():
+    """Reports ask every study variant for its note, mixtures included: a mixture gets none (its
+    components have theirs), as before the registry."""
+    assert countdown.variant_note("countdown", "optimal+stream") is None
+    assert digraphs.variant_note("pathstar", "optimal+reverse") is None
+    assert digraphs.variant_note("pathstar", "reverse") is not None

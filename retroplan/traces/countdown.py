@@ -895,7 +895,9 @@ def stream_plan(parsed: Parsed) -> list[str] | None:
 def variant_note(task_name: str, variant: str) -> str | None:
     """What a report should say next to a Countdown variant: how complete its teacher is, so
     that `stream` vs `backward-stream` is not read as direction alone."""
-    facts = VARIANT[variant]
+    facts = VARIANT.get(variant)  # None for a mixture: its components have the notes
+    if facts is None:
+        return None
     if facts.foreign_stream:
         return "the stream shown is another instance's; the plan is this instance's"
     if facts.backward_search:

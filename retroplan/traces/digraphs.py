@@ -482,9 +482,9 @@ def variant_note(task_name: str, variant: str) -> str | None:
     """What a report should say next to this task's variant, or None: where the task's backward
     direction is a chain (`BACKWARD_CHAIN`; path-star: every node but the centre has one
     predecessor), the backward variants write no search at all."""
-    if not get_task(task_name).BACKWARD_CHAIN:
+    facts = VARIANT.get(variant)  # None for a mixture: its components have the notes
+    if facts is None or not get_task(task_name).BACKWARD_CHAIN:
         return None
-    facts = VARIANT[variant]
     if facts.backward_search:
         return "no search on path-star: the backward direction is a chain"
     if facts.backward_objectives:
