@@ -17,6 +17,7 @@ from .eval import EvalConfig, evaluate, judge
 from .fsutil import path_from, write_text
 from .metrics import flatten_behaviour
 from .traces.suite import open_suite
+from .variants import VARIANT, names
 
 
 def _records(eval_dir: Path) -> list[dict]:
@@ -156,9 +157,9 @@ def sweep_tip(run_dir: str | os.PathLike, alphas: list[float], betas: list[int],
                                 for a in alphas if a > 0 for b in betas]
     if len(grid) > 1:  # refuse a run without thoughts before the (long) greedy evaluation
         suite = open_suite(checkpoint.run_suite(run_dir, checkpoint.read_run(run_dir)))
-        require(suite.variant in suite.grammar.STREAM_VARIANTS,
+        require(VARIANT[suite.variant].stream,
                 f"the thought-switch penalty needs a stream variant ("
-                f"{', '.join(suite.grammar.STREAM_VARIANTS)}), and run {run_dir} was trained on "
+                f"{', '.join(names('stream'))}), and run {run_dir} was trained on "
                 f"{suite.name}, which has no thoughts to switch.")
     rows = []
     for alpha, beta, gated in grid:

@@ -21,15 +21,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_dataclass_flags(parser, cls, prefix: str = "", skip=()) -> None:
-    """A --flag per dataclass field (defaults None: only what the user gives is passed on)."""
+    """A --flag per dataclass field (defaults None: only what the user gives is passed on); its
+    help is the field's own documentation (`errors.setting`) and its default."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
                                                          "bool": bool}.get(str(f.type), str)
-        what = getattr(cls, "HELP", {}).get(f.name, "")  # a config may say what each field does
-        text = f"{what} (default {f.default})" if what else f"(default {f.default})"
+        text = f"{f.metadata['help']} (default {f.default})".replace("%", "%%")  # argparse's escape
         if kind is bool:
             parser.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=text)
@@ -50,8 +50,10 @@ def step_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .envs import TASKS
+    from .errors import help_of
     from .eval import EvalConfig
     from .eval_hf import HFEvalConfig
+    from .probe import ProbeConfig
     from .traces import GRAMMARS
     from .train import TrainConfig
 
@@ -63,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = g.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=_Parser)
     for name, task in TASKS.items():
         t = gsub.add_parser(name, help=(task.__doc__ or "").strip().splitlines()[0])
-        t.add_argument("--variant", required=True, help=", ".join(GRAMMARS[name].VARIANTS))
+        t.add_argument("--variant", required=True,
+                       help="the trace format: " + ", ".join(GRAMMARS[name].VARIANTS) + ", or a "
+                            "mixture a+b+... (`retroplan list`); `retroplan inspect` says what it writes")
         t.add_argument("--out", required=True, help="new folder for the suite")
-        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--seed", type=int, default=0,
+                       help="seeds every instance and trace (instance i of a split is a function of "
+                            "the seed, the split and i alone) (default 0)")
         for split in task.SPLITS:
             t.add_argument(f"--{split.replace('_', '-')}", dest=f"size_{split}", type=int,
                            default=None, metavar="N",
@@ -75,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_dataclass_flags(t, GRAMMARS[name].Options, prefix="opt_")
 
     i = sub.add_parser("inspect", help="print a suite's summary and some rows as text")
-    i.add_argument("suite")
-    i.add_argument("--split", default=None, help="only this split")
-    i.add_argument("--rows", type=int, default=3, help="rows to show per split")
+    i.add_argument("suite", help="a suite folder (made by `retroplan generate`)")
+    i.add_argument("--split", default=None, help="only this split (default: every split)")
+    i.add_argument("--rows", type=int, default=3, help="rows to show per split (default 3)")
     i.add_argument("--context", type=int, default=0, metavar="N",
                    help="report how many rows a context of N tokens would truncate (default: longest row)")
 
@@ -88,12 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "and a dataset card README.md whose YAML header holds the provenance, so "
                     "datasets.load_dataset('parquet', data_dir=OUT) returns the splits. --format sos: "
                     "one Stream-of-Search data file per split (train.json, val.json, val_target.json, ...).")
-    e.add_argument("suite")
+    e.add_argument("suite", help="a suite folder (made by `retroplan generate`)")
     e.add_argument("--format", choices=("jsonl", "parquet", "sos"), default="jsonl",
-                   help="sos: the fields and text of the Stream-of-Search data files (countdown)")
+                   help="jsonl or parquet: one row per example; sos: the fields and text of the "
+                        "Stream-of-Search data files (countdown) (default jsonl)")
     e.add_argument("--out", required=True, help="new folder for the dataset (must not exist, or be empty)")
     e.add_argument("--split", default=None, help="only this split (default: all)")
-    e.add_argument("--limit", type=int, default=0, help="at most N rows per split")
+    e.add_argument("--limit", type=int, default=0, help="at most N rows per split (0: every row)")
 
     em = sub.add_parser(
         "export-model", help="write a run's model as a Hugging Face transformers folder",
@@ -102,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "exactly the run's logits (checked before writing) and a word-level tokenizer over "
                     "the suite's vocabulary, saved with save_pretrained, plus a model card. "
                     "Needs pip install 'retroplan[hf]'.")
-    em.add_argument("run")
-    em.add_argument("--format", choices=("hf",), default="hf", help="hf: a transformers model folder")
+    em.add_argument("run", help="a run folder (made by `retroplan train` or `retroplan rl`)")
+    em.add_argument("--format", choices=("hf",), default="hf",
+                    help="hf: a transformers model folder (the only format)")
     em.add_argument("--out", required=True, help="new folder for the model (must not exist)")
     em.add_argument("--step", type=int, default=None, metavar="N",
                     help="export the checkpoint kept at step N (default: the latest)")
@@ -131,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "RUN/eval-SPLIT-limit7, RUN/eval-SPLIT-suite-NAME, "
                     "RUN/eval-SPLIT-temperature1-samples4. --batch-size and --device change no number "
                     "and no name.")
-    ev.add_argument("run")
+    ev.add_argument("run", help="a run folder (made by `retroplan train` or `retroplan rl`)")
     ev.add_argument("--suite", default=None,
                     help="suite to evaluate on (default: the training suite); its task and evaluated "
                          "variant must be the run's, and its prompts shorter than the model's context")
@@ -152,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "setting.")
     hf.add_argument("model", help="a folder saved with save_pretrained, or a model name already in the "
                                   "local Hugging Face cache")
-    hf.add_argument("suite")
+    hf.add_argument("suite", help="a suite folder: its prompts, vocabulary and verifier")
     hf.add_argument("--tokenizer", default=None,
                     help="tokenizer folder or cached name (default: the model's)")
     hf.add_argument("--out", default=None,
@@ -200,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pick", metavar="WHICH",
                        help="a row worth drawing: first-failure, first-backtrack, first-difference "
                             "(model and teacher search differently), most-states")
-    st.add_argument("--split", default="test")
+    st.add_argument("--split", default="test", help="the split the row is in (default test)")
     st.add_argument("--out", default=None, help="PNG path (an SVG is written beside it)")
 
     pl = sub.add_parser("plot", help="draw a figure from evaluated runs")
@@ -208,16 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     tj = plsub.add_parser("trajectories", help="model vs teacher streams per test instance (tokens, "
                                                "states), one panel per evaluated stream run")
     tj.add_argument("sources", nargs="+", metavar="EVAL", help="eval folders or runs (their eval-SPLIT)")
-    tj.add_argument("--split", default="test")
+    tj.add_argument("--split", default="test", help="the evaluated split (default test)")
     tj.add_argument("--out", default="trajectories.png", help="PNG path (an SVG is written beside it)")
 
     tip = sub.add_parser("sweep-tip", help="evaluate a stream run under the thought-switch penalty grid")
-    tip.add_argument("run")
-    tip.add_argument("--alphas", default="0,1,2,3,5,10", help="comma-separated penalties")
-    tip.add_argument("--betas", default="1,2,4,8", help="comma-separated thought lengths (moves)")
+    tip.add_argument("run", help="a run trained on a stream variant")
+    tip.add_argument("--alphas", default="0,1,2,3,5,10",
+                     help="comma-separated penalties (tip_alpha) (default 0,1,2,3,5,10)")
+    tip.add_argument("--betas", default="1,2,4,8",
+                     help="comma-separated thought lengths in moves (tip_beta) (default 1,2,4,8)")
     tip.add_argument("--oracle", action="store_true", help="also the oracle-gated upper bound")
-    tip.add_argument("--split", default="test")
-    tip.add_argument("--limit", type=int, default=0, help="evaluate the first N instances (0: all)")
+    tip.add_argument("--split", default="test", help=help_of(EvalConfig, "split") + " (default test)")
+    tip.add_argument("--limit", type=int, default=0, help=help_of(EvalConfig, "limit") + " (default 0)")
     tip.add_argument("--out", default=None, help="folder for the sweep (default RUN/tip-sweep)")
 
     pr = sub.add_parser(
@@ -227,19 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "of the split's instances, and score it on the other half, next to the majority "
                     "baseline and the same probe fitted on shuffled labels. Writes "
                     "RUN/probe-TARGET-SPLIT/probe.json (docs/METRICS.md, Probes).")
-    pr.add_argument("run")
-    pr.add_argument("--target", required=True,
-                    help="arm: the first move, where it is predicted (pathstar, graph; arm-eq: at the "
-                         "last prompt token `=`, one position earlier); distance: the "
-                         "plan node's distance to the goal (pathstar, graph); live: the goal is still "
-                         "reachable, at each move of a stream / backward-stream run")
-    pr.add_argument("--split", default="test", help="the held-out split to probe on (default test)")
-    pr.add_argument("--limit", type=int, default=0, help="the first N instances of the split (0: all)")
-    pr.add_argument("--seed", type=int, default=0,
-                    help="seed of the probe-train / held-out split of instances, the shuffled control and "
-                         "the bootstrap (default 0)")
+    pr.add_argument("run", help="a run folder (made by `retroplan train` or `retroplan rl`)")
+    pr.add_argument("--target", required=True, help=help_of(ProbeConfig, "target"))
     pr.add_argument("--out", default=None, help="folder for probe.json (default RUN/probe-TARGET-SPLIT)")
-    pr.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N")
+    _add_dataclass_flags(pr, ProbeConfig, skip=("target",))
 
     ex = sub.add_parser("example", help="print a shipped experiment file (to copy and edit: "
                                         "retroplan example quick > my.toml)")
@@ -274,8 +275,9 @@ def _generate(args) -> None:
 def _inspect(args) -> None:
     import numpy as np
 
-    from .traces import CITES, components, is_data_control, writes
+    from .traces import components, is_data_control, writes
     from .traces.suite import open_suite
+    from .variants import VARIANT
 
     if args.rows < 0:
         raise UserError(f"--rows must be a non-negative integer, got {args.rows}.")
@@ -295,7 +297,7 @@ def _inspect(args) -> None:
             print(f"  [{part}]: {part}'s own rows again behind [{part}] (a data control: as many "
                   "extra rows and tokens as another component, no other content)")
             continue
-        print(f"  {part}: writes the {writes(part)}; after {CITES.get(part, '?')}")
+        print(f"  {part}: writes the {writes(part)}; after {VARIANT[part].cites}")
         note = suite.grammar.variant_note(meta["task"], part)
         if note:
             print(f"    note: {note}")
@@ -320,7 +322,8 @@ def _inspect(args) -> None:
         # mixture's components) and, for lookahead, one with a <T> span: checkable by hand
         data = suite.split("train")
         firsts = [int(np.flatnonzero(data.kind == k)[0]) for k in np.unique(data.kind)]
-        if "lookahead" in components(suite.name) and "<T>" in suite.vocab.ids:
+        spans = any(VARIANT[part].lookahead_spans for part in components(suite.name))
+        if spans and "<T>" in suite.vocab.ids:
             span = next((r for r in range(min(len(data), 1000))
                          if suite.vocab["<T>"] in data.completion(r).tolist()), None)
             firsts += [span] if span is not None and span not in firsts else []
@@ -470,13 +473,13 @@ def _list(args) -> None:
     from .experiment_file import shipped_experiments
     from .models import PRESETS
     from .traces import GRAMMARS
-    from .traces.vocab import MIXABLE
+    from .variants import names
 
     for name, task in TASKS.items():
         fields = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(task.Config))
         print(f"{name} ({task.ENV_ID}): {fields}")
         print(f"  variants: {', '.join(GRAMMARS[name].VARIANTS)}")
-    print(f"mixtures: a+b+... of {', '.join(MIXABLE)} (the first is evaluated); a+a is the data "
+    print(f"mixtures: a+b+... of {', '.join(names('mixable'))} (the first is evaluated); a+a is the data "
           "control (a's rows again behind [a]), e.g. optimal+optimal")
     print("model presets: " + ", ".join(f"{k} ({v['n_layer']}x{v['n_embd']})" for k, v in PRESETS.items()))
     print("shipped experiments (retroplan run NAME, retroplan example NAME): "
@@ -513,8 +516,7 @@ def _plot(args) -> None:
 def _probe(args) -> None:
     from .probe import ProbeConfig, format_table, probe_run
 
-    cfg = ProbeConfig(target=args.target, split=args.split, limit=args.limit, seed=args.seed,
-                      device=args.device)
+    cfg = ProbeConfig(target=args.target, **_given(args, ProbeConfig, skip=("target",)))
     result = probe_run(args.run, cfg, args.out)
     print(format_table(result), end="")
     print(f"  wrote {result['probe_dir']}/probe.json")

@@ -17,6 +17,9 @@ from .errors import UserError
 # bf16 matmuls, measured 10-20x slower than fp32 (benchmarks/RESULTS.md).
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
+# what a config's `device` setting means (its --help)
+DEVICE_HELP = "where it runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

@@ -1,8 +1,10 @@
-"""The one exception type for user mistakes.
+"""The one exception type for user mistakes, and the config dataclasses' helpers.
 
 The CLI prints a `UserError` as a single sentence and exits non-zero; anything else is a
 bug and keeps its traceback.
 """
+
+import dataclasses
 
 
 class UserError(Exception):
@@ -46,8 +48,6 @@ def require_field_types(config, what: str) -> None:
     """Every field of the dataclass instance `config` holds a value of its default's type
     (an integer is a fine float; true/false is not an integer). Values from TOML or JSON
     files can be anything; this turns a wrong type into a sentence before any work starts."""
-    import dataclasses
-
     for f in dataclasses.fields(config):
         if plain(getattr(config, f.name)) is not getattr(config, f.name):  # a NumPy scalar
             object.__setattr__(config, f.name, plain(getattr(config, f.name)))  # frozen ones too
@@ -61,3 +61,18 @@ def require_field_types(config, what: str) -> None:
         else:
             continue
         require(ok, f"{what} {f.name} must be {_KIND_NAMES[kind]}, got {value!r}.")
+
+
+def setting(default, help: str):
+    """A config dataclass field with its default and what it does, in one place: the sentence
+    is the field's documentation and its flag's `--help` (cli.py reads `metadata["help"]`), so
+    the two cannot drift. It says what 0 (or an empty value) means and names the choices.
+    (`field(default=..., metadata={"help": ...})` is also the Hugging Face HfArgumentParser idiom.)"""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def help_of(cls, name: str) -> str:
+    """What the setting `name` of the config dataclass `cls` does (its `setting` sentence)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from . import checkpoint
 from .batching import IGNORE, collate
 from .decoding import TIPPenalty
-from .device import resolve_device
-from .errors import require, require_field_types, require_seed
+from .device import DEVICE_HELP, resolve_device
+from .errors import require, require_field_types, require_seed, setting
 from .fsutil import atomic_path, json_line, path_for, refuse_foreign_output, sha256_file, write_json
 from .metrics import analyse_stream, summarize_behaviour
 from .models import generate_with_logprobs
@@ -39,24 +39,29 @@ from .passk import pass_at_k, pass_at_k_curve
 from .traces import chance_for, components, writes
 from .traces.suite import Suite, open_suite
 from .traces.vocab import EVAL_MODES
+from .variants import VARIANT
 from .version import __version__
 
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    limit: int = 0            # evaluate the first N instances (0: all)
-    batch_size: int = 256
-    device: str = "auto"
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0            # sample among the k most likely tokens (0: all)
-    samples: int = 1          # completions per instance (pass@k, best-of-n); needs temperature > 0
-    seed: int = 0             # the sampling generator's seed
-    tip_alpha: float = 0.0    # thought-switch penalty on the logits (0: off)
-    tip_beta: int = 0         # ... while the current thought has made fewer than beta moves
-    tip_oracle: bool = False  # ... and only where the current state can still reach the goal
-    lookahead: str = "plain"  # lookahead models (TRELAWNEY): plain, model-goal (force `<T>`) or
-                              # given-goal (force `<T> goal </T>`) after the prompt
+    split: str = setting("test", "the split to evaluate (`retroplan inspect SUITE` lists a suite's)")
+    limit: int = setting(0, "evaluate the first N instances of the split (0: every instance)")
+    batch_size: int = setting(256, "prompts generated side by side (changes no number)")
+    device: str = setting("auto", DEVICE_HELP + " (changes no number)")
+    temperature: float = setting(0.0, "sampling temperature (0: greedy)")
+    top_k: int = setting(0, "sample among the k most likely tokens (0: all)")
+    samples: int = setting(1, "completions per instance, for pass@k and best-of-n; more than 1 needs "
+                              "temperature > 0")
+    seed: int = setting(0, "the sampling generator's seed")
+    tip_alpha: float = setting(0.0, "thought-switch penalty (TIP): subtracted from the logits of the "
+                                    "tokens that switch thought (0: off)")
+    tip_beta: int = setting(0, "... while the current thought has made fewer than N moves")
+    tip_oracle: bool = setting(False, "... and only where the current state can still reach the goal "
+                                      "(the oracle-gated upper bound)")
+    lookahead: str = setting("plain", f"for lookahead models (TRELAWNEY): {', '.join(EVAL_MODES)}: "
+                                      "generate freely, force `<T>`, or force `<T> goal </T>` after "
+                                      "the prompt")
 
     def validate(self) -> None:
         require_field_types(self, "eval")
@@ -185,7 +190,7 @@ def judge(suite: Suite, instances: dict, i: int, completion_ids) -> dict:
     and is the path the stream itself reached, so its denominator is every instance."""
     ids = [int(t) for t in completion_ids]
     parsed = suite.grammar.parse(suite.variant, ids, suite.vocab)
-    stream = suite.variant in suite.grammar.STREAM_VARIANTS
+    stream = VARIANT[suite.variant].stream
     out = {"plan": parsed.plan, "parse_error": parsed.error, "correct": False,
            "reason": parsed.error or "", "first_step": False, "optimal": False,
            "faithful": False if stream else None, "stream_first_step": None,
@@ -273,7 +278,7 @@ def generate_completions(model, suite: Suite, split, rows, cfg: EvalConfig, devi
     by_prompt_len = defaultdict(list)
     for r in rows:
         by_prompt_len[int(split.prompt_len[r]) + len(prefixes.get(int(r), ()))].append(int(r))
-    backward = suite.variant == "backward-stream"
+    backward = VARIANT[suite.variant].backward_search
     bar = tqdm(total=len(rows) * cfg.samples, desc=f"eval {suite.variant}", unit="ex",
                disable=None if progress else True, leave=False)
     out = {}
@@ -372,9 +377,9 @@ def evaluate(run_dir: str | os.PathLike, suite_path: str | os.PathLike | None = 
             f"{run_dir} (trained on {task} {run.get('variant')}) writes variant {trained_variant} "
             f"and is judged by its grammar; evaluate it on a {task} suite of variant "
             f"{trained_variant} or of a mixture that starts with it.")
-    require(not cfg.uses_tip or suite.variant in suite.grammar.STREAM_VARIANTS,
+    require(not cfg.uses_tip or VARIANT[suite.variant].stream,
             f"the thought-switch penalty needs a stream variant; {suite.variant} has no thoughts to switch.")
-    require(cfg.lookahead == "plain" or suite.variant == "lookahead",
+    require(cfg.lookahead == "plain" or VARIANT[suite.variant].lookahead_spans,
             f"eval lookahead {cfg.lookahead} needs a lookahead suite; {suite.variant} is trained "
             "without <T> spans.")
     objective = run.get("train", {}).get("objective", "next-token")

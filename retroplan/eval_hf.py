@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .device import resolve_device
-from .errors import UserError, require, require_field_types
+from .device import DEVICE_HELP, resolve_device
+from .errors import UserError, require, require_field_types, setting
 from .eval import (
     NO_RESULT_SETTINGS,
     folder_word,
@@ -59,15 +59,17 @@ TOKENIZER_FILE = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_token
 
 @dataclass
 class HFEvalConfig:
-    split: str = "test"
-    limit: int = 0            # evaluate the first N instances (0: all)
-    shots: int = 0            # solved train-split examples before each prompt
-    seed: int = 0             # chooses the examples (and seeds sampling)
-    max_new_tokens: int = 0   # model tokens to generate at most (0: the room eval gives, see below)
-    batch_size: int = 16
-    device: str = "auto"
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0            # sample among the k most likely tokens (0: all)
+    split: str = setting("test", "the split to evaluate (`retroplan inspect SUITE` lists a suite's)")
+    limit: int = setting(0, "evaluate the first N instances of the split (0: every instance)")
+    shots: int = setting(0, "solved train-split examples before each prompt, one per line (0: none)")
+    seed: int = setting(0, "chooses the examples (and seeds sampling)")
+    max_new_tokens: int = setting(0, "model tokens to generate at most (0: the room eval gives a "
+                                     "model trained at the suite's context, counted in this "
+                                     "tokenizer's tokens)")
+    batch_size: int = setting(16, "prompts generated side by side (changes no number)")
+    device: str = setting("auto", DEVICE_HELP)
+    temperature: float = setting(0.0, "sampling temperature (0: greedy)")
+    top_k: int = setting(0, "sample among the k most likely tokens (0: all)")
 
     def validate(self) -> None:
         require_field_types(self, "eval-hf")

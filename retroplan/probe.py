@@ -88,9 +88,9 @@ from tqdm import tqdm
 
 from . import checkpoint, plots
 from .batching import collate
-from .device import resolve_device
+from .device import DEVICE_HELP, resolve_device
 from .envs import digraph, get_task
-from .errors import require, require_seed
+from .errors import require, require_seed, setting
 from .eval import deciding_positions
 from .events import Event
 from .fsutil import path_for, refuse_foreign_output, sha256_file, write_json
@@ -98,11 +98,11 @@ from .stats import mean_ci, wilson
 from .traces import components
 from .traces import digraphs as graph_grammar
 from .traces.suite import Suite, open_suite
+from .variants import VARIANT, names
 from .version import __version__
 
 TARGETS = ("arm", "distance", "live", "arm-eq")
 GRAPH_TASKS = ("pathstar", "graph")
-LIVE_VARIANTS = ("stream", "backward-stream")   # streams of the instance's own search
 TARGET_TASKS = {"arm": GRAPH_TASKS, "distance": GRAPH_TASKS, "live": GRAPH_TASKS + ("countdown",),
                 "arm-eq": GRAPH_TASKS}
 REGRESSION_TARGETS = ("distance",)
@@ -128,12 +128,18 @@ MIN_INSTANCES = 4            # at least 2 on each side of the split
 
 @dataclass
 class ProbeConfig:
-    target: str = "arm"
-    split: str = "test"
-    limit: int = 0          # the first N instances of the split (0: all)
-    seed: int = 0           # instance split, label shuffle and bootstrap
-    device: str = "auto"    # where the model runs (changes no number beyond float rounding)
-    batch_size: int = 32
+    target: str = setting("arm", "arm: the first move, where it is predicted (pathstar, graph; "
+                                 "arm-eq: at the last prompt token `=`, one position earlier); "
+                                 "distance: the plan node's distance to the goal (pathstar, graph); "
+                                 "live: the goal is still reachable, at each move of a "
+                                 f"{' / '.join(names('own_stream'))} run")
+    split: str = setting("test", "the held-out split to probe on")
+    limit: int = setting(0, "the first N instances of the split (0: every instance)")
+    seed: int = setting(0, "seed of the probe-train / held-out split of instances, the shuffled "
+                           "control and the bootstrap")
+    device: str = setting("auto", DEVICE_HELP + " (changes no number beyond float rounding)")
+    batch_size: int = setting(32, "rows run through the model side by side (changes no number beyond float "
+                                 "rounding)")
 
     def validate(self) -> None:
         require(self.target in TARGETS,
@@ -161,8 +167,8 @@ def target_problem(task_name: str, variant: str, target: str) -> str | None:
         return (f"{task_name} has no {target} target (allowed there: "
                 f"{', '.join(t for t in TARGETS if task_name in TARGET_TASKS[t])})")
     first = components(variant)[0]
-    if target == "live" and first not in LIVE_VARIANTS:
-        return (f"live needs a stream of the instance's own search ({', '.join(LIVE_VARIANTS)}), "
+    if target == "live" and not (first in VARIANT and VARIANT[first].own_stream):
+        return (f"live needs a stream of the instance's own search ({', '.join(names('own_stream'))}), "
                 f"and {variant} writes none")
     return None
 

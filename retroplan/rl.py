@@ -42,14 +42,15 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import checkpoint
-from .device import resolve_device
-from .errors import UserError, require, require_field_types
+from .device import DEVICE_HELP, resolve_device
+from .errors import UserError, require, require_field_types, setting
 from .eval import judge
 from .fsutil import atomic_path, json_line, open_append, path_for, path_from, refuse_symlink, write_json
 from .models import GPT, generate
 from .rewards import REWARDS, information_gain, reward_of
 from .traces.suite import Suite, open_suite
 from .train import decay_groups, resume_point, trim_log
+from .variants import VARIANT, names
 from .version import __version__
 
 ADVANTAGE_EPS = 1e-4  # TRL's: a group with a tiny spread does not get huge advantages
@@ -57,48 +58,31 @@ ADVANTAGE_EPS = 1e-4  # TRL's: a group with a tiny spread does not get huge adva
 
 @dataclass
 class RLConfig:
-    steps: int = 200
-    prompts_per_step: int = 8
-    group_size: int = 8
-    temperature: float = 1.0
-    max_new_tokens: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    clip_eps: float = 0.2
-    kl_coef: float = 0.04
-    updates_per_step: int = 1
-    reward: str = "verified"
-    rlp_coef: float = 0.1
-    ema_decay: float = 0.99
-    seed: int = 0
-    checkpoint_every: int = 50
-    device: str = "auto"
-    threads: int = 0
-
-    # what each setting does (the `rl` command's --help)
-    HELP = {
-        "steps": "GRPO steps: sample, reward, update",
-        "prompts_per_step": "train-split prompts drawn per step (seeded by seed and step)",
-        "group_size": "completions sampled per prompt; advantages are relative to the group",
-        "temperature": "sampling temperature (> 0); log-probabilities are of this distribution",
-        "max_new_tokens": "longest completion sampled (0: the room the model's context leaves)",
-        "lr": "AdamW learning rate (constant)",
-        "weight_decay": "AdamW weight decay of matrices",
-        "grad_clip": "clip the gradient norm to this (0: off)",
-        "clip_eps": "PPO clip: the ratio to the sampling policy is kept in [1 - eps, 1 + eps]",
-        "kl_coef": "weight of the per-token KL (k3 estimator) to the frozen parent model",
-        "updates_per_step": "optimizer steps on each step's samples (1: on-policy, ratio 1)",
-        "reward": "verified (1 solved, 0 not), shaped (0.5 for an unsolved plan whose first move is "
-                  "on a shortest path) or verified+rlp (plus rlp_coef x RLP information gain of "
-                  "the thought; stream, backward-stream, revfwd and corrupted graph variants)",
-        "rlp_coef": "weight of the RLP information gain in verified+rlp",
-        "ema_decay": "decay of the EMA model that is RLP's no-thought baseline",
-        "seed": "seeds the prompts and the samples of every step",
-        "checkpoint_every": "write a checkpoint every N steps (and at the end)",
-        "device": "auto, cpu, cuda or cuda:N",
-        "threads": "torch CPU threads (0: torch's default)",
-    }
+    steps: int = setting(200, "GRPO steps: sample, reward, update (with --resume: continue to this many)")
+    prompts_per_step: int = setting(8, "train-split prompts drawn per step (seeded by seed and step)")
+    group_size: int = setting(8, "completions sampled per prompt (at least 2); advantages are relative "
+                                 "to the group")
+    temperature: float = setting(1.0, "sampling temperature (> 0); log-probabilities are of this "
+                                      "distribution")
+    max_new_tokens: int = setting(0, "longest completion sampled (0: the room the model's context leaves)")
+    lr: float = setting(1e-4, "AdamW learning rate (constant)")
+    weight_decay: float = setting(0.0, "AdamW weight decay of matrices (0: none)")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    clip_eps: float = setting(0.2, "PPO clip: the ratio to the sampling policy is kept in "
+                                   "[1 - eps, 1 + eps]")
+    kl_coef: float = setting(0.04, "weight of the per-token KL (k3 estimator) to the frozen parent "
+                                   "model (0: no penalty)")
+    updates_per_step: int = setting(1, "optimizer steps on each step's samples (1: on-policy, ratio 1)")
+    reward: str = setting("verified", "verified (1 solved, 0 not), shaped (0.5 for an unsolved plan "
+                                      "whose first move is on a shortest path) or verified+rlp (plus "
+                                      "rlp_coef x RLP information gain of the thought; "
+                                      f"{', '.join(names('thought'))} graph variants)")
+    rlp_coef: float = setting(0.1, "weight of the RLP information gain in verified+rlp")
+    ema_decay: float = setting(0.99, "decay of the EMA model that is RLP's no-thought baseline, in [0, 1)")
+    seed: int = setting(0, "seeds the prompts and the samples of every step")
+    checkpoint_every: int = setting(50, "write a checkpoint every N steps (and at the end)")
+    device: str = setting("auto", DEVICE_HELP)
+    threads: int = setting(0, "torch CPU threads (0: torch's default)")
 
     def validate(self) -> None:
         require_field_types(self, "rl")
@@ -136,7 +120,6 @@ class RLConfig:
 
 # settings that never change a number: they may differ when a run is resumed
 MACHINE_SETTINGS = ("device", "threads", "checkpoint_every", "steps")
-RLP_VARIANTS = ("stream", "backward-stream", "revfwd", "corrupted")
 
 
 # --------------------------------------------------------------------------- the GRPO pieces
@@ -361,9 +344,10 @@ def _rl_prompts(parent: Path, parent_run: dict, reference: GPT, cfg: RLConfig) -
             f"the train split of {suite.path} has prompts of {longest} tokens, and the model's context "
             f"is {reference.cfg.block_size}: it has no room to write.")
     rlp = cfg.reward == "verified+rlp"
-    require(not rlp or (suite.variant in RLP_VARIANTS and suite.meta["task"] in ("pathstar", "graph")),
+    require(not rlp or (VARIANT[suite.variant].thought and suite.meta["task"] in ("pathstar", "graph")),
             f"rl reward verified+rlp rewards a thought written before `;`; {suite.meta['task']} "
-            f"{suite.variant} writes none (allowed: pathstar or graph, variants {', '.join(RLP_VARIANTS)}).")
+            f"{suite.variant} writes none (allowed: pathstar or graph, variants "
+            f"{', '.join(names('thought'))}).")
     return suite, rows
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import ENV_ENTRY_POINTS
 from .contracts import REQUIRED_SPLITS, Grammar, StateWalk, Task
+from .variants import VARIANT
 
 
 class ContractError(Exception):
@@ -379,11 +380,11 @@ def check_grammar(grammar, task, *, seed: int = 0, count: int = 3, options=None)
             if variant in grammar.STREAM_VARIANTS:
                 _check_teacher_stream(grammar, task, cfg, variant, parsed, completion, batch, i, where)
             _check_broken_completions(grammar, variant, completion, vocab, noise, where)
-    if "lookahead" in grammar.VARIANTS:
+    for variant in [v for v in grammar.VARIANTS if VARIANT[v].lookahead_spans]:
         for mode in ("model-goal", "given-goal"):
-            prefix = grammar.eval_prefix("lookahead", mode, batch, 0, vocab)
+            prefix = grammar.eval_prefix(variant, mode, batch, 0, vocab)
             if not (prefix and all(isinstance(t, int) and 0 <= t < len(vocab) for t in prefix)):
-                _fail(f"{what}: eval_prefix('lookahead', {mode!r}) must force token ids, got {prefix!r}.")
+                _fail(f"{what}: eval_prefix({variant!r}, {mode!r}) must force token ids, got {prefix!r}.")
 
 
 def _check_grammar_members(grammar, task, what: str):
@@ -435,7 +436,7 @@ def _check_variant_rows(grammar, task, cfg, options, variant: str, seed: int, in
     train = grammar.write_examples(task, cfg, options, variant, seed, "train", indices,
                                    task.sample_instances(cfg, seed, "train", indices))
     _check_rows(train, vocab, count, f"{where} (train)")
-    if variant == "revthink":
+    if VARIANT[variant].backward_objectives:
         _check_revthink_question_alone(train, f"{where} (train)")
     ex = grammar.write_examples(task, cfg, options, variant, seed, "test", indices, batch)
     _check_rows(ex, vocab, count, f"{where} (test)")
@@ -460,7 +461,7 @@ def _check_parses_back(grammar, task, variant: str, completion: list[int], vocab
     if not isinstance(parsed, Parsed) or parsed.error is not None or parsed.plan is None:
         _fail(f"{where}: the row of instance {i} does not parse back: "
               f"{getattr(parsed, 'error', parsed)!r}.")
-    if variant not in grammar.STREAM_VARIANTS or variant == "corrupted":
+    if variant not in grammar.STREAM_VARIANTS or VARIANT[variant].foreign_stream:
         if parsed.plan != plan:
             _fail(f"{where}: the row of instance {i} parses to {parsed.plan!r}, not to the "
                   f"instance's reference plan {plan!r}.")
@@ -482,7 +483,7 @@ def _check_teacher_stream(grammar, task, cfg, variant: str, parsed, completion: 
     walk = task.Walk(cfg, batch, i, backward=parsed.backward)
     if not parsed.events:
         _fail(f"{where}: the stream of instance {i} parses to no events.")
-    if variant != "corrupted":  # corrupted's stream is another instance's
+    if VARIANT[variant].own_stream:  # corrupted's stream is another instance's
         stats = analyse_stream(parsed.events, parsed.event_ends, walk, finished=True)
         if stats.invalid or stats.invalid_backtracks:
             _fail(f"{where}: the teacher stream of instance {i} has {stats.invalid} invalid "

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from tqdm import tqdm
 from . import checkpoint
 from . import device as devices
 from .batching import IGNORE, BatchOrder, budget_steps, collate, compile_widths, pad_to_bucket
-from .errors import UserError, require, require_field_types, require_seed
+from .errors import UserError, require, require_field_types, require_seed, setting
 from .eval import EvalConfig, generate_completions, judge, teacher_forced
 from .fsutil import json_line, open_append, path_for, refuse_symlink, sha256_file, write_json, write_text
 from .models import GPT, PRESETS, GPTConfig
@@ -48,39 +48,47 @@ from .traces import components
 from .traces.suite import Suite, open_suite
 from .version import __version__
 
+PRECISIONS = ("auto", "fp32", "bf16")
+OBJECTIVES = ("next-token", "teacherless")
+
 
 @dataclass
 class TrainConfig:
-    preset: str = "small"           # a models.PRESETS size; n_layer/n_head/n_embd override it
-    n_layer: int = 0
-    n_head: int = 0
-    n_embd: int = 0
-    dropout: float = 0.0
-    context: int = 0                # model context; 0 = the suite's longest row
-    long_examples: str = "drop"     # rows longer than the context: drop | cut
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 10
-    eval_every: int = 0             # val loss every N steps (0: only at the end)
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    compile: bool = False
-    threads: int = 0                # torch CPU threads; 0 = torch's default
-    precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    keep_steps: list[int] = field(default_factory=list)  # checkpoints kept at these steps
-    curve_every: int = 0            # val generation accuracy every N steps and at the end (0: off)
-    curve_examples: int = 200       # ... on the first N forward rows of the val split
-    tensorboard: bool = False       # also log to RUN/tensorboard (pip install 'retroplan[tensorboard]')
-    objective: str = "next-token"   # next-token | teacherless: completion inputs replaced by a dummy
-                                    # token (Bachmann & Nagarajan 2024); eval then decodes in parallel
+    preset: str = setting("small", f"model size: {', '.join(PRESETS)} (`retroplan list` shows each "
+                                   "one's layers x width); n_layer, n_head and n_embd override it")
+    n_layer: int = setting(0, "transformer blocks (0: the preset's)")
+    n_head: int = setting(0, "attention heads per block (0: the preset's); n_embd / n_head must be even")
+    n_embd: int = setting(0, "width of the residual stream (0: the preset's)")
+    dropout: float = setting(0.0, "dropout probability in [0, 1) (0: none)")
+    context: int = setting(0, "the model's context in tokens (0: the suite's longest row)")
+    long_examples: str = setting("drop", "rows longer than the context: drop (not trained on) or cut "
+                                         "(trained on their first context tokens)")
+    steps: int = setting(1000, "optimizer steps (with --resume: continue to this many)")
+    batch_size: int = setting(64, "rows per optimizer step (the whole batch, over all DDP ranks)")
+    lr: float = setting(1e-3, "peak AdamW learning rate, reached after warmup_steps, then cosine decay")
+    min_lr: float = setting(1e-4, "learning rate at the last step (the end of the cosine), at most lr")
+    warmup_steps: int = setting(100, "steps of linear warm-up to lr (0: none)")
+    weight_decay: float = setting(0.1, "AdamW weight decay of the weight matrices (0: none)")
+    beta1: float = setting(0.9, "AdamW beta1, in [0, 1)")
+    beta2: float = setting(0.95, "AdamW beta2, in [0, 1)")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    seed: int = setting(0, "seeds the weights, the batch order and dropout")
+    checkpoint_every: int = setting(500, "write a checkpoint every N steps (and at the last step)")
+    log_every: int = setting(10, "write the loss and counters to train_log.jsonl every N steps")
+    eval_every: int = setting(0, "val loss every N steps (0: only at the end)")
+    device: str = setting("auto", devices.DEVICE_HELP)
+    compile: bool = setting(False, "torch.compile the model (one graph per batch width where there "
+                                   "are few widths)")
+    threads: int = setting(0, "torch CPU threads (0: torch's default)")
+    precision: str = setting("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16")
+    keep_steps: list[int] = setting([], "steps whose checkpoints are kept on disk (besides the latest)")
+    curve_every: int = setting(0, "greedy val accuracy every N steps and at the end, for learning "
+                                  "curves in curve.jsonl (0: off)")
+    curve_examples: int = setting(200, "learning curves judge the first N forward rows of the val split")
+    tensorboard: bool = setting(False, "also log to RUN/tensorboard (pip install 'retroplan[tensorboard]')")
+    objective: str = setting("next-token", "next-token, or teacherless: completion inputs replaced by "
+                                           "a dummy token (Bachmann & Nagarajan 2024); eval then "
+                                           "decodes in parallel")
 
     def validate(self) -> None:
         require_field_types(self, "train")
@@ -143,10 +151,6 @@ class TrainConfig:
         cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, dropout=self.dropout, **size)
         cfg.validate()
         return cfg
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-OBJECTIVES = ("next-token", "teacherless")
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:

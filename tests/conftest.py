@@ -63,7 +63,7 @@ def assert_same_files(a: Path, b: Path) -> None:
 
 
 # ------------------------------------------------ an independent replay of a Countdown plan
-# Written in plain Python from the task's rules alone (DESIGN.md), sharing no code with
+# Written in plain Python from the task's rules alone (docs/DESIGN.md), sharing no code with
 # retroplan: inputs form a multiset; a step `a op b=c` takes two numbers that are still there
 # (each input used once, intermediate results usable once), with op one of + * - (larger minus
 # smaller) and / (exact, larger by smaller), and puts c back, where c must be the true result;

@@ -49,7 +49,7 @@ def test_every_variant_parses_back_to_a_correct_plan(make_suite, task, config, v
 
 
 def test_the_design_example_spelling():
-    # edges 0>3 3>7 0>5 5>2, start 0, goal 2 (DESIGN.md)
+    # edges 0>3 3>7 0>5 5>2, start 0, goal 2 (docs/DESIGN.md)
     batch = {"edges": np.array([[[0, 3], [3, 7], [0, 5], [5, 2]]], dtype=np.int32),
              "start": np.array([0], dtype=np.int32), "goal": np.array([2], dtype=np.int32),
              "plan": np.array([[0, 5, 2]], dtype=np.int32), "plan_len": np.array([3], dtype=np.int32)}

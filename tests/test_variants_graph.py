@@ -1,5 +1,5 @@
 """The graph tasks' `lookahead`, `revthink` and `backward-stream` variants, against the papers
-they name (REFERENCES.md): TRELAWNEY's random cut and random future span with plain rows
+they name (docs/REFERENCES.md): TRELAWNEY's random cut and random future span with plain rows
 mixed in and three inference modes; RevThink's forward rows identical to the baseline's, a
 backward question that hides part of the question, and a reasoned backward answer the oracle
 accepts; and the honest note that path-star's backward direction involves no search."""

@@ -2,7 +2,7 @@
 for the graph tasks).
 
 The judge here is an independent replay written in plain Python from the task's rules alone
-(DESIGN.md), in tests/conftest.py (`independent_replay`, shared with tests/test_countdown.py):
+(docs/DESIGN.md), in tests/conftest.py (`independent_replay`, shared with tests/test_countdown.py):
 inputs form a multiset; a step `a op b=c` takes two numbers that are still there (each input
 used once, intermediate results usable once), with op one of + * - (larger minus smaller) and /
 (exact, larger by smaller), and puts c back, where c must be the true result; the plan is right

@@ -40,7 +40,7 @@ from gymnasium import spaces
 from numba import njit, prange
 
 from .. import rng
-from ..errors import UserError, require, require_field_types, require_seed
+from ..errors import UserError, require, require_field_types, require_seed, setting
 from . import rl
 
 NAME = "countdown"
@@ -62,13 +62,16 @@ _HELD_OUT_STREAM = 0x7A        # random stream of the held-out target choice (no
 
 @dataclass(frozen=True)
 class Config:
-    n_inputs: int = 4
-    min_input: int = 1
-    max_input: int = 99
-    min_target: int = 10
-    max_target: int = 100
-    operations: str = "+-*/"
-    held_out_seed: int = 0      # which 10% of the targets are held out (a fixed seeded choice)
+    n_inputs: int = setting(4, f"input numbers per instance, {MIN_INPUTS} to {MAX_INPUTS}; each is used "
+                               "exactly once")
+    min_input: int = setting(1, "smallest input number (at least 1)")
+    max_input: int = setting(99, f"largest input number (at most {MAX_INPUT_VALUE})")
+    min_target: int = setting(10, "smallest target")
+    max_target: int = setting(100, f"largest target (at most {MAX_TARGET_VALUE})")
+    operations: str = setting("+-*/", "the operations allowed, a subset of + - * / written together "
+                                      "(- is larger minus smaller, / exact division only)")
+    held_out_seed: int = setting(0, "which 10% of the targets are held out of train/val/test for the "
+                                    "*_target splits (a fixed seeded choice)")
 
     def validate(self) -> None:
         require_field_types(self, "countdown")
@@ -1031,7 +1034,8 @@ class Env(gym.Env):
                 "target": spaces.Box(self.config.min_target, self.config.max_target, shape=(1,),
                                      dtype=np.int64),
             })
-        self.action_space = spaces.Discrete(n * n * 4) if flat_actions else spaces.MultiDiscrete([n, n, 4])
+        self.action_space = (rl.MaskedDiscrete(n * n * 4) if flat_actions
+                             else rl.JointMaskedMultiDiscrete([n, n, 4]))
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}.")
         self.render_mode = render_mode

@@ -328,7 +328,7 @@ class DigraphEnv(gym.Env):
                 "current": spaces.Discrete(n),
             }
         )
-        self.action_space = spaces.Discrete(n)
+        self.action_space = rl.MaskedDiscrete(n)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} is not one of {self.metadata['render_modes']}.")
         self.render_mode = render_mode

@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rng
-from ..errors import UserError, require, require_field_types
+from ..errors import UserError, require, require_field_types, setting
 from . import digraph, rl
 
 # The Task members (tasks.Task) both digraph tasks share, exported as this task's own.
@@ -61,13 +61,15 @@ _DEAD_ENDS, _STRONGLY_CONNECTED, _BALANCED = range(len(STRUCTURES))  # codes `_s
 # to Countdown's, with nothing shared but the form.
 @dataclass(frozen=True)
 class Config:
-    num_nodes: int = 20
-    out_degree: int = 2
-    min_distance: int = 3
-    max_distance: int = 6
-    structure: str = "dead-ends"   # dead-ends | strongly-connected | balanced
-    dead_share: float = 0.4        # dead-ends: share of the nodes in the dead region
-    max_lookahead: int = 0         # balanced: lookahead drawn from 1..max_lookahead (0: max_distance)
+    num_nodes: int = setting(20, f"nodes of the graph, 3 to {MAX_NODES}")
+    out_degree: int = setting(2, "out-edges per node (in balanced: on average)")
+    min_distance: int = setting(3, "shortest start-to-goal distance drawn, in moves")
+    max_distance: int = setting(6, "longest start-to-goal distance drawn, in moves (at most num_nodes - 1)")
+    structure: str = setting("dead-ends", f"the generator: {', '.join(STRUCTURES)} (this module's "
+                                          "docstring describes each)")
+    dead_share: float = setting(0.4, "dead-ends: share of the nodes in the one-way dead region, in (0, 1)")
+    max_lookahead: int = setting(0, "balanced: the lookahead is drawn from 1..max_lookahead "
+                                    "(0: max_distance)")
 
     def validate(self) -> None:
         require_field_types(self, "graph")

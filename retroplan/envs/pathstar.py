@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import rng
-from ..errors import require, require_field_types
+from ..errors import require, require_field_types, setting
 from . import digraph, rl
 
 # The Task members (tasks.Task) both digraph tasks share, exported as this task's own.
@@ -30,9 +30,10 @@ MAX_NODES = 4096
 
 @dataclass(frozen=True)
 class Config:
-    degree: int = 2
-    path_len: int = 5
-    num_nodes: int = 50
+    degree: int = setting(2, "arms leaving the centre (at least 2)")
+    path_len: int = setting(5, "nodes on a centre-to-leaf path, counting the centre (at least 2)")
+    num_nodes: int = setting(50, f"node labels drawn from 0..num_nodes-1 (at most {MAX_NODES}; at least "
+                                 "degree x (path_len - 1) + 1)")
 
     def validate(self) -> None:
         require_field_types(self, "pathstar")

@@ -4,8 +4,15 @@ mask convention and the time limit.
 * **Action mask.** `info["action_mask"]` (from `reset` and every `step`) and `env.action_masks()`
   (sb3-contrib's MaskablePPO calls it) are a boolean numpy array over the action space, True
   exactly where the move is legal in the current state; all False once the episode has ended
-  (goal, no legal move left, or an illegal move with `illegal="end"`). Gymnasium's own
-  `action_space.sample(mask=...)` wants int8: `mask.astype(np.int8)`.
+  (goal, no legal move left, or an illegal move with `illegal="end"`). Bool, because that is
+  MaskablePPO's convention and numpy's (`actions[mask]` selects; an int8 mask would index).
+  Gymnasium's own idiom `env.action_space.sample(info["action_mask"])` works too: the envs'
+  action spaces (`MaskedDiscrete`, `JointMaskedMultiDiscrete`) take the bool mask where
+  Gymnasium's spaces want int8, and Gymnasium's own masks as before. Countdown's default
+  MultiDiscrete([n, n, 4]) mask is joint, shape (n, n, 4): it says which (i, j, op) triples are
+  legal, which MultiDiscrete's per-axis masks (Gymnasium's tuple of three, MaskablePPO's
+  concatenation of n + n + 4) cannot; for MaskablePPO use `flat_actions=True`, whose
+  Discrete(n * n * 4) mask is the same joint mask, flat.
 * **Illegal moves.** `illegal="end"` (default, the envs' original behaviour): the episode ends
   with reward 0. `illegal="penalty"`: reward `-illegal_penalty` (default 0.1), the state is
   unchanged and the episode goes on until the time limit. Either way `info["illegal"]` is True.
@@ -38,6 +45,35 @@ def check_options(illegal: str, illegal_penalty: float, max_steps: int | None) -
     require(max_steps is None or (isinstance(max_steps, int) and not isinstance(max_steps, bool)
                                   and max_steps >= 1),
             f"max_steps must be a positive integer (or None for the task's default), got {max_steps!r}.")
+
+
+def _int8(mask):
+    """An envs' bool action mask as the int8 one Gymnasium's spaces sample with; anything else
+    (Gymnasium's own masks, None) as it is."""
+    return mask.astype(np.int8) if isinstance(mask, np.ndarray) and mask.dtype == np.bool_ else mask
+
+
+class MaskedDiscrete(gym.spaces.Discrete):
+    """`Discrete` whose `sample(mask)` also takes the envs' bool action mask."""
+
+    def sample(self, mask=None, probability=None):
+        return super().sample(_int8(mask), probability)
+
+
+class JointMaskedMultiDiscrete(gym.spaces.MultiDiscrete):
+    """`MultiDiscrete` whose `sample(mask)` also takes a joint mask: an array of shape `nvec`,
+    nonzero at the legal action tuples, one of which it draws uniformly (the space's `start`
+    where none is legal, as Gymnasium does). Gymnasium's per-axis masks work as before."""
+
+    def sample(self, mask=None, probability=None):
+        if isinstance(mask, np.ndarray) and mask.shape == tuple(self.nvec):
+            require(probability is None, "give sample a mask or a probability, not both.")
+            legal = np.flatnonzero(mask)
+            if legal.size == 0:
+                return np.array(self.start, dtype=self.dtype)
+            return self.start + np.array(np.unravel_index(self.np_random.choice(legal), mask.shape),
+                                         dtype=self.dtype)
+        return super().sample(_int8(mask), probability)
 
 
 class ActionMasks(gym.Wrapper, gym.utils.RecordConstructorArgs):

@@ -1,6 +1,6 @@
-"""What both grammars share: the variant names and the codes Numba writers dispatch on, the
-row kinds of a suite split, the rows each variant writes per instance, and `Parsed`, the one
-shape every grammar's parser returns."""
+"""What both grammars share: the variant names (from retroplan/variants.py) and the codes
+Numba writers dispatch on, the row kinds of a suite split, the rows each variant writes per
+instance, and `Parsed`, the one shape every grammar's parser returns."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..events import Event
+from ..variants import NAMES, VARIANT, names
 
-VARIANTS = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink", "lookahead",
-            "corrupted")
-STREAM_VARIANTS = ("stream", "backward-stream", "corrupted")
+# every grammar's VARIANTS and STREAM_VARIANTS (tasks.Grammar), derived from the registry
+VARIANTS = NAMES
+STREAM_VARIANTS = names("stream")
 
 # A variant's code is its index in VARIANTS; Numba writers compare against these names, never
 # against bare numbers.
@@ -29,7 +30,7 @@ def example_rows(variant: str, split: str, n_inst: int,
     """(row -> instance, row kind): revthink trains on three examples per instance (fwd, bq,
     br) and evaluates forward only; every other variant has one row per instance. `keep`
     (revthink, per instance): False drops that instance's two backward rows."""
-    if variant == "revthink" and split == "train":
+    if VARIANT[variant].backward_objectives and split == "train":
         rows = np.repeat(np.arange(n_inst, dtype=np.int64), 3)
         kinds = np.tile(np.array([KIND_FWD, KIND_BQ, KIND_BR], dtype=np.int8), n_inst)
         if keep is not None:

@@ -59,9 +59,10 @@ from numba import njit, prange
 
 from .. import rng
 from ..envs import countdown as cd
-from ..errors import require
+from ..errors import require, setting
 from ..events import Event
 from ..searchers import countdown_search as cs
+from ..variants import VARIANT
 from . import common
 from .common import STREAM_VARIANTS, VARIANTS, Parsed, example_rows
 from .vocab import MIX_TOKENS, Vocab, forced_open
@@ -83,10 +84,12 @@ DONOR_SALT = 1 << 40  # `corrupted`: a salt no dedup redraw reaches, so donors a
 class Options:
     """How the traces are written (every knob of the writer, stored in meta.json)."""
 
-    searcher: str = "mix"       # the search behind `stream` / `corrupted`: mix, one of the 12 SoS
-                                # strategies, or dfs-full (complete forward DFS)
-    max_tries: int = 10_000     # a search gives up after this many tries (never reached with 4 inputs)
-    lookahead_p: float = 0.5    # share of `lookahead` rows that get a <T> span
+    searcher: str = setting("mix", "the search behind stream / corrupted: mix (per instance one of "
+                                   "SoS's 12 strategies, with SoS's weights), one of them ("
+                                   + ", ".join(s.name for s in cs.STRATEGY_TABLE if s.mix_weight)
+                                   + ") or dfs-full (complete forward DFS)")
+    max_tries: int = setting(10_000, "a search gives up after this many tries (never reached with 4 inputs)")
+    lookahead_p: float = setting(0.5, "share of lookahead rows that get a <T> span, in [0, 1]")
 
     def validate(self) -> None:
         require(self.searcher in cs.FORWARD,
@@ -359,11 +362,12 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
     found = np.ones(n_inst, dtype=np.bool_)
     tape = np.zeros(0, dtype=np.int64)
     tape_off = np.zeros(n_inst + 1, dtype=np.int64)
-    if variant in ("stream", "backward-stream"):
-        searcher = "backward" if variant == "backward-stream" else options.searcher
+    facts = VARIANT[variant]
+    if facts.own_stream:
+        searcher = "backward" if facts.backward_search else options.searcher
         result = cs.run_search(cfg, batch, searcher, seed, split, indices, options.max_tries)
         tape, tape_off, plan, found = result["tape"], result["offsets"], result["plan"], result["found"]
-    elif variant == "corrupted":
+    elif facts.foreign_stream:
         # the stream of a fresh, unrelated instance of the same split (shard-independent), then
         # this instance's oracle plan
         donors = cd.sample_instances(cfg, seed, split, indices, salts=np.full(n_inst, DONOR_SALT, np.int64))
@@ -371,10 +375,10 @@ def write_examples(task, cfg, options: Options, variant: str, seed: int, split: 
         tape, tape_off = result["tape"], result["offsets"]
     trace_stream = rng.stream_key(rng.STREAM_TRACE, split)
     spans = np.full((n_inst, 3), -1, dtype=np.int64)
-    if variant == "lookahead":
+    if facts.lookahead_spans:
         _lookahead_spans(np.uint64(seed), trace_stream, indices, n - 1, float(options.lookahead_p), spans)
     keep = None
-    if variant == "revthink":
+    if facts.backward_objectives:
         q = cd.backward_questions(cfg, batch)
         q_nums, q_target, q_plan = q["numbers"], q["target"], q["plan"]
         keep = q["ok"]  # RevThink keeps consistent examples only: no input to ask, no backward rows
@@ -698,7 +702,7 @@ def _strip_lookahead(ids: list[int]) -> list[int]:
 def _parse_stream(variant: str, ids: list[int], vocab: Vocab) -> CountdownParsed:
     """A stream variant: the events of as much of the stream as can be read, always; the plan
     after `;` only when the completion finished and everything before it reads."""
-    backward = variant == "backward-stream"
+    backward = VARIANT[variant].backward_search
     finished = EOS in ids
     body = ids[: ids.index(EOS)] if finished else ids
     cut = body.index(SEMI) if SEMI in body else len(body)
@@ -739,14 +743,15 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
     if EOS not in ids:
         return CountdownParsed(None, error="no <eos>: the completion did not finish")
     ids = ids[: ids.index(EOS)]
+    facts = VARIANT[variant]
     try:
-        if variant in ("optimal", "revthink", "reverse", "lookahead"):
-            r = _Reader(_strip_lookahead(ids) if variant == "lookahead" else ids, len(vocab))
-            steps = r.plan(reverse=variant == "reverse")
+        if not (facts.reversed_plan and facts.forward_plan):  # one plan, forward or goal-first
+            r = _Reader(_strip_lookahead(ids) if facts.lookahead_spans else ids, len(vocab))
+            steps = r.plan(reverse=facts.reversed_plan)
             if not r.done():
                 raise _ParseError(f"token {r.pos}: unexpected after the plan")
-            return CountdownParsed(steps[::-1] if variant == "reverse" else steps)
-        # revfwd
+            return CountdownParsed(steps[::-1] if facts.reversed_plan else steps)
+        # revfwd: the plan goal-first, `;`, the plan
         if SEMI not in ids:
             raise _ParseError("no `;` before the plan")
         cut = ids.index(SEMI)
@@ -838,7 +843,8 @@ def deciding_index(variant: str, completion, vocab: Vocab) -> int | None:
     corrupted: the first token of the plan after the last `;`. None where there is none."""
     ids = [int(t) for t in completion]
     j = None
-    if variant in ("optimal", "revthink", "lookahead"):
+    facts = VARIANT[variant]
+    if not facts.stream and not facts.reversed_plan:  # the plan alone
         inside = False
         for k, t in enumerate(ids):
             if t in (T_OPEN, T_CLOSE):
@@ -846,14 +852,17 @@ def deciding_index(variant: str, completion, vocab: Vocab) -> int | None:
             elif not inside:
                 j = k
                 break
-    elif variant in ("reverse", "revfwd") and EQ in ids:
-        j = ids.index(EQ) + 1
-    elif variant == "stream" and TRY in ids:
+    elif facts.reversed_plan:
+        if EQ in ids:
+            j = ids.index(EQ) + 1
+    elif facts.foreign_stream:
+        if SEMI in ids:
+            j = len(ids) - ids[::-1].index(SEMI)
+    elif facts.backward_search:
+        if TRY in ids and EQ in ids[ids.index(TRY):]:
+            j = ids.index(EQ, ids.index(TRY)) + 1
+    elif TRY in ids:  # stream
         j = ids.index(TRY) + 1
-    elif variant == "backward-stream" and TRY in ids and EQ in ids[ids.index(TRY):]:
-        j = ids.index(EQ, ids.index(TRY)) + 1
-    elif variant == "corrupted" and SEMI in ids:
-        j = len(ids) - ids[::-1].index(SEMI)
     return j if j is not None and j < len(ids) and NUM0 <= ids[j] < len(vocab) else None
 
 
@@ -886,24 +895,29 @@ def stream_plan(parsed: Parsed) -> list[str] | None:
 def variant_note(task_name: str, variant: str) -> str | None:
     """What a report should say next to a Countdown variant: how complete its teacher is, so
     that `stream` vs `backward-stream` is not read as direction alone."""
-    return {
-        "stream": ("teacher: Options.searcher; SoS's mix reaches the goal in ~57% of streams "
-                   "(dfs-full: 100%)"),
-        "backward-stream": "teacher: backward DFS, chain solutions only (~95% of instances)",
-        "corrupted": "the stream shown is another instance's; the plan is this instance's",
-    }.get(variant)
+    facts = VARIANT.get(variant)  # None for a mixture: its components have the notes
+    if facts is None:
+        return None
+    if facts.foreign_stream:
+        return "the stream shown is another instance's; the plan is this instance's"
+    if facts.backward_search:
+        return "teacher: backward DFS, chain solutions only (~95% of instances)"
+    if facts.stream:
+        return "teacher: Options.searcher; SoS's mix reaches the goal in ~57% of streams (dfs-full: 100%)"
+    return None
 
 
 def searcher_of(suite, split: str, index: int) -> str:
     """The search behind a row of this suite: the strategy of a stream (for `corrupted`, of the
     unrelated instance's stream it shows), `backward` for backward-stream, `optimal` (the
     oracle, no search) for the other variants."""
-    if suite.variant in ("stream", "corrupted"):
+    facts = VARIANT[suite.variant]
+    if facts.backward_search:
+        return "backward"
+    if facts.stream:
         if suite.options.searcher == "mix":
             return cs.mix_choice(suite.meta["seed"], split, index)
         return suite.options.searcher
-    if suite.variant == "backward-stream":
-        return "backward"
     return "optimal"
 
 

@@ -48,11 +48,12 @@ from numba import njit, prange
 from .. import rng
 from ..contracts import DigraphTask
 from ..envs import digraph, get_task
-from ..errors import require
+from ..errors import require, setting
 from ..events import Event
 from ..searchers import digraph_search
+from ..variants import VARIANT
 from . import common
-from .common import STREAM_VARIANTS, VARIANTS, Parsed, example_rows
+from .common import STREAM_VARIANTS, VARIANTS, Parsed, example_rows  # noqa: F401  (tasks.Grammar)
 from .vocab import MIX_TOKENS, Vocab, forced_open
 
 _WORDS = ["<pad>", "<bos>", "<eos>", "|", "/", "=", ";", "at", "go", "from", "dead", "back",
@@ -74,10 +75,11 @@ _PROMPT_SALT = 1
 class Options:
     """How the traces are written (every knob of the writer, stored in meta.json)."""
 
-    stream_searcher: str = "dfs"        # dfs | bfs: the search behind `stream`/`corrupted`
-    child_order: str = "random"         # random | distance: the order successors are tried in
-    lookahead_p: float = 0.5            # share of `lookahead` examples that get a <T> span
-    prompt: str = "edges"               # edges | adjacency: how the prompt writes the graph
+    stream_searcher: str = setting("dfs", "the search behind stream / corrupted: dfs or bfs")
+    child_order: str = setting("random", "the order successors are tried in: "
+                                         + ", ".join(digraph_search.ORDERS))
+    lookahead_p: float = setting(0.5, "share of lookahead rows that get a <T> span, in [0, 1]")
+    prompt: str = setting("edges", "how the prompt writes the graph: " + ", ".join(PROMPTS))
 
     def validate(self) -> None:
         require(self.stream_searcher in ("dfs", "bfs"),
@@ -355,14 +357,15 @@ def write_examples(task: DigraphTask, cfg, options: Options, variant: str, seed:
     answer, answer_len = batch["plan"], batch["plan_len"]
     events = np.zeros((n_inst, 1, 2), dtype=np.int32)
     n_events = np.zeros(n_inst, dtype=np.int32)
-    if variant in ("stream", "backward-stream"):
-        searcher = "backward" if variant == "backward-stream" else options.stream_searcher
+    facts = VARIANT[variant]
+    if facts.own_stream:
+        searcher = "backward" if facts.backward_search else options.stream_searcher
         found = digraph_search.run_search(batch, cfg.num_nodes, limit, searcher, options.child_order,
                                         seed, indices, split=split)
         assert found["path_len"].min() > 0, "a complete search missed a reachable goal"
         events, n_events = found["events"], found["n_events"]
         answer, answer_len = found["path"], found["path_len"]
-    elif variant == "corrupted":
+    elif facts.foreign_stream:
         # Each example's stream belongs to a fresh, unrelated instance of the same split.
         donors = task.sample_instances(cfg, seed, split, indices,
                                        salts=np.full(n_inst, _DONOR_SALT, dtype=np.int64))
@@ -371,7 +374,7 @@ def write_examples(task: DigraphTask, cfg, options: Options, variant: str, seed:
                                         split=split)
         events, n_events = found["events"], found["n_events"]
     keep = None
-    if variant == "revthink" and split == "train":  # RevThink keeps consistent examples only
+    if facts.backward_objectives and split == "train":  # RevThink keeps consistent examples only
         keep = revthink_consistent(batch, cfg.num_nodes)
     row_inst, row_kind = example_rows(variant, split, n_inst, keep)
     e, p = batch["edges"].shape[1], answer.shape[1]
@@ -455,7 +458,8 @@ def deciding_index(variant: str, completion, vocab: Vocab) -> int | None:
     token (a plan without moves)."""
     ids = [int(t) for t in completion]
     size = len(vocab)
-    if variant in ("optimal", "revthink", "lookahead"):
+    facts = VARIANT[variant]
+    if not facts.stream and not facts.reversed_plan:  # the plan alone
         outside, inside = [], False
         for j, t in enumerate(ids):
             if t in (T_OPEN, T_CLOSE):
@@ -463,16 +467,14 @@ def deciding_index(variant: str, completion, vocab: Vocab) -> int | None:
             elif not inside and NODE0 <= t < size:
                 outside.append(j)
         return outside[1] if len(outside) > 1 else None
-    if variant in ("reverse", "revfwd"):
+    if facts.reversed_plan:
         j = 1
-    elif variant in ("stream", "backward-stream"):
+    elif facts.own_stream:
         j = 2
-    elif variant == "corrupted":
+    else:  # another instance's stream
         if SEMI not in ids:
             return None
         j = len(ids) - ids[::-1].index(SEMI) + 1   # the last `;`, then p0, then p1
-    else:
-        return None
     return j if j < len(ids) and NODE0 <= ids[j] < size else None
 
 
@@ -480,15 +482,16 @@ def variant_note(task_name: str, variant: str) -> str | None:
     """What a report should say next to this task's variant, or None: where the task's backward
     direction is a chain (`BACKWARD_CHAIN`; path-star: every node but the centre has one
     predecessor), the backward variants write no search at all."""
-    if not get_task(task_name).BACKWARD_CHAIN:
+    facts = VARIANT.get(variant)  # None for a mixture: its components have the notes
+    if facts is None or not get_task(task_name).BACKWARD_CHAIN:
         return None
-    if variant == "backward-stream":
+    if facts.backward_search:
         return "no search on path-star: the backward direction is a chain"
-    if variant == "revthink":
+    if facts.backward_objectives:
         return ("no search in the backward objectives on path-star: the backward direction "
                 "is a chain (one node per layer), and the backward question's move count is "
                 "path_len - 1 for every instance")
-    if variant in ("reverse", "revfwd"):
+    if facts.reversed_plan:
         return "the plan written goal-first needs no search on path-star: the backward direction is a chain"
     return None
 
@@ -630,24 +633,25 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
     anything malformed comes back with `plan=None` and the reason in `error`."""
     ids = [int(t) for t in ids]
     size = len(vocab)
+    if variant not in VARIANTS:
+        return Parsed(None, error=f"unknown variant {variant!r}")
+    facts = VARIANT[variant]
     if EOS not in ids:
-        if variant in STREAM_VARIANTS:  # judge the stream as far as it goes
+        if facts.stream:  # judge the stream as far as it goes
             head = ids[: ids.index(SEMI)] if SEMI in ids else ids
-            backward = variant == "backward-stream"
+            backward = facts.backward_search
             events, ends, _ = _events(head, size, backward)
             return Parsed(None, events=events, backward=backward, event_ends=ends,
                           error="no <eos>: the completion did not finish")
         return Parsed(None, error="no <eos>: the completion did not finish")
     ids = ids[: ids.index(EOS)]
     try:
-        if variant in ("optimal", "revthink"):
-            return Parsed(_nodes(ids, size, "plan"))
-        if variant == "lookahead":
-            return Parsed(_nodes(_strip_lookahead(ids, size), size, "plan"))
-        if variant == "reverse":
+        if not facts.stream and not facts.reversed_plan:  # the plan alone
+            return Parsed(_nodes(_strip_lookahead(ids, size) if facts.lookahead_spans else ids, size, "plan"))
+        if facts.reversed_plan and not facts.forward_plan:
             back = _nodes(ids, size, "reversed plan")
             return Parsed(back[::-1])
-        if variant == "revfwd":
+        if facts.reversed_plan:  # the plan goal-first, `;`, the plan
             if SEMI not in ids:
                 raise _ParseError("no `;` before the plan")
             cut = ids.index(SEMI)
@@ -656,7 +660,7 @@ def parse(variant: str, ids, vocab: Vocab) -> Parsed:
     except _ParseError as exc:
         return Parsed(None, error=str(exc))
     # stream variants: the events are kept even when the rest is unreadable
-    backward = variant == "backward-stream"
+    backward = facts.backward_search
     cut = ids.index(SEMI) if SEMI in ids else len(ids)
     events, ends, error = _events(ids[:cut], size, backward)
     plan = None

@@ -48,6 +48,7 @@ from pathlib import Path
 from ..contracts import REQUIRED_SPLITS
 from ..errors import UserError, require
 from ..fsutil import atomic_dir, json_line, json_text, write_text
+from ..variants import VARIANT
 from ..version import __version__
 from .suite import open_suite
 
@@ -115,7 +116,7 @@ def iter_rows(suite, split: str | None = None, limit: int = 0):
             searcher = suite.grammar.searcher_of(suite, name, row["index"])
             if searcher is not None:
                 row["searcher"] = searcher
-                if suite.variant in suite.grammar.STREAM_VARIANTS:
+                if VARIANT[suite.variant].stream:
                     row["found"] = suite.grammar.parse(suite.variant, data.completion(r), suite.vocab).plan
             yield row
 
@@ -131,7 +132,10 @@ def sos_rows(suite, split: str | None = None, limit: int = 0):
 
     require(suite.meta["task"] == "countdown",
             f"the sos format is Countdown's (Stream of Search); this suite is {suite.meta['task']}.")
-    options = suite.options if suite.variant == "stream" else grammar.Options()
+    # the suite's searcher where its own rows are SoS's forward streams, else SoS's defaults
+    facts = VARIANT[suite.variant]
+    own_forward_stream = facts.own_stream and not facts.backward_search
+    options = suite.options if own_forward_stream else grammar.Options()
     for name in [split] if split else suite.splits:
         data = suite.split(name)
         count = len(data.index) if not limit else min(limit, len(data.index))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError, require
+from ..variants import REGISTRY, VARIANT
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 
@@ -14,8 +15,7 @@ PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 # of any other component starts `<bos> [component]`, so the model knows which task it is on and
 # is evaluated on exactly the first component's prompt. Every task's vocabulary holds these
 # tokens, so a mixture and its baseline share one vocabulary (and one model initialisation).
-MIXABLE = ("optimal", "reverse", "revfwd", "stream", "backward-stream", "lookahead", "corrupted")
-MIX_TOKENS = [f"[{v}]" for v in MIXABLE]
+MIX_TOKENS = [f"[{v.name}]" for v in REGISTRY if v.mixable]
 
 # TRELAWNEY's inference modes (`eval --lookahead`); each grammar's `eval_prefix` says which
 # tokens a mode forces after the prompt.
@@ -28,7 +28,7 @@ def forced_open(variant: str, mode: str) -> bool:
     require(mode in EVAL_MODES, f"eval lookahead must be plain, model-goal or given-goal, got {mode!r}.")
     if mode == "plain":
         return False
-    require(variant == "lookahead",
+    require(VARIANT[variant].lookahead_spans,
             f"eval lookahead {mode} needs a lookahead suite; {variant} is trained without <T> spans.")
     return True
 
