@@ -5,6 +5,18 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
+# One torch thread per test process, child processes included (they inherit the variable). The
+# suite's models are tiny, so a second thread buys little, and on a loaded 2-core machine threads
+# beyond the free cores only wait for each other: a KV-cache test took 98 s with 2 threads and
+# 5.1 s with 1. Tests that are about thread counts set their own (`threads = 1` in a study file,
+# NUMBA_NUM_THREADS in test_determinism.py).
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)  # in case torch was imported before this file set the variable
 
 
 @pytest.fixture(scope="session")
