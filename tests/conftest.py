@@ -19,6 +19,17 @@ def pytest_configure(config):
     torch.set_num_threads(1)  # in case torch was imported before this file set the variable
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite in two processes (pytest-xdist, `--dist loadgroup`). Each test
+    file is one group, so a file's module fixtures are built once, in one process; a test marked
+    `xdist_group("ray")` keeps its own mark, so the tests that start a local Ray cluster run
+    one after the other in one process, never two clusters side by side."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
 @pytest.fixture(scope="session")
 def make_suite(tmp_path_factory):
     """Generate (once per session) a small suite for a task/variant/config."""

@@ -100,6 +100,7 @@ def test_the_tours_sizes_are_shrunk_where_they_are_written():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # it starts a local Ray cluster: one at a time (conftest)
 def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     pytest.importorskip("transformers")
     pytest.importorskip("ray")
