@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Every test, the slow ones included (what CI runs).
+# Every test, the slow ones included (what CI runs), in TEST_PROCESSES pytest-xdist processes;
+# a test file stays in one process (tests/conftest.py), so its module fixtures are built once.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow" -n $(TEST_PROCESSES) --dist loadgroup
 
 # The default, fast subset (a few minutes on 2 cores).
 test-fast: $(STAMP)

@@ -5,6 +5,29 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
+# One torch thread per test process, child processes included (they inherit the variable). The
+# suite's models are tiny, so a second thread buys little, and on a loaded 2-core machine threads
+# beyond the free cores only wait for each other: a KV-cache test took 98 s with 2 threads and
+# 5.1 s with 1. Tests that are about thread counts set their own (`threads = 1` in a study file,
+# NUMBA_NUM_THREADS in test_determinism.py).
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)  # in case torch was imported before this file set the variable
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite in two processes (pytest-xdist, `--dist loadgroup`). Each test
+    file is one group, so a file's module fixtures are built once, in one process; a test marked
+    `xdist_group("ray")` keeps its own mark, so the tests that start a local Ray cluster run
+    one after the other in one process, never two clusters side by side."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture(scope="session")

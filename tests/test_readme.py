@@ -1,6 +1,8 @@
 """The README's tour runs as written: every command of its command-line block, in order, from
 the README text itself (so the two cannot drift apart), then its Python example. Lines marked
-`GPU-sized` are studies sized for a GPU: their experiment files are checked, not run."""
+`GPU-sized` are studies sized for a GPU: their experiment files are checked, not run. The
+tour's training sizes are a reader's (a model that learns something in minutes); the test
+shrinks those few numbers (`SMALLER`), each of which must be in the README as written."""
 
 import os
 import shlex
@@ -22,6 +24,22 @@ def _block_after(marker: str, fence: str = "```") -> str:
     open_at = README.index(fence, start)
     body_at = README.index("\n", open_at) + 1
     return README[body_at: README.index("```", body_at)]
+
+
+# (as written, as tested): training examples and optimizer steps only, so every command, flag,
+# file and order of the tour is the reader's, and the suite spends seconds where the reader's
+# models spend minutes (the two 300-step trainings were ~80% of the tour's CPU time). Each pair
+# must occur in the README (test_the_tours_sizes_are_shrunk_where_they_are_written).
+SMALLER = [("--train 20000", "--train 400"),
+           ("--steps 300", "--steps 20"), ("--resume --steps 400", "--resume --steps 30"),
+           ("train.steps=100", "train.steps=10"), ("sizes.train=5000", "sizes.train=400"),
+           ('"train": 5000', '"train": 400'), ("steps=200)", "steps=20)")]
+
+
+def shrunk(text: str) -> str:
+    for written, tested in SMALLER:
+        text = text.replace(written, tested)
+    return text
 
 
 def tour_commands() -> list[tuple[str, bool]]:
@@ -73,14 +91,23 @@ def test_the_tours_experiments_ship_with_the_package(tmp_path, monkeypatch, caps
     assert not (tmp_path / "o").exists()
 
 
+def test_the_tours_sizes_are_shrunk_where_they_are_written():
+    tour = " ".join(c for c, _ in tour_commands()) + _block_after("**Python**", "```python")
+    for written, tested in SMALLER:
+        assert written in tour, f"the README no longer says {written!r}: update SMALLER"
+        assert written not in shrunk(tour) and tested in shrunk(tour)
+    assert shrunk(tour) != tour
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # it starts a local Ray cluster: one at a time (conftest)
 def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     pytest.importorskip("transformers")
     pytest.importorskip("ray")
     assert not any(tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)  # an empty folder, nothing linked: the package brings its experiments
     for command, gpu_sized in tour_commands():
-        argv = shlex.split(command, comments=True)[1:]
+        argv = shlex.split(shrunk(command), comments=True)[1:]
         if gpu_sized:  # sized for a GPU: its file must load (every entry checked), not run here
             assert argv[0] == "run"
             load_experiment(argv[1])
@@ -95,7 +122,7 @@ def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "models" / "ps-stream" / "config.json").exists()
     assert (tmp_path / "runs" / "quick-short" / "report.md").exists()
     # the Python example, as a reader would paste it
-    code = _block_after("**Python**", "```python")
+    code = shrunk(_block_after("**Python**", "```python"))
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env=dict(os.environ), timeout=900)
     assert done.returncode == 0, done.stderr

@@ -307,6 +307,7 @@ def test_workers_beyond_the_pieces_start_no_idle_process(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
     pieces = [("d2-optimal-s0", ()), ("d2-optimal-s1", ())]
+    # pieces come back as they finish: in any order (a set of futures), each once
     finished = runner._run_pool(print, pieces, 12, False)
     assert sorted(name for name, _, _ in finished) == sorted(name for name, _ in pieces)
     assert started == [2]  # before the fix: 12

@@ -51,6 +51,10 @@ batch_size = 64
 
 TIMINGS = {"train_seconds"}
 
+# the whole file in the README tour's process: its module study is built once, and its Ray test
+# and the tour never start two local Ray clusters side by side (tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def _rows(out):
     rows = list(csv.DictReader((out / "results.csv").open()))
