@@ -27,7 +27,7 @@ from .errors import require
 from .eval import EvalConfig, evaluate, identity, metrics_current
 from .passk import pass_at_k_curve
 from .rl import RLConfig, rl
-from .stats import holm, mean_ci, paired_bootstrap, paired_t, tost, verdict
+from .stats import holm, paired_bootstrap, paired_t, rate_ci, tost, verdict
 from .study import MARGIN, MIN_SEEDS
 
 EVAL_KEYS = {"samples": 8, "temperature": 1.0, "split": "test", "limit": 0}
@@ -81,8 +81,9 @@ def _per_instance(eval_dir: Path) -> dict[int, tuple[float, float]]:
 
 
 def _fmt(values: list[float]) -> str:
-    m, lo, hi = mean_ci(values)
-    return f"{m:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if hi > lo else "")
+    """A rate over seeds: its mean [95% t-interval, clipped to [0, 1]]."""
+    m, lo, hi = rate_ci(values)
+    return f"{m:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if hi - lo > 1e-9 else "")
 
 
 def _delta(pairs: list[tuple[float, float, int]]) -> dict:

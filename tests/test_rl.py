@@ -221,3 +221,11 @@ def test_a_bad_rl_table_is_one_sentence(tmp_path):
         load_experiment(toml, ["rl.samples=1"])
     with pytest.raises(UserError, match="rl reward must be one of"):
         load_experiment(toml, ['rl.reward="x"'])
+
+
+def test_the_rl_tables_rates_keep_their_intervals_inside_0_1():
+    from retroplan.rl_study import _fmt
+
+    # three seeds this far apart give a t-interval of about [-0.4, 1.1]
+    assert _fmt([0.0, 0.35, 0.7]) == "0.350 [0.000, 1.000]"
+    assert _fmt([0.2, 0.2, 0.2]) == "0.200"

@@ -224,8 +224,8 @@ def test_still_rising_rule():
 
 
 def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
-    """experiments/results/answer/ kept verdicts.json (per-seed deltas) and results.csv: the
-    review's findings follow from them (lookahead p = 0.154; with Holm over the 9 comparisons
+    """experiments/results/answer_2026-11-27/ (the study before issue 20) kept verdicts.json
+    (per-seed deltas) and results.csv: the review's findings follow from them (lookahead p = 0.154; with Holm over the 9 comparisons
     neither lookahead nor corrupted stays significant; the mixtures' seed-level upper bounds
     are +0.034 and +0.111)."""
     import os
@@ -234,7 +234,7 @@ def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
     from pathlib import Path
 
     root = Path(__file__).parent.parent
-    folder = root / "experiments" / "results" / "answer"
+    folder = root / "experiments" / "results" / "answer_2026-11-27"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(root / "experiments" / "rejudge.py"), str(folder)],
                           capture_output=True, text=True, check=True, cwd=root, env=env)
