@@ -225,9 +225,9 @@ def test_still_rising_rule():
 
 def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
     """experiments/results/answer_2026-11-27/ (the study before issue 20) kept verdicts.json
-    (per-seed deltas) and results.csv: the review's findings follow from them (lookahead p = 0.154; with Holm over the 9 comparisons
-    neither lookahead nor corrupted stays significant; the mixtures' seed-level upper bounds
-    are +0.034 and +0.111)."""
+    (per-seed deltas) and results.csv: the review's findings follow from them (lookahead
+    p = 0.154; with Holm over the 9 comparisons neither lookahead nor corrupted stays
+    significant; the mixtures' seed-level upper bounds are +0.034 and +0.111)."""
     import os
     import subprocess
     import sys
