@@ -264,3 +264,26 @@ def test_compare_conditions_reads_the_committed_control_study_by_seed():
                            "len4-teacherless", "len4"], capture_output=True, text=True, check=True, env=env)
     assert "s0 -0.498, s1 -0.478, s2 -0.500; mean -0.492" in done.stdout
     assert "(3 seeds)" in done.stdout
+
+
+def test_the_answer_table_is_read_from_the_committed_studies():
+    """experiments/answer_table.py: a row per variant of each study folder, numbers from its
+    verdicts.json, the task and budget from its experiment.toml; a folder without verdicts is
+    refused in one sentence."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    script = str(root / "experiments" / "answer_table.py")
+    done = subprocess.run([sys.executable, script, str(root / "experiments" / "results" / "answer")],
+                          capture_output=True, text=True, check=True, env=env)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| pathstar")]
+    assert len(rows) == 9
+    assert ("| pathstar | degree2 | steps | revthink | forward plan (backward objectives only in "
+            "training) | 5 | -0.412 [-0.446, -0.378] | < 1e-4 | hurts |") in rows
+    refused = subprocess.run([sys.executable, script, str(root / "experiments")], capture_output=True,
+                             text=True, env=env)
+    assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr

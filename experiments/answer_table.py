@@ -1,0 +1,54 @@
+"""The answer table across tasks: one row per (task, condition, budget, variant) of finished
+studies, read from each study folder's verdicts.json and experiment.toml, so the table in
+experiments/RESULTS.md is computed, not typed. Δ is the seed-level mean of accuracy(variant) −
+accuracy(baseline) with its 95% t-interval, p the paired t's, Holm-adjusted within its study
+(the family the study's own report adjusts over).
+
+    python experiments/answer_table.py experiments/results/answer experiments/results/answer_fwdex
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from retroplan.traces import writes
+
+HEADER = ("| task | condition | budget | variant | writes at test time | seeds | "
+          "Δ vs baseline [95% CI] | p Holm (within study) | verdict |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def rows(folder: Path) -> list[str]:
+    exp = tomllib.loads((folder / "experiment.toml").read_text())
+    budget = exp.get("study", {}).get("budget", "steps")
+    out = []
+    for v in json.loads((folder / "verdicts.json").read_text()):
+        lo, hi = v["seed_ci"]
+        p = v["seed_p_holm"]
+        p_text = "< 1e-4" if p < 1e-4 else f"{p:.3f}"
+        verdict = v["verdict"].split(":")[0]
+        out.append(f"| {exp['task']} | {v['condition']} | {budget.replace('_', ' ')} | {v['variant']} | "
+                   f"{writes(v['variant'])} | {v['seeds']} | "
+                   f"{v['seed_mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {p_text} | {verdict} |")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    missing = [f for f in argv if not (Path(f) / "verdicts.json").is_file()]
+    if missing:
+        print(f"no verdicts.json in {', '.join(missing)}: pass finished study folders.", file=sys.stderr)
+        return 2
+    print(HEADER)
+    for folder in argv:
+        print("\n".join(rows(Path(folder))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
