@@ -14,6 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from retroplan.study import format_p
 from retroplan.traces import writes
 
 HEADER = ("| task | condition | budget | variant | writes at test time | seeds | "
@@ -27,12 +28,11 @@ def rows(folder: Path) -> list[str]:
     out = []
     for v in json.loads((folder / "verdicts.json").read_text()):
         lo, hi = v["seed_ci"]
-        p = v["seed_p_holm"]
-        p_text = "< 1e-4" if p < 1e-4 else f"{p:.3f}"
         verdict = v["verdict"].split(":")[0]
         out.append(f"| {exp['task']} | {v['condition']} | {budget.replace('_', ' ')} | {v['variant']} | "
                    f"{writes(v['variant'])} | {v['seeds']} | "
-                   f"{v['seed_mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {p_text} | {verdict} |")
+                   f"{v['seed_mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                   f"{format_p(v['seed_p_holm'])} | {verdict} |")
     return out
 
 

@@ -283,8 +283,8 @@ def verdict_lines(table: list[dict]) -> list[str]:
             f"{r['baseline']} | {r['seeds']} × {r['n'] // max(1, r['seeds'])} | "
             f"{_rate(r['accuracy'], r.get('accuracy_ci'))} | "
             f"{_rate(r['baseline_accuracy'], r.get('baseline_accuracy_ci'))} | {per_seed} | {seed_cell} | "
-            f"{_p(r['seed_p'])} | {_p(r['seed_p_holm'])} | {_p(r['tost_p_holm'])} | "
-            f"{_number(r['seed_mde'])} | {_p(r['p'])} | {_number(r['mde'])} | {_validity(r)} | "
+            f"{format_p(r['seed_p'])} | {format_p(r['seed_p_holm'])} | {format_p(r['tost_p_holm'])} | "
+            f"{_number(r['seed_mde'])} | {format_p(r['p'])} | {_number(r['mde'])} | {_validity(r)} | "
             f"**{r['verdict']}** |")
     return lines + [""]
 
@@ -311,7 +311,7 @@ def _number(x) -> str:
     return "—" if x is None or x != x else f"{x:.3f}"
 
 
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
     if p is None or p != p:
         return "—"
     return "< 1e-4" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
