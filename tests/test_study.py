@@ -287,3 +287,24 @@ def test_the_answer_table_is_read_from_the_committed_studies():
     refused = subprocess.run([sys.executable, script, str(root / "experiments")], capture_output=True,
                              text=True, env=env)
     assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr
+
+
+def test_the_answer_table_in_results_md_is_the_scripts_output():
+    """The cross-task table at the top of experiments/RESULTS.md is what answer_table.py prints
+    for the folders its command line there names: a number typed or left stale fails."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "experiments" / "RESULTS.md").read_text()
+    section = text.split("## The answer across tasks", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"python experiments/answer_table\.py ([^\n]+)", section).group(1).split()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "experiments" / "answer_table.py"), *command],
+                          capture_output=True, text=True, check=True, cwd=root, env=env)
+    printed = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    committed = [line for line in section.splitlines() if line.startswith("|")]
+    assert len(printed) > 2 and committed == printed
