@@ -64,25 +64,50 @@ def remove_stale_temporaries(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM (they stay pending) while a temporary is created and its name kept.
+
+    Our handlers turn these signals into exceptions; one raised after mkstemp/mkdtemp made the
+    entry but before the caller held its name would leave the temporary behind (a SIGTERM sent
+    the moment the entry appears, under load, did: tests/test_reliability_round3.py). Held, the
+    signal is delivered when the mask is restored, inside the caller's cleanup."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        with _interrupts_held():  # an interrupt between creating and naming it would leak it
+            fd, raw = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp = Path(raw)
         yield tmp
         _chmod_default(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {path}: {exc.strerror or exc}.") from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -285,17 +310,21 @@ def atomic_dir(path: str | os.PathLike, onto_empty: bool = False) -> Iterator[Pa
         raise UserError(f"{path} already exists; choose another output path or remove it first.")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    tmp = None
     try:
+        with _interrupts_held():  # as in atomic_path
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
         yield tmp
         _chmod_default(tmp, directory=True)
         os.rename(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"could not write {path}: {exc.strerror or exc}.") from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -461,6 +461,30 @@ def test_a_terminated_serial_run_leaves_no_temporaries(tmp_path):
     assert [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_sigterm_the_moment_a_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, kind):
+    """The race the test above can hit under load, made certain: SIGTERM arrives right after
+    mkstemp/mkdtemp made the entry and before the writer holds its name."""
+    import tempfile
+
+    from retroplan.fsutil import atomic_dir, atomic_path, terminate_as_exit
+
+    name = "mkstemp" if kind == "file" else "mkdtemp"
+    create = getattr(tempfile, name)
+
+    def create_then_terminated(*args, **kwargs):
+        made = create(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises SystemExit at the next bytecode
+        return made
+    monkeypatch.setattr(tempfile, name, create_then_terminated)
+    writer = atomic_path if kind == "file" else atomic_dir
+    with pytest.raises(SystemExit) as ended, terminate_as_exit():
+        with writer(tmp_path / "target"):
+            pass
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_interrupt_swallowed_by_a_callback_still_stops_the_command():
     from retroplan.fsutil import interrupt_noted
 
