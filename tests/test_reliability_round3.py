@@ -464,23 +464,24 @@ def test_a_terminated_serial_run_leaves_no_temporaries(tmp_path):
 @pytest.mark.parametrize("kind", ["file", "dir"])
 def test_a_sigterm_the_moment_a_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, kind):
     """The race the test above can hit under load, made certain: SIGTERM arrives right after
-    mkstemp/mkdtemp made the entry and before the writer holds its name."""
-    import tempfile
-
+    the temporary's entry is made, before the call that made it has returned."""
     from retroplan.fsutil import atomic_dir, atomic_path, terminate_as_exit
 
-    name = "mkstemp" if kind == "file" else "mkdtemp"
-    create = getattr(tempfile, name)
+    name = "open" if kind == "file" else "mkdir"
+    create = getattr(os, name)
 
-    def create_then_terminated(*args, **kwargs):
-        made = create(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises SystemExit at the next bytecode
+    def create_then_terminated(path, *args, **kwargs):
+        made = create(path, *args, **kwargs)
+        if str(path).endswith(".tmp"):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises SystemExit soon after
+            time.sleep(0.5)  # in a process with other threads the main one may see it a bit later
         return made
-    monkeypatch.setattr(tempfile, name, create_then_terminated)
+    monkeypatch.setattr(os, name, create_then_terminated)
     writer = atomic_path if kind == "file" else atomic_dir
     with pytest.raises(SystemExit) as ended, terminate_as_exit():
         with writer(tmp_path / "target"):
             pass
+    monkeypatch.undo()
     assert ended.value.code == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
 
