@@ -131,6 +131,18 @@ def run_in_worker(piece, name: str, args: tuple, threads: int) -> tuple:
     return name, result, time.perf_counter() - t0
 
 
+def _run_in_pool_worker(piece, name: str, args: tuple, threads: int) -> tuple:
+    """`run_in_worker` in a pool process that ends when its piece is interrupted. The executor's
+    worker loop catches BaseException, so a SIGTERM turned into SystemExit (which has already
+    removed the piece's temporaries on its way up) would otherwise leave the process alive to
+    take the next piece, and a killed study's exit waited for the rest of the study."""
+    try:
+        return run_in_worker(piece, name, args, threads)
+    except (SystemExit, KeyboardInterrupt) as stop:
+        code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
+        os._exit(code)
+
+
 def _init_worker(gpus) -> None:
     # one GPU per worker when several are visible: set before this process first touches CUDA
     if gpus is not None:
@@ -156,7 +168,7 @@ def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool) -> Itera
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(gpus,))
     pending: set = set()
     try:
-        pending = {pool.submit(run_in_worker, piece, name, args, threads) for name, args in pieces}
+        pending = {pool.submit(_run_in_pool_worker, piece, name, args, threads) for name, args in pieces}
         while pending:
             ready, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in ready:

@@ -132,3 +132,27 @@ def test_ray_tasks_write_what_a_serial_run_writes(serial, tmp_path):
     run_experiment(toml, out, progress=False, backend="ray")
     assert _rows(out) == _rows(serial_out)
     assert _digests(out) == _digests(serial_out)
+
+
+def test_a_pool_worker_whose_piece_is_terminated_ends_instead_of_taking_the_next(monkeypatch):
+    """The executor's worker loop catches BaseException: without ending the process, a SIGTERM
+    turned into SystemExit left the worker alive to run the rest of a killed study."""
+    import retroplan.runner as runner
+
+    def terminated_piece(progress):
+        raise SystemExit(143)
+
+    def interrupted_piece(progress):
+        raise KeyboardInterrupt
+
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise RuntimeError("the process would end here")
+    monkeypatch.setattr(runner.os, "_exit", fake_exit)
+    for piece, code in ((terminated_piece, 143), (interrupted_piece, 130)):
+        with pytest.raises(RuntimeError, match="would end here"):
+            runner._run_in_pool_worker(piece, "p", (), 0)
+        assert exits[-1] == code
+    assert runner._run_in_pool_worker(lambda progress: 7, "p", (), 0)[:2] == ("p", 7)
