@@ -1,6 +1,10 @@
 """The verdict of a study, computed from paired records (retroplan/study.py)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,21 +227,22 @@ def test_still_rising_rule():
     assert still_rising([pts([0.2, 0.2, 0.26]), pts([0.2, 0.2, 0.2])])["state"] == "flat"
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _experiments_script(name: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """Run experiments/NAME with ARGS as a reader would, the checkout's retroplan importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / name), *map(str, args)],
+                          capture_output=True, text=True, check=check, cwd=ROOT, env=env)
+
+
 def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
     """experiments/results/answer_2026-11-27/ (the study before issue 20) kept verdicts.json
     (per-seed deltas) and results.csv: the review's findings follow from them (lookahead
     p = 0.154; with Holm over the 9 comparisons neither lookahead nor corrupted stays
     significant; the mixtures' seed-level upper bounds are +0.034 and +0.111)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).parent.parent
-    folder = root / "experiments" / "results" / "answer_2026-11-27"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(root / "experiments" / "rejudge.py"), str(folder)],
-                          capture_output=True, text=True, check=True, cwd=root, env=env)
+    done = _experiments_script("rejudge.py", ROOT / "experiments" / "results" / "answer_2026-11-27")
     rows = {line.split(" | ")[2]: line for line in done.stdout.splitlines() if line.startswith("| degree2")}
     assert len(rows) == 9 and "Holm-adjusted across the 9 comparisons" in done.stdout
     assert rows["lookahead"].endswith("**inconclusive** |") and "| 0.154 | 0.463 |" in rows["lookahead"]
@@ -252,16 +257,8 @@ def test_the_committed_path_star_study_rejudged_by_the_seed_level_rule():
 def test_compare_conditions_reads_the_committed_control_study_by_seed():
     """experiments/compare_conditions.py on the committed answer_control study: the teacherless
     objective against next-token training on the same len4 graphs, per training seed."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(root / "experiments" / "compare_conditions.py"),
-                           str(root / "experiments" / "results" / "answer_control"), "optimal",
-                           "len4-teacherless", "len4"], capture_output=True, text=True, check=True, env=env)
+    done = _experiments_script("compare_conditions.py", ROOT / "experiments" / "results" / "answer_control",
+                               "optimal", "len4-teacherless", "len4")
     assert "s0 -0.498, s1 -0.478, s2 -0.500; mean -0.492" in done.stdout
     assert "(3 seeds)" in done.stdout
 
@@ -270,41 +267,24 @@ def test_the_answer_table_is_read_from_the_committed_studies():
     """experiments/answer_table.py: a row per variant of each study folder, numbers from its
     verdicts.json, the task and budget from its experiment.toml; a folder without verdicts is
     refused in one sentence."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    script = str(root / "experiments" / "answer_table.py")
-    done = subprocess.run([sys.executable, script, str(root / "experiments" / "results" / "answer")],
-                          capture_output=True, text=True, check=True, env=env)
+    done = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer")
     rows = [line for line in done.stdout.splitlines() if line.startswith("| pathstar")]
     assert len(rows) == 9
     assert ("| pathstar | degree2 | steps | revthink | forward plan (backward objectives only in "
             "training) | 5 | -0.412 [-0.446, -0.378] | < 1e-4 | hurts |") in rows
-    refused = subprocess.run([sys.executable, script, str(root / "experiments")], capture_output=True,
-                             text=True, env=env)
+    refused = _experiments_script("answer_table.py", ROOT / "experiments", check=False)
     assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr
 
 
 def test_the_answer_table_in_results_md_is_the_scripts_output():
     """The cross-task table at the top of experiments/RESULTS.md is what answer_table.py prints
     for the folders its command line there names: a number typed or left stale fails."""
-    import os
     import re
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    text = (root / "experiments" / "RESULTS.md").read_text()
+    text = (ROOT / "experiments" / "RESULTS.md").read_text()
     section = text.split("## The answer across tasks", 1)[1].split("\n## ", 1)[0]
     command = re.search(r"python experiments/answer_table\.py ([^\n]+)", section).group(1).split()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(root / "experiments" / "answer_table.py"), *command],
-                          capture_output=True, text=True, check=True, cwd=root, env=env)
+    done = _experiments_script("answer_table.py", *command)
     printed = [line for line in done.stdout.splitlines() if line.startswith("|")]
     committed = [line for line in section.splitlines() if line.startswith("|")]
     assert len(printed) > 2 and committed == printed
