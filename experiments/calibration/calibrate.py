@@ -10,6 +10,11 @@ comment, a line `STOP` ends the queue (without it the queue waits for new lines)
 folder is runs/calib/ROW; an interrupted row is finished by running the queue again (`retroplan
 run` resumes from the last checkpoint; the recorded wall time is then that of the last try, and
 the record says so). Each finished row is written to rows/ROW.json.
+
+A row may train several seeds (`seeds=[0,1,2]`): they run side by side (`--workers 2`) and the
+record holds each seed's result (`per_seed`); the table prints one line per seed, because a
+condition is only usable when every seed learns it (answer_graph: g05's seeds gave 0.49, 0.02,
+0.71).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ RETROPLAN = os.environ.get("RETROPLAN", "retroplan")
 # The curve has flattened when its last two points gain less than this over the two before
 # them (validation accuracy on the run's curve_examples rows): a fixed rule, not a judgement.
 FLAT_GAIN = 0.05
+# Seeds of one row run side by side; one run alone keeps one core busy (threads = 1).
+WORKERS = 2
 
 
 def cpu_name() -> str:
@@ -52,13 +59,14 @@ def flattened(curve: list[dict]) -> bool | None:
 
 def command_of(row: str, task: str, overrides: list[str]) -> str:
     sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
-    return f"retroplan run experiments/calibration/{task}.toml --out runs/calib/{row} {sets}".strip()
+    return (f"retroplan run experiments/calibration/{task}.toml --out runs/calib/{row} "
+            f"--workers {WORKERS} {sets}").strip()
 
 
 def run_row(row: str, task: str, overrides: list[str]) -> dict:
     out = RUNS / row
     resumed = out.exists()
-    argv = [RETROPLAN, "run", str(HERE / f"{task}.toml"), "--out", str(out)]
+    argv = [RETROPLAN, "run", str(HERE / f"{task}.toml"), "--out", str(out), "--workers", str(WORKERS)]
     for o in overrides:
         argv += ["--set", o]
     t0 = time.time()
@@ -71,30 +79,40 @@ def run_row(row: str, task: str, overrides: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"[calibrate] {row} failed with exit code {proc.returncode}")
     with open(out / "results.csv") as fh:
-        result = next(r for r in csv.DictReader(fh) if r["split"] == "test" and r["variant"] == "optimal")
-    run_dir = next((out / "runs").iterdir())
-    curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines() if line]
-    final = json.loads((run_dir / "final.json").read_text())
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test" and r["variant"] == "optimal"]
+    results = sorted(rows, key=lambda r: int(r["seed"]))
+    per_seed = []
+    for result in results:
+        run_dir = out / "runs" / f"{result['condition']}-optimal-s{result['seed']}"
+        curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines() if line]
+        final = json.loads((run_dir / "final.json").read_text())
+        per_seed.append({
+            "seed": int(result["seed"]), "train_seconds": final["train_seconds"],
+            "curve_seconds": final.get("curve_seconds"), "tokens_per_second": final["tokens_per_second"],
+            "parameters": final["parameters"], "steps": final["steps"], "n": int(result["n"]),
+            "accuracy": float(result["accuracy"]),
+            "first_step_accuracy": float(result["first_step_accuracy"]),
+            "tf_token_accuracy": float(result["tf_token_accuracy"]), "final_loss": final.get("final_loss"),
+            "curve": [{"step": p["step"], "val_accuracy": p["val_accuracy"], "val_n": p["val_n"],
+                       "tf_token_accuracy": round(p["tf_token_accuracy"], 4)} for p in curve],
+            "flattened": flattened(curve),
+        })
     record = {
         "row": row, "task": task, "overrides": overrides, "command": command_of(row, task, overrides),
         "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu_seconds, 1), "resumed": resumed,
-        "cpu": cpu_name(), "load_average": os.getloadavg(),
-        "train_seconds": final["train_seconds"], "curve_seconds": final.get("curve_seconds"),
-        "tokens_per_second": final["tokens_per_second"], "parameters": final["parameters"],
-        "steps": final["steps"], "n": int(result["n"]), "accuracy": float(result["accuracy"]),
-        "first_step_accuracy": float(result["first_step_accuracy"]),
-        "tf_token_accuracy": float(result["tf_token_accuracy"]),
-        "curve": [{"step": p["step"], "val_accuracy": p["val_accuracy"], "val_n": p["val_n"],
-                   "tf_token_accuracy": round(p["tf_token_accuracy"], 4)} for p in curve],
-        "flattened": flattened(curve),
+        "cpu": cpu_name(), "load_average": os.getloadavg(), "workers": WORKERS,
+        **{k: v for k, v in per_seed[0].items() if k != "seed"},
     }
+    if len(per_seed) > 1:
+        record["per_seed"] = per_seed
     ROWS.mkdir(exist_ok=True)
     tmp = ROWS / f".{row}.json.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.rename(ROWS / f"{row}.json")
-    print(f"[calibrate] {row}: test accuracy {record['accuracy']:.3f} (n={record['n']}), first step "
-          f"{record['first_step_accuracy']:.3f}, {wall:.0f} s wall, flattened {record['flattened']}",
-          flush=True)
+    for seed in per_seed:
+        print(f"[calibrate] {row} seed {seed['seed']}: test accuracy {seed['accuracy']:.3f} (n={seed['n']}), "
+              f"first step {seed['first_step_accuracy']:.3f}, flattened {seed['flattened']}", flush=True)
+    print(f"[calibrate] {row}: {wall:.0f} s wall", flush=True)
     return record
 
 
@@ -130,12 +148,16 @@ def table() -> None:
     lines = ["| row | `--set` overrides | steps | wall s | CPU s | test acc (n) | first step | val acc every "
              "`curve_every` steps | flattened |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        curve = " ".join(f"{p['val_accuracy']:.2f}" for p in r["curve"])
         sets = " ".join(f"`{o}`" for o in r["overrides"]) or "(none)"
-        flat = {True: "yes", False: "no"}.get(r["flattened"], "n/a")
-        lines.append(f"| {r['row']} | {sets} | {r['steps']} | {r['wall_seconds']:.0f} | "
-                     f"{r.get('cpu_seconds', 0):.0f} | {r['accuracy']:.3f} ({r['n']}) | "
-                     f"{r['first_step_accuracy']:.3f} | {curve} | {flat} |")
+        # one line per seed; the row's wall and CPU time (all its seeds) on its first line
+        for i, seed in enumerate(r.get("per_seed") or [dict(r, seed=None)]):
+            curve = " ".join(f"{p['val_accuracy']:.2f}" for p in seed["curve"])
+            flat = {True: "yes", False: "no"}.get(seed["flattened"], "n/a")
+            name = r["row"] if seed["seed"] is None else f"{r['row']} seed {seed['seed']}"
+            times = (f"{r['wall_seconds']:.0f} | {r.get('cpu_seconds', 0):.0f}" if i == 0 else "″ | ″")
+            lines.append(f"| {name} | {sets if i == 0 else '″'} | {seed['steps']} | {times} | "
+                         f"{seed['accuracy']:.3f} ({seed['n']}) | {seed['first_step_accuracy']:.3f} | "
+                         f"{curve} | {flat} |")
     print("\n".join(lines))
     try:
         import matplotlib
@@ -146,12 +168,14 @@ def table() -> None:
     for task in sorted({r["task"] for r in records}):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in (r for r in records if r["task"] == task):
-            ax.plot([p["step"] for p in r["curve"]], [p["val_accuracy"] for p in r["curve"]], marker=".",
-                    label=f"{r['row']} ({r['accuracy']:.2f})")
+            for seed in r.get("per_seed") or [dict(r, seed=None)]:
+                name = r["row"] if seed["seed"] is None else f"{r['row']} s{seed['seed']}"
+                ax.plot([p["step"] for p in seed["curve"]], [p["val_accuracy"] for p in seed["curve"]],
+                        marker=".", label=f"{name} ({seed['accuracy']:.2f})")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("validation accuracy (verified)")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{task}: forward baseline (optimal), seed 0")
+        ax.set_title(f"{task}: forward baseline (optimal)")
         ax.legend(fontsize=7, loc="upper left")
         fig.tight_layout()
         fig.savefig(HERE / f"curves_{task}.png", dpi=110)
