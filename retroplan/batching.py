@@ -82,6 +82,7 @@ class BatchOrder:
         self.bucket = bucket
         self.per_epoch = max(1, len(rows) // self.batch_size)
         self.components: list[np.ndarray] = []  # a mixture: each kind's rows, kinds ascending
+        self.kinds = None if kinds is None else np.asarray(kinds)
         self.component_counts: list[int] = []   # ... and its rows in every batch
         if kinds is not None:
             row_kinds = np.asarray(kinds)[rows]
@@ -136,6 +137,16 @@ class BatchOrder:
     def batch(self, step: int) -> np.ndarray:
         epoch, j = divmod(step, self.per_epoch)
         return self.epoch(epoch)[j]
+
+    def parts(self, rows: np.ndarray) -> list[np.ndarray]:
+        """`rows` (a batch, or a rank's slice of one) as the pieces the trainer pads and runs
+        separately: one per component of a mixture (kind order, row order kept), else all of
+        them. A mixture's components differ in length (a 20-token plan beside a 130-token
+        stream), and padded as one tensor the short rows would cost as much as the long ones."""
+        if not self.components:
+            return [rows]
+        row_kinds = self.kinds[rows]
+        return [rows[row_kinds == k] for k in np.unique(row_kinds)]
 
 
 def supervised_tokens_per_row(split, no_loss, max_len: int | None = None,
@@ -247,10 +258,11 @@ COMPILE_BUCKETS = 8
 
 
 def batch_widths(lengths: np.ndarray, order: BatchOrder, epoch: int, max_len: int) -> np.ndarray:
-    """The width `collate(..., max_len)` gives each batch of `order`'s `epoch`."""
+    """The width `collate(..., max_len)` gives each part (`order.parts`) of each batch of
+    `order`'s `epoch`."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    return np.array([min(int(lengths[b].max()), max_len) - 1 for b in order.epoch(epoch)],
-                    dtype=np.int64)
+    return np.array([min(int(lengths[part].max()), max_len) - 1 for b in order.epoch(epoch)
+                     for part in order.parts(b)], dtype=np.int64)
 
 
 def compile_widths(lengths: np.ndarray, order: BatchOrder, max_len: int,

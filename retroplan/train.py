@@ -7,7 +7,11 @@ widths (a batch is padded up to one of them), else one graph with a dynamic widt
 (`batching.compile_widths`); train_log.jsonl and final.json count the graphs compiled.
 The loss is next-token cross-entropy on the completion tokens only; with `objective =
 "teacherless"` the completion's inputs are a dummy token (`batching.collate`), so every answer
-token is predicted from the prompt alone. Checkpoints every
+token is predicted from the prompt alone. A mixture's batch runs forward and backward in parts,
+one per component, each padded to its own width (`BatchOrder.parts`: plans beside search
+streams no longer pad to the streams' width), the parts' summed losses divided by the whole
+batch's supervised targets: the whole batch's gradient, up to float rounding (an unmixed run's
+bytes are unchanged). Checkpoints every
 `checkpoint_every` steps, at every step of `keep_steps` (kept on disk) and at the end; a
 resumed run continues from the latest checkpoint and, on CPU, ends with exactly the weights
 of an uninterrupted run (same batches, same optimizer moments, same RNG state).
@@ -255,30 +259,12 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def masked_loss(model, x, y, with_logits: bool = False):
-    """Mean cross-entropy over the targets that carry loss (and, `with_logits`, the logits)."""
+def masked_loss(model, x, y, reduction: str = "mean"):
+    """Cross-entropy over the targets that carry loss: their mean, or with reduction="sum" their
+    sum (the trainer divides a batch's parts' sums by the whole batch's count)."""
     logits = model(x)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                           ignore_index=IGNORE)
-    return (loss, logits) if with_logits else loss
-
-
-@torch.no_grad()
-def loss_by_kind(logits: torch.Tensor, y: torch.Tensor, row_kinds: np.ndarray,
-                 names: list[str]) -> dict[str, float]:
-    """A mixture batch's loss per component: the mean cross-entropy over the supervised targets
-    of the rows of each kind (named by `names[kind]`: `optimal`, `[reverse]`); a kind with no
-    such target is left out."""
-    per_token = F.cross_entropy(logits.detach().reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                                ignore_index=IGNORE, reduction="none").view(y.shape)
-    valid = y != IGNORE
-    out = {}
-    for k in np.unique(row_kinds):
-        rows = torch.from_numpy(row_kinds == k).to(y.device)
-        count = int(valid[rows].sum())
-        if count:
-            out[names[int(k)]] = round(float(per_token[rows].sum()) / count, 6)
-    return out
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
+                           ignore_index=IGNORE, reduction=reduction)
 
 
 @torch.no_grad()
@@ -599,37 +585,54 @@ class _TrainingLoop:
             if self.machine.main and saves:
                 self._save()
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(inputs, targets) of this rank's slice of the batch of the current step, on the
-        device, and its rows; counted in `pending`."""
+    def _batch(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor, np.ndarray]], int]:
+        """This rank's slice of the current step's batch, in parts (`BatchOrder.parts`: one per
+        component of a mixture), each as (inputs, targets) on the device and its rows; and the
+        slice's supervised targets. Counted in `pending`."""
         data, machine, device = self.data, self.machine, self.machine.device
         pad = data.suite.vocab.pad_id
         batch_rows = self.order.batch(self.step)[machine.rank::machine.world]
-        x, y = collate(data.split, batch_rows, pad, self.no_loss, data.context + 1, self.teacherless)
-        self.pending += (len(batch_rows), int((self.kind[batch_rows] == 0).sum()),
-                         int((y != IGNORE).sum()), x.numel())
-        if self.widths:  # compiled for these widths only: pad up to one (counted above unpadded)
-            x, y = pad_to_bucket(x, y, self.widths, pad)
-        if device.type == "cuda":  # from pinned memory the copy need not wait for the GPU
-            x, y = x.pin_memory(), y.pin_memory()
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True), batch_rows
+        parts, supervised, tokens = [], 0, 0
+        for rows in self.order.parts(batch_rows):
+            x, y = collate(data.split, rows, pad, self.no_loss, data.context + 1, self.teacherless)
+            supervised, tokens = supervised + int((y != IGNORE).sum()), tokens + x.numel()
+            if self.widths:  # compiled for these widths only: pad up to one (counted above unpadded)
+                x, y = pad_to_bucket(x, y, self.widths, pad)
+            if device.type == "cuda":  # from pinned memory the copy need not wait for the GPU
+                x, y = x.pin_memory(), y.pin_memory()
+            parts.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True), rows))
+        self.pending += (len(batch_rows), int((self.kind[batch_rows] == 0).sum()), supervised, tokens)
+        return parts, supervised
 
-    def _optimizer_step(self, x: torch.Tensor, y: torch.Tensor, batch_rows: np.ndarray) -> torch.Tensor:
-        """One optimizer step on the batch; its loss (on the device, not synchronised)."""
+    def _optimizer_step(self, parts: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]],
+                        supervised: int) -> torch.Tensor:
+        """One optimizer step on the batch; its loss (on the device, not synchronised): the mean
+        cross-entropy over the batch's supervised targets. Each part runs forward and backward
+        on its own, its summed loss divided by the whole batch's count, so the gradient is the
+        one padded batch would give (up to float rounding) at the cost of each part's own width."""
         cfg, step, optimizer = self.cfg, self.step, self.optimizer
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
         logs_next = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-        with self.autocast:
-            if self.mixture and logs_next:  # the batch's loss per component, for the log
-                loss, logits = masked_loss(self.net, x, y, with_logits=True)
-                self.kind_loss = loss_by_kind(logits, y, self.kind[batch_rows], self.component_names)
-            else:
-                loss = masked_loss(self.net, x, y)
-        self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss.detach()), step + 1,
-                                    self.bad_step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, kind_loss = torch.zeros((), device=self.machine.device), {}
+        for i, (x, y, rows) in enumerate(parts):
+            # under DDP the gradients are averaged over the ranks once, at the last part's backward
+            last = i == len(parts) - 1
+            with (nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()):
+                with self.autocast:
+                    part_loss = masked_loss(self.net, x, y, reduction="sum")
+                (part_loss / max(supervised, 1)).backward()
+            loss = loss + part_loss.detach()
+            if self.mixture and logs_next:  # the batch's loss per component, for the log
+                count = int((y != IGNORE).sum())
+                if count:
+                    kind_loss[self.component_names[int(self.kind[rows[0]])]] = round(
+                        float(part_loss.detach()) / count, 6)
+        if self.mixture and logs_next:
+            self.kind_loss = kind_loss
+        loss = loss / max(supervised, 1)
+        self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss), step + 1, self.bad_step)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         optimizer.step()

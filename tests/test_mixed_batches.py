@@ -103,3 +103,63 @@ def test_a_mixture_run_mixes_its_batches_and_logs_the_loss_of_each_component(mak
     # half of every batch is forward: a forward-examples budget takes twice its batches
     assert plan_steps(path, cfg, "forward_examples", 80) == 10
     assert budget_steps(split, 16, "forward_examples", 80, mixed=True) == 10
+
+
+def test_a_mixture_batch_runs_in_parts_of_one_kind_whose_gradient_is_the_padded_batch_s(make_suite):
+    # optimal+stream: plans of ~6 tokens beside streams several times longer, the case where
+    # padding the plans to the streams' width cost as much as the streams themselves
+    import torch
+
+    from retroplan.batching import IGNORE, collate
+    from retroplan.models import GPT, GPTConfig
+    from retroplan.train import masked_loss
+
+    path = make_suite("pathstar", "optimal+stream", PATHSTAR)
+    suite = open_suite(path)
+    split = suite.split("train")
+    order = BatchOrder(split.lengths, np.arange(len(split)), 16, 0, kinds=split.kind)
+    batch = order.batch(0)
+    parts = order.parts(batch)
+    assert [np.unique(split.kind[p]).tolist() for p in parts] == [[0], [1]]
+    assert sorted(np.concatenate(parts).tolist()) == sorted(batch.tolist())
+    pad, no_loss = suite.vocab.pad_id, suite.grammar.no_loss_tokens(suite.vocab)
+    widths = [collate(split, p, pad, no_loss)[0].shape[1] for p in parts]
+    assert widths[0] < widths[1]   # the plans' part is not padded to the streams' width
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=len(suite.vocab), block_size=int(split.lengths.max()),
+                          n_layer=2, n_head=2, n_embd=32))
+
+    def gradient(pieces):
+        model.zero_grad()
+        total = sum(int((collate(split, p, pad, no_loss)[1] != IGNORE).sum()) for p in pieces)
+        for p in pieces:
+            x, y = collate(split, p, pad, no_loss)
+            (masked_loss(model, x, y, reduction="sum") / total).backward()
+        return torch.cat([q.grad.flatten() for q in model.parameters()])
+
+    padded, in_parts = gradient([batch]), gradient(parts)
+    assert torch.allclose(padded, in_parts, rtol=1e-4, atol=1e-6)
+    assert padded.abs().max() > 0
+
+
+def test_the_trainer_runs_a_mixture_batch_in_parts_and_an_unmixed_one_whole(make_suite, tmp_path,
+                                                                            monkeypatch):
+    import retroplan.train as training
+
+    calls = []
+    real = training.masked_loss
+
+    def recording(model, x, y, reduction="mean"):
+        calls.append(tuple(x.shape))
+        return real(model, x, y, reduction)
+
+    monkeypatch.setattr(training, "masked_loss", recording)
+    cfg = TrainConfig(preset="tiny", steps=3, batch_size=16, log_every=1, checkpoint_every=100,
+                      warmup_steps=1, threads=1)
+    train(make_suite("pathstar", "optimal+stream", PATHSTAR), tmp_path / "mixed", cfg, progress=False)
+    assert len(calls) == 3 * 2 and all(rows == 8 for rows, _ in calls)
+    assert all(calls[i][1] < calls[i + 1][1] for i in range(0, 6, 2))  # plans narrower than streams
+    calls.clear()
+    train(make_suite("pathstar", "stream", PATHSTAR), tmp_path / "plain", cfg, progress=False)
+    assert len(calls) == 3 and all(rows == 16 for rows, _ in calls)
