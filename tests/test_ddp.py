@@ -13,12 +13,13 @@ from retroplan import checkpoint
 
 
 @pytest.mark.slow
-def test_two_ranks_train_and_checkpoint_one_model(make_suite, tmp_path):
+@pytest.mark.parametrize("variant", ["reverse", "optimal+stream"])  # a mixture: parts, no_sync
+def test_two_ranks_train_and_checkpoint_one_model(make_suite, tmp_path, variant):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun comes with torch"
-    suite = make_suite("pathstar", "reverse", {"degree": 2, "path_len": 3, "num_nodes": 10})
+    suite = make_suite("pathstar", variant, {"degree": 2, "path_len": 3, "num_nodes": 10})
     run = tmp_path / "run"
     proc = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "retroplan.cli", "train",
