@@ -85,7 +85,7 @@ class BatchOrder:
         self.kinds = None if kinds is None else np.asarray(kinds)
         self.component_counts: list[int] = []   # ... and its rows in every batch
         if kinds is not None:
-            row_kinds = np.asarray(kinds)[rows]
+            row_kinds = self.kinds[rows]
             present = np.unique(row_kinds)
             if len(present) > 1:
                 self.components = [rows[row_kinds == k] for k in present]

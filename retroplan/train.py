@@ -585,26 +585,27 @@ class _TrainingLoop:
             if self.machine.main and saves:
                 self._save()
 
-    def _batch(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor, np.ndarray]], int]:
+    def _batch(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]], int]:
         """This rank's slice of the current step's batch, in parts (`BatchOrder.parts`: one per
-        component of a mixture), each as (inputs, targets) on the device and its rows; and the
-        slice's supervised targets. Counted in `pending`."""
+        component of a mixture), each as (inputs, targets) on the device, its rows and its
+        supervised targets; and the slice's supervised targets. Counted in `pending`."""
         data, machine, device = self.data, self.machine, self.machine.device
         pad = data.suite.vocab.pad_id
         batch_rows = self.order.batch(self.step)[machine.rank::machine.world]
         parts, supervised, tokens = [], 0, 0
         for rows in self.order.parts(batch_rows):
             x, y = collate(data.split, rows, pad, self.no_loss, data.context + 1, self.teacherless)
-            supervised, tokens = supervised + int((y != IGNORE).sum()), tokens + x.numel()
+            count = int((y != IGNORE).sum())
+            supervised, tokens = supervised + count, tokens + x.numel()
             if self.widths:  # compiled for these widths only: pad up to one (counted above unpadded)
                 x, y = pad_to_bucket(x, y, self.widths, pad)
             if device.type == "cuda":  # from pinned memory the copy need not wait for the GPU
                 x, y = x.pin_memory(), y.pin_memory()
-            parts.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True), rows))
+            parts.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True), rows, count))
         self.pending += (len(batch_rows), int((self.kind[batch_rows] == 0).sum()), supervised, tokens)
         return parts, supervised
 
-    def _optimizer_step(self, parts: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]],
+    def _optimizer_step(self, parts: list[tuple[torch.Tensor, torch.Tensor, np.ndarray, int]],
                         supervised: int) -> torch.Tensor:
         """One optimizer step on the batch; its loss (on the device, not synchronised): the mean
         cross-entropy over the batch's supervised targets. Each part runs forward and backward
@@ -616,7 +617,7 @@ class _TrainingLoop:
         logs_next = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
         optimizer.zero_grad(set_to_none=True)
         loss, kind_loss = torch.zeros((), device=self.machine.device), {}
-        for i, (x, y, rows) in enumerate(parts):
+        for i, (x, y, rows, count) in enumerate(parts):
             # under DDP the gradients are averaged over the ranks once, at the last part's backward
             last = i == len(parts) - 1
             with (nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()):
@@ -624,11 +625,9 @@ class _TrainingLoop:
                     part_loss = masked_loss(self.net, x, y, reduction="sum")
                 (part_loss / max(supervised, 1)).backward()
             loss = loss + part_loss.detach()
-            if self.mixture and logs_next:  # the batch's loss per component, for the log
-                count = int((y != IGNORE).sum())
-                if count:
-                    kind_loss[self.component_names[int(self.kind[rows[0]])]] = round(
-                        float(part_loss.detach()) / count, 6)
+            if self.mixture and logs_next and count:  # the batch's loss per component, for the log
+                kind_loss[self.component_names[int(self.kind[rows[0]])]] = round(
+                    float(part_loss.detach()) / count, 6)
         if self.mixture and logs_next:
             self.kind_loss = kind_loss
         loss = loss / max(supervised, 1)
