@@ -2,7 +2,8 @@
 studies, read from each study folder's verdicts.json and experiment.toml, so the table in
 experiments/RESULTS.md is computed, not typed. Δ is the seed-level mean of accuracy(variant) −
 accuracy(baseline) with its 95% t-interval, p the paired t's, Holm-adjusted within its study
-(the family the study's own report adjusts over).
+(the family the study's own report adjusts over). A split other than `test` (Countdown's
+held-out targets, `test_target`) is named after the condition.
 
     python experiments/answer_table.py experiments/results/answer experiments/results/answer_fwdex
 """
@@ -29,7 +30,9 @@ def rows(folder: Path) -> list[str]:
     for v in json.loads((folder / "verdicts.json").read_text()):
         lo, hi = v["seed_ci"]
         verdict = v["verdict"].split(":")[0]
-        out.append(f"| {exp['task']} | {v['condition']} | {budget.replace('_', ' ')} | {v['variant']} | "
+        split = v.get("split", "test")
+        condition = v["condition"] if split == "test" else f"{v['condition']} / {split}"
+        out.append(f"| {exp['task']} | {condition} | {budget.replace('_', ' ')} | {v['variant']} | "
                    f"{writes(v['variant'])} | {v['seeds']} | "
                    f"{v['seed_mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                    f"{format_p(v['seed_p_holm'])} | {verdict} |")

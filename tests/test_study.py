@@ -265,13 +265,16 @@ def test_compare_conditions_reads_the_committed_control_study_by_seed():
 
 def test_the_answer_table_is_read_from_the_committed_studies():
     """experiments/answer_table.py: a row per variant of each study folder, numbers from its
-    verdicts.json, the task and budget from its experiment.toml; a folder without verdicts is
-    refused in one sentence."""
+    verdicts.json, the task and budget from its experiment.toml, a split other than test named
+    after its condition; a folder without verdicts is refused in one sentence."""
     done = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer")
     rows = [line for line in done.stdout.splitlines() if line.startswith("| pathstar")]
     assert len(rows) == 9
     assert ("| pathstar | degree2 | steps | revthink | forward plan (backward objectives only in "
             "training) | 5 | -0.412 [-0.446, -0.378] | < 1e-4 | hurts |") in rows
+    countdown = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer_countdown")
+    conditions = [line.split(" | ")[1] for line in countdown.stdout.splitlines() if line.startswith("| countdown")]
+    assert conditions.count("cd3") == 6 and conditions.count("cd3 / test_target") == 6
     refused = _experiments_script("answer_table.py", ROOT / "experiments", check=False)
     assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr
 

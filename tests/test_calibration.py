@@ -1,0 +1,36 @@
+"""experiments/calibration/: the README's table is what calibrate.py computes from the committed
+row records, and its "study gate" column is the study's own still-rising test."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "experiments" / "calibration"
+
+
+def _calibrate():
+    spec = importlib.util.spec_from_file_location("calibrate", HERE / "calibrate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_calibration_table_in_the_readme_is_computed_from_the_row_records():
+    calibrate = _calibrate()
+    printed = calibrate.table_lines(calibrate.records())
+    committed = [line for line in (HERE / "README.md").read_text().splitlines() if line.startswith("|")]
+    assert len(printed) > 2 and committed == printed
+
+
+def test_the_study_gate_column_pools_a_rows_seeds_and_flags_a_rising_curve():
+    calibrate = _calibrate()
+    curve = lambda *acc: [{"step": 100 * i, "val_accuracy": a, "val_n": 100, "tf_token_accuracy": 0.5}
+                          for i, a in enumerate(acc)]
+    base = {"overrides": [], "wall_seconds": 1, "cpu_seconds": 1, "task": "graph"}
+    seed = {"steps": 300, "accuracy": 0.5, "n": 500, "first_step_accuracy": 0.6, "flattened": True}
+    rising = dict(base, row="r1", per_seed=[dict(seed, seed=s, curve=curve(0.0, 0.4, 0.4, 0.6)) for s in (0, 1)])
+    flat = dict(base, row="r2", per_seed=[dict(seed, seed=0, curve=curve(0.0, 0.5, 0.5, 0.5)),
+                                          dict(seed, seed=1, curve=curve(0.0, 0.6, 0.6, 0.6))])
+    lines = calibrate.table_lines([rising, flat])
+    assert lines[2].endswith("| rising (0.40 → 0.60) |") and lines[3].endswith("| ″ |")
+    assert lines[4].endswith("| flat (0.55 → 0.55) |")
