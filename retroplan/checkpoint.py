@@ -5,7 +5,8 @@
     RUN/checkpoints/latest.json          which step folder is current (written last)
 
 A step folder is built under a temporary name and renamed; `latest.json` is replaced
-atomically after it, so a kill at any moment leaves the previous checkpoint current. The
+atomically after it, so a kill at any moment leaves the previous checkpoint current (before
+a run's first step folder it is written as `{"step": 0, "dir": null}`: no checkpoint yet). The
 `KEEP` newest step folders stay on disk, and every step the run asked to keep
 (`TrainConfig.keep_steps`); `load_model(run, step=N)` loads one of those.
 
@@ -106,6 +107,13 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opti
     ckpts = run_dir / "checkpoints"
     name = step_dir_name(step)
     target = ckpts / name
+    pointer = ckpts / "latest.json"
+    if not pointer.exists():
+        # A run's first step folder must never stand without a pointer: a kill between its
+        # rename and latest.json would look like a run whose pointer was deleted, which resume
+        # refuses. A pointer to no folder says "no checkpoint yet": resume starts at step 0.
+        ckpts.mkdir(parents=True, exist_ok=True)
+        write_json(pointer, {"step": 0, "dir": None})
     if target.exists():  # a previous run was killed after writing it but before latest.json
         shutil.rmtree(target)
     with atomic_dir(target) as tmp:
@@ -136,6 +144,8 @@ def latest_dir(run_dir: Path) -> Path | None:
         return None
     latest = _read_json(pointer, "checkpoint pointer")
     name = latest.get("dir")
+    if name is None and latest.get("step") == 0:  # written before the first step folder
+        return None
     require(isinstance(name, str) and name.startswith("step-") and "/" not in name,
             f"checkpoint pointer {pointer} is corrupt.")
     return run_dir / "checkpoints" / name

@@ -807,7 +807,7 @@ def _check_run_folder(out: Path, description: dict, suite: Suite, cfg: TrainConf
             if (out / "checkpoints").is_dir() else []
         # without its pointer a run would start again from step 0 over its own checkpoints
         newest = max(checkpoint.available_steps(out), default=0)
-        require(checkpoint.latest_dir(out) is not None or not found,
+        require((out / "checkpoints" / "latest.json").is_file() or not found,
                 f"cannot resume {out}: checkpoints/latest.json is missing but it has the step "
                 f"folders {', '.join(found)}; restore the pointer to the step to resume from "
                 f'(e.g. {{"step": {newest}, "dir": "{checkpoint.step_dir_name(newest)}"}}) or '

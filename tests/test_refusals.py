@@ -111,6 +111,32 @@ def test_a_resume_without_its_checkpoint_pointer_names_the_step_folders_and_refu
     assert folder_bytes(tmp / "run") == before
 
 
+class Killed(BaseException):
+    """Stands for a SIGKILL at one chosen write."""
+
+
+def test_a_run_killed_between_its_first_step_folder_and_its_pointer_resumes(tmp, monkeypatch):
+    # CI found this window by chance (a kill 0.1-0.6 of a run in): step-0000010 renamed into
+    # place, latest.json not yet written, and the resume refused as if the pointer was deleted
+    write_json = checkpoint.write_json
+
+    def killed_at_the_first_pointer(path, data):
+        if Path(path).name == "latest.json" and data.get("dir") is not None:
+            raise Killed
+        write_json(path, data)
+
+    monkeypatch.setattr(checkpoint, "write_json", killed_at_the_first_pointer)
+    with pytest.raises(Killed):
+        train(tmp / "suite", tmp / "cut", TrainConfig(steps=20, **TINY), progress=False)
+    monkeypatch.setattr(checkpoint, "write_json", write_json)
+    assert (tmp / "cut" / "checkpoints" / "step-0000010" / "state.json").is_file()
+    assert checkpoint.latest_dir(tmp / "cut") is None  # the pointer to no folder: step 0
+    assert main(["train", "--out", str(tmp / "cut"), "--resume"]) == 0
+    assert checkpoint.latest_dir(tmp / "cut").name == "step-0000020"
+    assert folder_bytes(checkpoint.latest_dir(tmp / "cut"))["model.safetensors"] == \
+        folder_bytes(checkpoint.latest_dir(tmp / "run"))["model.safetensors"]
+
+
 # ------------------------------------------------------------ 3. eval --out replaces no evaluation
 
 
