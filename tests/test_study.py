@@ -279,6 +279,20 @@ def test_the_answer_table_is_read_from_the_committed_studies():
     assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr
 
 
+def test_the_answer_table_labels_a_study_by_the_budget_it_ran_under(tmp_path):
+    """A forward-examples twin run as `--set study.budget="forward_examples"` keeps the shipped
+    experiment.toml (budget "steps") and the override in overrides.json: the table applies it."""
+    import shutil
+
+    folder = tmp_path / "twin"
+    shutil.copytree(ROOT / "experiments" / "results" / "answer_countdown", folder)
+    stored = json.loads((folder / "overrides.json").read_text()) if (folder / "overrides.json").exists() else []
+    (folder / "overrides.json").write_text(json.dumps(stored + ['study.budget="forward_examples"']))
+    done = _experiments_script("answer_table.py", folder)
+    budgets = {line.split(" | ")[2] for line in done.stdout.splitlines() if line.startswith("| countdown")}
+    assert budgets == {"forward examples"}
+
+
 def test_the_answer_table_in_results_md_is_the_scripts_output():
     """The cross-task table at the top of experiments/RESULTS.md is what answer_table.py prints
     for the folders its command line there names: a number typed or left stale fails."""
