@@ -1,9 +1,10 @@
 """The answer table across tasks: one row per (task, condition, budget, variant) of finished
 studies, read from each study folder's verdicts.json and experiment.toml (with the overrides.json
-of a study run with `--set`), so the table in experiments/RESULTS.md is computed, not typed. Δ is the seed-level mean of accuracy(variant) −
-accuracy(baseline) with its 95% t-interval, p the paired t's, Holm-adjusted within its study
-(the family the study's own report adjusts over). A split other than `test` (Countdown's
-held-out targets, `test_target`) is named after the condition.
+of a study run with `--set`), so the table in experiments/RESULTS.md is computed, not typed. Δ is
+the seed-level mean of accuracy(variant) − accuracy(baseline) with its 95% t-interval, p the
+paired t's, Holm-adjusted within its study (the family the study's own report adjusts over). A
+split other than `test` (Countdown's held-out targets, `test_target`) is named after the
+condition.
 
     python experiments/answer_table.py experiments/results/answer experiments/results/answer_fwdex
 """
@@ -15,7 +16,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from retroplan.experiment_file import apply_overrides
+from retroplan.experiment_file import apply_overrides, stored_overrides
 from retroplan.study import format_p
 from retroplan.traces import writes
 
@@ -27,9 +28,7 @@ HEADER = ("| task | condition | budget | variant | writes at test time | seeds |
 def study_settings(folder: Path) -> dict:
     """The study's experiment.toml with the `--set` overrides it ran under (overrides.json):
     a forward-examples twin run with `--set study.budget=...` is labelled by that budget."""
-    exp = tomllib.loads((folder / "experiment.toml").read_text())
-    overrides = folder / "overrides.json"
-    return apply_overrides(exp, json.loads(overrides.read_text())) if overrides.is_file() else exp
+    return apply_overrides(tomllib.loads((folder / "experiment.toml").read_text()), stored_overrides(folder))
 
 
 def rows(folder: Path) -> list[str]:

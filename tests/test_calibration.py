@@ -24,11 +24,15 @@ def test_the_calibration_table_in_the_readme_is_computed_from_the_row_records():
 
 def test_the_study_gate_column_pools_a_rows_seeds_and_flags_a_rising_curve():
     calibrate = _calibrate()
-    curve = lambda *acc: [{"step": 100 * i, "val_accuracy": a, "val_n": 100, "tf_token_accuracy": 0.5}
-                          for i, a in enumerate(acc)]
+
+    def curve(*acc):
+        return [{"step": 100 * i, "val_accuracy": a, "val_n": 100, "tf_token_accuracy": 0.5}
+                for i, a in enumerate(acc)]
+
     base = {"overrides": [], "wall_seconds": 1, "cpu_seconds": 1, "task": "graph"}
     seed = {"steps": 300, "accuracy": 0.5, "n": 500, "first_step_accuracy": 0.6, "flattened": True}
-    rising = dict(base, row="r1", per_seed=[dict(seed, seed=s, curve=curve(0.0, 0.4, 0.4, 0.6)) for s in (0, 1)])
+    rising = dict(base, row="r1",
+                  per_seed=[dict(seed, seed=s, curve=curve(0.0, 0.4, 0.4, 0.6)) for s in (0, 1)])
     flat = dict(base, row="r2", per_seed=[dict(seed, seed=0, curve=curve(0.0, 0.5, 0.5, 0.5)),
                                           dict(seed, seed=1, curve=curve(0.0, 0.6, 0.6, 0.6))])
     lines = calibrate.table_lines([rising, flat])

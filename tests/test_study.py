@@ -273,7 +273,8 @@ def test_the_answer_table_is_read_from_the_committed_studies():
     assert ("| pathstar | degree2 | steps | revthink | forward plan (backward objectives only in "
             "training) | 5 | -0.412 [-0.446, -0.378] | < 1e-4 | hurts |") in rows
     countdown = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer_countdown")
-    conditions = [line.split(" | ")[1] for line in countdown.stdout.splitlines() if line.startswith("| countdown")]
+    conditions = [line.split(" | ")[1] for line in countdown.stdout.splitlines()
+                  if line.startswith("| countdown")]
     assert conditions.count("cd3") == 6 and conditions.count("cd3 / test_target") == 6
     refused = _experiments_script("answer_table.py", ROOT / "experiments", check=False)
     assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr
@@ -286,7 +287,7 @@ def test_the_answer_table_labels_a_study_by_the_budget_it_ran_under(tmp_path):
 
     folder = tmp_path / "twin"
     shutil.copytree(ROOT / "experiments" / "results" / "answer_countdown", folder)
-    stored = json.loads((folder / "overrides.json").read_text()) if (folder / "overrides.json").exists() else []
+    stored = json.loads((folder / "overrides.json").read_text())  # the variants it ran
     (folder / "overrides.json").write_text(json.dumps(stored + ['study.budget="forward_examples"']))
     done = _experiments_script("answer_table.py", folder)
     budgets = {line.split(" | ")[2] for line in done.stdout.splitlines() if line.startswith("| countdown")}
