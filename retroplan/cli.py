@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N pieces side by side in local processes, each with an equal share of "
                         "the CPU cores or its own GPU when several are visible (default 1)")
+    r.add_argument("--reuse-from", default=None, metavar="STUDY",
+                   help="first copy in the finished runs of another study folder (an earlier --out) "
+                        "that this study would make exactly alike (same suite, same training "
+                        "settings), e.g. a forward-examples twin reusing its baselines (default: none)")
     r.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="ray: send the pieces to a Ray cluster as tasks (pip install 'retroplan[ray]')")
     r.add_argument("--address", default=None,
@@ -457,7 +461,8 @@ def _run(args) -> None:
 
     with terminate_as_exit():  # a `kill` of a serial run removes its unfinished temporaries too
         report = run_experiment(args.experiment, args.out, workers=args.workers, backend=args.backend,
-                                address=args.address, overrides=args.overrides)
+                                address=args.address, overrides=args.overrides,
+                                reuse_from=args.reuse_from)
     print(f"report: {report}")
 
 

@@ -14,7 +14,10 @@ decoding settings, split, limit, retroplan version) is what it would compute now
 an interrupted training from its last checkpoint. An --out folder is reused by a file that
 differs from its experiment.toml only in settings that change no result
 (`experiment_file.NO_RESULT_KEYS`: name, description, devices, threads, compile, eval batch
-size), so such a setting can be fixed in place.
+size), so such a setting can be fixed in place. `--reuse-from OTHER` copies in, before anything
+runs, the finished runs of another study folder that this study would train exactly alike (a
+forward-examples twin reuses its equal-steps sibling's baselines); the checks above then apply to
+the copies as to the study's own runs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -42,19 +46,29 @@ from .experiment_file import (
     stored_experiment,
     stored_overrides,
 )
-from .fsutil import LOCK_NAME, hold_lock, path_for, sha256_file, write_bytes, write_json, write_text
+from .fsutil import (
+    LOCK_NAME,
+    atomic_dir,
+    hold_lock,
+    path_for,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from .probe import probe_study
 from .rl_study import rl_study
 from .runner import check_runner, run_pieces
 from .study import verdict_table
 from .traces.suite import SuiteSpec, generate_suite, open_suite
-from .train import TrainConfig, plan_steps, train
+from .train import MACHINE_SETTINGS, TrainConfig, built_size, plan_steps, train
 
 # beside experiment.toml in --out: {metrics.json path inside --out: its sha256} of every
 # evaluation the study has used; an evaluation whose file no longer has that digest (edited by
 # hand) is evaluated again rather than reused
 EVALUATIONS_FILE = "evaluations.json"
 TIMING_FILE = "timing.json"  # in --out: the wall time of every `retroplan run` of the study
+ADOPTED_FILE = "adopted.json"  # in --out: {run name: the study folder it was copied from} (--reuse-from)
 
 
 def recorded_evaluations(out: Path) -> dict[str, str]:
@@ -99,6 +113,68 @@ def _refuse_hand_resumed(run_dir: Path, steps: int) -> None:
                         f"this experiment trains it for {steps} (train.steps, or its matched budget); "
                         f"delete {run_dir} to have run train it again as the experiment says, or use "
                         "another --out.")
+
+
+def _trains_alike(run: dict, tcfg: TrainConfig) -> bool:
+    """Whether a finished run's run.json records exactly the training `tcfg` asks for: every
+    setting but where and how it was computed (`MACHINE_SETTINGS`), the built model size, the
+    steps, and no length changed by hand."""
+    recorded = run.get("train")
+    if not isinstance(recorded, dict) or run.get("length_changes"):
+        return False
+    wanted = {k: v for k, v in asdict(tcfg).items()
+              if k not in MACHINE_SETTINGS and k not in ("preset", "n_layer", "n_head", "n_embd")}
+    wanted.update(built_size(tcfg, tcfg.model_config(vocab_size=1, block_size=1)))
+    return all(recorded.get(k) == v for k, v in wanted.items())
+
+
+def adopt_runs(exp: Experiment, out: Path, source: Path, progress: bool = True) -> list[str]:
+    """Copy into `out` each finished run of the study folder `source` (with its suite and
+    evaluations) that this study would make exactly alike: the same suite (checksums and
+    settings) and the same training settings. Only runs whose length is known before anything
+    runs are candidates: every run under a step budget, the baselines under a matched one. A run
+    `out` already has is never replaced. Returns the names copied (also kept in adopted.json);
+    each copy is checked again by `run_piece` like any run of the study."""
+    adopted = []
+    for label, variant, seed in exp.runs():
+        if exp.budget != "steps" and variant != exp.baseline:
+            continue  # its steps follow from its baseline's counters, known only later
+        name = run_name(label, variant, seed)
+        suite_from, run_from = source / "suites" / name, source / "runs" / name
+        suite_to, run_to = out / "suites" / name, out / "runs" / name
+        if suite_to.exists() or run_to.exists() or not (run_from / "final.json").is_file():
+            continue
+        try:
+            same_suite = _suite_ready(suite_from, exp.spec(exp.condition(label), variant, seed))
+        except UserError:  # another suite of the same name: not this study's run
+            same_suite = False
+        if not same_suite:
+            continue
+        run = checkpoint.read_run(run_from)
+        tcfg = TrainConfig(**dict(asdict(exp.train[(label, variant)]), seed=seed))
+        same_suite = run.get("suite_meta_sha256") == sha256_file(suite_from / "meta.json")
+        if not (same_suite and _trains_alike(run, tcfg)):
+            continue
+        for origin, target in ((suite_from, suite_to), (run_from, run_to)):
+            with atomic_dir(target) as tmp:  # a kill mid-copy leaves no half run behind
+                shutil.copytree(origin, tmp, dirs_exist_ok=True)
+        adopted.append(name)
+        if progress:
+            print(f"  reused {name} from {source} (same suite and training settings)", flush=True)
+    if adopted:
+        record = _adopted(out)
+        record.update({name: str(source) for name in adopted})
+        write_json(out / ADOPTED_FILE, record)
+    return adopted
+
+
+def _adopted(out: Path) -> dict[str, str]:
+    """adopted.json: the runs copied in by --reuse-from and where from (empty when none)."""
+    try:
+        found = json.loads((out / ADOPTED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def run_piece(exp: Experiment, out: Path, label: str, variant: str, seed: int, amount: int | None = None,
@@ -189,12 +265,15 @@ def _run_all(exp: Experiment, out: Path, workers: int, backend: str, address: st
 
 def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bool = True,
                    workers: int = 1, backend: str = "local", address: str | None = None,
-                   overrides: list[str] | tuple[str, ...] = ()) -> Path:
+                   overrides: list[str] | tuple[str, ...] = (),
+                   reuse_from: str | os.PathLike | None = None) -> Path:
     """Run (or finish) the experiment in `path` into `out`. `workers` > 1 runs that many pieces
     side by side (local processes, each with a share of the CPU cores or its own GPU);
     `backend="ray"` sends them to a Ray cluster (`address`: None starts a local one). The
     records are the same whatever runs them, given the same torch thread count per run.
-    `overrides` (`--set KEY=VALUE`) change the file's settings and are part of its identity."""
+    `overrides` (`--set KEY=VALUE`) change the file's settings and are part of its identity.
+    `reuse_from`: another study folder whose finished runs this study would make alike are
+    copied in first (`adopt_runs`)."""
     check_runner(workers, backend, address)
     require(os.environ.get("WORLD_SIZE", "1") == "1",
             f"retroplan run is one process per study (WORLD_SIZE={os.environ.get('WORLD_SIZE')}: "
@@ -206,6 +285,13 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     check_context(path, exp)
     out = Path(out)
     source = path.read_bytes()
+    if reuse_from is not None:
+        reuse_from = Path(reuse_from)
+        require((reuse_from / "experiment.toml").is_file(),
+                f"--reuse-from {reuse_from} is not a study folder (it has no experiment.toml); give "
+                "the --out of an earlier `retroplan run`.")
+        require(reuse_from.resolve() != out.resolve(),
+                f"--reuse-from {reuse_from} is this study's own --out.")
     if (out / "experiment.toml").exists():
         require(same_experiment((out / "experiment.toml").read_bytes(), stored_overrides(out),
                                 source, overrides),
@@ -215,17 +301,20 @@ def run_experiment(path: str | os.PathLike, out: str | os.PathLike, progress: bo
     elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"output folder {out} exists and is not empty; use another --out.")
     with hold_lock(out, "run"):  # a second `run` on this --out is refused while this one works
-        return _run_locked(path, out, exp, source, overrides, workers, backend, address, progress)
+        return _run_locked(path, out, exp, source, overrides, workers, backend, address, progress,
+                           reuse_from)
 
 
 def _run_locked(path: Path, out: Path, exp: Experiment, source: bytes, overrides: list[str], workers: int,
-                backend: str, address: str | None, progress: bool) -> Path:
+                backend: str, address: str | None, progress: bool, reuse_from: Path | None) -> Path:
     """`run_experiment` once the experiment is checked and `out` is locked."""
     write_bytes(out / "experiment.toml", source)
     if overrides:
         write_json(out / OVERRIDES_FILE, overrides)
     elif (out / OVERRIDES_FILE).exists():
         (out / OVERRIDES_FILE).unlink()
+    if reuse_from is not None:
+        adopt_runs(exp, out, reuse_from, progress)
     t_start = time.perf_counter()
     results = _run_all(exp, out, workers, backend, address, progress)
     tables = report.tabulate(exp, out, results)

@@ -374,3 +374,47 @@ def test_paths_stored_before_they_were_relative_are_still_read(tmp_path, monkeyp
     assert path_from(run, str(tmp_path / "study" / "suites" / "s")) == tmp_path / "study" / "suites" / "s"
     monkeypatch.chdir(tmp_path)  # an old file's path, relative to where its command ran
     assert path_from(run, "study/suites/s") == Path("study/suites/s")
+
+
+def test_a_forward_examples_twin_reuses_its_equal_steps_siblings_baselines(tmp_path, capsys):
+    toml = tmp_path / "matched.toml"
+    toml.write_text(MATCHED.replace('["optimal", "optimal+reverse", "reverse"]',
+                                    '["optimal", "optimal+reverse"]')
+                    .replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
+                    .replace("[train.by_variant.reverse]\nlr = 3e-3\n", ""))
+    steps = tmp_path / "steps"
+    run_experiment(toml, steps, progress=False, overrides=['study.budget="steps"'])
+    twin = tmp_path / "twin"
+    assert main(["run", str(toml), "--out", str(twin), "--reuse-from", str(steps)]) == 0
+    printed = capsys.readouterr().out
+    # the baselines are the same runs in both studies and are copied, not trained again; the
+    # mixture's length follows from the baseline's counters, so it is trained in the twin
+    adopted = json.loads((twin / "adopted.json").read_text())
+    assert adopted == {"d2-optimal-s0": str(steps), "d2-optimal-s1": str(steps)}
+    assert "reused d2-optimal-s0 from" in printed and "reused d2-optimal+reverse" not in printed
+    for seed in (0, 1):
+        base = f"d2-optimal-s{seed}"
+        for name in ("final.json", "train_log.jsonl", "eval-test/metrics.json"):
+            assert (twin / "runs" / base / name).read_bytes() == (steps / "runs" / base / name).read_bytes()
+    rows = {(r["variant"], r["seed"]): r for r in csv.DictReader((twin / "results.csv").open())}
+    assert int(rows[("optimal+reverse", "0")]["steps"]) > 10  # matched to the copied baseline
+    timing = json.loads((twin / "timing.json").read_text())["invocations"]
+    assert timing[-1]["reused"] == 2
+    # a study that would train its baseline otherwise copies nothing and trains it itself
+    other = tmp_path / "other"
+    run_experiment(toml, other, progress=False, reuse_from=steps, overrides=["train.lr=2e-3"])
+    assert not (other / "adopted.json").exists()
+    assert json.loads((other / "runs" / "d2-optimal-s0" / "run.json").read_text())["train"]["lr"] == 2e-3
+
+
+def test_reuse_from_a_folder_that_is_no_study_is_refused_before_anything_is_written(tmp_path):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TOML)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty is not a study folder"):
+        run_experiment(toml, tmp_path / "new", progress=False, reuse_from=tmp_path / "empty")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "experiment.toml").write_text(TOML)
+    with pytest.raises(UserError, match="is this study's own --out"):
+        run_experiment(toml, tmp_path / "old", progress=False, reuse_from=tmp_path / "old")
