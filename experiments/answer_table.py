@@ -11,6 +11,7 @@ condition.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import tomllib
@@ -20,9 +21,9 @@ from retroplan.experiment_file import apply_overrides, stored_overrides
 from retroplan.study import format_p
 from retroplan.traces import writes
 
-HEADER = ("| task | condition | budget | variant | writes at test time | seeds | "
+HEADER = ("| task | condition | budget | baseline steps | variant | writes at test time | seeds | "
           "Δ vs baseline [95% CI] | p Holm (within study) | verdict |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def study_settings(folder: Path) -> dict:
@@ -31,16 +32,28 @@ def study_settings(folder: Path) -> dict:
     return apply_overrides(tomllib.loads((folder / "experiment.toml").read_text()), stored_overrides(folder))
 
 
+def baseline_steps(folder: Path, baseline: str) -> dict[str, str]:
+    """condition -> the optimizer steps of its baseline runs (results.csv; "a-b" when seeds differ)."""
+    with open(folder / "results.csv") as fh:
+        found: dict[str, set[int]] = {}
+        for r in csv.DictReader(fh):
+            if r["variant"] == baseline and r["split"] == "test":
+                found.setdefault(r["condition"], set()).add(int(r["steps"]))
+    return {c: "-".join(str(n) for n in sorted({min(s), max(s)})) for c, s in found.items()}
+
+
 def rows(folder: Path) -> list[str]:
     exp = study_settings(folder)
     budget = exp.get("study", {}).get("budget", "steps")
+    steps = baseline_steps(folder, exp.get("study", {}).get("baseline", "optimal"))
     out = []
     for v in json.loads((folder / "verdicts.json").read_text()):
         lo, hi = v["seed_ci"]
         verdict = v["verdict"].split(":")[0]
         split = v.get("split", "test")
         condition = v["condition"] if split == "test" else f"{v['condition']} / {split}"
-        out.append(f"| {exp['task']} | {condition} | {budget.replace('_', ' ')} | {v['variant']} | "
+        out.append(f"| {exp['task']} | {condition} | {budget.replace('_', ' ')} | "
+                   f"{steps.get(v['condition'], '?')} | {v['variant']} | "
                    f"{writes(v['variant'])} | {v['seeds']} | "
                    f"{v['seed_mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                    f"{format_p(v['seed_p_holm'])} | {verdict} |")

@@ -270,12 +270,13 @@ def test_the_answer_table_is_read_from_the_committed_studies():
     done = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer")
     rows = [line for line in done.stdout.splitlines() if line.startswith("| pathstar")]
     assert len(rows) == 9
-    assert ("| pathstar | degree2 | steps | revthink | forward plan (backward objectives only in "
+    assert ("| pathstar | degree2 | steps | 600 | revthink | forward plan (backward objectives only in "
             "training) | 5 | -0.412 [-0.446, -0.378] | < 1e-4 | hurts |") in rows
     countdown = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer_countdown")
-    conditions = [line.split(" | ")[1] for line in countdown.stdout.splitlines()
-                  if line.startswith("| countdown")]
+    cells = [line.split(" | ") for line in countdown.stdout.splitlines() if line.startswith("| countdown")]
+    conditions = [c[1] for c in cells]
     assert conditions.count("cd3") == 6 and conditions.count("cd3 / test_target") == 6
+    assert {c[3] for c in cells} == {"3000"}  # the baseline's steps, from results.csv
     refused = _experiments_script("answer_table.py", ROOT / "experiments", check=False)
     assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr
 
