@@ -177,6 +177,21 @@ def _adopted(out: Path) -> dict[str, str]:
     return found if isinstance(found, dict) else {}
 
 
+def _adopted_lines(out: Path) -> list[str]:
+    """The report's note of the runs --reuse-from copied in (none when none was)."""
+    adopted = _adopted(out)
+    if not adopted:
+        return []
+    by_source: dict[str, list[str]] = {}
+    for name, source in adopted.items():
+        by_source.setdefault(source, []).append(name)
+    return ["## Runs copied from another study", "",
+            "Copied in by `--reuse-from` (the same suite and training settings; checked again like "
+            "this study's own runs, adopted.json lists them): "
+            + "; ".join(f"{', '.join(sorted(names))} from `{source}`" for source, names in by_source.items())
+            + ".", ""]
+
+
 def run_piece(exp: Experiment, out: Path, label: str, variant: str, seed: int, amount: int | None = None,
               progress: bool = True) -> dict:
     """One run of a study: its suite (generated unless ready), training (resumed or skipped when
@@ -327,7 +342,7 @@ def _run_locked(path: Path, out: Path, exp: Experiment, source: bytes, overrides
     verdicts = verdict_table(_evaluations(exp, out), exp.baseline, exp.margin)
     write_json(out / "verdicts.json", verdicts)
     pngs = [f.name for f in figures if f.suffix == ".png"]
-    sections = report.sections(exp, out, tables, traces) + _stages(exp, out, progress)
+    sections = report.sections(exp, out, tables, traces) + _stages(exp, out, progress) + _adopted_lines(out)
     reused = sum(1 for r in results.values() if r["reused"]["train"] or r["reused"]["suite"]
                  or r["reused"]["evals"])
     # every invocation's wall time, kept: a later one that reuses the runs adds its own

@@ -400,6 +400,7 @@ def test_a_forward_examples_twin_reuses_its_equal_steps_siblings_baselines(tmp_p
     assert int(rows[("optimal+reverse", "0")]["steps"]) > 10  # matched to the copied baseline
     timing = json.loads((twin / "timing.json").read_text())["invocations"]
     assert timing[-1]["reused"] == 2
+    assert f"d2-optimal-s0, d2-optimal-s1 from `{steps}`" in (twin / "report.md").read_text()
     # a study that would train its baseline otherwise copies nothing and trains it itself
     other = tmp_path / "other"
     run_experiment(toml, other, progress=False, reuse_from=steps, overrides=["train.lr=2e-3"])
