@@ -150,7 +150,10 @@ def adopt_runs(exp: Experiment, out: Path, source: Path, progress: bool = True) 
             same_suite = False
         if not same_suite:
             continue
-        run = checkpoint.read_run(run_from)
+        try:
+            run = checkpoint.read_run(run_from)
+        except UserError:  # its run.json is unreadable: not a run to vouch for
+            continue
         tcfg = TrainConfig(**dict(asdict(exp.train[(label, variant)]), seed=seed))
         same_suite = run.get("suite_meta_sha256") == sha256_file(suite_from / "meta.json")
         if not (same_suite and _trains_alike(run, tcfg)):
@@ -159,12 +162,9 @@ def adopt_runs(exp: Experiment, out: Path, source: Path, progress: bool = True) 
             with atomic_dir(target) as tmp:  # a kill mid-copy leaves no half run behind
                 shutil.copytree(origin, tmp, dirs_exist_ok=True)
         adopted.append(name)
+        write_json(out / ADOPTED_FILE, {**_adopted(out), name: str(source)})  # at once: a kill keeps it
         if progress:
             print(f"  reused {name} from {source} (same suite and training settings)", flush=True)
-    if adopted:
-        record = _adopted(out)
-        record.update({name: str(source) for name in adopted})
-        write_json(out / ADOPTED_FILE, record)
     return adopted
 
 
