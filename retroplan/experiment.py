@@ -61,7 +61,7 @@ from .rl_study import rl_study
 from .runner import check_runner, run_pieces
 from .study import verdict_table
 from .traces.suite import SuiteSpec, generate_suite, open_suite
-from .train import MACHINE_SETTINGS, TrainConfig, built_size, plan_steps, train
+from .train import TrainConfig, built_size, changed_train_setting, plan_steps, train
 
 # beside experiment.toml in --out: {metrics.json path inside --out: its sha256} of every
 # evaluation the study has used; an evaluation whose file no longer has that digest (edited by
@@ -71,15 +71,20 @@ TIMING_FILE = "timing.json"  # in --out: the wall time of every `retroplan run` 
 ADOPTED_FILE = "adopted.json"  # in --out: {run name: the study folder it was copied from} (--reuse-from)
 
 
+def _json_dict(path: Path) -> dict:
+    """The JSON object in `path`; empty when the file is missing, unreadable or not an object."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def recorded_evaluations(out: Path) -> dict[str, str]:
     """The study's record of the metrics.json files it used (empty when there is none; a
     corrupt record is ignored: every evaluation is then checked by its identity alone and
     recorded again)."""
-    try:
-        recorded = json.loads((out / EVALUATIONS_FILE).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
+    return _json_dict(out / EVALUATIONS_FILE)
 
 
 # --------------------------------------------------------------------------- one run
@@ -117,15 +122,15 @@ def _refuse_hand_resumed(run_dir: Path, steps: int) -> None:
 
 def _trains_alike(run: dict, tcfg: TrainConfig) -> bool:
     """Whether a finished run's run.json records exactly the training `tcfg` asks for: every
-    setting but where and how it was computed (`MACHINE_SETTINGS`), the built model size, the
-    steps, and no length changed by hand."""
+    setting a resume compares (`train.changed_train_setting`), each recorded (no default stands
+    in), the built model size, the steps, and no length changed by hand."""
     recorded = run.get("train")
     if not isinstance(recorded, dict) or run.get("length_changes"):
         return False
-    wanted = {k: v for k, v in asdict(tcfg).items()
-              if k not in MACHINE_SETTINGS and k not in ("preset", "n_layer", "n_head", "n_embd")}
-    wanted.update(built_size(tcfg, tcfg.model_config(vocab_size=1, block_size=1)))
-    return all(recorded.get(k) == v for k, v in wanted.items())
+    wanted = asdict(tcfg)
+    size = built_size(tcfg, tcfg.model_config(vocab_size=1, block_size=1))
+    return (recorded.keys() >= wanted.keys() - {"preset"} and changed_train_setting(recorded, wanted) is None
+            and recorded.get("steps") == tcfg.steps and all(recorded.get(k) == v for k, v in size.items()))
 
 
 def adopt_runs(exp: Experiment, out: Path, source: Path, progress: bool = True) -> list[str]:
@@ -155,8 +160,8 @@ def adopt_runs(exp: Experiment, out: Path, source: Path, progress: bool = True) 
         except UserError:  # its run.json is unreadable: not a run to vouch for
             continue
         tcfg = TrainConfig(**dict(asdict(exp.train[(label, variant)]), seed=seed))
-        same_suite = run.get("suite_meta_sha256") == sha256_file(suite_from / "meta.json")
-        if not (same_suite and _trains_alike(run, tcfg)):
+        trained_on_it = run.get("suite_meta_sha256") == sha256_file(suite_from / "meta.json")
+        if not (trained_on_it and _trains_alike(run, tcfg)):
             continue
         for origin, target in ((suite_from, suite_to), (run_from, run_to)):
             with atomic_dir(target) as tmp:  # a kill mid-copy leaves no half run behind
@@ -170,11 +175,7 @@ def adopt_runs(exp: Experiment, out: Path, source: Path, progress: bool = True) 
 
 def _adopted(out: Path) -> dict[str, str]:
     """adopted.json: the runs copied in by --reuse-from and where from (empty when none)."""
-    try:
-        found = json.loads((out / ADOPTED_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
+    return _json_dict(out / ADOPTED_FILE)
 
 
 def _adopted_lines(out: Path) -> list[str]:

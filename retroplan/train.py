@@ -339,20 +339,26 @@ def _run_description(suite: Suite, out: Path, cfg: TrainConfig, model_cfg: GPTCo
 MACHINE_SETTINGS = ("device", "compile", "threads", "tensorboard")
 
 
+def changed_train_setting(old: dict, new: dict) -> str | None:
+    """The first train setting of `new` (run.json's "train") that `old` records otherwise, among
+    those that decide what is trained: not the machine's (`MACHINE_SETTINGS`), not the steps (a
+    run may grow), not the model size (compared as the built model). A setting `old` lacks was
+    its default (the run was made before it existed)."""
+    defaults = asdict(TrainConfig())
+    for key, value in new.items():
+        if key in MACHINE_SETTINGS or key in ("steps", "preset", "n_layer", "n_head", "n_embd"):
+            continue
+        if old.get(key, defaults.get(key)) != value:
+            return f"train.{key}"
+    return None
+
+
 def _same_run(old: dict, new: dict) -> str | None:
     """The first setting a resumed run would change, if any."""
     for key in ("task", "variant", "task_config", "vocab", "model", "long_examples"):
         if old.get(key) != new.get(key):
             return key
-    defaults = asdict(TrainConfig())  # a run made before a setting existed had its default
-    for key, value in new["train"].items():
-        if key in MACHINE_SETTINGS or key == "steps":  # steps: checked by train (a run may grow)
-            continue
-        if key in ("preset", "n_layer", "n_head", "n_embd"):  # the built model: compared as "model"
-            continue
-        if old.get("train", {}).get(key, defaults.get(key)) != value:
-            return f"train.{key}"
-    return None
+    return changed_train_setting(old.get("train", {}), new["train"])
 
 
 def training_rows(split, cfg: TrainConfig, max_len: int) -> tuple[np.ndarray, int, int, int]:
