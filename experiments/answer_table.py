@@ -1,7 +1,9 @@
 """The answer table across tasks: one row per (task, condition, budget, variant) of finished
 studies, read from each study folder's verdicts.json and experiment.toml (with the overrides.json
 of a study run with `--set`), so the table in experiments/RESULTS.md is computed, not typed. Δ is
-the seed-level mean of accuracy(variant) − accuracy(baseline) with its 95% t-interval, p the
+the seed-level mean of accuracy(variant) − accuracy(baseline) with its 95% t-interval (the
+baseline is the study's `[study] baseline`, named in the "against" column: the forward model
+`optimal`, or the data control `optimal+optimal` for a study judged against it), p the
 paired t's, Holm-adjusted within its study (the family the study's own report adjusts over). A
 split other than `test` (Countdown's held-out targets, `test_target`) is named after the
 condition.
@@ -21,9 +23,9 @@ from retroplan.experiment_file import apply_overrides, stored_overrides
 from retroplan.study import format_p
 from retroplan.traces import writes
 
-HEADER = ("| task | condition | budget | baseline steps | variant | writes at test time | seeds | "
+HEADER = ("| task | condition | budget | baseline steps | variant | against | writes at test time | seeds | "
           "Δ vs baseline [95% CI] | p Holm (within study) | verdict |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def study_settings(folder: Path) -> dict:
@@ -45,7 +47,8 @@ def baseline_steps(folder: Path, baseline: str) -> dict[str, str]:
 def rows(folder: Path) -> list[str]:
     exp = study_settings(folder)
     budget = exp.get("study", {}).get("budget", "steps")
-    steps = baseline_steps(folder, exp.get("study", {}).get("baseline", "optimal"))
+    baseline = exp.get("study", {}).get("baseline", "optimal")
+    steps = baseline_steps(folder, baseline)
     out = []
     for v in json.loads((folder / "verdicts.json").read_text()):
         lo, hi = v["seed_ci"]
@@ -53,7 +56,7 @@ def rows(folder: Path) -> list[str]:
         split = v.get("split", "test")
         condition = v["condition"] if split == "test" else f"{v['condition']} / {split}"
         out.append(f"| {exp['task']} | {condition} | {budget.replace('_', ' ')} | "
-                   f"{steps.get(v['condition'], '?')} | {v['variant']} | "
+                   f"{steps.get(v['condition'], '?')} | {v['variant']} | {baseline} | "
                    f"{writes(v['variant'])} | {v['seeds']} | "
                    f"{v['seed_mean_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                    f"{format_p(v['seed_p_holm'])} | {verdict} |")

@@ -270,8 +270,8 @@ def test_the_answer_table_is_read_from_the_committed_studies():
     done = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer")
     rows = [line for line in done.stdout.splitlines() if line.startswith("| pathstar")]
     assert len(rows) == 9
-    assert ("| pathstar | degree2 | steps | 600 | revthink | forward plan (backward objectives only in "
-            "training) | 5 | -0.412 [-0.446, -0.378] | < 1e-4 | hurts |") in rows
+    assert ("| pathstar | degree2 | steps | 600 | revthink | optimal | forward plan (backward objectives "
+            "only in training) | 5 | -0.412 [-0.446, -0.378] | < 1e-4 | hurts |") in rows
     countdown = _experiments_script("answer_table.py", ROOT / "experiments" / "results" / "answer_countdown")
     cells = [line.split(" | ") for line in countdown.stdout.splitlines() if line.startswith("| countdown")]
     conditions = [c[1] for c in cells]
@@ -279,6 +279,21 @@ def test_the_answer_table_is_read_from_the_committed_studies():
     assert {c[3] for c in cells} == {"3000"}  # the baseline's steps, from results.csv
     refused = _experiments_script("answer_table.py", ROOT / "experiments", check=False)
     assert refused.returncode == 2 and "no verdicts.json in" in refused.stderr
+
+
+def test_the_answer_table_names_what_a_study_judged_against():
+    """A study re-judged with the data control as its baseline (`--set
+    study.baseline="optimal+optimal"`, answer_countdown_6000_vs_control) says so in the
+    "against" column, so its Δ is not read as one against the forward model."""
+    results = ROOT / "experiments" / "results"
+    folder = results / "answer_countdown_6000_vs_control"
+    done = _experiments_script("answer_table.py", results / "answer_countdown_6000", folder)
+    cells = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| countdown")]
+    against = {(c[4], c[5]) for c in cells}
+    assert against == {("optimal+optimal", "optimal"), ("optimal+reverse", "optimal"),
+                       ("optimal+reverse", "optimal+optimal")}
+    report = (folder / "report.md").read_text()
+    assert "Verdicts: each variant against the study's baseline, optimal+optimal" in report
 
 
 def test_the_answer_table_labels_a_study_by_the_budget_it_ran_under(tmp_path):
