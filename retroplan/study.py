@@ -251,9 +251,7 @@ def verdict_lines(table: list[dict]) -> list[str]:
         return []
     margin = table[0]["margin"]
     family = table[0].get("family", len(table))
-    baseline = table[0]["baseline"]
-    against = "the forward baseline" if baseline == "optimal" else f"the study's baseline, {baseline}"
-    lines = [f"## Verdicts: each variant against {against}", "",
+    lines = [f"## Verdicts: each variant against the baseline, {table[0]['baseline']}", "",
              "The unit is the training seed. Per seed, Δ = accuracy(variant) − accuracy(baseline) on "
              "the same test instances; the verdict's numbers are over those per-seed Δ: their mean "
              "with a 95% t-interval, the paired t-test's p, and TOST's p for equivalence within "

@@ -293,7 +293,7 @@ def test_the_answer_table_names_what_a_study_judged_against():
     assert against == {("optimal+optimal", "optimal"), ("optimal+reverse", "optimal"),
                        ("optimal+reverse", "optimal+optimal")}
     report = (folder / "report.md").read_text()
-    assert "Verdicts: each variant against the study's baseline, optimal+optimal" in report
+    assert "Verdicts: each variant against the baseline, optimal+optimal" in report
 
 
 def test_the_answer_table_labels_a_study_by_the_budget_it_ran_under(tmp_path):
