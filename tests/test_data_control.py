@@ -7,11 +7,12 @@ import tomllib
 
 import numpy as np
 
+from retroplan.batching import BatchOrder
 from retroplan.cli import main
 from retroplan.experiment_file import experiment_identity, load_experiment
 from retroplan.traces import writes
 from retroplan.traces.suite import open_suite
-from retroplan.train import TrainConfig, plan_steps
+from retroplan.train import TrainConfig, plan_steps, training_rows
 
 PATHSTAR = {"degree": 2, "path_len": 4, "num_nodes": 20}
 
@@ -48,6 +49,30 @@ def test_both_budgets_give_the_control_the_steps_they_give_the_mixture(make_suit
     for what, amount in (("steps", 50), ("forward_examples", 800), ("examples", 800), ("tokens", 4000)):
         assert plan_steps(control, cfg, what, amount) == plan_steps(mixture, cfg, what, amount)
     assert plan_steps(control, cfg, "forward_examples", 800) == 100   # 8 forward rows a batch
+
+
+def test_the_control_and_a_mixture_of_one_seed_draw_the_same_forward_rows_every_step(make_suite):
+    """What judging a mixture against the data control rests on (docs/METRICS.md, "Against the
+    data control"): at every step the two draw the same forward rows (kind 0, byte for byte the
+    baseline's), so only the other half of each batch differs. The order is the trainer's:
+    its rows (`training_rows`) under `BatchOrder` with the row kinds and the run's seed."""
+    cfg = TrainConfig(preset="tiny", batch_size=16, threads=1, seed=3)
+    orders = []
+    for variant in ("optimal+optimal", "optimal+reverse"):
+        suite = open_suite(make_suite("pathstar", variant, PATHSTAR))
+        split = suite.split("train")
+        rows, *_ = training_rows(split, cfg, suite.max_len())
+        kind = np.asarray(split.kind)
+        orders.append((BatchOrder(split.lengths, rows, cfg.batch_size, cfg.seed, kinds=kind), kind, split))
+    (control, kind_c, split_c), (mixture, kind_m, split_m) = orders
+    for step in range(3 * control.per_epoch):   # three epochs
+        rc, rm = control.batch(step), mixture.batch(step)
+        forward_c, forward_m = rc[kind_c[rc] == 0], rm[kind_m[rm] == 0]
+        assert len(forward_c) == cfg.batch_size // 2
+        assert forward_c.tolist() == forward_m.tolist()
+        assert all(split_c.row(r).tolist() == split_m.row(r).tolist() for r in forward_c)
+        assert not np.array_equal(rc, forward_c)   # the other half is there, and differs in content
+        assert any(split_c.row(r).tolist() != split_m.row(r).tolist() for r in rc[kind_c[rc] == 1])
 
 
 def test_a_study_takes_the_control_and_a_condition_train_table(tmp_path, capsys):
