@@ -35,7 +35,7 @@ import math
 from pathlib import Path
 
 from .stats import holm, mcnemar, mcnemar_mde, paired_bootstrap, paired_t, rate_ci, seed_mde, tost, verdict
-from .traces import writes
+from .traces import components, writes
 
 MIN_SEEDS = 3  # training seeds per cell before a verdict is given (one model is an anecdote)
 STREAM_LEARNED = 0.9  # a stream model's validity / its teacher's before its streams are judged
@@ -185,8 +185,8 @@ def withheld(row: dict, curve: dict, base_curve: dict) -> str | None:
                 f"a claim needs >= {STREAM_LEARNED:g} of it)")
     if "rising" in (curve["state"], base_curve["state"]):
         who, c = ("variant", curve) if curve["state"] == "rising" else ("baseline", base_curve)
-        return (f"not converged: the {who}'s learning curve is still rising "
-                f"({c['earlier']:.2f} -> {c['last']:.2f} at its last point)")
+        where = f" ({c['earlier']:.2f} -> {c['last']:.2f} at its last point)" if "last" in c else ""
+        return f"not converged: the {who}'s learning curve is still rising{where}"
     return None
 
 
@@ -211,6 +211,35 @@ def rejudge(old: list[dict], accuracy: dict | None = None, margin: float = MARGI
         new["withheld"] = withheld(new, {"state": "none"}, {"state": "none"})
         table.append(new)
     return judge(table)
+
+
+def against(table: list[dict], control: str, accuracy: dict, margin: float = MARGIN) -> list[dict]:
+    """A finished study's verdicts (verdicts.json rows, the seed-level rule's) judged again with
+    one of its variants, the data control `control`, as the baseline, without the runs: the
+    mixtures other than the control, each against it. Per seed, Δ_s = accuracy(mixture, s) −
+    accuracy(control, s) from results.csv (`accuracy`: {(condition, split, variant, seed):
+    accuracy}), exact because every variant of a seed is evaluated on the same test instances;
+    the convergence gate reads the curve states the study's rows recorded (the control's from
+    its own row). The pooled McNemar needs per-instance records, so its columns are left empty.
+    Judged as one Holm family, as `retroplan run` with `[study] baseline = control` would."""
+    controls = {(r["condition"], r["split"]): r for r in table if r["variant"] == control}
+    out = []
+    for r in table:
+        key = (r["condition"], r["split"])
+        if key not in controls or r["variant"] == control or len(components(r["variant"])) == 1:
+            continue
+        c = controls[key]
+        seeds = sorted({int(s) for s in r["per_seed_delta"]} & {int(s) for s in c["per_seed_delta"]})
+        acc = [accuracy[(*key, r["variant"], s)] for s in seeds]
+        base = [accuracy[(*key, control, s)] for s in seeds]
+        new = {**r, "baseline": control, "seeds": len(seeds), "n": r["n"] // r["seeds"] * len(seeds),
+               "accuracy": sum(acc) / len(seeds), "baseline_accuracy": sum(base) / len(seeds),
+               "delta": None, "ci": None, "p": None, "b01": None, "b10": None, "mde": None,
+               "baseline_curve": c["curve"],
+               **seed_level({s: round(a - b, 12) for s, a, b in zip(seeds, acc, base)}, acc, base, margin)}
+        new["withheld"] = withheld(new, {"state": r["curve"]}, {"state": c["curve"]})
+        out.append(new)
+    return judge(out)
 
 
 def judge(table: list[dict]) -> list[dict]:

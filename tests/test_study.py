@@ -296,6 +296,76 @@ def test_the_answer_table_names_what_a_study_judged_against():
     assert "Verdicts: each variant against the baseline, optimal+optimal" in report
 
 
+def _study_tables(folder: Path) -> tuple[list[dict], dict]:
+    import csv
+
+    accuracy = {(r["condition"], r["split"], r["variant"], int(r["seed"])): float(r["accuracy"])
+                for r in csv.DictReader((folder / "results.csv").open())}
+    return json.loads((folder / "verdicts.json").read_text()), accuracy
+
+
+@pytest.mark.parametrize("study", ["answer_countdown_6000", "answer_graph_g11"])
+def test_judging_a_study_against_its_control_from_its_tables_equals_judging_its_runs(study):
+    """`against` (experiments/rejudge.py --against) judges a committed study's mixtures against
+    its data control from verdicts.json and results.csv alone. On the two studies whose runs
+    were judged against the control by `retroplan run --set study.baseline=...` (per-instance
+    records, curves from curve.jsonl), it gives the same per-seed Δ, p-values and verdicts."""
+    from retroplan.study import against
+
+    results = ROOT / "experiments" / "results"
+    old, accuracy = _study_tables(results / study)
+    mine = against(old, "optimal+optimal", accuracy)
+    runs = json.loads((results / f"{study}_vs_control" / "verdicts.json").read_text())
+    assert [(r["condition"], r["split"], r["variant"]) for r in mine] == \
+        [(r["condition"], r["split"], r["variant"]) for r in runs]
+    for a, b in zip(mine, runs):
+        assert a["per_seed_delta"] == b["per_seed_delta"] and a["verdict"] == b["verdict"]
+        assert a["baseline"] == "optimal+optimal" and a["family"] == b["family"]
+        for key in ("seed_mean_delta", "seed_p", "seed_p_holm", "tost_p_holm", "accuracy",
+                    "baseline_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-12), key
+
+
+def test_judging_against_the_control_withholds_while_the_controls_curve_rises():
+    """The convergence gate reads the control's own row: a control whose curve the study found
+    rising withholds every verdict against it; the mixture's p-values are still reported."""
+    from retroplan.study import against
+
+    old, accuracy = _study_tables(ROOT / "experiments" / "results" / "answer_graph_g11")
+    for r in old:
+        r["curve"] = "rising" if r["variant"] == "optimal+optimal" else r["curve"]
+    (row,) = against(old, "optimal+optimal", accuracy)
+    assert row["verdict"] == "not converged: the baseline's learning curve is still rising"
+    assert row["seed_p_holm"] < 0.05  # it would have been "hurts"
+
+
+def test_rejudge_writes_a_study_against_the_control_that_the_answer_table_reads(tmp_path):
+    """`rejudge.py FOLDER --against optimal+optimal --out NEW` writes a study folder (verdicts,
+    report, the study's toml and results, its overrides plus the new baseline) whose rows the
+    answer table labels "against optimal+optimal"; a variant the study lacks, or an --out that
+    exists, is refused in one sentence and writes nothing."""
+    results = ROOT / "experiments" / "results"
+    out = tmp_path / "fwdex_vs_control"
+    _experiments_script("rejudge.py", results / "answer_fwdex", "--against", "optimal+optimal", "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == ["experiment.toml", "overrides.json", "report.md",
+                                                      "results.csv", "verdicts.json"]
+    assert json.loads((out / "overrides.json").read_text()) == ['study.baseline="optimal+optimal"']
+    done = _experiments_script("answer_table.py", out)
+    cells = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| pathstar")]
+    mixtures = ("optimal+reverse", "optimal+stream", "optimal+backward-stream")
+    assert {(c[4], c[5]) for c in cells} == {(v, "optimal+optimal") for v in mixtures}
+    assert {c[2] for c in cells} == {"forward examples"}
+    report = (out / "report.md").read_text()
+    assert "Verdicts: each variant against the baseline, optimal+optimal" in report
+    again = _experiments_script("rejudge.py", results / "answer_fwdex", "--against", "optimal+optimal",
+                                "--out", out, check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    missing = tmp_path / "none"
+    wrong = _experiments_script("rejudge.py", results / "answer_fwdex", "--against", "revthink",
+                                "--out", missing, check=False)
+    assert wrong.returncode == 2 and "--against 'revthink'" in wrong.stderr and not missing.exists()
+
+
 def test_the_answer_table_labels_a_study_by_the_budget_it_ran_under(tmp_path):
     """A forward-examples twin run as `--set study.budget="forward_examples"` keeps the shipped
     experiment.toml (budget "steps") and the override in overrides.json: the table applies it."""
