@@ -46,8 +46,8 @@ def baseline_steps(folder: Path, baseline: str) -> dict[str, str]:
 
 def rows(folder: Path) -> list[str]:
     exp = study_settings(folder)
-    budget = exp.get("study", {}).get("budget", "steps")
-    baseline = exp.get("study", {}).get("baseline", "optimal")
+    study = exp.get("study", {})
+    budget, baseline = study.get("budget", "steps"), study.get("baseline", "optimal")
     steps = baseline_steps(folder, baseline)
     out = []
     for v in json.loads((folder / "verdicts.json").read_text()):
