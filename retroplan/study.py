@@ -220,7 +220,8 @@ def against(table: list[dict], control: str, accuracy: dict, margin: float = MAR
     accuracy(control, s) from results.csv (`accuracy`: {(condition, split, variant, seed):
     accuracy}), exact because every variant of a seed is evaluated on the same test instances;
     the convergence gate reads the curve states the study's rows recorded (the control's from
-    its own row). The pooled McNemar needs per-instance records, so its columns are left empty.
+    its own row; "none", not checked, for rows of the old rule, which kept none). The pooled
+    McNemar needs per-instance records, so its columns are left empty.
     Judged as one Holm family, as `retroplan run` with `[study] baseline = control` would."""
     controls = {(r["condition"], r["split"]): r for r in table if r["variant"] == control}
     out = []
@@ -235,9 +236,9 @@ def against(table: list[dict], control: str, accuracy: dict, margin: float = MAR
         new = {**r, "baseline": control, "seeds": len(seeds), "n": r["n"] // r["seeds"] * len(seeds),
                "accuracy": sum(acc) / len(seeds), "baseline_accuracy": sum(base) / len(seeds),
                "delta": None, "ci": None, "p": None, "b01": None, "b10": None, "mde": None,
-               "baseline_curve": c["curve"],
+               "curve": r.get("curve", "none"), "baseline_curve": c.get("curve", "none"),
                **seed_level({s: round(a - b, 12) for s, a, b in zip(seeds, acc, base)}, acc, base, margin)}
-        new["withheld"] = withheld(new, {"state": r["curve"]}, {"state": c["curve"]})
+        new["withheld"] = withheld(new, {"state": new["curve"]}, {"state": new["baseline_curve"]})
         out.append(new)
     return judge(out)
 

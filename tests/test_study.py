@@ -337,6 +337,11 @@ def test_judging_against_the_control_withholds_while_the_controls_curve_rises():
     (row,) = against(old, "optimal+optimal", accuracy)
     assert row["verdict"] == "not converged: the baseline's learning curve is still rising"
     assert row["seed_p_holm"] < 0.05  # it would have been "hurts"
+    for r in old:  # rows of the old rule kept no curve states: judged, convergence not checked
+        del r["curve"]
+    (row,) = against(old, "optimal+optimal", accuracy)
+    assert row["verdict"] == "hurts" and row["curve"] == row["baseline_curve"] == "none"
+    assert "Convergence not checked for 1 of 1 comparisons" in "\n".join(verdict_lines([row]))
 
 
 def test_rejudge_writes_a_study_against_the_control_that_the_answer_table_reads(tmp_path):
