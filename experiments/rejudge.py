@@ -27,7 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from retroplan.fsutil import atomic_dir
+from retroplan.experiment_file import OVERRIDES_FILE, stored_overrides
+from retroplan.fsutil import atomic_dir, write_json
 from retroplan.study import MARGIN, against, rejudge, verdict_lines
 
 
@@ -70,9 +71,7 @@ def main(argv=None) -> int:
     if args.out is None:
         print("\n".join(lines))
         return 0
-    overrides_file = args.folder / "overrides.json"
-    overrides = json.loads(overrides_file.read_text()) if overrides_file.is_file() else []
-    overrides = [o for o in overrides if not o.startswith("study.baseline=")]
+    overrides = [o for o in stored_overrides(args.folder) if not o.startswith("study.baseline=")]
     overrides.append(f'study.baseline="{args.against}"')
     margin = ["--margin", str(args.margin)] if args.margin != MARGIN else []
     command = " ".join(["python experiments/rejudge.py", str(args.folder), "--against", args.against,
@@ -85,8 +84,8 @@ def main(argv=None) -> int:
     with atomic_dir(args.out) as tmp:
         for name in ("experiment.toml", "results.csv"):
             shutil.copyfile(args.folder / name, tmp / name)
-        (tmp / "overrides.json").write_text(json.dumps(overrides, indent=2) + "\n")
-        (tmp / "verdicts.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+        write_json(tmp / OVERRIDES_FILE, overrides)
+        write_json(tmp / "verdicts.json", table)  # the study's serializer: strict JSON, no NaN
         (tmp / "report.md").write_text("\n".join(report))
     print(f"wrote {args.out} ({len(table)} comparisons against {args.against})")
     return 0
