@@ -38,3 +38,25 @@ def test_the_study_gate_column_pools_a_rows_seeds_and_flags_a_rising_curve():
     lines = calibrate.table_lines([rising, flat])
     assert lines[2].endswith("| rising (0.40 → 0.60) |") and lines[3].endswith("| ″ |")
     assert lines[4].endswith("| flat (0.55 → 0.55) |")
+
+
+def test_the_queue_runs_the_retroplan_beside_its_interpreter_and_refuses_a_missing_queue_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    beside = Path(sys.executable).parent / "retroplan"
+    env = {k: v for k, v in os.environ.items() if k != "RETROPLAN"}
+    probe = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('c', sys.argv[1]); "
+             "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.RETROPLAN)")
+    # without the venv on PATH (e.g. `.venv/bin/python calibrate.py queue ...`), the venv's script
+    found = subprocess.run([sys.executable, "-c", probe, str(HERE / "calibrate.py")],
+                           env=dict(env, PATH="/usr/bin:/bin"), capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert found == (str(beside) if beside.exists() else "retroplan")
+    missing = tmp_path / "queue.txt"
+    proc = subprocess.run([sys.executable, str(HERE / "calibrate.py"), "queue", str(missing)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"calibrate.py queue: {str(missing)!r} is not a file; give a queue file "
+                                   "such as experiments/calibration/queue.txt")

@@ -33,7 +33,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RUNS = ROOT / "runs" / "calib"
 ROWS = HERE / "rows"
-RETROPLAN = os.environ.get("RETROPLAN", "retroplan")
+# The console script installed beside the interpreter that runs this file (the venv's, when run
+# as .venv/bin/python without activating the venv); RETROPLAN overrides it.
+_BESIDE = Path(sys.executable).parent / "retroplan"
+RETROPLAN = os.environ.get("RETROPLAN", str(_BESIDE) if _BESIDE.exists() else "retroplan")
 
 # The curve has flattened when its last two points gain less than this over the two before
 # them (validation accuracy on the run's curve_examples rows): a fixed rule, not a judgement.
@@ -204,6 +207,9 @@ def table() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "queue":
+        if not Path(sys.argv[2]).is_file():
+            raise SystemExit(f"calibrate.py queue: {sys.argv[2]!r} is not a file; give a queue file such "
+                             "as experiments/calibration/queue.txt")
         queue(Path(sys.argv[2]))
     elif len(sys.argv) == 2 and sys.argv[1] == "table":
         table()
