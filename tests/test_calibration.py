@@ -38,6 +38,20 @@ def test_the_study_gate_column_pools_a_rows_seeds_and_flags_a_rising_curve():
     lines = calibrate.table_lines([rising, flat])
     assert lines[2].endswith("| rising (0.40 → 0.60) |") and lines[3].endswith("| ″ |")
     assert lines[4].endswith("| flat (0.55 → 0.55) |")
+    assert "| 300 | 1 | 1 |" in lines[2]
+
+
+def test_a_resumed_rows_clocks_say_they_cover_only_the_last_invocation():
+    calibrate = _calibrate()
+    curve = [{"step": 100 * i, "val_accuracy": 0.5, "val_n": 100, "tf_token_accuracy": 0.5} for i in range(4)]
+    seed = {"seed": 0, "steps": 300, "accuracy": 0.5, "n": 500, "first_step_accuracy": 0.6,
+            "flattened": True, "curve": curve}
+    row = {"row": "r", "overrides": [], "wall_seconds": 431, "cpu_seconds": 841, "task": "graph",
+           "resumed": True, "per_seed": [seed, dict(seed, seed=1)]}
+    lines = calibrate.table_lines([row, dict(row, row="s", resumed=False)])
+    assert "| 431 (resumed: last part only) | 841 (last part only) |" in lines[2]
+    assert lines[3].split(" | ")[3:5] == ["″", "″"]
+    assert "| 431 | 841 |" in lines[4]
 
 
 def test_the_queue_runs_the_retroplan_beside_its_interpreter_and_refuses_a_missing_queue_file(tmp_path):

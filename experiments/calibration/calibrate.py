@@ -173,6 +173,10 @@ def table_lines(records: list[dict]) -> list[str]:
             flat = {True: "yes", False: "no"}.get(seed["flattened"], "n/a")
             name = r["row"] if seed["seed"] is None else f"{r['row']} seed {seed['seed']}"
             times = (f"{r['wall_seconds']:.0f} | {r.get('cpu_seconds', 0):.0f}" if i == 0 else "″ | ″")
+            if i == 0 and r.get("resumed"):
+                # a resumed row's clocks cover only the invocation that finished it
+                times = (f"{r['wall_seconds']:.0f} (resumed: last part only) | "
+                         f"{r.get('cpu_seconds', 0):.0f} (last part only)")
             lines.append(f"| {name} | {sets if i == 0 else '″'} | {seed['steps']} | {times} | "
                          f"{seed['accuracy']:.3f} ({seed['n']}) | {seed['first_step_accuracy']:.3f} | "
                          f"{curve} | {flat} | {gate_cell if i == 0 else '″'} |")
