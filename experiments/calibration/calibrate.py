@@ -172,11 +172,11 @@ def table_lines(records: list[dict]) -> list[str]:
             curve = " ".join(f"{p['val_accuracy']:.2f}" for p in seed["curve"])
             flat = {True: "yes", False: "no"}.get(seed["flattened"], "n/a")
             name = r["row"] if seed["seed"] is None else f"{r['row']} seed {seed['seed']}"
-            times = (f"{r['wall_seconds']:.0f} | {r.get('cpu_seconds', 0):.0f}" if i == 0 else "″ | ″")
-            if i == 0 and r.get("resumed"):
-                # a resumed row's clocks cover only the invocation that finished it
-                times = (f"{r['wall_seconds']:.0f} (resumed: last part only) | "
-                         f"{r.get('cpu_seconds', 0):.0f} (last part only)")
+            # a resumed row's clocks cover only the invocation that finished it
+            wall_note, cpu_note = ((" (resumed: last part only)", " (last part only)") if r.get("resumed")
+                                   else ("", ""))
+            times = (f"{r['wall_seconds']:.0f}{wall_note} | {r.get('cpu_seconds', 0):.0f}{cpu_note}"
+                     if i == 0 else "″ | ″")
             lines.append(f"| {name} | {sets if i == 0 else '″'} | {seed['steps']} | {times} | "
                          f"{seed['accuracy']:.3f} ({seed['n']}) | {seed['first_step_accuracy']:.3f} | "
                          f"{curve} | {flat} | {gate_cell if i == 0 else '″'} |")
