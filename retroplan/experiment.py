@@ -240,6 +240,53 @@ def run_stored_piece(out: str, label: str, variant: str, seed: int, amount: int 
     return run_piece(stored_experiment(Path(out)), Path(out), label, variant, seed, amount, progress)
 
 
+class _Whereabouts:
+    """Where the study's runs are, read from the files they write: the runner's periodic line
+    for pieces running elsewhere (`watch`). A run's step of its total and the time left at its
+    pace: wall time per step since the last report (curves and a busy machine included), or
+    at the first report the training clock of its last logged steps (train_log.jsonl, which
+    leaves curves out); or that it is evaluating. None for a run that has written nothing since
+    this invocation started: waiting, or reused as it was."""
+
+    def __init__(self, out: Path):
+        self.out, self.since, self.seen = out, time.time(), {}
+
+    def __call__(self, name: str) -> str | None:
+        run_dir = self.out / "runs" / name
+        final, log = run_dir / "final.json", run_dir / "train_log.jsonl"
+        try:
+            if final.exists():
+                return "trained; evaluating" if final.stat().st_mtime >= self.since else None
+            if not log.exists() or log.stat().st_mtime < self.since:
+                return None
+            tail = log.read_text().splitlines()[-6:]
+        except OSError:
+            return None
+        steps = _json_dict(run_dir / "run.json").get("train", {}).get("steps")
+        logged = []
+        for line in tail:
+            try:
+                record = json.loads(line)
+                logged.append((int(record["step"]), float(record["elapsed_s"])))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line being written
+        if not logged or not isinstance(steps, int):
+            return None
+        (step0, clock0), (step, clock) = logged[0], logged[-1]
+        now = time.monotonic()
+        where = f"step {step:,} of {steps:,}"
+        if name in self.seen and step > self.seen[name][1]:
+            pace = (now - self.seen[name][0]) / (step - self.seen[name][1])
+            left = (steps - step) * pace / 60
+            where += f", {pace:.2f} s a step since the last report: ~{left:.0f} min left"
+        elif step > step0 and clock > clock0:
+            pace = (clock - clock0) / (step - step0)
+            left = (steps - step) * pace / 60
+            where += f", {pace:.2f} s a training step (curves aside): ~{left:.0f} min of training left"
+        self.seen[name] = (now, step)
+        return where
+
+
 def _metrics_line(result: dict) -> str:
     """A run's numbers in one progress line."""
     return "; ".join(f"{split}: accuracy {m['accuracy']['value']:.3f} (n={m['n']}), first step "
@@ -271,11 +318,13 @@ def _run_all(exp: Experiment, out: Path, workers: int, backend: str, address: st
     """Every run of the study, phase by phase; run name -> run_piece's result."""
     results: dict[str, dict] = {}
     total = len(exp.runs())
+    whereabouts = _Whereabouts(out)
     for phase in _phases(exp):
         pieces = [(run_name(*r), (str(out.resolve()), *r, _amount(exp, results, *r))) for r in phase]
         results.update(run_pieces(run_stored_piece, pieces, workers=workers, backend=backend,
                                   address=address, progress=progress, describe=_metrics_line,
-                                  counted=(len(results), total)))
+                                  counted=(len(results), total),
+                                  watch=whereabouts))
     return results
 
 

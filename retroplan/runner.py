@@ -29,6 +29,9 @@ from .errors import UserError, require
 
 BACKENDS = ("local", "ray")
 Piece = tuple[str, tuple]  # (name, the arguments of the piece function)
+# How often pieces running elsewhere (a pool, Ray) are asked where they are: a pool's workers
+# print nothing of their own, and a study's runs can train for an hour between "done" lines.
+WATCH_SECONDS = 600.0
 
 
 def cpu_cores() -> int:
@@ -85,18 +88,22 @@ def check_ray_address(address: str) -> None:
 
 def run_pieces(piece: Callable[..., dict], pieces: list[Piece], workers: int = 1, backend: str = "local",
                address: str | None = None, progress: bool = True, describe: Callable[[dict], str] = str,
-               counted: tuple[int, int] | None = None) -> dict[str, dict]:
+               counted: tuple[int, int] | None = None,
+               watch: Callable[[str], str | None] | None = None) -> dict[str, dict]:
     """Run `piece(*args)` for every (name, args) of `pieces`; returns name -> its result. With
     `progress`, a line per piece: its number (`counted`: pieces done before these, and the total
-    of the whole work) and name, and `describe(result)` when it is done."""
+    of the whole work) and name, and `describe(result)` when it is done; where pieces run
+    elsewhere (a pool, Ray), every `WATCH_SECONDS` also a line for each unfinished piece that
+    `watch(name)` can place (None: not started yet)."""
     check_runner(workers, backend, address)
     done, total = counted or (0, len(pieces))
+    watcher = _Watcher(watch if progress else None)
     if backend == "ray":
-        finished = _run_ray(piece, pieces, address, progress)
+        finished = _run_ray(piece, pieces, address, progress, watcher)
     elif workers == 1:
         finished = _run_here(piece, pieces, done, total, progress, describe)
     else:
-        finished = _run_pool(piece, pieces, workers, progress)
+        finished = _run_pool(piece, pieces, workers, progress, watcher)
     results: dict[str, dict] = {}
     for name, result, seconds in finished:
         results[name] = result
@@ -114,6 +121,22 @@ def _run_here(piece, pieces: list[Piece], done: int, total: int, progress: bool,
         if progress:
             print("      " + describe(result), flush=True)
         yield name, result, None
+
+
+class _Watcher:
+    """Prints where the unfinished pieces are, at most once every `WATCH_SECONDS`."""
+
+    def __init__(self, watch: Callable[[str], str | None] | None):
+        self.watch, self.last = watch, time.monotonic()
+
+    def __call__(self, unfinished) -> None:
+        if self.watch is None or time.monotonic() - self.last < WATCH_SECONDS:
+            return
+        self.last = time.monotonic()
+        for name in sorted(unfinished):
+            where = self.watch(name)
+            if where:
+                print(f"      {name}: {where}", flush=True)
 
 
 def run_in_worker(piece, name: str, args: tuple, threads: int) -> tuple:
@@ -149,7 +172,7 @@ def _init_worker(gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
-def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool) -> Iterator:
+def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool, watcher: _Watcher) -> Iterator:
     threads = threads_per_run(workers)  # the share --workers asked for, however many run now
     workers = min(workers, len(pieces))  # no process without a piece to run
     n_gpus = _visible_gpus()
@@ -168,11 +191,13 @@ def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool) -> Itera
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(gpus,))
     pending: set = set()
     try:
-        pending = {pool.submit(_run_in_pool_worker, piece, name, args, threads) for name, args in pieces}
+        names = {pool.submit(_run_in_pool_worker, piece, name, args, threads): name for name, args in pieces}
+        pending = set(names)
         while pending:
             ready, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in ready:
                 yield future.result()  # re-raises a piece's error here (the finally stops the others)
+            watcher(names[future] for future in pending)
     finally:
         if pending:  # stopped early (an error, a signal): end the pieces still running
             pool.shutdown(wait=False, cancel_futures=True)
@@ -181,7 +206,7 @@ def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool) -> Itera
         pool.shutdown(wait=True)
 
 
-def _run_ray(piece, pieces: list[Piece], address: str | None, progress: bool) -> Iterator:
+def _run_ray(piece, pieces: list[Piece], address: str | None, progress: bool, watcher: _Watcher) -> Iterator:
     try:
         import ray
     except ImportError:
@@ -202,9 +227,13 @@ def _run_ray(piece, pieces: list[Piece], address: str | None, progress: bool) ->
         if progress:
             print(f"running {len(pieces)} pieces as Ray tasks ({'1 GPU' if gpus else '1 CPU core'} "
                   f"each; cluster: {ray.cluster_resources()})", flush=True)
-        refs = [task.remote(piece, name, args, 1) for name, args in pieces]
+        names = {task.remote(piece, name, args, 1): name for name, args in pieces}
+        refs = list(names)
         while refs:
-            ready, refs = ray.wait(refs, num_returns=1)
+            ready, refs = ray.wait(refs, num_returns=1, timeout=1.0)
+            watcher(names[ref] for ref in refs)
+            if not ready:
+                continue
             try:
                 yield ray.get(ready[0])
             except ray.exceptions.RayTaskError as exc:  # a piece's own error, as a serial run gives it

@@ -156,3 +156,64 @@ def test_a_pool_worker_whose_piece_is_terminated_ends_instead_of_taking_the_next
             runner._run_in_pool_worker(piece, "p", (), 0)
         assert exits[-1] == code
     assert runner._run_in_pool_worker(lambda progress: 7, "p", (), 0)[:2] == ("p", 7)
+
+
+def _sleeping_piece(seconds, progress):
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def test_pool_workers_are_asked_where_they_are_while_unfinished(monkeypatch, capsys):
+    """A pool's workers print nothing of their own: every WATCH_SECONDS the runner prints, for
+    each unfinished piece, what `watch` says (nothing for a piece it cannot place)."""
+    import retroplan.runner as runner
+
+    monkeypatch.setattr(runner, "WATCH_SECONDS", 0.0)
+    asked = []
+
+    def watch(name):
+        asked.append(name)
+        return "step 3 of 9" if name == "a" else None
+    pieces = [("a", (1.0,)), ("b", (1.0,))]
+    results = runner.run_pieces(_sleeping_piece, pieces, workers=2, watch=watch)
+    assert results == {"a": {"slept": 1.0}, "b": {"slept": 1.0}}
+    assert {"a", "b"} <= set(asked)
+    printed = capsys.readouterr().out
+    assert "      a: step 3 of 9\n" in printed and "      b:" not in printed
+    # between reports nothing is asked
+    asked.clear()
+    monkeypatch.setattr(runner, "WATCH_SECONDS", 3600.0)
+    runner._Watcher(watch)(["a", "b"])
+    assert asked == []
+
+
+def test_where_a_study_run_is_is_read_from_its_files(tmp_path, monkeypatch):
+    import json
+
+    import retroplan.experiment as experiment
+
+    run = tmp_path / "runs" / "n8-optimal-s0"
+    run.mkdir(parents=True)
+    where = experiment._Whereabouts(tmp_path)
+    assert where("n8-optimal-s0") is None  # not started
+    (run / "run.json").write_text(json.dumps({"train": {"steps": 8000}}))
+
+    def log_to(last):
+        lines = [json.dumps({"step": s, "elapsed_s": 100 + 0.4 * s, "loss": 1.0})
+                 for s in range(50, last + 1, 50)]
+        (run / "train_log.jsonl").write_text("\n".join(lines) + '\n{"step": 12')  # a line being written
+    log_to(1200)
+    clock = iter([1000.0, 1600.0])  # ten minutes of wall time between two reports
+    monkeypatch.setattr(experiment.time, "monotonic", lambda: next(clock))
+    # the first report knows only the training clock; the next one the wall time between them
+    assert where("n8-optimal-s0") == \
+        "step 1,200 of 8,000, 0.40 s a training step (curves aside): ~45 min of training left"
+    log_to(2200)
+    assert where("n8-optimal-s0") == "step 2,200 of 8,000, 0.60 s a step since the last report: ~58 min left"
+    # left by an earlier invocation and not resumed yet: waiting, not running
+    later = experiment._Whereabouts(tmp_path)
+    later.since = time.time() + 60
+    assert later("n8-optimal-s0") is None
+    (run / "final.json").write_text("{}")
+    assert where("n8-optimal-s0") == "trained; evaluating"
+    assert later("n8-optimal-s0") is None  # trained before this invocation: reused as it was
