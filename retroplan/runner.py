@@ -172,7 +172,9 @@ def _init_worker(gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
-def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool, watcher: _Watcher) -> Iterator:
+def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool,
+              watcher: _Watcher | None = None) -> Iterator:
+    watcher = watcher or _Watcher(None)
     threads = threads_per_run(workers)  # the share --workers asked for, however many run now
     workers = min(workers, len(pieces))  # no process without a piece to run
     n_gpus = _visible_gpus()
@@ -206,7 +208,9 @@ def _run_pool(piece, pieces: list[Piece], workers: int, progress: bool, watcher:
         pool.shutdown(wait=True)
 
 
-def _run_ray(piece, pieces: list[Piece], address: str | None, progress: bool, watcher: _Watcher) -> Iterator:
+def _run_ray(piece, pieces: list[Piece], address: str | None, progress: bool,
+             watcher: _Watcher | None = None) -> Iterator:
+    watcher = watcher or _Watcher(None)
     try:
         import ray
     except ImportError:
