@@ -277,14 +277,18 @@ class _Whereabouts:
         where = f"step {step:,} of {steps:,}"
         if name in self.seen and step > self.seen[name][1]:
             pace = (now - self.seen[name][0]) / (step - self.seen[name][1])
-            left = (steps - step) * pace / 60
-            where += f", {pace:.2f} s a step since the last report: ~{left:.0f} min left"
+            where += f", {pace:.2f} s a step since the last report: {_time_left(steps - step, pace)} left"
         elif step > step0 and clock > clock0:
             pace = (clock - clock0) / (step - step0)
-            left = (steps - step) * pace / 60
-            where += f", {pace:.2f} s a training step (curves aside): ~{left:.0f} min of training left"
+            where += (f", {pace:.2f} s a training step (curves aside): {_time_left(steps - step, pace)} "
+                      "of training left")
         self.seen[name] = (now, step)
         return where
+
+
+def _time_left(steps: int, pace: float) -> str:
+    minutes = steps * pace / 60
+    return f"~{minutes:.0f} min" if minutes >= 1 else "under a minute"
 
 
 def _metrics_line(result: dict) -> str:

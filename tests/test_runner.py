@@ -203,13 +203,16 @@ def test_where_a_study_run_is_is_read_from_its_files(tmp_path, monkeypatch):
                  for s in range(50, last + 1, 50)]
         (run / "train_log.jsonl").write_text("\n".join(lines) + '\n{"step": 12')  # a line being written
     log_to(1200)
-    clock = iter([1000.0, 1600.0])  # ten minutes of wall time between two reports
+    clock = iter([1000.0, 1600.0, 1660.0])  # ten minutes of wall time between the first two reports
     monkeypatch.setattr(experiment.time, "monotonic", lambda: next(clock))
     # the first report knows only the training clock; the next one the wall time between them
     assert where("n8-optimal-s0") == \
         "step 1,200 of 8,000, 0.40 s a training step (curves aside): ~45 min of training left"
     log_to(2200)
     assert where("n8-optimal-s0") == "step 2,200 of 8,000, 0.60 s a step since the last report: ~58 min left"
+    log_to(7950)
+    assert where("n8-optimal-s0") == \
+        "step 7,950 of 8,000, 0.01 s a step since the last report: under a minute left"
     # left by an earlier invocation and not resumed yet: waiting, not running
     later = experiment._Whereabouts(tmp_path)
     later.since = time.time() + 60
