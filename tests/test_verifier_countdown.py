@@ -112,7 +112,7 @@ def plan_from_text(variant: str, words: list[str]) -> list[str] | None:
     for w in words:  # numbers (joining groups), then symbols
         if w.isdigit() and items and items[-1] == "_":
             items.pop()
-            if not isinstance(items[-1], int) or items[-1] == 0:
+            if not items or not isinstance(items[-1], int) or items[-1] == 0:  # "_" with no number before
                 return None
             items[-1] = items[-1] * 1000 + int(w)
         else:
@@ -133,6 +133,12 @@ def plan_from_text(variant: str, words: list[str]) -> list[str] | None:
         steps.append(f"{a}{op}{b}={c}")
         current = []
     return steps[::-1] if reverse_first else steps
+
+
+def test_the_independent_parser_refuses_a_group_joiner_with_no_number_before_it():
+    # hypothesis drew this in CI (a completion beginning "_ 97"): the parser raised IndexError
+    assert plan_from_text("revthink", ["_", "97", "-", "82", "=", "15", "<eos>"]) is None
+    assert plan_from_text("optimal", ["1", "_", "5", "-", "82", "=", "923", "<eos>"]) == ["1005-82=923"]
 
 
 @pytest.mark.parametrize("variant", ["optimal", "reverse", "revfwd", "stream", "backward-stream", "revthink"])
